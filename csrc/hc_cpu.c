@@ -1,0 +1,46 @@
+/* Run-time CPU detection and the process-wide ISA choice (see hcemu.h). */
+#include "hcemu.h"
+
+static int g_active = -1; /* -1: not chosen yet -> best supported */
+
+unsigned hc_isa_supported(void) {
+    unsigned mask = 1u << HC_ISA_SCALAR;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    /* libgcc checks OS support of the register state (XCR0) before reporting these. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        mask |= 1u << HC_ISA_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        mask |= 1u << HC_ISA_AVX512VNNI;
+#endif
+    return mask;
+}
+
+static hc_isa best_isa(void) {
+    unsigned mask = hc_isa_supported();
+    for (int isa = HC_ISA_COUNT - 1; isa > 0; --isa)
+        if (mask & (1u << isa)) return (hc_isa)isa;
+    return HC_ISA_SCALAR;
+}
+
+hc_isa hc_isa_active(void) {
+    if (g_active < 0) g_active = (int)best_isa();
+    return (hc_isa)g_active;
+}
+
+int hc_isa_set(hc_isa isa) {
+    if ((int)isa < 0 || isa >= HC_ISA_COUNT) return HC_EINVAL;
+    if (!(hc_isa_supported() & (1u << isa))) return HC_EUNSUPPORTED;
+    g_active = (int)isa;
+    return HC_OK;
+}
+
+const char *hc_isa_name(hc_isa isa) {
+    switch (isa) {
+    case HC_ISA_SCALAR: return "scalar";
+    case HC_ISA_AVX2: return "avx2";
+    case HC_ISA_AVX512VNNI: return "avx512vnni";
+    default: return "unknown";
+    }
+}

@@ -1,0 +1,59 @@
+"""hcemu — emulate hard-coded (mask-ROM, compute-in-memory) LLM inference chips.
+
+One execution yields the values the silicon would compute *and* the events it would spend; the
+silicon, GPU and cost models in :mod:`hcemu.perf` price those events.
+"""
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+ISA_ENV = "HCEMU_ISA"
+"""Environment variable forcing a kernel path: ``scalar``, ``avx2`` or ``avx512vnni``."""
+
+
+def get_include() -> str:
+    """Directory of the public C header ``hcemu.h`` (to compile other simulators against it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "include")
+    if os.path.exists(os.path.join(installed, "hcemu.h")):
+        return installed
+    source_tree = os.path.join(os.path.dirname(here), "csrc")  # editable / in-place builds
+    if os.path.exists(os.path.join(source_tree, "hcemu.h")):
+        return source_tree
+    raise FileNotFoundError("hcemu.h not found: the package was installed without its headers")
+
+
+def capabilities() -> dict:
+    """Which instruction-set paths this machine supports and which one the kernels use now.
+
+    Returns ``{"supported": [...], "active": name, "forced_by_env": name | None, "openmp": bool}``.
+    """
+    from hcemu import _core
+
+    return {
+        "supported": _core.isa_supported(),
+        "active": _core.isa_active(),
+        "forced_by_env": os.environ.get(ISA_ENV) or None,
+        "openmp": bool(getattr(_core, "OPENMP", False)),
+    }
+
+
+def set_isa(name: str) -> None:
+    """Force the kernel path for this process (``scalar``, ``avx2``, ``avx512vnni``)."""
+    from hcemu import _core
+
+    _core.isa_set(name)
+
+
+def _apply_env_isa() -> None:
+    forced = os.environ.get(ISA_ENV)
+    if forced:
+        set_isa(forced)
+
+
+try:  # the compiled core is optional at import time so that pure-python tools (perf models) work
+    _apply_env_isa()
+except ImportError:  # pragma: no cover - only in a source tree that was never built
+    pass

@@ -1,0 +1,7 @@
+# cython: language_level=3
+"""hcemu._core — the one compiled module: thin, typed wrappers over csrc/ (see hcemu.h).
+
+Each subsystem lives in its own ``_*.pxi`` included here, so that the C kernels and their
+process-wide ISA choice exist once.
+"""
+include "_cpu.pxi"

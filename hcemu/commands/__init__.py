@@ -1,0 +1,1 @@
+"""Subcommands of the ``hcemu`` CLI (see :mod:`hcemu.cli`)."""

@@ -1,0 +1,150 @@
+"""Event counters: what the silicon would do, counted by the execution that computes the values.
+
+The functional chip (and the analytical generator in :mod:`hcemu.perf`) fill an :class:`Events`;
+the silicon, GPU and cost models only ever read one. Counters are kept per *region*: regions
+``0 .. n_layers-1`` are the transformer layers, then ``"head"`` (final norm + output projection)
+and ``"embed"`` (token-embedding lookup), so pipelined throughput can find its slowest stage.
+
+Every counter is an exact integer. Field meanings (all per region, summed over the tokens run):
+
+=========================  ======================================================================
+tokens                     token passes through the region (prefill and decode tokens alike)
+macs_w8, macs_w4           compute-in-memory multiply-accumulates with int8 activations, by weight bits
+rom_code_bits              bits of weight codes read from ROM (padding included: the silicon reads it)
+rom_meta_bits              bits of fp16 scales and offsets read from ROM
+rom_tiles                  ROM tile reads (one tile = 16 rows x tile_k inputs, read once per pass)
+sram_kv_bytes_read         KV-cache bytes streamed from SRAM by attention (values and scales)
+sram_kv_bytes_written      KV-cache bytes appended to SRAM
+sram_adapter_bytes_read    LoRA adapter bytes read from SRAM
+attn_macs                  attention multiply-accumulates (q.k and p.v) in the attention unit
+act_quant_elems            activations quantized to int8 before a CIM product
+vec_flops                  float32 vector-unit operations (norms, RoPE, softmax, SiLU, residual, scaling)
+vec_transcendentals        exp / rsqrt / sin-cos evaluations in the vector unit
+=========================  ======================================================================
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FIELDS = (
+    "tokens",
+    "macs_w8",
+    "macs_w4",
+    "rom_code_bits",
+    "rom_meta_bits",
+    "rom_tiles",
+    "sram_kv_bytes_read",
+    "sram_kv_bytes_written",
+    "sram_adapter_bytes_read",
+    "attn_macs",
+    "act_quant_elems",
+    "vec_flops",
+    "vec_transcendentals",
+)
+FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
+
+
+class Events:
+    """Per-region integer counters. ``ev.macs_w4`` is the total over regions; ``ev.region(i)`` one row."""
+
+    __slots__ = ("n_layers", "counts")
+
+    def __init__(self, n_layers: int, counts: np.ndarray | None = None):
+        self.n_layers = int(n_layers)
+        shape = (self.n_layers + 2, len(FIELDS))
+        if counts is None:
+            counts = np.zeros(shape, np.int64)
+        elif counts.shape != shape or counts.dtype != np.int64:
+            raise ValueError(f"counts must be int64 {shape}, got {counts.dtype} {counts.shape}")
+        self.counts = counts
+
+    # ---- regions
+    @property
+    def head(self) -> int:
+        return self.n_layers
+
+    @property
+    def embed(self) -> int:
+        return self.n_layers + 1
+
+    def region_index(self, region) -> int:
+        if region == "head":
+            return self.head
+        if region == "embed":
+            return self.embed
+        i = int(region)
+        if not 0 <= i < self.n_layers:
+            raise IndexError(f"layer region {i} out of range 0..{self.n_layers - 1}")
+        return i
+
+    def add(self, region, **counts: int) -> None:
+        """Add counts to one region: ``ev.add(3, macs_w4=..., rom_code_bits=...)``."""
+        row = self.counts[self.region_index(region)]
+        for name, value in counts.items():
+            row[FIELD_INDEX[name]] += value
+
+    def region(self, region) -> dict[str, int]:
+        row = self.counts[self.region_index(region)]
+        return {name: int(row[i]) for i, name in enumerate(FIELDS)}
+
+    def layers(self) -> np.ndarray:
+        """Counts of the transformer layers only, (n_layers, n_fields)."""
+        return self.counts[: self.n_layers]
+
+    def total(self) -> dict[str, int]:
+        s = self.counts.sum(axis=0)
+        return {name: int(s[i]) for i, name in enumerate(FIELDS)}
+
+    def __getattr__(self, name):
+        try:
+            return int(self.counts[:, FIELD_INDEX[name]].sum())
+        except KeyError:
+            raise AttributeError(name) from None
+
+    # ---- arithmetic
+    def _check_same(self, other: "Events") -> None:
+        if not isinstance(other, Events) or other.n_layers != self.n_layers:
+            raise ValueError("events of models with different layer counts cannot be combined")
+
+    def __iadd__(self, other: "Events") -> "Events":
+        self._check_same(other)
+        self.counts += other.counts
+        return self
+
+    def __add__(self, other: "Events") -> "Events":
+        self._check_same(other)
+        return Events(self.n_layers, self.counts + other.counts)
+
+    def __sub__(self, other: "Events") -> "Events":
+        self._check_same(other)
+        return Events(self.n_layers, self.counts - other.counts)
+
+    def copy(self) -> "Events":
+        return Events(self.n_layers, self.counts.copy())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Events) and other.n_layers == self.n_layers and bool(
+            np.array_equal(self.counts, other.counts))
+
+    def to_dict(self, per_region: bool = False) -> dict:
+        """JSON-ready: ``{"total": {...}}`` and, if asked, ``{"regions": {"0": {...}, ..., "head": ...}}``."""
+        out = {"n_layers": self.n_layers, "total": self.total()}
+        if per_region:
+            names = [str(i) for i in range(self.n_layers)] + ["head", "embed"]
+            out["regions"] = {nm: self.region(nm if nm in ("head", "embed") else int(nm)) for nm in names}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Events":
+        ev = cls(d["n_layers"])
+        if "regions" in d:
+            for nm, row in d["regions"].items():
+                ev.add(nm if nm in ("head", "embed") else int(nm), **row)
+        else:  # totals only: attribute them to the head region is wrong; spread is unknown
+            raise ValueError("Events.from_dict needs per-region counts (to_dict(per_region=True))")
+        return ev
+
+    def __repr__(self) -> str:
+        t = self.total()
+        shown = ", ".join(f"{k}={v}" for k, v in t.items() if v)
+        return f"Events(n_layers={self.n_layers}, {shown})"

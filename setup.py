@@ -1,0 +1,78 @@
+"""Build hcemu: every ``hcemu/**/*.pyx`` becomes an extension linked with the C kernels in ``csrc/``.
+
+Environment switches
+--------------------
+HCEMU_DEBUG=1        turn Cython's boundscheck/wraparound back on and build C with -O0 -g.
+HCEMU_MARCH_NATIVE=1 opt in to ``-march=native`` (never the default: wheels must run anywhere;
+                     ISA-specific kernels are compiled with function target attributes and chosen at
+                     run time).
+HCEMU_OPENMP=0       build without OpenMP (threads then come from the portable pthread pool).
+"""
+import os
+import sys
+from glob import glob
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEBUG = os.environ.get("HCEMU_DEBUG", "0") == "1"
+NATIVE = os.environ.get("HCEMU_MARCH_NATIVE", "0") == "1"
+
+CSRC = sorted(glob(os.path.join("csrc", "*.c")))
+
+cflags = ["-std=gnu11", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wno-unused-function",
+          "-Wno-unknown-pragmas"]
+cflags += ["-O0", "-g"] if DEBUG else ["-O3"]
+if NATIVE:
+    cflags.append("-march=native")
+ldflags = ["-lpthread"]
+if os.environ.get("HCEMU_OPENMP", "1") != "0" and sys.platform.startswith("linux"):
+    cflags.append("-fopenmp")
+    ldflags.append("-fopenmp")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "cdivision": True,
+    "initializedcheck": DEBUG,
+    "embedsignature": True,
+}
+
+
+def extensions():
+    # One extension, hcemu._core: it includes every hcemu/_*.pxi, so the C kernels (and their run-time
+    # ISA choice, a process-wide setting) exist once per process.
+    exts = []
+    for pyx in ["hcemu/_core.pyx"]:
+        name = os.path.splitext(pyx)[0].replace(os.sep, ".")
+        exts.append(Extension(
+            name,
+            [pyx] + CSRC,
+            include_dirs=[np.get_include(), "csrc"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        ))
+    return cythonize(exts, compiler_directives=directives, nthreads=0, quiet=True)
+
+
+class build_py_with_headers(build_py):
+    """Ship the public C headers of ``csrc/`` inside the package (``hcemu/include``)."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "hcemu", "include")
+        os.makedirs(dest, exist_ok=True)
+        for header in glob(os.path.join("csrc", "*.h")):
+            self.copy_file(header, os.path.join(dest, os.path.basename(header)))
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_py": build_py_with_headers},
+    package_data={"hcemu": ["*.pxd", "**/*.pxd"]},
+)
