@@ -163,3 +163,31 @@ def dequantize(pw: PackedWeights) -> np.ndarray:
     if pw.fmt.asymmetric:
         w = w + np.repeat(unpack_meta(pw, "offsets").astype(np.float32), pw.fmt.group, axis=1)
     return w
+
+
+def dequantize_rows(pw: PackedWeights, rows) -> np.ndarray:
+    """Float32 weights of selected rows (len(rows), k), reading only their tiles (embedding lookup)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= pw.n):
+        raise IndexError(f"row index out of range 0..{pw.n - 1}: {rows.min()}..{rows.max()}")
+    fmt, nb, tk = pw.fmt, pw.n_blocks, pw.fmt.tile_k
+    out = np.empty((rows.size, pw.k), np.float32)
+    for i, row in enumerate(rows):
+        t, r = divmod(int(row), TILE_ROWS)
+        tiles = pw.codes[t]  # (nb, tile_bytes)
+        if fmt.bits == 8:
+            q = tiles.view(np.int8).reshape(nb, tk // 4, TILE_ROWS, 4)[:, :, r, :].reshape(-1)
+        else:
+            b = tiles.reshape(nb, tk // 8, TILE_ROWS, 4)[:, :, r, :].astype(np.int16)
+            u = np.stack([b & 0xF, b >> 4], axis=2).reshape(-1)  # (nb, kq, half, j)
+            q = u if fmt.asymmetric else ((u ^ 8) - 8)
+        q = q.astype(np.float32)[: pw.k]
+        if fmt.per_channel:
+            out[i] = q * np.float32(pw.scales[t, r])
+        else:
+            d = np.repeat(pw.scales[t, :, r].astype(np.float32), fmt.group)
+            w = q * d
+            if fmt.asymmetric:
+                w = w + np.repeat(pw.offsets[t, :, r].astype(np.float32), fmt.group)
+            out[i] = w
+    return out
