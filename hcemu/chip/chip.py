@@ -1,0 +1,301 @@
+"""The functional chip: runs a compiled ROM image token by token, as the silicon would.
+
+Every weight product goes through the compute-in-memory kernels (:mod:`hcemu.cim`) reading the
+image's ROM tiles; nothing multiplies float weights. The KV cache lives in an SRAM model
+(:class:`hcemu.attention.KVCache`), the vector unit (:mod:`hcemu.vector`) does norms, RoPE, SiLU and
+residual adds in float32. Each step returns the logits and the :class:`~hcemu.events.Events` it spent,
+counted by the rules of ``docs/events.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hcemu import cim, vector
+from hcemu.attention import KVCache, attention
+from hcemu.events import FIELD_INDEX, FIELDS, Events
+from hcemu.layout import dequantize_rows
+from hcemu.model.ops import rope_tables
+from hcemu.model.spec import LAYER_MATRICES
+
+MAX_CHUNK = 64
+"""Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
+
+
+@dataclass
+class StepResult:
+    """What one prefill or decode step produced.
+
+    logits: float32 (t, vocab) — all positions of the step if asked, else only the last (1, vocab).
+    events: the events of this step alone. bank_rows: ROM rows read per bank in this step (int64).
+    """
+
+    logits: np.ndarray
+    events: Events
+    bank_rows: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    attn_norm: np.ndarray
+    ffn_norm: np.ndarray
+    wq: object
+    wk: object
+    wv: object
+    wo: object
+    wg: object
+    wu: object
+    wd: object
+
+
+class Chip:
+    """A hard-coded chip executing one :class:`~hcemu.rom.image.RomImage`.
+
+    kv_capacity_tokens: SRAM KV-cache capacity in tokens (default: the model's max context, capped
+    at 8192). kv_sram_bytes: the capacity as bytes instead (the number of tokens that fit is derived).
+    n_threads: host threads for the CIM kernels.
+    """
+
+    def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
+                 n_threads: int = 1):
+        self.image = image
+        self.spec = spec = image.spec
+        self.plan = plan = image.plan
+        self.n_threads = int(n_threads)
+        if kv_capacity_tokens is None and kv_sram_bytes is None:
+            kv_capacity_tokens = min(spec.max_context, 8192)
+        self.kv = KVCache(spec.n_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
+                          capacity_bytes=kv_sram_bytes, fmt=plan.kv)
+        act = plan.activations
+        self._g_d = act.group_for(spec.d_model)
+        self._g_q = act.group_for(spec.q_dim)
+        self._g_f = act.group_for(spec.d_ff)
+        self._layers = [self._load_layer(i) for i in range(spec.n_layers)]
+        self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
+        self._embedding = image.matrix("token_embd.weight")
+        self._output = image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
+        self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
+                                for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
+        self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
+        self._layer_bank_rows = self._bank_rows(
+            [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
+        self._head_bank_rows = self._bank_rows(
+            ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
+
+    # ------------------------------------------------------------------ setup
+    def _load_layer(self, i: int) -> _Layer:
+        img = self.image
+        m = {kind: img.matrix(f"blk.{i}.{kind}.weight") for kind in LAYER_MATRICES}
+        norm = lambda kind: np.ascontiguousarray(img.vector(f"blk.{i}.{kind}.weight"), dtype=np.float32)  # noqa: E731
+        return _Layer(norm("attn_norm"), norm("ffn_norm"), m["attn_q"], m["attn_k"], m["attn_v"],
+                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"])
+
+    def _per_pass_counts(self):
+        """The position-independent per-pass counts the chip itself adds (docs/events.md).
+
+        Products, KV traffic and the softmax are counted by the kernels as they run.
+        """
+        s = self.spec
+        d, qd, f, hd = s.d_model, s.q_dim, s.d_ff, s.head_dim
+        layer = np.zeros(len(FIELDS), np.int64)
+        layer[FIELD_INDEX["tokens"]] = 1
+        layer[FIELD_INDEX["act_quant_elems"]] = 2 * d + qd + f
+        layer[FIELD_INDEX["vec_flops"]] = 2 * 4 * d + 3 * (s.n_heads + s.n_kv_heads) * hd + 4 * f + 2 * d
+        layer[FIELD_INDEX["vec_transcendentals"]] = 2 + f
+        head = np.zeros(len(FIELDS), np.int64)
+        head[FIELD_INDEX["tokens"]] = 1
+        head[FIELD_INDEX["act_quant_elems"]] = d
+        head[FIELD_INDEX["vec_flops"]] = 4 * d
+        head[FIELD_INDEX["vec_transcendentals"]] = 1
+        emb = self._embedding
+        fmt = emb.fmt
+        embed = np.zeros(len(FIELDS), np.int64)
+        embed[FIELD_INDEX["tokens"]] = 1
+        embed[FIELD_INDEX["rom_code_bits"]] = emb.k_padded * fmt.bits
+        scales_per_row = 1 if fmt.per_channel else emb.n_blocks
+        embed[FIELD_INDEX["rom_meta_bits"]] = 16 * scales_per_row * (2 if fmt.asymmetric else 1)
+        embed[FIELD_INDEX["rom_tiles"]] = emb.n_blocks
+        embed[FIELD_INDEX["vec_flops"]] = d
+        return layer, head, embed
+
+    def _bank_rows(self, names) -> np.ndarray | None:
+        """ROM rows read per bank by one token pass through the named matrices."""
+        img = self.image
+        n_banks = getattr(img, "n_banks", None)
+        if not n_banks:
+            return None
+        rows = np.zeros(int(n_banks), np.int64)
+        for name in names:
+            bank_ids, per_pass = img.tensor_banks(name)
+            np.add.at(rows, bank_ids, per_pass)
+        return rows
+
+    # ------------------------------------------------------------------ state
+    @property
+    def position(self) -> int:
+        """Tokens held in the KV cache (the next token's position)."""
+        return self.kv.length
+
+    def reset(self) -> None:
+        self.kv.reset()
+
+    # ------------------------------------------------------------------ execution
+    def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
+        """Run prompt tokens through the chip in chunks of up to 64, appending their K/V to SRAM.
+
+        The output head runs only where logits leave the chip: on the last prompt token, or on every
+        token when ``all_logits`` (evaluation).
+        """
+        tokens = self._check_tokens(tokens)
+        ev = Events(self.spec.n_layers)
+        outs = []
+        for c in range(0, len(tokens), MAX_CHUNK):
+            chunk = tokens[c:c + MAX_CHUNK]
+            last_chunk = c + MAX_CHUNK >= len(tokens)
+            head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
+            logits = self._forward(chunk, ev, head_rows)
+            if logits is not None:
+                outs.append(logits)
+        logits = np.concatenate(outs)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)))
+
+    def decode(self, token: int) -> StepResult:
+        """One decode step: the token at the current position; logits of the next."""
+        tokens = self._check_tokens([token])
+        ev = Events(self.spec.n_layers)
+        logits = self._forward(tokens, ev, slice(None))
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1))
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        arr = np.asarray(tokens)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got {arr.dtype}")
+        vocab = self.spec.vocab_size
+        bad = (arr < 0) | (arr >= vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(arr[bad][0])} is outside the vocabulary 0..{vocab - 1}")
+        free = self.kv.capacity_tokens - self.kv.length
+        if arr.size > free:
+            raise ValueError(
+                f"{arr.size} tokens do not fit the KV cache: {self.kv.length} of {self.kv.capacity_tokens} "
+                f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
+        return arr.astype(np.int64)
+
+    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray | None:
+        if self._layer_bank_rows is None:
+            return None
+        rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
+        for tok in tokens:
+            bank_ids, per_row = self.image.row_banks("token_embd.weight", int(tok))
+            np.add.at(rows, bank_ids, per_row)
+        return rows
+
+    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
+        """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty)."""
+        s = self.spec
+        t, start = len(tokens), self.kv.length
+        nt = self.n_threads
+        counts = ev.counts
+        # embedding: one ROM row per token, scaled in the vector unit
+        x = dequantize_rows(self._embedding, tokens)
+        counts[ev.embed] += t * self._embed_const
+        cos = self._cos[start:start + t]
+        sin = self._sin[start:start + t]
+        g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
+        H, Hkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
+        for i, L in enumerate(self._layers):
+            h = vector.rmsnorm(x, L.attn_norm, s.norm_eps)
+            q8, sc = cim.quantize_activations(h, g_d)
+            q = cim.cim_matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i)
+            k = cim.cim_matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i)
+            v = cim.cim_matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i)
+            q = q.reshape(t, H, hd)
+            k = k.reshape(t, Hkv, hd)
+            vector.rope(q, cos, sin, out=q)
+            vector.rope(k, cos, sin, out=k)
+            self.kv.append(i, k, v.reshape(t, Hkv, hd), events=ev, region=i)
+            a = attention(q, self.kv, i, start, events=ev, region=i)
+            vector.add_(x, cim.cim_linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
+            h = vector.rmsnorm(x, L.ffn_norm, s.norm_eps)
+            q8, sc = cim.quantize_activations(h, g_d)
+            g = cim.cim_matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
+            u = cim.cim_matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
+            vector.silu_mul(g, u, out=g)
+            vector.add_(x, cim.cim_linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
+            counts[i] += t * self._layer_const
+        self.kv.commit(t)
+        x = x[head_rows]
+        if not len(x):
+            return None
+        counts[ev.head] += len(x) * self._head_const
+        h = vector.rmsnorm(np.ascontiguousarray(x), self._out_norm, s.norm_eps)
+        return cim.cim_linear(h, g_d, self._output, n_threads=nt, events=ev, region="head")
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
+        """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
+        import time
+
+        from hcemu.chip.sampling import Sampler
+
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampler = sampler or Sampler()
+        rng = sampler.make_rng()
+        prompt = self._check_tokens(prompt_ids)
+        if len(prompt) + max_new_tokens > self.kv.capacity_tokens - self.kv.length:
+            raise ValueError(
+                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
+                f"{self.kv.capacity_tokens - self.kv.length} token slots fit")
+        t0 = time.perf_counter()
+        res = self.prefill(prompt)
+        t_prefill = time.perf_counter() - t0
+        prefill_events, decode_events = res.events, Events(self.spec.n_layers)
+        bank_rows = res.bank_rows
+        out: list[int] = []
+        t_decode = 0.0
+        logits = res.logits[-1]
+        for _ in range(max_new_tokens):
+            tok = sampler.pick(logits, rng)
+            out.append(tok)
+            if on_token:
+                on_token(tok)
+            if tok in stop_ids or len(out) == max_new_tokens:
+                break
+            t0 = time.perf_counter()
+            step = self.decode(tok)
+            t_decode += time.perf_counter() - t0
+            decode_events += step.events
+            if bank_rows is not None:
+                bank_rows = bank_rows + step.bank_rows
+            logits = step.logits[-1]
+        n_decode_steps = max(len(out) - 1, 0)
+        return Generation(
+            prompt_ids=[int(i) for i in prompt], ids=out,
+            prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
+            prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows)
+
+
+@dataclass
+class Generation:
+    """A generation's tokens, measured host times and counted events (prefill and decode apart)."""
+
+    prompt_ids: list
+    ids: list
+    prefill_seconds: float
+    decode_seconds: float
+    decode_steps: int
+    prefill_events: Events
+    decode_events: Events
+    bank_rows: np.ndarray | None
+
+    @property
+    def host_prefill_tok_s(self) -> float:
+        return len(self.prompt_ids) / self.prefill_seconds if self.prefill_seconds > 0 else float("nan")
+
+    @property
+    def host_decode_tok_s(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
