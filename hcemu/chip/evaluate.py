@@ -1,0 +1,117 @@
+"""Accuracy of the chip against the float32 reference of the same model.
+
+The text is cut into windows of ``ctx`` tokens; in each window both the chip (all-position logits from
+one prefill) and :class:`hcemu.model.reference.FloatLlama` predict every next token. Reported, over all
+scored positions: perplexity of both, the KL divergence of the chip's next-token distribution from the
+reference's (mean and 99th percentile, in nats), and the share of positions whose top-1 token agrees —
+the statistics llama.cpp's perplexity tool reports for quantized models.
+
+Windows are independent, so they run on any ``concurrent.futures.Executor`` (a process pool here, a
+Dask ``client.get_executor()`` past one machine); each worker loads the image and the reference once.
+"""
+from __future__ import annotations
+
+import functools
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Per-position statistics of one window (arrays of length ctx - 1)."""
+
+    nll_reference: np.ndarray
+    nll_chip: np.ndarray
+    kld: np.ndarray
+    same_top1: np.ndarray
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.ndarray) -> WindowStats:
+    """Statistics of next-token predictions: logits (t, vocab) for positions whose targets are given."""
+    if ref_logits.shape != chip_logits.shape or ref_logits.shape[0] != len(targets):
+        raise ValueError(f"logit shapes {ref_logits.shape} / {chip_logits.shape} do not match "
+                         f"{len(targets)} targets")
+    lr, lc = log_softmax(ref_logits), log_softmax(chip_logits)
+    rows = np.arange(len(targets))
+    kld = (np.exp(lr) * (lr - lc)).sum(axis=-1)
+    return WindowStats(-lr[rows, targets], -lc[rows, targets], np.maximum(kld, 0.0),
+                       ref_logits.argmax(-1) == chip_logits.argmax(-1))
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_state(image_path: str, source_path: str, n_threads: int):
+    from hcemu.chip.chip import Chip
+    from hcemu.model.reference import FloatLlama
+    from hcemu.model.resolve import open_source
+    from hcemu.rom.image import RomImage
+
+    image = RomImage.load(image_path, verify=False)
+    return Chip(image, n_threads=n_threads), FloatLlama(open_source(source_path))
+
+
+def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1) -> WindowStats:
+    """Chip vs reference on one window of token ids (predicting tokens[1:])."""
+    chip, reference = _worker_state(image_path, source_path, n_threads)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise ValueError("an evaluation window needs at least 2 tokens")
+    if len(tokens) > chip.kv.capacity_tokens:
+        raise ValueError(f"window of {len(tokens)} tokens exceeds the chip's KV capacity of "
+                         f"{chip.kv.capacity_tokens} tokens")
+    chip.reset()
+    chip_logits = chip.prefill(tokens, all_logits=True).logits[:-1]
+    ref_logits = reference.logits(tokens)[:-1]
+    return compare_logits(ref_logits, chip_logits, tokens[1:])
+
+
+def windows(tokens, ctx: int) -> list[np.ndarray]:
+    """Non-overlapping windows of ``ctx`` tokens (a last shorter window is kept if it has >= 2)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if ctx < 2:
+        raise ValueError(f"ctx must be >= 2, got {ctx}")
+    out = [tokens[i:i + ctx] for i in range(0, len(tokens), ctx)]
+    return [w for w in out if len(w) >= 2]
+
+
+def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_threads: int = 1,
+             executor: Executor | None = None, progress: bool = False) -> dict:
+    """Evaluate a compiled image against the float reference of its source on ``tokens``.
+
+    Returns a dict with ``tokens`` (scored positions), ``windows``, ``ctx``, ``ppl_reference``,
+    ``ppl_chip``, ``kld_mean``, ``kld_p99``, ``same_top1``.
+    """
+    parts = windows(tokens, ctx)
+    if not parts:
+        raise ValueError("the text is too short to evaluate (fewer than 2 tokens)")
+    job = functools.partial(evaluate_window, str(image_path), str(source_path), n_threads=n_threads)
+    if executor is None:
+        results = map(job, parts)
+    else:
+        results = executor.map(job, parts)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(parts), desc="evaluating", unit="window")
+    stats = list(results)
+    nll_r = np.concatenate([s.nll_reference for s in stats])
+    nll_c = np.concatenate([s.nll_chip for s in stats])
+    kld = np.concatenate([s.kld for s in stats])
+    top1 = np.concatenate([s.same_top1 for s in stats])
+    return {
+        "tokens": int(len(kld)),
+        "windows": len(parts),
+        "ctx": int(ctx),
+        "ppl_reference": float(np.exp(nll_r.mean())),
+        "ppl_chip": float(np.exp(nll_c.mean())),
+        "kld_mean": float(kld.mean()),
+        "kld_p99": float(np.percentile(kld, 99)),
+        "same_top1": float(top1.mean()),
+    }
