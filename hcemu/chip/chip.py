@@ -8,6 +8,7 @@ counted by the rules of ``docs/events.md``.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,19 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class _Kernels:
+    quantize: object
+    matmul: object
+    linear: object
+    rmsnorm: object
+    rope: object
+    silu_mul: object
+    add: object
+    attention: object
+    kv_append: object
+
+
+@dataclass(frozen=True)
 class _Layer:
     attn_norm: np.ndarray
     ffn_norm: np.ndarray
@@ -54,11 +68,12 @@ class Chip:
 
     kv_capacity_tokens: SRAM KV-cache capacity in tokens (default: the model's max context, capped
     at 8192). kv_sram_bytes: the capacity as bytes instead (the number of tokens that fit is derived).
-    n_threads: host threads for the CIM kernels.
+    n_threads: host threads for the CIM kernels. profile: time every compiled-kernel call
+    (``kernel_seconds`` accumulates; the overhead is two clock reads per call).
     """
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
-                 n_threads: int = 1):
+                 n_threads: int = 1, profile: bool = False):
         self.image = image
         self.spec = spec = image.spec
         self.plan = plan = image.plan
@@ -78,6 +93,8 @@ class Chip:
         self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
+        self.kernel_seconds = 0.0
+        self._k = self._kernels(profile)
         self._layer_bank_rows = self._bank_rows(
             [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
         self._head_bank_rows = self._bank_rows(
@@ -90,6 +107,26 @@ class Chip:
         norm = lambda kind: np.ascontiguousarray(img.vector(f"blk.{i}.{kind}.weight"), dtype=np.float32)  # noqa: E731
         return _Layer(norm("attn_norm"), norm("ffn_norm"), m["attn_q"], m["attn_k"], m["attn_v"],
                       m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"])
+
+    def _kernels(self, profile: bool) -> _Kernels:
+        """The compiled entry points _forward calls; wrapped in timers when profiling."""
+        fns = {"quantize": cim.quantize_activations, "matmul": cim.cim_matmul, "linear": cim.cim_linear,
+               "rmsnorm": vector.rmsnorm, "rope": vector.rope, "silu_mul": vector.silu_mul,
+               "add": vector.add_, "attention": attention, "kv_append": self.kv.append}
+        if profile:
+            fns = {name: self._timed(fn) for name, fn in fns.items()}
+        return _Kernels(**fns)
+
+    def _timed(self, fn):
+        clock = time.perf_counter
+
+        def timed(*args, **kwargs):
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.kernel_seconds += clock() - t0
+        return timed
 
     def _per_pass_counts(self):
         """The position-independent per-pass counts the chip itself adds (docs/events.md).
@@ -206,39 +243,39 @@ class Chip:
         sin = self._sin[start:start + t]
         g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
         H, Hkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
+        k_ = self._k
+        quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
+        rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
+        kv, eps = self.kv, s.norm_eps
         for i, L in enumerate(self._layers):
-            h = vector.rmsnorm(x, L.attn_norm, s.norm_eps)
-            q8, sc = cim.quantize_activations(h, g_d)
-            q = cim.cim_matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i)
-            k = cim.cim_matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i)
-            v = cim.cim_matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i)
-            q = q.reshape(t, H, hd)
-            k = k.reshape(t, Hkv, hd)
-            vector.rope(q, cos, sin, out=q)
-            vector.rope(k, cos, sin, out=k)
-            self.kv.append(i, k, v.reshape(t, Hkv, hd), events=ev, region=i)
-            a = attention(q, self.kv, i, start, events=ev, region=i)
-            vector.add_(x, cim.cim_linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
-            h = vector.rmsnorm(x, L.ffn_norm, s.norm_eps)
-            q8, sc = cim.quantize_activations(h, g_d)
-            g = cim.cim_matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
-            u = cim.cim_matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
-            vector.silu_mul(g, u, out=g)
-            vector.add_(x, cim.cim_linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
+            h = rmsnorm(x, L.attn_norm, eps)
+            q8, sc = quantize(h, g_d)
+            q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
+            k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+            v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+            rope(q, cos, sin, out=q)
+            rope(k, cos, sin, out=k)
+            kv_append(i, k, v, events=ev, region=i)
+            a = attend(q, kv, i, start, events=ev, region=i)
+            add(x, linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
+            h = rmsnorm(x, L.ffn_norm, eps)
+            q8, sc = quantize(h, g_d)
+            g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
+            u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
+            silu_mul(g, u, out=g)
+            add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
             counts[i] += t * self._layer_const
         self.kv.commit(t)
         x = x[head_rows]
         if not len(x):
             return None
         counts[ev.head] += len(x) * self._head_const
-        h = vector.rmsnorm(np.ascontiguousarray(x), self._out_norm, s.norm_eps)
-        return cim.cim_linear(h, g_d, self._output, n_threads=nt, events=ev, region="head")
+        h = rmsnorm(np.ascontiguousarray(x), self._out_norm, eps)
+        return linear(h, g_d, self._output, n_threads=nt, events=ev, region="head")
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
-        import time
-
         from hcemu.chip.sampling import Sampler
 
         if max_new_tokens < 0:
