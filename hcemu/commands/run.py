@@ -1,0 +1,118 @@
+"""``hcemu run [MODEL|IMAGE] --prompt TEXT``: generate text on the emulated chip and report host speed,
+counted events and the modeled silicon figures of the chip compiled for that model."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_generation_args(p) -> None:
+    p.add_argument("--plan", default="int4", help="quantization plan when compiling (default int4)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and synthetic-weight seed)")
+    p.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
+    p.add_argument("--threads", type=int, default=1, help="host threads for the CIM kernels")
+    p.add_argument("--kv-tokens", type=int, default=None, help="SRAM KV-cache capacity in tokens")
+    p.add_argument("--context", type=int, default=None,
+                   help="context length for the modeled silicon figures (default: prompt + generated)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="generate text on the emulated chip")
+    p.add_argument("model", nargs="?", default="smollm2",
+                   help="ROM image (.hcrom), GGUF file, 'smollm2' or a preset name")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    add_generation_args(p)
+    p.set_defaults(func=run)
+
+
+def generate(args, prompt: str) -> dict:
+    """Compile (cached), load, generate; returns the JSON-ready report."""
+    from hcemu.app import ensure_image, load_tokenizer
+    from hcemu.chip.chip import Chip
+    from hcemu.chip.sampling import Sampler
+    from hcemu.rom.image import RomImage
+
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    path = ensure_image(args.model, args.plan, seed=args.seed, progress=not args.no_progress)
+    image = RomImage.load(path)
+    tok = load_tokenizer(image)
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer (synthetic weights): run a GGUF model or image")
+    chat = not args.raw and tok.chat_template is not None
+    text_in = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = tok.encode(text_in)
+    chip = Chip(image, n_threads=args.threads, kv_capacity_tokens=args.kv_tokens)
+    sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+    gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id})
+    out_ids = [i for i in gen.ids if i != tok.eos_id]
+    events = gen.prefill_events + gen.decode_events
+    report = {
+        "model": args.model,
+        "image": path,
+        "plan": image.plan.name,
+        "isa": _isa(),
+        "threads": args.threads,
+        "prompt": prompt,
+        "chat_template": chat,
+        "text": tok.decode(out_ids),
+        "prompt_tokens": len(ids),
+        "generated_tokens": len(gen.ids),
+        "host_prefill_tok_s": gen.host_prefill_tok_s,
+        "host_decode_tok_s": gen.host_decode_tok_s,
+        "events": {"prefill": gen.prefill_events.to_dict()["total"],
+                   "decode": gen.decode_events.to_dict()["total"],
+                   "total": events.to_dict()["total"]},
+    }
+    if gen.bank_rows is not None:
+        report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
+        report["rom_bank_rows_read_max"] = int(gen.bank_rows.max())
+    report["silicon"] = silicon_figures(image, len(ids), len(gen.ids), args.context)
+    return report
+
+
+def silicon_figures(image, n_prompt: int, n_generated: int, context: int | None) -> dict:
+    """Modeled figures of the hard-coded chip for this image's model and plan (hc1 technology)."""
+    from hcemu.perf.report import chip_figures_for_image
+
+    return chip_figures_for_image(image, n_prompt, n_generated, context)
+
+
+def _isa() -> str:
+    import hcemu
+
+    return hcemu.capabilities()["active"]
+
+
+def print_report(rep: dict, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"model {rep['model']}  plan {rep['plan']}  kernels {rep['isa']} x{rep['threads']} thread(s)")
+    p(f"prompt: {rep['prompt']!r}  ({rep['prompt_tokens']} tokens{', chat template' if rep['chat_template'] else ''})")
+    p("")
+    p(rep["text"])
+    p("")
+    p(f"host (measured): prefill {rep['host_prefill_tok_s']:.1f} tok/s, decode {rep['host_decode_tok_s']:.1f} tok/s "
+      f"over {rep['generated_tokens']} generated tokens")
+    ev = rep["events"]["total"]
+    p(f"events: {ev['macs_w4'] + ev['macs_w8']:,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
+      f"{ev['sram_kv_bytes_read'] / 1e6:,.2f} MB KV read, {ev['sram_kv_bytes_written'] / 1e3:,.1f} kB KV written")
+    si = rep.get("silicon")
+    if si:
+        p(f"silicon (modeled, {si['chip']}): {si['per_user_tok_s']:,.0f} tok/s/user, "
+          f"{si['latency_us_per_token']:.2f} us/token, {si['energy_mj_per_token']:.3f} mJ/token, "
+          f"{si['power_w']:.1f} W, {si['area_mm2']:.0f} mm2 die")
+
+
+def run(args) -> int:
+    rep = generate(args, args.prompt)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print_report(rep)
+    return 0
