@@ -1,0 +1,66 @@
+"""``hcemu eval MODEL --plan P --text FILE``: the chip's accuracy against the float32 reference."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity, KL divergence and top-1 agreement of chip vs float reference")
+    p.add_argument("model", help="GGUF file or 'smollm2' (the float reference needs the source weights)")
+    p.add_argument("--plan", default="int4",
+                   help="plan, or several separated by commas (e.g. int4,int4-pt,int8,int8-pt)")
+    p.add_argument("--text", default=None,
+                   help="UTF-8 text file (default: the Python licence text shipped with CPython)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per evaluation window")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    p.add_argument("--workers", type=int, default=1, help="processes (windows run on a ProcessPoolExecutor)")
+    p.add_argument("--threads", type=int, default=1, help="kernel threads per worker")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hcemu.app import ensure_image, load_tokenizer
+    from hcemu.chip.evaluate import evaluate
+    from hcemu.model.resolve import source_path
+    from hcemu.model.texts import licence_text
+    from hcemu.rom.image import RomImage
+
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = licence_text()
+    src = source_path(args.model)
+    rows = []
+    executor = None
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(args.workers)
+    try:
+        for plan in [p.strip() for p in args.plan.split(",") if p.strip()]:
+            path = ensure_image(args.model, plan, progress=not args.no_progress)
+            image = RomImage.load(path)
+            tok = load_tokenizer(image)
+            if tok is None:
+                raise ValueError(f"{args.model} has no tokenizer to read the text with")
+            ids = tok.encode(text)
+            if args.max_tokens:
+                ids = ids[: args.max_tokens]
+            res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, executor=executor,
+                           progress=not args.no_progress and not args.json)
+            rows.append({"model": args.model, "plan": plan, **res})
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    else:
+        cols = ("plan", "tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
+        print("  ".join(f"{c:>13}" for c in cols), file=sys.stdout)
+        for r in rows:
+            print("  ".join(f"{r[c]:>13.4f}" if isinstance(r[c], float) else f"{r[c]:>13}" for c in cols))
+    return 0
