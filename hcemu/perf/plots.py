@@ -69,12 +69,12 @@ def plot_cost_volume(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, 
     chip = get_chip(chip)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
+    if si.aggregate_tok_s <= 0:
+        raise ValueError(f"{chip.name} cannot hold one user's KV at {n_prompt + n_generated - 1} tokens: no cost")
     units = np.logspace(1, 6, 200)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(units, cm.chip_cost_vs_units(chip, si.aggregate_tok_s, si.power_w, units), "-", lw=2,
             label=f"{chip.name} (NRE ${cm.cost.nre_usd / 1e6:.0f} M over units)")
-    if si.aggregate_tok_s <= 0:
-        raise ValueError(f"{chip.name} cannot hold one user's KV at {n_prompt + n_generated - 1} tokens: no cost")
     for i, g in enumerate(gpus):
         gs = get_gpu(g)
         c = cm.gpu(gs, GpuModel(gs).evaluate(spec, n_prompt, n_generated).aggregate_tok_s).cents_per_mtok

@@ -18,9 +18,9 @@ from hcemu.formats import ActFormat, Plan, WeightFormat
 # The hard-coded chip
 
 HC1_PLAN = Plan(
-    "hc1-int4", WeightFormat(4, 128), WeightFormat(4, 128), WeightFormat(4, 128), ActFormat("block", 32), "int8",
+    "hc1-int4", WeightFormat(4, 128), WeightFormat(4, 128), WeightFormat(4, 128), ActFormat("block", 128), "int8",
     "HC1-like: symmetric int4 per block of 128 for every matrix, embedding and head (4.125 bits per weight, "
-    "standing in for HC1's custom 3-bit/6-bit mix), int8 activations per block of 32, int8 KV")
+    "standing in for HC1's custom 3-bit/6-bit mix), int8 activations per block of 128 (the kernels need the act group to be a multiple of the weight tile), int8 KV")
 """The plan the ``hc1`` chip preset is modeled with (assumption: HC1's 3-bit base + 6-bit format is not
 public in detail; a 4-bit code per weight matches "store four bits ... with a single transistor")."""
 
