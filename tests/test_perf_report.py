@@ -98,3 +98,16 @@ def test_failed_plot_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="KV"):
         plot_cost_volume(tmp_path / "c.png", get_preset("llama-3.1-8b"), 8192, 8192)
     assert not list(tmp_path.iterdir())
+
+
+def test_models_that_do_not_fit_a_gpu_get_a_note_row():
+    rows = {r["system"]: r for r in compare_rows("llama-3.1-70b", 1024, 1024, host=False)}
+    assert rows["h100"]["per_user_tok_s"] is None and "does not fit" in rows["h100"]["note"]
+    assert rows["b200"]["per_user_tok_s"] > 0  # 141 GB of BF16 weights fit in 180 GB
+
+
+def test_default_plan_follows_the_model_widths():
+    from hcemu.perf.specs import default_plan
+
+    assert default_plan(get_preset("llama-3.1-8b")) is HC1_PLAN
+    assert default_plan(get_preset("smollm2-135m")).name == "int4"  # 576 is not a multiple of 128

@@ -11,7 +11,8 @@ def register(sub) -> None:
                    help="prompt tokens, and as many generated (default 1024: the 1k/1k setting)")
     p.add_argument("--generated", type=int, default=None, help="generated tokens (default: = --context)")
     p.add_argument("--chip", default="hc1", help="chip technology preset (default: hc1)")
-    p.add_argument("--plan", default=None, help="quantization plan (default: the chip's hc1-int4)")
+    p.add_argument("--plan", default=None,
+                   help="quantization plan (default: hc1-int4 where the model's widths allow, else int4)")
     p.add_argument("--cost", default="default", help="cost-assumption preset")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -28,12 +29,12 @@ def run(args) -> int:
     from hcemu.formats import get_plan
     from hcemu.model.spec import get_preset
     from hcemu.perf.report import compare_rows, rows_to_csv, rows_to_text
-    from hcemu.perf.specs import HC1_PLAN
+    from hcemu.perf.specs import HC1_PLAN, default_plan
 
     if args.context < 1:
         raise ValueError(f"--context must be >= 1, got {args.context}")
     spec = get_preset(args.model)
-    plan = HC1_PLAN if args.plan in (None, HC1_PLAN.name) else get_plan(args.plan)
+    plan = default_plan(spec) if args.plan is None else (HC1_PLAN if args.plan == HC1_PLAN.name else get_plan(args.plan))
     n_gen = args.context if args.generated is None else args.generated
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
                         host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads)

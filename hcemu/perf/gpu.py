@@ -69,9 +69,9 @@ class GpuModel:
     def __init__(self, gpu: GpuSpec | str = "b200"):
         self.gpu = get_gpu(gpu)
 
-    @property
-    def launch_s(self) -> float:
-        return 0.0  # per step; set from the model in step_seconds
+    def weight_bytes(self, spec: ModelSpec) -> float:
+        """Bytes of weights one decode step reads (every layer matrix and the LM head)."""
+        return GpuWork.of(spec, self.gpu).weight_bytes
 
     def step_seconds(self, spec: ModelSpec, batch, keys) -> np.ndarray:
         """Seconds of one decode step for ``batch`` users each attending ``keys`` keys (broadcast arrays)."""

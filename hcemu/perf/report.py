@@ -50,7 +50,13 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)]
     for name in gpus:
         g = get_gpu(name)
-        gr = GpuModel(g).evaluate(spec, n_prompt, n_generated)
+        gm = GpuModel(g)
+        if gm.max_batch(spec, n_prompt + n_generated - 1) < 1:
+            rows.append(_row(system=g.name, kind="GPU (roofline)", power_w=g.power_w,
+                             note=f"{spec.name} in {g.weight_dtype} ({gm.weight_bytes(spec) / 1e9:.0f} GB) plus one "
+                                  f"user's KV does not fit in {g.memory_gb:.0f} GB: needs several GPUs (not modeled)"))
+            continue
+        gr = gm.evaluate(spec, n_prompt, n_generated)
         gc = cm.gpu(g, gr.aggregate_tok_s)
         be = cm.break_even_units(chip, si.aggregate_tok_s, si.power_w, gc.cents_per_mtok) if fits else math.inf
         rows.append(_row(system=g.name, kind="GPU (roofline)", per_user_tok_s=gr.per_user_tok_s,

@@ -35,7 +35,7 @@ from hcemu.events import FIELD_INDEX, FIELDS, Events
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
 from hcemu.perf.analytic import (decode_positions, events_from_shapes, head_format, kv_bytes_per_token,
                                  model_rom_bits, pass_coefficients)
-from hcemu.perf.specs import ChipSpec, get_chip
+from hcemu.perf.specs import CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
 
@@ -282,9 +282,12 @@ def chip_arrays(base: ChipSpec | str = "hc1", **overrides) -> SimpleNamespace:
     for k, v in overrides.items():
         if not hasattr(base, k):
             raise ValueError(f"ChipSpec has no field {k!r}")
+        if k in ("name", "process", "head_balanced"):
+            raise ValueError(f"{k} cannot be swept")
         arr = np.asarray(v, dtype=np.float64)
-        if np.any(~np.isfinite(arr)) or np.any(arr <= 0) and k not in ("static_power_w", "region_overhead_cycles"):
-            raise ValueError(f"{k} must be finite and > 0 in every design point")
+        low = arr < 0 if k in CHIP_ZERO_OK else arr <= 0
+        if np.any(~np.isfinite(arr)) or np.any(low):
+            raise ValueError(f"{k} must be finite and {'>= 0' if k in CHIP_ZERO_OK else '> 0'} in every design point")
         setattr(ns, k, arr)
     return ns
 

@@ -9,6 +9,7 @@ and are looked up by name; ``dataclasses.replace`` makes variants for sweeps.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 
@@ -25,10 +26,19 @@ HC1_PLAN = Plan(
 public in detail; a 4-bit code per weight matches "store four bits ... with a single transistor")."""
 
 
+def default_plan(spec) -> Plan:
+    """:data:`HC1_PLAN` when the model's input widths are multiples of 128, else the registered ``int4``
+    plan (asymmetric int4 per block of 32, as GGUF Q4_1), which every hcemu model fits."""
+    from hcemu.formats import get_plan
+
+    widths = {spec.d_model, spec.q_dim, spec.d_ff}
+    return HC1_PLAN if all(k % HC1_PLAN.matrices.group == 0 for k in widths) else get_plan("int4")
+
+
 def _check_positive(obj, names, allow_zero=()):
     for f in names:
         v = getattr(obj, f)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise ValueError(f"{type(obj).__name__}.{f} must be a finite number, got {v!r}")
         if v < 0 or (v == 0 and f not in allow_zero):
             raise ValueError(f"{type(obj).__name__}.{f} must be {'>= 0' if f in allow_zero else '> 0'}, got {v}")
@@ -86,16 +96,20 @@ class ChipSpec:
     card_price_usd: float
 
     def __post_init__(self):
-        zero_ok = ("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj", "sram_read_pj_per_byte",
-                   "sram_write_pj_per_byte", "act_quant_pj_per_elem", "vec_flop_pj", "vec_transcendental_pj",
-                   "wire_pj_per_bit_mm", "activation_broadcast_mm", "static_power_w", "region_overhead_cycles",
-                   "io_area_mm2", "card_price_usd", "vec_lane_transistors", "attn_lane_transistors",
-                   "cim_lane_transistors")
+        zero_ok = CHIP_ZERO_OK
         _check_positive(self, [f.name for f in fields(self) if f.name not in ("name", "process", "head_balanced")],
                         zero_ok)
 
     def replace(self, **changes) -> "ChipSpec":
         return replace(self, **changes)
+
+
+CHIP_ZERO_OK = frozenset(("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj", "sram_read_pj_per_byte",
+                          "sram_write_pj_per_byte", "act_quant_pj_per_elem", "vec_flop_pj", "vec_transcendental_pj",
+                          "wire_pj_per_bit_mm", "activation_broadcast_mm", "static_power_w", "region_overhead_cycles",
+                          "io_area_mm2", "card_price_usd", "vec_lane_transistors", "attn_lane_transistors",
+                          "cim_lane_transistors"))
+"""ChipSpec fields that may be zero (energies, overheads, costs); every other number must be > 0."""
 
 
 CHIP_PRESETS: dict[str, ChipSpec] = {}
