@@ -79,7 +79,16 @@ def test_figures_for_run_and_demo():
     spec = get_preset("llama-3.1-8b")
     ev = (events_from_shapes(spec, HC1_PLAN, 100, 0),
           events_from_shapes(spec, HC1_PLAN, positions=decode_positions(100, 50)))
-    assert silicon_figures(spec, HC1_PLAN, 100, 50, events=ev) == silicon_figures(spec, HC1_PLAN, 100, 50)
+    counted = silicon_figures(spec, HC1_PLAN, 100, 50, events=ev)
+    modeled = silicon_figures(spec, HC1_PLAN, 100, 50)
+    assert counted.pop("events") == "counted" and modeled.pop("events") == "analytical"
+    assert counted == modeled
+    llama = SimpleNamespace(spec=spec, plan=HC1_PLAN)
+    assert chip_figures_for_image(llama, 100, 50, events=ev)["events"] == "counted"
+    # events that do not match the run's length, or a run without a decode step: analytical
+    assert chip_figures_for_image(llama, 100, 51, events=ev)["events"] == "analytical"
+    assert chip_figures_for_image(llama, 100, 1)["n_generated"] == 2
+    assert chip_figures_for_image(llama, 100, 50, 8192)["energy_mj_per_token"] is None
 
 
 @pytest.mark.skipif(not HAVE_MPL, reason="matplotlib (extra 'plot') not installed")

@@ -107,30 +107,39 @@ def rows_to_text(rows: list[dict]) -> str:
 
 
 def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int | None = None,
-                           chip="hc1") -> dict:
+                           chip="hc1", events=None) -> dict:
     """Modeled figures of ``chip``'s technology hard-wiring the image's model and plan.
 
-    image: anything with ``.spec`` (ModelSpec) and ``.plan`` (Plan). With ``context``, the workload
-    is ``context`` prompt tokens and ``context`` generated (the 1k/1k setting at another length).
+    image: anything with ``.spec`` (ModelSpec) and ``.plan`` (Plan). events: optional
+    ``(prefill_events, decode_events)`` counted by the functional chip for this run; they are priced
+    as counted when they hold at least one decode step and no ``context`` is asked. With ``context``,
+    the workload is ``context`` prompt tokens and ``context`` generated (the 1k/1k setting at another
+    length), generated analytically. Runs shorter than one decode step are modeled with one.
     """
     if context is not None:
-        n_prompt, n_generated = int(context), int(context)
-    n_generated = max(int(n_generated), 2)
-    n_prompt = max(int(n_prompt), 1)
-    return silicon_figures(image.spec, image.plan, n_prompt, n_generated, chip)
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        return silicon_figures(image.spec, image.plan, int(context), max(int(context), 2), chip)
+    n_prompt, n_generated = max(int(n_prompt), 1), int(n_generated)
+    if events is not None and n_generated >= 2 and events[1].counts[0, 0] == n_generated - 1:
+        return silicon_figures(image.spec, image.plan, n_prompt, n_generated, chip, events=events)
+    return silicon_figures(image.spec, image.plan, n_prompt, max(n_generated, 2), chip)
 
 
 def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip="hc1", events=None) -> dict:
     """The chip figures ``hcemu run``/``demo`` print. With ``events=(prefill, decode)`` (counted by the
-    functional chip) those are priced; otherwise the analytical generator supplies them."""
+    functional chip) those are priced; otherwise the analytical generator supplies them. Figures that
+    do not exist (energy per token when not even one user's KV fits) are ``None``."""
     chip = get_chip(chip)
     model = SiliconModel(chip)
     si = (model.price(spec, plan, n_prompt, n_generated, *events) if events is not None
           else model.evaluate(spec, plan, n_prompt, n_generated))
+    fits = si.users > 0
     return {"chip": chip.name, "model": spec.name, "plan": plan.name, "n_prompt": n_prompt,
-            "n_generated": n_generated, "per_user_tok_s": si.per_user_tok_s,
+            "n_generated": n_generated, "events": "counted" if events is not None else "analytical",
+            "per_user_tok_s": si.per_user_tok_s,
             "latency_us_per_token": si.latency_s_per_token * 1e6, "prefill_ms": si.prefill_s * 1e3,
             "aggregate_tok_s": si.aggregate_tok_s, "concurrent_users": si.users,
-            "energy_mj_per_token": si.energy_j_per_token * 1e3,
+            "energy_mj_per_token": si.energy_j_per_token * 1e3 if fits else None,
             "dynamic_energy_mj_per_token": si.dynamic_energy_j_per_token * 1e3, "power_w": si.power_w,
             "area_mm2": si.area_mm2, "transistors": si.transistors}
