@@ -1,0 +1,54 @@
+"""``hcemu compare``: the hard-coded chip, B200/H200/H100 and this host side by side for one model."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="modeled chip vs GPU baselines vs measured host, for one model")
+    p.add_argument("--model", default="llama-3.1-8b", help="model preset (default: llama-3.1-8b)")
+    p.add_argument("--context", type=int, default=1024,
+                   help="prompt tokens, and as many generated (default 1024: the 1k/1k setting)")
+    p.add_argument("--generated", type=int, default=None, help="generated tokens (default: = --context)")
+    p.add_argument("--chip", default="hc1", help="chip technology preset (default: hc1)")
+    p.add_argument("--plan", default=None,
+                   help="quantization plan (default: hc1-int4 where the model's widths allow, else int4)")
+    p.add_argument("--cost", default="default", help="cost-assumption preset")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print the rows as CSV")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="write plots: FILE.png (speed vs context), FILE-cost.png, FILE-roofline.png")
+    p.add_argument("--no-host", action="store_true", help="skip the host measurement")
+    p.add_argument("--host-layers", type=int, default=1, help="layers timed for the host row (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="kernel threads for the host row")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hcemu.formats import get_plan
+    from hcemu.model.spec import get_preset
+    from hcemu.perf.report import compare_rows, rows_to_csv, rows_to_text
+    from hcemu.perf.specs import HC1_PLAN, default_plan
+
+    if args.context < 1:
+        raise ValueError(f"--context must be >= 1, got {args.context}")
+    spec = get_preset(args.model)
+    plan = default_plan(spec) if args.plan is None else (HC1_PLAN if args.plan == HC1_PLAN.name else get_plan(args.plan))
+    n_gen = args.context if args.generated is None else args.generated
+    rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
+                        host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads)
+    if args.json:
+        print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},
+                         indent=2))
+    elif args.csv:
+        print(rows_to_csv(rows), end="")
+    else:
+        print(f"{spec.name}: {args.context} prompt / {n_gen} generated tokens, chip plan {plan.name}")
+        print(rows_to_text(rows))
+    if args.plot:
+        from hcemu.perf.plots import plot_all
+
+        written = plot_all(args.plot, spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost)
+        print("wrote " + ", ".join(written), file=__import__("sys").stderr)
+    return 0

@@ -1,0 +1,176 @@
+"""Event counts from shapes alone: the analytical twin of the functional chip's counters.
+
+Follows ``docs/events.md`` exactly. Every per-pass count is *affine in the number of keys* a pass
+attends (``p + 1`` at position ``p``): ``counts(p) = const + (p + 1) * per_key``. :func:`pass_coefficients`
+returns those two vectors per region kind, so totals over any set of positions need only the number of
+passes and the sum of ``p + 1`` — which is what makes the vectorized sweeps cheap.
+
+Pass accounting matches :meth:`hcemu.chip.Chip.generate`: a prompt of ``n_prompt`` tokens is
+``n_prompt`` layer passes (positions ``0 .. n_prompt-1``) with the output head on the last one only;
+``n_generated`` tokens out need ``n_generated - 1`` decode steps (the first token comes from the
+prefill's logits, the last one is never fed back), at positions ``n_prompt .. n_prompt+n_generated-2``,
+each with the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hcemu.events import FIELD_INDEX, FIELDS, Events
+from hcemu.formats import TILE_ROWS, Plan, WeightFormat
+from hcemu.layout import layout_shape, tile_bytes
+from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+
+_NF = len(FIELDS)
+_I = FIELD_INDEX
+
+
+def kv_bytes_per_key_head(spec: ModelSpec, plan: Plan) -> int:
+    """SRAM bytes of one token's K and V for one KV head in one layer (values plus scales)."""
+    b, s = (1, 2) if plan.kv == "int8" else (2, 0)
+    return 2 * (spec.head_dim * b + s)
+
+
+def kv_bytes_per_token(spec: ModelSpec, plan: Plan) -> int:
+    """SRAM bytes one token adds to the KV cache over all layers."""
+    return spec.n_layers * spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)
+
+
+def product_counts(fmt: WeightFormat, n: int, k: int) -> np.ndarray:
+    """Per-pass counts of one ``n x k`` CIM product in format ``fmt`` (docs/events.md)."""
+    nt, nb = layout_shape(fmt, n, k)
+    c = np.zeros(_NF, np.int64)
+    c[_I["macs_w8" if fmt.bits == 8 else "macs_w4"]] = n * k
+    c[_I["rom_code_bits"]] = nt * nb * tile_bytes(fmt) * 8
+    per_array = nt * TILE_ROWS * 16 if fmt.per_channel else nt * nb * TILE_ROWS * 16
+    c[_I["rom_meta_bits"]] = per_array * (2 if fmt.asymmetric else 1)
+    c[_I["rom_tiles"]] = nt * nb
+    return c
+
+
+def rom_bits(fmt: WeightFormat, n: int, k: int) -> int:
+    """Bits the ROM holds for one matrix (codes + metadata, tile padding included)."""
+    c = product_counts(fmt, n, k)
+    return int(c[_I["rom_code_bits"]] + c[_I["rom_meta_bits"]])
+
+
+def model_rom_bits(spec: ModelSpec, plan: Plan) -> int:
+    """ROM bits of the whole image: every layer matrix, the embedding table, the untied output matrix."""
+    total = spec.n_layers * sum(rom_bits(plan.matrices, *spec.matrix_shape(m)) for m in LAYER_MATRICES)
+    total += rom_bits(plan.embedding, *spec.matrix_shape("embedding"))
+    if not spec.tied_embeddings:
+        total += rom_bits(plan.output, *spec.matrix_shape("output"))
+    return total
+
+
+def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
+    """Format of the output product: the embedding's when the embeddings are tied."""
+    return plan.embedding if spec.tied_embeddings else plan.output
+
+
+@dataclass(frozen=True)
+class PassCoefficients:
+    """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS."""
+
+    layer_const: np.ndarray
+    layer_per_key: np.ndarray
+    head_const: np.ndarray
+    embed_const: np.ndarray
+
+
+def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
+    d, qd, f, hd = spec.d_model, spec.q_dim, spec.d_ff, spec.head_dim
+    H, Hkv = spec.n_heads, spec.n_kv_heads
+
+    layer = np.zeros(_NF, np.int64)
+    for m in LAYER_MATRICES:
+        layer += product_counts(plan.matrices, *spec.matrix_shape(m))
+    layer[_I["tokens"]] = 1
+    layer[_I["act_quant_elems"]] = 2 * d + qd + f
+    layer[_I["sram_kv_bytes_written"]] = Hkv * kv_bytes_per_key_head(spec, plan)
+    layer[_I["vec_flops"]] = 2 * 4 * d + 3 * (H + Hkv) * hd + 4 * f + 2 * d
+    layer[_I["vec_transcendentals"]] = 2 + f
+
+    per_key = np.zeros(_NF, np.int64)
+    per_key[_I["sram_kv_bytes_read"]] = Hkv * kv_bytes_per_key_head(spec, plan)
+    per_key[_I["attn_macs"]] = 2 * H * hd
+    per_key[_I["vec_flops"]] = 5 * H
+    per_key[_I["vec_transcendentals"]] = H
+
+    head = product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
+    head[_I["tokens"]] = 1
+    head[_I["act_quant_elems"]] = d
+    head[_I["vec_flops"]] = 4 * d
+    head[_I["vec_transcendentals"]] = 1
+
+    efmt = plan.embedding
+    _, nb = layout_shape(efmt, *spec.matrix_shape("embedding"))
+    embed = np.zeros(_NF, np.int64)
+    embed[_I["tokens"]] = 1
+    embed[_I["rom_code_bits"]] = nb * efmt.tile_k * efmt.bits
+    embed[_I["rom_meta_bits"]] = 16 * (1 if efmt.per_channel else nb) * (2 if efmt.asymmetric else 1)
+    embed[_I["rom_tiles"]] = nb
+    embed[_I["vec_flops"]] = d
+    for a in (layer, per_key, head, embed):
+        a.flags.writeable = False
+    return PassCoefficients(layer, per_key, head, embed)
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int | None = None) -> Events:
+    """Events of layer passes at the given ``positions`` (each attends ``p + 1`` keys).
+
+    head_passes: how many of them also run the output head (default: all of them).
+    """
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if pos.size and pos.min() < 0:
+        raise ValueError(f"positions must be >= 0, got min {pos.min()}")
+    n = int(pos.size)
+    heads = n if head_passes is None else _check_count("head_passes", head_passes)
+    if heads > n:
+        raise ValueError(f"head_passes {heads} exceeds the number of passes {n}")
+    co = pass_coefficients(spec, plan)
+    keys = int((pos + 1).sum())
+    ev = Events(spec.n_layers)
+    ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * keys
+    ev.counts[ev.head] = co.head_const * heads
+    ev.counts[ev.embed] = co.embed_const * n
+    return ev
+
+
+def decode_positions(n_prompt: int, n_generated: int) -> np.ndarray:
+    """Positions of the decode steps that produce ``n_generated`` tokens after an ``n_prompt`` prompt."""
+    return np.arange(n_prompt, n_prompt + max(n_generated - 1, 0), dtype=np.int64)
+
+
+def events_from_shapes(spec: ModelSpec, plan: Plan, n_prompt: int = 0, n_generated: int = 0, *,
+                       positions=None, all_logits: bool = False) -> Events:
+    """Events the functional chip counts for a prompt of ``n_prompt`` tokens and ``n_generated`` tokens out.
+
+    With ``positions`` (a sequence of positions), count one decode pass (layers and head) at each
+    instead, and ``n_prompt``/``n_generated`` must be 0. ``all_logits`` runs the head on every prompt
+    token (evaluation), as ``Chip.prefill(all_logits=True)``.
+    """
+    n_prompt = _check_count("n_prompt", n_prompt)
+    n_generated = _check_count("n_generated", n_generated)
+    if positions is not None:
+        if n_prompt or n_generated:
+            raise ValueError("give either positions or n_prompt/n_generated, not both")
+        return events_for_passes(spec, plan, positions)
+    if n_generated and not n_prompt:
+        raise ValueError("generating tokens needs a prompt of at least one token (n_prompt >= 1)")
+    if n_prompt + n_generated > spec.max_context + 1:
+        raise ValueError(f"n_prompt + n_generated = {n_prompt + n_generated} exceeds the model's "
+                         f"context of {spec.max_context} tokens")
+    ev = events_for_passes(spec, plan, np.arange(n_prompt), head_passes=n_prompt if all_logits else min(n_prompt, 1))
+    if n_generated > 1:
+        ev += events_for_passes(spec, plan, decode_positions(n_prompt, n_generated))
+    return ev

@@ -1,0 +1,138 @@
+"""Plots of the models (matplotlib, optional extra ``plot``); every figure is written atomically as PNG.
+
+* :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
+* :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
+* :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
+  chip's (its ROM read bandwidth and CIM peak as the roof).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hcemu._io import atomic_write
+from hcemu.model.spec import ModelSpec
+from hcemu.perf.analytic import decode_positions, model_rom_bits
+from hcemu.perf.cost import CostModel
+from hcemu.perf.gpu import GpuModel, GpuWork
+from hcemu.perf.silicon import SiliconModel, decode_sweep, head_lane_scale
+from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RuntimeError("plotting needs matplotlib: pip install 'hcemu[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple(GPU_PRESETS),
+                 contexts=None) -> str:
+    plt = _pyplot()
+    ctx = np.asarray(contexts if contexts is not None else 2 ** np.arange(7, 17), dtype=np.float64)
+    ctx = ctx[2 * ctx <= spec.max_context + 1]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    chip = get_chip(chip)
+    sw = decode_sweep(spec, plan, chip, ctx, ctx)
+    line, = ax.plot(ctx, sw["per_user_tok_s"], "o-", label=f"{chip.name} (modeled)")
+    over = sw["users"] < 1
+    if over.any():
+        ax.plot(ctx[over], sw["per_user_tok_s"][over], "o", mfc="white", color=line.get_color(),
+                label=f"{chip.name}: one user's KV exceeds its SRAM")
+    for g in gpus:
+        m = GpuModel(g)
+        tps = [1.0 / float(m.step_seconds(spec, 1, decode_positions(int(c), int(c)) + 1.0).mean()) for c in ctx]
+        ax.plot(ctx, tps, "s--", label=f"{g} batch 1 (roofline)")
+    ax.set(xscale="log", yscale="log", xlabel="context: prompt tokens = generated tokens",
+           ylabel="decode tokens/s per user", title=f"{spec.name}: per-user speed vs context")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_cost_volume(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
+                     gpus=tuple(GPU_PRESETS), cost="default") -> str:
+    plt = _pyplot()
+    chip = get_chip(chip)
+    cm = CostModel(get_cost(cost))
+    si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
+    if si.aggregate_tok_s <= 0:
+        raise ValueError(f"{chip.name} cannot hold one user's KV at {n_prompt + n_generated - 1} tokens: no cost")
+    units = np.logspace(1, 6, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(units, cm.chip_cost_vs_units(chip, si.aggregate_tok_s, si.power_w, units), "-", lw=2,
+            label=f"{chip.name} (NRE ${cm.cost.nre_usd / 1e6:.0f} M over units)")
+    for i, g in enumerate(gpus):
+        gs = get_gpu(g)
+        c = cm.gpu(gs, GpuModel(gs).evaluate(spec, n_prompt, n_generated).aggregate_tok_s).cents_per_mtok
+        line = ax.axhline(c, ls="--", color=f"C{i + 1}", label=f"{g}: {c:.2f} c/Mtok")
+        be = cm.break_even_units(chip, si.aggregate_tok_s, si.power_w, c)
+        if np.isfinite(be) and units[0] <= be <= units[-1]:
+            ax.plot([be], [c], "o", color=line.get_color())
+            ax.annotate(f"break-even {be:,.0f}", (be, c), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="cards built per model", ylabel="cents per million tokens",
+           title=f"{spec.name} {n_prompt}/{n_generated}: cost vs deployment volume")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
+                  gpus=tuple(GPU_PRESETS)) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ai = np.logspace(-1, 4, 200)
+    keys = float(np.mean(decode_positions(n_prompt, n_generated) + 1.0))
+    for g in gpus:
+        m = GpuModel(g)
+        gs = m.gpu
+        peak = gs.peak_tflops(gs.weight_dtype) * 1e12
+        bw = gs.mem_bandwidth_tb_s * 1e12
+        line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", label=f"{g} roof ({gs.weight_dtype})")
+        w = GpuWork.of(spec, gs)
+        for b, mk in ((1, "o"), (m.max_batch(spec, n_prompt + n_generated - 1), "^")):
+            t = float(m.step_seconds(spec, b, keys))
+            ax.plot([m.arithmetic_intensity(spec, b, keys)], [b * (w.flops + keys * w.flops_per_key) / t], mk,
+                    color=line.get_color())
+    chip = get_chip(chip)
+    si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
+    hz = chip.clock_ghz * 1e9
+    regions = spec.n_layers + head_lane_scale(spec, plan, chip)
+    peak = 2 * chip.cim_macs_per_cycle_w4 * regions * hz
+    bw = chip.rom_read_bits_per_cycle / 8 * regions * hz
+    line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", lw=2, label=f"{chip.name} roof (ROM read, CIM)")
+    flops = 2.0 * spec.n_params
+    rom_bytes = model_rom_bits(spec, plan) / 8
+    for n, mk in ((1, "o"), (si.users, "^")):
+        tps = min(n * si.per_user_tok_s, si.aggregate_tok_s) if n > 1 else si.per_user_tok_s
+        ax.plot([flops / rom_bytes], [flops * tps], mk, ms=9, color=line.get_color())
+    ax.plot([], [], "ko", label="batch 1 / one user")
+    ax.plot([], [], "k^", label="serving point")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP per weight/KV byte)",
+           ylabel="FLOP/s", title=f"{spec.name} decode: roofline and operating points")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> list[str]:
+    """Write the three plots as ``STEM.png`` (context), ``STEM-cost.png``, ``STEM-roofline.png``."""
+    base = os.fspath(stem)
+    root = base[:-4] if base.lower().endswith(".png") else base
+    return [plot_context(root + ".png", spec, **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")}),
+            plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
+            plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
+                          **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]

@@ -1,0 +1,337 @@
+"""SiliconModel: prices counted events with a ChipSpec — latency, throughput, energy, power, area.
+
+Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time):
+
+* a region's pass time composes its units in dependence order for one token:
+  ``cim + attention + vector + overhead`` where
+  ``cim = max(MACs_w4 / lanes_w4 + MACs_w8 / lanes_w8, ROM bits / read width)``,
+  ``attention = max(KV SRAM bytes / SRAM bandwidth, attention MACs / attention lanes)`` (the stream
+  and the MACs overlap), ``vector = (vec flops + quantized activations) / vector lanes +
+  transcendentals / units``, ``overhead = region_overhead_cycles`` per pass;
+* one user's token visits every region in turn: decode latency per token is the sum over regions;
+* several users pipeline through the regions: aggregate tok/s ``= min(n * per-user, 1 / slowest
+  region)`` with ``n`` bounded by the KV SRAM (users whose whole context fits), by the power limit and by
+  the number of regions;
+* prefill of ``t`` tokens streams through the regions: the first token's latency plus ``t - 1``
+  slowest-region pass times.
+
+Energy is the dot product of the events with the energies per event, plus activation broadcast
+wires; power = energy per token x tokens/s + static power. Area and transistors come from the ROM bits
+of the image, the KV SRAM and the lanes (:func:`chip_area_breakdown`).
+
+Every time component is a sum over passes of per-pass terms, and the two terms under each ``max``
+are proportional to each other across passes (both per key, or both per weight), so pricing the
+*totals* of many passes is exact: the scalar path (events from the functional chip) and the
+vectorized path (:func:`decode_sweep`, many design points at once) share :func:`_region_cycles`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from hcemu.events import FIELD_INDEX, FIELDS, Events
+from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.perf.analytic import (decode_positions, events_from_shapes, head_format, kv_bytes_per_token,
+                                 model_rom_bits, pass_coefficients)
+from hcemu.perf.specs import CHIP_ZERO_OK, ChipSpec, get_chip
+
+_I = FIELD_INDEX
+
+
+def _col(counts, name):
+    return counts[..., _I[name]].astype(np.float64)
+
+
+def _region_cycles(counts, chip, cim_scale):
+    """Cycles of each time component for the counts ``(..., n_fields)``; ``chip`` parameters may be arrays.
+
+    cim_scale: lane multiplier of the region (1 for layers, the balance ratio for the head).
+    Returns ``(cim, attention, vector, overhead)`` arrays broadcast over the leading axes.
+    """
+    mac = (_col(counts, "macs_w4") / chip.cim_macs_per_cycle_w4
+           + _col(counts, "macs_w8") / chip.cim_macs_per_cycle_w8)
+    rom = (_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) / chip.rom_read_bits_per_cycle
+    cim = np.maximum(mac, rom) / cim_scale
+    sram = (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_kv_bytes_written")
+            + _col(counts, "sram_adapter_bytes_read")) / chip.sram_read_bytes_per_cycle
+    attn = np.maximum(sram, _col(counts, "attn_macs") / chip.attn_macs_per_cycle)
+    vec = ((_col(counts, "vec_flops") + _col(counts, "act_quant_elems")) / chip.vec_flops_per_cycle
+           + _col(counts, "vec_transcendentals") / chip.vec_transcendentals_per_cycle)
+    over = _col(counts, "tokens") * chip.region_overhead_cycles
+    return cim, attn, vec, over
+
+
+def _energy_pj(counts, chip):
+    """Dynamic energy (pJ) of the counts ``(..., n_fields)``."""
+    e = ((_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) * chip.rom_read_pj_per_bit
+         + _col(counts, "macs_w4") * chip.mac_w4_pj + _col(counts, "macs_w8") * chip.mac_w8_pj
+         + _col(counts, "attn_macs") * chip.attn_mac_pj
+         + (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_adapter_bytes_read")) * chip.sram_read_pj_per_byte
+         + _col(counts, "sram_kv_bytes_written") * chip.sram_write_pj_per_byte
+         + _col(counts, "act_quant_elems") * (chip.act_quant_pj_per_elem
+                                              + 8 * chip.activation_broadcast_mm * chip.wire_pj_per_bit_mm)
+         + _col(counts, "vec_flops") * chip.vec_flop_pj
+         + _col(counts, "vec_transcendentals") * chip.vec_transcendental_pj)
+    return e
+
+
+def head_lane_scale(spec: ModelSpec, plan, chip) -> float:
+    """Lane multiplier of the output-head region: its weights over a layer's when ``head_balanced``."""
+    if not chip.head_balanced:
+        return 1.0
+    layer = sum(spec.matrix_shape(m)[0] * spec.matrix_shape(m)[1] for m in LAYER_MATRICES)
+    n, k = spec.matrix_shape("output")
+    return max(1.0, n * k / layer)
+
+
+def _events_head_scale(events: Events, chip) -> float:
+    """The head's lane multiplier from counted events (MACs per pass, head over mean layer)."""
+    if not chip.head_balanced:
+        return 1.0
+    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    tok = events.counts[:, _I["tokens"]]
+    layers = tok[: events.n_layers] > 0
+    if not layers.any() or tok[events.head] == 0:
+        return 1.0
+    layer_per_pass = float((macs[: events.n_layers][layers] / tok[: events.n_layers][layers]).mean())
+    return max(1.0, float(macs[events.head] / tok[events.head]) / layer_per_pass)
+
+
+@dataclass(frozen=True)
+class RegionTiming:
+    """Cycles spent by each region on the priced events, by component; arrays of shape (n_layers + 2,)."""
+
+    cim_cycles: np.ndarray
+    attention_cycles: np.ndarray
+    vector_cycles: np.ndarray
+    overhead_cycles: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def total_cycles(self) -> np.ndarray:
+        return self.cim_cycles + self.attention_cycles + self.vector_cycles + self.overhead_cycles
+
+    @property
+    def cycles_per_pass(self) -> np.ndarray:
+        """Mean cycles of one pass through each region (0 where the region saw no pass)."""
+        return np.divide(self.total_cycles, self.tokens, out=np.zeros_like(self.total_cycles),
+                         where=self.tokens > 0)
+
+
+@dataclass(frozen=True)
+class AreaBreakdown:
+    """Die area (mm2) and transistor count of a hard-coded chip for one model image."""
+
+    rom_bits: int
+    sram_bytes: int
+    rom_mm2: float
+    sram_mm2: float
+    logic_mm2: float
+    io_mm2: float
+    transistors: float
+
+    @property
+    def total_mm2(self) -> float:
+        return self.rom_mm2 + self.sram_mm2 + self.logic_mm2 + self.io_mm2
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_mm2": self.total_mm2}
+
+
+def chip_area_breakdown(chip: ChipSpec, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> AreaBreakdown:
+    """ROM from the image's bits (padding and scales included), SRAM for the KV cache, logic from lanes."""
+    chip = get_chip(chip)
+    sram_bytes = chip.kv_sram_bytes if kv_sram_bytes is None else int(kv_sram_bytes)
+    if sram_bytes < 0:
+        raise ValueError(f"kv_sram_bytes must be >= 0, got {sram_bytes}")
+    rom = model_rom_bits(model, plan)
+    layers = model.n_layers
+    cim_lanes = chip.cim_macs_per_cycle_w4 * (layers + head_lane_scale(model, plan, chip))
+    logic_tr = (cim_lanes * chip.cim_lane_transistors
+                + layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
+                + (layers + 1) * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
+                * chip.vec_lane_transistors)
+    sram_bits = 8 * sram_bytes
+    return AreaBreakdown(
+        rom_bits=rom, sram_bytes=sram_bytes,
+        rom_mm2=rom / (chip.rom_density_mbit_per_mm2 * 1e6),
+        sram_mm2=sram_bits / (chip.sram_density_mbit_per_mm2 * 1e6),
+        logic_mm2=logic_tr / (chip.logic_density_mtr_per_mm2 * 1e6),
+        io_mm2=chip.io_area_mm2,
+        transistors=rom / chip.rom_bits_per_transistor + sram_bits * chip.sram_transistors_per_bit + logic_tr)
+
+
+def chip_area_mm2(spec: ChipSpec, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
+    """Die area in mm2 of ``spec``'s technology hard-wiring ``model`` in ``plan`` (see :func:`chip_area_breakdown`)."""
+    return chip_area_breakdown(spec, model, plan, kv_sram_bytes).total_mm2
+
+
+@dataclass(frozen=True)
+class SiliconResult:
+    """Modeled figures of one chip on one workload (decode figures average over the decode steps)."""
+
+    chip: str
+    model: str
+    plan: str
+    n_prompt: int
+    n_generated: int
+    decode_steps: int
+    latency_s_per_token: float
+    per_user_tok_s: float
+    prefill_s: float
+    slowest_region_s: float
+    users_kv_limit: int
+    users_power_limit: int
+    users: int
+    aggregate_tok_s: float
+    dynamic_energy_j_per_token: float
+    power_w: float
+    power_single_user_w: float
+    energy_j_per_token: float
+    area_mm2: float
+    transistors: float
+    latency_breakdown_s: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SiliconModel:
+    """Prices events with a :class:`ChipSpec` (see the module docstring for the equations)."""
+
+    def __init__(self, chip: ChipSpec | str = "hc1"):
+        self.chip = get_chip(chip)
+
+    def timing(self, events: Events) -> RegionTiming:
+        scale = np.ones(events.n_layers + 2)
+        scale[events.head] = _events_head_scale(events, self.chip)
+        cim, attn, vec, over = _region_cycles(events.counts, self.chip, scale)
+        return RegionTiming(cim, attn, vec, over, events.counts[:, _I["tokens"]].astype(np.float64))
+
+    def seconds(self, events: Events) -> float:
+        """Seconds for one user to run all the passes in ``events`` one after another."""
+        return float(self.timing(events).total_cycles.sum()) / (self.chip.clock_ghz * 1e9)
+
+    def energy_j(self, events: Events) -> float:
+        """Dynamic energy (J) of the events."""
+        return float(_energy_pj(events.counts, self.chip).sum()) * 1e-12
+
+    def prefill_seconds(self, events: Events, n_tokens: int) -> float:
+        """Prefill of ``n_tokens`` pipelined through the regions: first token's latency + (t-1) slowest passes."""
+        if n_tokens <= 0:
+            return 0.0
+        per_pass = self.timing(events).cycles_per_pass
+        return float(per_pass.sum() + (n_tokens - 1) * per_pass.max()) / (self.chip.clock_ghz * 1e9)
+
+    def evaluate(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int) -> SiliconResult:
+        """Decode and prefill figures for a prompt of ``n_prompt`` tokens and ``n_generated`` out."""
+        if n_prompt < 1 or n_generated < 2:
+            raise ValueError(f"need n_prompt >= 1 and n_generated >= 2 (at least one decode step), "
+                             f"got {n_prompt}, {n_generated}")
+        prefill = events_from_shapes(spec, plan, n_prompt, 0)
+        decode = events_from_shapes(spec, plan, positions=decode_positions(n_prompt, n_generated))
+        return self.price(spec, plan, n_prompt, n_generated, prefill, decode)
+
+    def price(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int, prefill: Events,
+              decode: Events) -> SiliconResult:
+        """Figures from counted events (the functional chip's or the analytical generator's)."""
+        chip = self.chip
+        hz = chip.clock_ghz * 1e9
+        steps = int(decode.counts[0, _I["tokens"]]) if decode.n_layers else 0
+        if steps < 1:
+            raise ValueError("the decode events hold no decode step")
+        t = self.timing(decode)
+        latency = float(t.total_cycles.sum()) / hz / steps
+        per_user = 1.0 / latency
+        slowest = float(t.cycles_per_pass.max()) / hz
+        e_dyn = self.energy_j(decode) / steps
+        context = n_prompt + n_generated - 1
+        users_kv = int(chip.kv_sram_bytes // (kv_bytes_per_token(spec, plan) * context))
+        users_pipe = spec.n_layers + 2
+        agg = lambda n: np.minimum(n * per_user, 1.0 / slowest)  # noqa: E731
+        n = np.arange(1, users_pipe + 1)
+        ok = e_dyn * agg(n) + chip.static_power_w <= chip.power_limit_w
+        users_power = int(n[ok].max()) if ok.any() else 0
+        users = min(users_kv, users_power, users_pipe)
+        aggregate = float(agg(users)) if users else 0.0
+        power = e_dyn * aggregate + chip.static_power_w
+        area = chip_area_breakdown(chip, spec, plan)
+        comp = {"cim": t.cim_cycles, "attention": t.attention_cycles, "vector": t.vector_cycles,
+                "overhead": t.overhead_cycles}
+        return SiliconResult(
+            chip=chip.name, model=spec.name, plan=plan.name, n_prompt=n_prompt, n_generated=n_generated,
+            decode_steps=steps, latency_s_per_token=latency, per_user_tok_s=per_user,
+            prefill_s=self.prefill_seconds(prefill, n_prompt), slowest_region_s=slowest,
+            users_kv_limit=users_kv, users_power_limit=users_power, users=users, aggregate_tok_s=aggregate,
+            dynamic_energy_j_per_token=e_dyn, power_w=power,
+            power_single_user_w=e_dyn * per_user + chip.static_power_w,
+            energy_j_per_token=power / aggregate if aggregate else float("inf"),
+            area_mm2=area.total_mm2, transistors=area.transistors,
+            latency_breakdown_s={k: float(v.sum()) / hz / steps for k, v in comp.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorized path: many design points x contexts at once
+
+def chip_arrays(base: ChipSpec | str = "hc1", **overrides) -> SimpleNamespace:
+    """A chip whose fields may be numpy arrays (broadcast together) for :func:`decode_sweep`."""
+    base = get_chip(base)
+    ns = SimpleNamespace(**{k: v for k, v in asdict(base).items()})
+    for k, v in overrides.items():
+        if not hasattr(base, k):
+            raise ValueError(f"ChipSpec has no field {k!r}")
+        if k in ("name", "process", "head_balanced"):
+            raise ValueError(f"{k} cannot be swept")
+        arr = np.asarray(v, dtype=np.float64)
+        low = arr < 0 if k in CHIP_ZERO_OK else arr <= 0
+        if np.any(~np.isfinite(arr)) or np.any(low):
+            raise ValueError(f"{k} must be finite and {'>= 0' if k in CHIP_ZERO_OK else '> 0'} in every design point")
+        setattr(ns, k, arr)
+    return ns
+
+
+def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str, np.ndarray]:
+    """Per-user decode tok/s, latency, dynamic energy and power over broadcast arrays of design points.
+
+    chip: a ChipSpec, a preset name or :func:`chip_arrays`. n_prompt, n_generated: int arrays
+    (broadcast with the chip's arrays). Numbers equal :meth:`SiliconModel.evaluate` point by point.
+    """
+    if isinstance(chip, (str, ChipSpec)):
+        chip = chip_arrays(chip)
+    n_prompt = np.asarray(n_prompt, dtype=np.float64)
+    n_generated = np.asarray(n_generated, dtype=np.float64)
+    if np.any(n_prompt < 1) or np.any(n_generated < 2):
+        raise ValueError("need n_prompt >= 1 and n_generated >= 2 everywhere")
+    co = pass_coefficients(spec, plan)
+    steps = n_generated - 1
+    # sum of (p + 1) over decode positions n_prompt .. n_prompt + steps - 1
+    keys = steps * n_prompt + steps * (steps + 1) / 2
+    s, k = steps[..., None], keys[..., None]
+    layer = co.layer_const * s + co.layer_per_key * k
+    head = co.head_const * s
+    embed = co.embed_const * s
+    hscale = head_lane_scale(spec, plan, chip) if np.ndim(chip.head_balanced) == 0 else None
+    if hscale is None:
+        raise ValueError("head_balanced must be a single bool in a sweep")
+    hz = chip.clock_ghz * 1e9
+    parts = []
+    for counts, scale, mult in ((layer, 1.0, spec.n_layers), (head, hscale, 1), (embed, 1.0, 1)):
+        cyc = sum(_region_cycles(counts, chip, scale))
+        parts.append((cyc, mult))
+    total = sum(c * m for c, m in parts)
+    latency = total / hz / steps
+    per_pass = [c / steps for c, _ in parts]
+    slowest = np.maximum(np.maximum(per_pass[0], per_pass[1]), per_pass[2]) / hz
+    energy = (spec.n_layers * _energy_pj(layer, chip) + _energy_pj(head, chip) + _energy_pj(embed, chip)) * 1e-12 / steps
+    per_user = 1.0 / latency
+    context = n_prompt + n_generated - 1
+    users_kv = np.floor(chip.kv_sram_bytes / (kv_bytes_per_token(spec, plan) * context))
+    users_power = np.floor(np.maximum(chip.power_limit_w - chip.static_power_w, 0) / (energy * per_user))
+    users = np.minimum(np.minimum(users_kv, users_power), spec.n_layers + 2)
+    aggregate = np.minimum(users * per_user, 1.0 / slowest)
+    out = {"latency_s_per_token": latency, "per_user_tok_s": per_user, "dynamic_energy_j_per_token": energy,
+           "users": users, "aggregate_tok_s": aggregate, "power_w": energy * aggregate + chip.static_power_w}
+    shape = np.broadcast_shapes(*(np.shape(v) for v in out.values()))
+    return {k: np.broadcast_to(v, shape) for k, v in out.items()}
