@@ -149,6 +149,11 @@ register_plan(Plan("int8-pt", INT8_G32, INT8_G32, INT8_G32, PER_TOKEN, "int8",
                    "plan int8 with one activation scale per token (cheaper silicon, less accurate)"))
 register_plan(Plan("int4-pt", INT4A_G32, INT8_G32, INT8_G32, PER_TOKEN, "int8",
                    "plan int4 with one activation scale per token (cheaper silicon, less accurate)"))
+register_plan(Plan("hc1-int4", WeightFormat(4, 128), WeightFormat(4, 128), WeightFormat(4, 128),
+                   ActFormat("block", 128), "int8",
+                   "HC1-like: symmetric int4 per block of 128 for every matrix, embedding and head (4.125 bits "
+                   "per weight, standing in for HC1's unpublished 3-bit/6-bit mix: \"four bits per transistor\"), "
+                   "int8 activations per block of 128, int8 KV; needs widths that are multiples of 128"))
 
 
 def get_plan(name: str) -> Plan:

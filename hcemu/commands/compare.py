@@ -29,12 +29,12 @@ def run(args) -> int:
     from hcemu.formats import get_plan
     from hcemu.model.spec import get_preset
     from hcemu.perf.report import compare_rows, rows_to_csv, rows_to_text
-    from hcemu.perf.specs import HC1_PLAN, default_plan
+    from hcemu.perf.specs import default_plan
 
     if args.context < 1:
         raise ValueError(f"--context must be >= 1, got {args.context}")
     spec = get_preset(args.model)
-    plan = default_plan(spec) if args.plan is None else (HC1_PLAN if args.plan == HC1_PLAN.name else get_plan(args.plan))
+    plan = default_plan(spec) if args.plan is None else get_plan(args.plan)
     n_gen = args.context if args.generated is None else args.generated
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
                         host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads)

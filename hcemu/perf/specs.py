@@ -13,24 +13,18 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 
-from hcemu.formats import ActFormat, Plan, WeightFormat
+from hcemu.formats import get_plan
 
 # ----------------------------------------------------------------------------------------------
 # The hard-coded chip
 
-HC1_PLAN = Plan(
-    "hc1-int4", WeightFormat(4, 128), WeightFormat(4, 128), WeightFormat(4, 128), ActFormat("block", 128), "int8",
-    "HC1-like: symmetric int4 per block of 128 for every matrix, embedding and head (4.125 bits per weight, "
-    "standing in for HC1's custom 3-bit/6-bit mix), int8 activations per block of 128 (the kernels need the act group to be a multiple of the weight tile), int8 KV")
-"""The plan the ``hc1`` chip preset is modeled with (assumption: HC1's 3-bit base + 6-bit format is not
-public in detail; a 4-bit code per weight matches "store four bits ... with a single transistor")."""
+HC1_PLAN = get_plan("hc1-int4")
+"""The plan the ``hc1`` chip preset is modeled with (see :mod:`hcemu.formats`)."""
 
 
-def default_plan(spec) -> Plan:
+def default_plan(spec):
     """:data:`HC1_PLAN` when the model's input widths are multiples of 128, else the registered ``int4``
     plan (asymmetric int4 per block of 32, as GGUF Q4_1), which every hcemu model fits."""
-    from hcemu.formats import get_plan
-
     widths = {spec.d_model, spec.q_dim, spec.d_ff}
     return HC1_PLAN if all(k % HC1_PLAN.matrices.group == 0 for k in widths) else get_plan("int4")
 
