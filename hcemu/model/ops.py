@@ -119,9 +119,9 @@ def apply_rope(x, cos, sin) -> np.ndarray:
 def silu(x) -> np.ndarray:
     """``x * sigmoid(x) = x / (1 + exp(-x))``: ``exp`` in float64 rounded to float32, then float32 ops."""
     x = _f32(x, "silu x")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         e = np.exp(-x.astype(np.float64)).astype(F32)  # inf for x < -88.7: result -0.0
-    return x / (F32(1.0) + e)
+        return x / (F32(1.0) + e)
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
@@ -134,6 +134,7 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     if not np.all(np.isfinite(m)):
         raise ValueError("softmax: a slice has no finite entry (fully masked or NaN/inf)")
-    e = np.exp((x - m).astype(np.float64)).astype(F32)
-    s = np.sum(e, axis=axis, keepdims=True, dtype=np.float64).astype(F32)
-    return e / s
+    with np.errstate(under="ignore"):  # tiny probabilities flush to (sub)normal or zero, by design
+        e = np.exp((x - m).astype(np.float64)).astype(F32)
+        s = np.sum(e, axis=axis, keepdims=True, dtype=np.float64).astype(F32)
+        return e / s
