@@ -38,3 +38,21 @@ def test_reproducible_and_independent_of_order():
         SyntheticSource(TINY_SPEC, seed=-1)
     with pytest.raises(TypeError):
         SyntheticSource("llama-3.1-8b")
+
+
+def test_load_source(tmp_path):
+    from hcemu.model import GGUFSource, SyntheticSource as S, load_source
+    from model_helpers import write_tiny_gguf
+
+    s = load_source("llama-3.1-8b")
+    assert isinstance(s, S) and s.spec.name == "llama-3.1-8b"
+    assert load_source(TINY_SPEC, seed=4).seed == 4
+    p = tmp_path / "m.gguf"
+    write_tiny_gguf(p)
+    g = load_source(p)
+    assert isinstance(g, GGUFSource) and g.spec.d_model == 64
+    assert load_source(g) is g
+    with pytest.raises(ValueError, match="preset"):
+        load_source("gpt-5")
+    with pytest.raises(TypeError):
+        load_source(3)
