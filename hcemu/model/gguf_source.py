@@ -155,6 +155,8 @@ class GGUFSource(ModelSource):
         return list(self._tensors)
 
     def _tensor(self, name: str):
+        if self._reader is None:
+            raise ValueError(f"GGUFSource for {self.path} is closed")
         try:
             t = self._tensors[name]
         except KeyError:
