@@ -1,0 +1,218 @@
+"""FloatLlama: the float32 numpy Llama forward pass, the accuracy baseline and test oracle.
+
+It runs on the source's weights dequantized to float32 (``ModelSource.float32``), with the vector-unit
+math of :mod:`hcemu.model.ops` (RMSNorm, consecutive-pair RoPE, SiLU, softmax), grouped-query attention,
+and tied embeddings when the spec says so. Matrix products are numpy float32 ``matmul`` (BLAS), so
+results are close to, not bit-identical with, other float32 implementations.
+
+State: a float32 KV cache of ``(n_layers, capacity, n_kv_heads, head_dim)`` for K and for V, grown
+as needed. :meth:`prefill` resets it; :meth:`decode` appends one token.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hcemu.model import ops
+from hcemu.model.source import ModelSource
+
+F32 = np.float32
+
+
+class FloatLlama:
+    """A Llama forward pass over ``source`` in float32.
+
+    All weights are dequantized on construction (float32: 4 bytes per parameter, so 0.55 GB for
+    SmolLM2-135M); ``layers`` limits how many transformer blocks run (for quick tests, default all).
+    """
+
+    def __init__(self, source: ModelSource, dtype=np.float32, layers: int | None = None):
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"FloatLlama computes in float32 only, got dtype {np.dtype(dtype)}")
+        spec = source.spec
+        self.source = source
+        self.spec = spec
+        self.n_layers = spec.n_layers if layers is None else int(layers)
+        if not 0 <= self.n_layers <= spec.n_layers:
+            raise ValueError(f"layers must be in [0, {spec.n_layers}], got {layers}")
+
+        def load(name, shape):
+            w = np.ascontiguousarray(source.float32(name), dtype=F32)
+            if w.shape != tuple(shape):
+                raise ValueError(f"tensor {name} has shape {w.shape}, expected {tuple(shape)} for {spec.name}")
+            return w
+
+        self.embedding = load("token_embd.weight", spec.matrix_shape("embedding"))
+        self.output = (self.embedding if spec.tied_embeddings
+                       else load("output.weight", spec.matrix_shape("output")))
+        self.output_norm = load("output_norm.weight", (spec.d_model,))
+        self.layers = []
+        for i in range(self.n_layers):
+            L = {k: load(f"blk.{i}.{k}.weight", spec.matrix_shape(k))
+                 for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+            # transposed copies: activations (t, n_in) @ (n_in, n_out)
+            L = {k: np.ascontiguousarray(v.T) for k, v in L.items()}
+            L["attn_norm"] = load(f"blk.{i}.attn_norm.weight", (spec.d_model,))
+            L["ffn_norm"] = load(f"blk.{i}.ffn_norm.weight", (spec.d_model,))
+            self.layers.append(L)
+        self._out_t = np.ascontiguousarray(self.output.T)
+        self.reset()
+
+    # ---- cache
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self.pos = 0
+        self._alloc(0)
+
+    def _alloc(self, capacity: int) -> None:
+        s = self.spec
+        shape = (self.n_layers, capacity, s.n_kv_heads, s.head_dim)
+        self._k = np.zeros(shape, F32)
+        self._v = np.zeros(shape, F32)
+
+    def _ensure(self, n: int) -> None:
+        if n > self.spec.max_context:
+            raise ValueError(f"sequence of {n} tokens exceeds the model's context of {self.spec.max_context}")
+        cap = self._k.shape[1]
+        if n <= cap:
+            return
+        new_cap = min(max(n, 2 * cap, 256), self.spec.max_context)
+        k, v = self._k, self._v
+        self._alloc(new_cap)
+        self._k[:, :cap] = k
+        self._v[:, :cap] = v
+
+    # ---- forward
+    def _check_tokens(self, tokens) -> np.ndarray:
+        t = np.asarray(tokens)
+        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"tokens must be a 1-D integer sequence, got shape {t.shape} dtype {t.dtype}")
+        if t.size and (t.min() < 0 or t.max() >= self.spec.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.spec.vocab_size}), got min {t.min()} max {t.max()}")
+        return t.astype(np.int64)
+
+    def forward(self, tokens, all_logits: bool = True) -> np.ndarray:
+        """Run ``tokens`` at positions ``pos .. pos+t-1``, appending them to the cache.
+
+        Returns float32 logits ``(t, vocab)`` (``all_logits``) or those of the last token ``(1, vocab)``.
+        """
+        s = self.spec
+        toks = self._check_tokens(tokens)
+        t = toks.size
+        if t == 0:
+            raise ValueError("forward needs at least one token")
+        p0 = self.pos
+        self._ensure(p0 + t)
+        cos, sin = ops.rope_tables(s, np.arange(p0, p0 + t))
+        nh, nkv, hd, g = s.n_heads, s.n_kv_heads, s.head_dim, s.gqa_group
+        T = p0 + t
+        # causal mask: query i (position p0+i) sees keys 0 .. p0+i
+        mask = np.where(np.arange(T)[None, :] <= (p0 + np.arange(t))[:, None], F32(0), F32(-np.inf))
+        inv_sqrt = F32(1.0 / np.sqrt(hd))
+        x = self.embedding[toks]
+        for li, L in enumerate(self.layers):
+            h = ops.rmsnorm(x, L["attn_norm"], s.norm_eps)
+            q = (h @ L["attn_q"]).reshape(t, nh, hd)
+            k = (h @ L["attn_k"]).reshape(t, nkv, hd)
+            v = (h @ L["attn_v"]).reshape(t, nkv, hd)
+            q = ops.apply_rope(q, cos, sin)
+            k = ops.apply_rope(k, cos, sin)
+            self._k[li, p0:T] = k
+            self._v[li, p0:T] = v
+            K = self._k[li, :T].transpose(1, 2, 0)          # (nkv, hd, T)
+            V = self._v[li, :T].transpose(1, 0, 2)          # (nkv, T, hd)
+            # queries grouped by kv head: (nkv, g, t, hd); head j uses kv head j // g
+            qg = q.reshape(t, nkv, g, hd).transpose(1, 2, 0, 3)
+            scores = (qg @ K[:, None]) * inv_sqrt             # (nkv, g, t, T)
+            scores += mask
+            probs = ops.softmax(scores, axis=-1)
+            att = probs @ V[:, None]                           # (nkv, g, t, hd)
+            att = att.transpose(2, 0, 1, 3).reshape(t, nh * hd)
+            x = x + att @ L["attn_output"]
+            h = ops.rmsnorm(x, L["ffn_norm"], s.norm_eps)
+            ff = ops.silu(h @ L["ffn_gate"]) * (h @ L["ffn_up"])
+            x = x + ff @ L["ffn_down"]
+        self.pos = T
+        if not all_logits:
+            x = x[-1:]
+        return ops.rmsnorm(x, self.output_norm, s.norm_eps) @ self._out_t
+
+    def prefill(self, tokens) -> np.ndarray:
+        """Reset the cache, run the prompt; return the last token's logits ``(vocab,)`` float32."""
+        self.reset()
+        return self.forward(tokens, all_logits=False)[0]
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token; return its logits ``(vocab,)`` float32."""
+        return self.forward([int(token)], all_logits=False)[0]
+
+    def logits(self, tokens, chunk: int = 256) -> np.ndarray:
+        """Causal logits ``(t, vocab)`` float32 for a whole sequence, run in chunks of ``chunk`` tokens
+        from an empty cache (the cache holds the sequence afterwards)."""
+        toks = self._check_tokens(tokens)
+        if chunk < 1:
+            raise ValueError(f"chunk must be positive, got {chunk}")
+        self.reset()
+        self._ensure(toks.size)
+        out = np.empty((toks.size, self.spec.vocab_size), F32)
+        for a in range(0, toks.size, chunk):
+            out[a:a + chunk] = self.forward(toks[a:a + chunk])
+        return out
+
+    def perplexity(self, tokens, chunk: int = 256) -> float:
+        """``exp`` of the mean negative log-likelihood of ``tokens[1:]`` (each given all before it)."""
+        toks = self._check_tokens(tokens)
+        if toks.size < 2:
+            raise ValueError("perplexity needs at least two tokens")
+        return perplexity_from_logits(self.logits(toks, chunk), toks)
+
+    def generate(self, prompt_ids, max_new_tokens: int, greedy: bool = True, temperature: float = 1.0,
+                 top_k: int = 0, seed: int = 0, stop_ids=()) -> list[int]:
+        """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens; stop after emitting one of
+        ``stop_ids``. Greedy (argmax) unless ``greedy=False``: then sample from
+        ``softmax(logits / temperature)`` restricted to the ``top_k`` best (0 = all), with
+        ``numpy.random.default_rng(seed)``. Returns the new ids only."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not greedy and temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        rng = np.random.default_rng(seed)
+        stop = {int(i) for i in stop_ids}
+        out: list[int] = []
+        if max_new_tokens == 0:
+            return out
+        logits = self.prefill(prompt_ids)
+        while True:
+            nxt = sample(logits, greedy, temperature, top_k, rng)
+            out.append(nxt)
+            if nxt in stop or len(out) >= max_new_tokens:
+                return out
+            logits = self.decode(nxt)
+
+
+def sample(logits, greedy: bool = True, temperature: float = 1.0, top_k: int = 0, rng=None) -> int:
+    """One token from ``(vocab,)`` logits: argmax, or a temperature / top-k sample (float64 maths)."""
+    logits = np.asarray(logits)
+    if greedy:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z >= kth, z, -np.inf)
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.choice(z.size, p=p))
+
+
+def perplexity_from_logits(logits, tokens) -> float:
+    """Perplexity of ``tokens[1:]`` under ``logits[:-1]`` (row i predicts token i+1), float64 maths."""
+    lg = np.asarray(logits, dtype=np.float64)
+    toks = np.asarray(tokens)
+    if lg.ndim != 2 or lg.shape[0] != toks.size:
+        raise ValueError(f"logits {lg.shape} do not match {toks.size} tokens")
+    lg = lg[:-1]
+    m = lg.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(lg - m).sum(axis=1)) + m[:, 0]
+    nll = lse - lg[np.arange(lg.shape[0]), toks[1:]]
+    return float(np.exp(nll.mean()))
