@@ -20,7 +20,7 @@ def is_image(model: str) -> bool:
 
 
 def _cache_key(model: str, plan: str, seed: int) -> str:
-    from hcemu.model.resolve import source_path
+    from hcemu.model import source_path
 
     path = source_path(model)
     ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__}
@@ -40,13 +40,13 @@ def ensure_image(model: str, plan: str = "int4", *, seed: int = 0, progress: boo
             raise FileNotFoundError(f"ROM image not found: {model}")
         return model
     from hcemu.formats import get_plan
-    from hcemu.model.resolve import open_source
+    from hcemu.model import load_source
     from hcemu.rom.image import compile_model
 
     get_plan(plan)  # fail early on an unknown plan name
     path = out or os.path.join(cache_dir(), "images", _cache_key(model, plan, seed))
     if out or not os.path.exists(path):
-        with open_source(model, seed=seed) as source:
+        with load_source(model, seed=seed) as source:
             compile_model(source, get_plan(plan), path, progress=progress)
     return path
 

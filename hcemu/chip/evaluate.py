@@ -50,11 +50,11 @@ def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.
 def _worker_state(image_path: str, source_path: str, n_threads: int):
     from hcemu.chip.chip import Chip
     from hcemu.model.reference import FloatLlama
-    from hcemu.model.resolve import open_source
+    from hcemu.model import load_source
     from hcemu.rom.image import RomImage
 
     image = RomImage.load(image_path, verify=False)
-    return Chip(image, n_threads=n_threads), FloatLlama(open_source(source_path))
+    return Chip(image, n_threads=n_threads), FloatLlama(load_source(source_path))
 
 
 def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1) -> WindowStats:

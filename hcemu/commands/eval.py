@@ -24,7 +24,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from hcemu.app import ensure_image, load_tokenizer
     from hcemu.chip.evaluate import evaluate
-    from hcemu.model.resolve import source_path
+    from hcemu.model import source_path
     from hcemu.model.texts import licence_text
     from hcemu.rom.image import RomImage
 
