@@ -170,11 +170,12 @@ def attention(q, cache: KVCache, layer, start, *, out=None, events=None, region=
     Counts ``sram_kv_bytes_read``, ``attn_macs``, ``vec_flops`` and ``vec_transcendentals`` of the
     softmax into ``events`` (region ``region``, default ``layer``), per docs/events.md.
     """
+    limit = cache._filled[layer] if 0 <= layer < cache.n_layers else 0  # bad layers: the kernel says so
     if cache.fmt == "int8":
         out = _core.attn_i8(q, cache.k_codes, cache.k_scales, cache.v_codes, cache.v_scales, layer,
-                            start, cache._filled[layer], out)
+                            start, limit, out)
     else:
-        out = _core.attn_f16(q, cache.k, cache.v, layer, start, cache._filled[layer], out)
+        out = _core.attn_f16(q, cache.k, cache.v, layer, start, limit, out)
     if events is not None:
         t, n_heads = q.shape[0], q.shape[1]
         keys = t * start + t * (t + 1) // 2  # sum over queries of (p + 1)
