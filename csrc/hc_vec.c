@@ -27,6 +27,8 @@ int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float e
         float *yi = y + i * d;
         float ss = hc__dot16(xi, xi, d);
         float r = 1.0f / sqrtf(ss / fd + eps);
+        /* out may be x: every element is read before it is written, at the same index */
+#pragma GCC ivdep
         for (int64_t j = 0; j < d; ++j) yi[j] = (xi[j] * r) * w[j];
     }
     return HC_OK;
@@ -41,6 +43,7 @@ int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t 
         for (int64_t h = 0; h < heads; ++h) {
             const float *xh = x + (i * heads + h) * hd;
             float *yh = y + (i * heads + h) * hd;
+#pragma GCC ivdep
             for (int64_t j = 0; j < half; ++j) {
                 float x0 = xh[2 * j], x1 = xh[2 * j + 1];
                 yh[2 * j] = x0 * c[j] - x1 * s[j];
@@ -53,6 +56,7 @@ int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t 
 
 int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y) {
     if (n < 0) return HC_EINVAL;
+#pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) {
         float gi = g[i];
         float e = hc__exp(-gi);
@@ -63,6 +67,7 @@ int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y) {
 
 int hc_add_f32(float *x, const float *y, int64_t n) {
     if (n < 0) return HC_EINVAL;
+#pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) x[i] = x[i] + y[i];
     return HC_OK;
 }

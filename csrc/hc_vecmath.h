@@ -16,9 +16,15 @@ static inline float hc__u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; 
 static inline float hc__exp(float x) {
     const float log2e = 0x1.715476p+0f, magic = 12582912.0f;
     const float c1 = 0x1.63p-1f, c2 = -0x1.bd0106p-13f;
-    float xc = x > 88.0f ? 88.0f : x;
-    xc = xc < -87.0f ? -87.0f : xc;
-    xc = (x == x) ? xc : 0.0f;
+    /* range tests on the bits (integer compares keep the loop free of FP-compare control flow,
+     * so compilers vectorize it): x < -87, x > 88, NaN */
+    const uint32_t ux = hc__f2u(x), ax = ux & 0x7fffffffu;
+    const uint32_t is_nan = (uint32_t)0 - (uint32_t)(ax > 0x7f800000u);             /* all-ones masks */
+    const uint32_t neg = (uint32_t)0 - (ux >> 31);
+    const uint32_t lo = neg & ((uint32_t)0 - (uint32_t)(ax > 0x42ae0000u)) & ~is_nan; /* 87.0f */
+    const uint32_t hi = ~neg & ((uint32_t)0 - (uint32_t)(ax > 0x42b00000u)) & ~is_nan; /* 88.0f */
+    const uint32_t keep = ~(lo | hi | is_nan);
+    float xc = hc__u2f((ux & keep) | (0xc2ae0000u & lo) | (0x42b00000u & hi)); /* NaN -> 0 */
     float n = (xc * log2e + magic) - magic;
     float r = xc - n * c1;
     r = r - n * c2;
@@ -32,10 +38,7 @@ static inline float hc__exp(float x) {
     p = p * z + r;
     p = p + 1.0f;
     float y = p * hc__u2f((uint32_t)((int32_t)n + 127) << 23);
-    y = x < -87.0f ? 0.0f : y;
-    y = x > 88.0f ? __builtin_inff() : y;
-    y = (x == x) ? y : x;
-    return y;
+    return hc__u2f((hc__f2u(y) & keep) | (0x7f800000u & hi) | (ux & is_nan)); /* lo -> 0 */
 }
 
 /* float32 -> binary16, round to nearest even (F. Giesen's float_to_half_fast3_rtne). */
