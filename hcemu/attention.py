@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from hcemu import _core
-from hcemu.events import FIELD_INDEX
 from hcemu.formats import KV_FORMATS
 
 ATTN_BLOCK = _core.ATTN_BLOCK
@@ -19,12 +18,6 @@ ATTN_BLOCK = _core.ATTN_BLOCK
 
 _VALUE_BYTES = {"int8": 1, "fp16": 2}
 _SCALE_BYTES = {"int8": 2, "fp16": 0}
-
-_I_READ = FIELD_INDEX["sram_kv_bytes_read"]
-_I_WRITE = FIELD_INDEX["sram_kv_bytes_written"]
-_I_MACS = FIELD_INDEX["attn_macs"]
-_I_FLOPS = FIELD_INDEX["vec_flops"]
-_I_TRANS = FIELD_INDEX["vec_transcendentals"]
 
 
 def kv_bytes_per_token_layer(n_kv_heads: int, head_dim: int, fmt: str = "int8") -> int:
@@ -82,11 +75,12 @@ class KVCache:
             self.v_codes = np.zeros(shape, np.int8)
             self.k_scales = np.zeros(shape[:3], np.uint16)
             self.v_scales = np.zeros(shape[:3], np.uint16)
+            self._store = _core.KVStore(self.k_codes, self.v_codes, self.k_scales, self.v_scales)
         else:
             self.k = np.zeros(shape, np.uint16)
             self.v = np.zeros(shape, np.uint16)
+            self._store = _core.KVStore(self.k, self.v)
         self.length = 0
-        self._filled = [0] * self.n_layers  # tokens written per layer (committed + appended)
 
     @property
     def nbytes(self) -> int:
@@ -95,7 +89,7 @@ class KVCache:
 
     def filled(self, layer: int) -> int:
         """Tokens written in ``layer``: committed plus appended since the last commit."""
-        return self._filled[layer]
+        return self._store.filled(layer)
 
     def _overflow(self, tokens: int) -> ContextOverflowError:
         return ContextOverflowError(
@@ -107,45 +101,33 @@ class KVCache:
         """Write k, v float32 (t, n_kv_heads, head_dim) at the next t positions of ``layer``.
 
         Counts ``sram_kv_bytes_written`` into ``events`` (region ``region``, default ``layer``).
+        Raises :class:`ContextOverflowError` (writing nothing) when the tokens do not fit.
         """
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"KVCache.append: layer {layer} outside 0..{self.n_layers - 1}")
-        pos = self._filled[layer]
-        t = k.shape[0] if isinstance(k, np.ndarray) and k.ndim == 3 else None
-        if t is not None and pos + t > self.capacity_tokens:
-            raise self._overflow(pos + t)
-        if not isinstance(v, np.ndarray) or v.shape != k.shape:
-            raise ValueError(f"KVCache.append: v has shape {getattr(v, 'shape', None)}, "
-                             f"k has {getattr(k, 'shape', None)}")
-        if self.fmt == "int8":
-            t = _core.kv_store_i8(k, self.k_codes, self.k_scales, layer, pos)
-            _core.kv_store_i8(v, self.v_codes, self.v_scales, layer, pos)
-        else:
-            t = _core.kv_store_f16(k, self.k, layer, pos)
-            _core.kv_store_f16(v, self.v, layer, pos)
-        self._filled[layer] = pos + t
-        if events is not None:
-            events.counts[events.region_index(layer if region is None else region), _I_WRITE] += (
-                t * self.bytes_per_token_layer)
+        if self._store.append(layer, k, v, events, region) < 0:
+            raise self._overflow(self._store.filled(layer) + k.shape[0])
 
     def commit(self, t) -> None:
         """Advance ``length`` by t after every layer appended the same t tokens."""
         target = self.length + t
-        bad = [i for i, f in enumerate(self._filled) if f != target]
+        filled = self._store.filled_all()
+        bad = [i for i, f in enumerate(filled) if f != target]
         if t < 0 or bad:
             raise ValueError(f"KVCache.commit({t}): every layer must have appended {t} tokens after "
-                             f"{self.length} committed; layers {bad[:8]} hold "
-                             f"{[self._filled[i] for i in bad[:8]]}")
+                             f"{self.length} committed; layers {bad[:8]} hold {[filled[i] for i in bad[:8]]}")
         self.length = target
 
     def reset(self) -> None:
         """Forget every token (the SRAM contents are simply overwritten later)."""
         self.length = 0
-        self._filled = [0] * self.n_layers
+        self._store.reset(0)
+
+    def rollback(self) -> None:
+        """Drop tokens appended since the last commit (every layer back to ``length``)."""
+        self._store.reset(self.length)
 
     def keys_values(self, layer: int, n: int | None = None):
         """Dequantized float32 K and V of ``layer``, (n, n_kv_heads, head_dim), first n tokens."""
-        n = self._filled[layer] if n is None else n
+        n = self._store.filled(layer) if n is None else n
         if self.fmt == "int8":
             ks = self.k_scales[layer, :, :n].view(np.float16).astype(np.float32)
             vs = self.v_scales[layer, :, :n].view(np.float16).astype(np.float32)
@@ -170,18 +152,4 @@ def attention(q, cache: KVCache, layer, start, *, out=None, events=None, region=
     Counts ``sram_kv_bytes_read``, ``attn_macs``, ``vec_flops`` and ``vec_transcendentals`` of the
     softmax into ``events`` (region ``region``, default ``layer``), per docs/events.md.
     """
-    limit = cache._filled[layer] if 0 <= layer < cache.n_layers else 0  # bad layers: the kernel says so
-    if cache.fmt == "int8":
-        out = _core.attn_i8(q, cache.k_codes, cache.k_scales, cache.v_codes, cache.v_scales, layer,
-                            start, limit, out)
-    else:
-        out = _core.attn_f16(q, cache.k, cache.v, layer, start, limit, out)
-    if events is not None:
-        t, n_heads = q.shape[0], q.shape[1]
-        keys = t * start + t * (t + 1) // 2  # sum over queries of (p + 1)
-        row = events.counts[events.region_index(layer if region is None else region)]
-        row[_I_READ] += keys * cache.bytes_per_token_layer
-        row[_I_MACS] += 2 * n_heads * cache.head_dim * keys
-        row[_I_FLOPS] += 5 * n_heads * keys
-        row[_I_TRANS] += n_heads * keys
-    return out
+    return cache._store.attend(q, layer, start, out, events, region)

@@ -329,3 +329,16 @@ def test_attention_bad_inputs():
     ones.append(0, np.ones((4, 2, 16), np.float32), np.ones((4, 2, 16), np.float32))
     with pytest.raises(ValueError, match="float32 range"):  # finite q, q.k overflows float32
         attention(np.full((1, 4, 16), 1e38, np.float32), ones, 0, 3)
+
+
+def test_rollback_drops_uncommitted_tokens():
+    rng = np.random.default_rng(13)
+    cache, _, _ = filled_cache(rng, 2, 1, 16, 5, capacity=8)
+    cache.append(0, rand(rng, 3, 1, 16), rand(rng, 3, 1, 16))
+    assert cache.filled(0) == 8 and cache.filled(1) == 5
+    cache.rollback()
+    assert cache.filled(0) == 5 and cache.length == 5
+    with pytest.raises(ValueError, match=r"positions \[5, 6\).*holds 5 tokens"):
+        attention(rand(rng, 1, 1, 16), cache, 0, 5)
+    with pytest.raises(ValueError, match="layer 2 outside"):
+        cache.filled(2)
