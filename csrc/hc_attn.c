@@ -221,24 +221,48 @@ T_AVX2 static void cvt_f16_avx2(const uint16_t *h, int64_t n, float *out) {
 
 /* AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the key bytes are offset by 128
  * (b ^ 0x80) and 128 * sum(q) is subtracted: exact integer arithmetic (docs/numerics.md). */
+T_AVX512 static inline __m512i dp_key(__m512i acc, const int8_t *kj, const int8_t *qa, int hd) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int d = 0; d < hd; d += 64) {
+        int rem = hd - d;
+        __mmask64 m = rem >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rem) - 1);
+        __m512i kx = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, kj + d), flip);
+        __m512i qv = _mm512_maskz_loadu_epi8(m, qa + d); /* 0 past hd: no contribution */
+        acc = _mm512_dpbusd_epi32(acc, kx, qv);
+    }
+    return acc;
+}
+
+/* Horizontal sums of four int32 vectors: returns (sum a0, sum a1, sum a2, sum a3). */
+T_AVX512 static inline __m128i hsum4_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the key bytes are offset by 128
+ * (b ^ 0x80) and 128 * sum(q) is subtracted: exact integer arithmetic (docs/numerics.md). Keys go
+ * four at a time so one transposing reduction serves four dot products. */
 T_AVX512 static void qk_i8_avx512(const int8_t *q, const int16_t *q16, const int32_t *qsum, int G,
                                   const int8_t *k, int64_t nk, int hd, int32_t *D, int64_t ldd) {
     (void)q16;
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int64_t j = 0; j < nk; ++j) {
-        const int8_t *kj = k + j * hd;
-        for (int a = 0; a < G; ++a) {
-            const int8_t *qa = q + (int64_t)a * hd;
-            __m512i acc = _mm512_setzero_si512();
-            for (int d = 0; d < hd; d += 64) {
-                int rem = hd - d;
-                __mmask64 m = rem >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rem) - 1);
-                __m512i kx = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, kj + d), flip);
-                __m512i qv = _mm512_maskz_loadu_epi8(m, qa + d); /* 0 past hd: no contribution */
-                acc = _mm512_dpbusd_epi32(acc, kx, qv);
-            }
-            D[a * ldd + j] = _mm512_reduce_add_epi32(acc) - 128 * qsum[a];
+    for (int a = 0; a < G; ++a) {
+        const int8_t *qa = q + (int64_t)a * hd;
+        const __m128i corr = _mm_set1_epi32(128 * qsum[a]);
+        int64_t j = 0;
+        for (; j + 4 <= nk; j += 4) {
+            const int8_t *kj = k + j * hd;
+            __m512i a0 = dp_key(_mm512_setzero_si512(), kj, qa, hd);
+            __m512i a1 = dp_key(_mm512_setzero_si512(), kj + hd, qa, hd);
+            __m512i a2 = dp_key(_mm512_setzero_si512(), kj + 2 * hd, qa, hd);
+            __m512i a3 = dp_key(_mm512_setzero_si512(), kj + 3 * hd, qa, hd);
+            _mm_storeu_si128((__m128i *)(D + a * ldd + j), _mm_sub_epi32(hsum4_epi32(a0, a1, a2, a3), corr));
         }
+        for (; j < nk; ++j)
+            D[a * ldd + j] = _mm512_reduce_add_epi32(dp_key(_mm512_setzero_si512(), k + j * hd, qa, hd)) -
+                             128 * qsum[a];
     }
 }
 
@@ -339,6 +363,7 @@ typedef struct {
     int32_t *D;    /* G*BLK                                  */
     float *s;      /* G*BLK scores, then probabilities       */
     float *w;      /* BLK  p * v_scale                       */
+    float *ksc, *vsc; /* BLK K and V scales of the block, float */
     float *kf, *vf;/* BLK*hd converted fp16 block            */
     float *acc;    /* G*hd                                   */
     float *m, *l;  /* G                                      */
@@ -347,16 +372,16 @@ typedef struct {
 
 static int scratch_alloc(scratch *S, int G, int hd) {
     size_t gh = (size_t)G * hd;
-    /* 13 arrays, each rounded up to 64 bytes */
+    /* 15 arrays, each rounded up to 64 bytes */
     size_t bytes = gh * (4 + 4 + 2 + 1) + 2 * (size_t)BLK * hd * 4 + 2 * (size_t)G * BLK * 4 +
-                   BLK * 4 + 5 * (size_t)G * 4 + 13 * 64;
+                   3 * BLK * 4 + 5 * (size_t)G * 4 + 15 * 64;
     char *p = malloc(bytes);
     if (!p) return HC_ENOMEM;
     S->mem = p;
 #define TAKE(field, n, T) do { S->field = (T *)p; p += (((n) * sizeof(T)) + 63) / 64 * 64; } while (0)
     TAKE(qf, gh, float); TAKE(acc, gh, float); TAKE(kf, (size_t)BLK * hd, float);
     TAKE(vf, (size_t)BLK * hd, float); TAKE(s, (size_t)G * BLK, float); TAKE(D, (size_t)G * BLK, int32_t);
-    TAKE(w, BLK, float); TAKE(qsc, G, float); TAKE(m, G, float); TAKE(l, G, float);
+    TAKE(w, BLK, float); TAKE(ksc, BLK, float); TAKE(vsc, BLK, float); TAKE(qsc, G, float); TAKE(m, G, float); TAKE(l, G, float);
     TAKE(qsum, G, int32_t); TAKE(q16, gh, int16_t); TAKE(qq, gh, int8_t);
 #undef TAKE
     return HC_OK;
@@ -425,10 +450,11 @@ static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_
                     const int8_t *kb = (const int8_t *)k + (base + j0) * hd;
                     vb8 = (const int8_t *)v + (base + j0) * hd;
                     kf.qk(S.qq, S.q16, S.qsum, G, kb, nb, hd, S.D, BLK);
+                    kf.cvt(k_scale + base + j0, nb, S.ksc);
+                    kf.cvt(v_scale + base + j0, nb, S.vsc);
                     for (int a = 0; a < G; ++a)
                         for (int64_t j = 0; j < nb; ++j)
-                            S.s[a * BLK + j] =
-                                ((float)S.D[a * BLK + j] * hc__f16_to_f32(k_scale[base + j0 + j])) * S.qsc[a];
+                            S.s[a * BLK + j] = ((float)S.D[a * BLK + j] * S.ksc[j]) * S.qsc[a];
                 } else {
                     kf.cvt((const uint16_t *)k + (base + j0) * hd, nb * hd, S.kf);
                     kf.cvt((const uint16_t *)v + (base + j0) * hd, nb * hd, S.vf);
@@ -445,7 +471,7 @@ static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_
                     for (int d = 0; d < hd; ++d) acc[d] = acc[d] * alpha;
                     if (is_i8) {
                         for (int64_t j = 0; j < nb; ++j)
-                            S.w[j] = sa[j] * hc__f16_to_f32(v_scale[base + j0 + j]);
+                            S.w[j] = sa[j] * S.vsc[j];
                         kf.pv_i8(acc, S.w, vb8, nb, hd);
                     } else {
                         kf.pv_f32(acc, sa, S.vf, nb, hd);
