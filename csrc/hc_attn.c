@@ -155,6 +155,56 @@ static void cvt_f16_scalar(const uint16_t *h, int64_t n, float *out) {
 HC_FLOAT_KERNELS(avx2, T_AVX2)
 HC_FLOAT_KERNELS(avx512, T_AVX512)
 
+/* 16-lane float dots with the fold 8, 4, 2, 1 of hc__fold16, in registers. Lanes past hd are
+ * loaded as zeros: they add +0 to lanes that never hold -0, which leaves them unchanged. */
+T_AVX2 static inline float fold8x2_avx2(__m256 lo, __m256 hi) {
+    __m256 a = _mm256_add_ps(lo, hi);                                         /* l + 8 */
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* l + 4 */
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));                                   /* l + 2 */
+    b = _mm_add_ss(b, _mm_shuffle_ps(b, b, 1));                               /* l + 1 */
+    return _mm_cvtss_f32(b);
+}
+
+T_AVX2 static void dot_f32_avx2_x(const float *q, int G, const float *k, int64_t nk, int hd,
+                                  float *s, int64_t lds) {
+    if (hd % 16) { dot_f32_avx2(q, G, k, nk, hd, s, lds); return; }
+    for (int a = 0; a < G; ++a) {
+        const float *qa = q + (int64_t)a * hd;
+        for (int64_t j = 0; j < nk; ++j) {
+            const float *kj = k + j * hd;
+            __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+            for (int d = 0; d < hd; d += 16) {
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(qa + d), _mm256_loadu_ps(kj + d)));
+                hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(qa + d + 8), _mm256_loadu_ps(kj + d + 8)));
+            }
+            s[a * lds + j] = fold8x2_avx2(lo, hi);
+        }
+    }
+}
+
+T_AVX512 static void dot_f32_avx512_x(const float *q, int G, const float *k, int64_t nk, int hd,
+                                      float *s, int64_t lds) {
+    for (int a = 0; a < G; ++a) {
+        const float *qa = q + (int64_t)a * hd;
+        for (int64_t j = 0; j < nk; ++j) {
+            const float *kj = k + j * hd;
+            __m512 acc = _mm512_setzero_ps();
+            for (int d = 0; d < hd; d += 16) {
+                int rem = hd - d;
+                __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, qa + d),
+                                                       _mm512_maskz_loadu_ps(m, kj + d)));
+            }
+            __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc),
+                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+            __m128 b = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+            b = _mm_add_ss(b, _mm_shuffle_ps(b, b, 1));
+            s[a * lds + j] = _mm_cvtss_f32(b);
+        }
+    }
+}
+
 T_AVX2 static inline int32_t hsum256_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -324,11 +374,11 @@ static kernels kernels_for(hc_isa isa) {
     kernels k = {qk_i8_scalar, pv_i8_scalar, pv_f32_scalar, dot_f32_scalar, cvt_f16_scalar};
 #if HC_X86
     if (isa == HC_ISA_AVX2) {
-        k.qk = qk_i8_avx2; k.pv_i8 = pv_i8_avx2; k.pv_f32 = pv_f32_avx2; k.dot = dot_f32_avx2;
+        k.qk = qk_i8_avx2; k.pv_i8 = pv_i8_avx2; k.pv_f32 = pv_f32_avx2; k.dot = dot_f32_avx2_x;
         if (__builtin_cpu_supports("f16c")) k.cvt = cvt_f16_avx2;
     } else if (isa == HC_ISA_AVX512VNNI) {
         k.qk = qk_i8_avx512; k.pv_i8 = pv_i8_avx512; k.pv_f32 = pv_f32_avx512;
-        k.dot = dot_f32_avx512; k.cvt = cvt_f16_avx512;
+        k.dot = dot_f32_avx512_x; k.cvt = cvt_f16_avx512;
     }
 #else
     (void)isa;
@@ -407,8 +457,8 @@ static inline int softmax_block(float *s, int64_t nb, float *m, float *l, float 
 static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_heads, int hd,
                     int64_t start, const void *k, const uint16_t *k_scale, const void *v,
                     const uint16_t *v_scale, int64_t capacity, float *out) {
-    if (t < 0 || n_heads <= 0 || n_kv_heads <= 0 || hd <= 0 || n_heads % n_kv_heads || start < 0 ||
-        capacity < 0)
+    if (t < 0 || n_heads <= 0 || n_kv_heads <= 0 || hd <= 0 || hd > HC_ATTN_MAX_HEAD_DIM ||
+        n_heads % n_kv_heads || start < 0 || capacity < 0)
         return HC_EINVAL;
     if (start + t > capacity) return HC_ECAPACITY;
     if (t == 0) return HC_OK;

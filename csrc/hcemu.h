@@ -89,6 +89,7 @@ int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t p
  * out: (t, n_heads*hd) float32.  Requires start + t <= capacity.  HC_ENONFINITE for non-finite q
  * or scores.  Dispatches on hc_isa_active(); all paths give bit-identical outputs.            */
 #define HC_ATTN_BLOCK 64
+#define HC_ATTN_MAX_HEAD_DIM 65536 /* keeps every q.k sum (|D| <= 127*128*hd) inside int32 */
 int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
                int64_t capacity, float *out);

@@ -1,10 +1,12 @@
 # SRAM KV cache stores and the streaming attention unit (csrc/hc_attn.c).
 # Rules: docs/numerics.md "KV cache" and "Attention". The Python objects are in hcemu.attention.
 from hcemu._hcemu cimport (hc_kv_store_i8, hc_kv_store_f16, hc_attn_i8, hc_attn_f16, hc_attn_qk_i8,
-                           HC_ATTN_BLOCK)
+                           HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM)
 
 ATTN_BLOCK = HC_ATTN_BLOCK
 """Keys per block the attention unit streams from SRAM (the online-softmax step)."""
+ATTN_MAX_HEAD_DIM = HC_ATTN_MAX_HEAD_DIM
+"""Largest head_dim the attention unit takes (every int32 q.k sum stays exact)."""
 
 
 cdef int _check_kv_x(str fn, str name, const float[:, :, ::1] x, Py_ssize_t hkv, Py_ssize_t hd) except -1:
@@ -107,8 +109,9 @@ cdef class KVStore:
             if (self.v16.shape[0], self.v16.shape[1], self.v16.shape[2], self.v16.shape[3]) != (L, hkv, cap, hd):
                 raise ValueError("KVStore: K and V disagree in shape")
             self.bytes_per_token_layer = 2 * hkv * hd * 2
-        if L < 1 or hkv < 1 or hd < 1:
-            raise ValueError(f"KVStore: empty cache shape {(L, hkv, cap, hd)}")
+        if L < 1 or hkv < 1 or hd < 1 or hd > HC_ATTN_MAX_HEAD_DIM:
+            raise ValueError(f"KVStore: cache shape {(L, hkv, cap, hd)} is empty or head_dim exceeds "
+                             f"{HC_ATTN_MAX_HEAD_DIM}")
         self.n_layers, self.n_kv_heads, self.capacity, self.head_dim = L, hkv, cap, hd
         free(self.filled_)
         self.filled_ = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))

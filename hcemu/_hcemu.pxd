@@ -23,7 +23,7 @@ cdef extern from "hcemu.h" nogil:
     int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y)
     int hc_add_f32(float *x, const float *y, int64_t n)
 
-    int HC_ATTN_BLOCK
+    int HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM
     int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
                        int64_t capacity, int8_t *codes, uint16_t *scales)
     int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
