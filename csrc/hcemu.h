@@ -38,6 +38,67 @@ int hc_isa_set(hc_isa isa);
 /* "scalar", "avx2", "avx512vnni". */
 const char *hc_isa_name(hc_isa isa);
 
+
+/* ==== vector unit (csrc/hc_vec.c) — float32, one rounding per operation, no FMA ================
+ * Exact rules: docs/numerics.md "Vector unit".  All arrays C-contiguous.  Every path gives
+ * bit-identical results (the reduction orders are fixed, not left to the compiler).            */
+
+/* The vector unit's exp: Cody-Waite reduction + degree-6 polynomial (Cephes expf), float32.
+ * x < -87 -> 0, x > 88 -> +inf, NaN -> NaN.  Accurate to about 2 ulp elsewhere. */
+float hc_exp_f32(float x);
+/* IEEE binary16 <-> binary32; f32->f16 rounds to nearest even, overflows to +-inf, NaN -> quiet NaN. */
+uint16_t hc_f32_to_f16(float x);
+float hc_f16_to_f32(uint16_t h);
+void hc_f32_to_f16_array(const float *x, int64_t n, uint16_t *out);
+void hc_exp_f32_array(const float *x, int64_t n, float *out);
+
+/* y[i,:] = (x[i,:] * r_i) * w[:],  r_i = 1 / sqrt(ss_i / d + eps),  ss_i = sum of x^2 over 16
+ * interleaved lanes (lane l takes columns j = l mod 16 in ascending order), lanes folded 8,4,2,1.
+ * x, y: (m, d); w: (d,).  y may alias x. */
+int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float eps, float *y);
+/* RoPE on consecutive pairs: for token i, head h, pair j (0 <= j < hd/2):
+ *   y[2j] = x[2j]*c - x[2j+1]*s,  y[2j+1] = x[2j]*s + x[2j+1]*c,  c = cos[i,j], s = sin[i,j].
+ * x, y: (t, heads, hd); cos, sin: (t, hd/2).  hd even.  y may alias x. */
+int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                int64_t hd, float *y);
+/* y = (g / (1 + exp(-g))) * u, elementwise over n values; y may alias g or u. */
+int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y);
+/* x += y over n values (the residual add). */
+int hc_add_f32(float *x, const float *y, int64_t n);
+
+/* ==== SRAM KV cache and streaming attention (csrc/hc_attn.c) ==================================
+ * Exact rules: docs/numerics.md "KV cache" and "Attention".
+ *
+ * One layer's cache is stored KV-head major so each head's keys stream contiguously:
+ *   int8: codes (n_kv_heads, capacity, hd) int8, scales (n_kv_heads, capacity) fp16 bits;
+ *   fp16: values (n_kv_heads, capacity, hd) fp16 bits.  K and V have separate arrays.
+ * Token positions index the `capacity` axis.                                                    */
+
+/* Quantize x (t, n_kv_heads, hd) float32 into positions [pos, pos+t): per (token, kv head)
+ * amax = max|x|, s = fp16(amax/127), q = clamp(rne(x * (1/s)), -127, 127) (0 when s == 0).
+ * HC_ENONFINITE on NaN/inf input or when amax/127 overflows fp16; HC_ECAPACITY past capacity. */
+int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, int64_t capacity,
+                   int8_t *codes, uint16_t *scales);
+/* Store x (t, n_kv_heads, hd) float32 as fp16 (round to nearest even) into [pos, pos+t). */
+int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
+                    int64_t capacity, uint16_t *values);
+
+/* Causal grouped-query attention over one layer's cache, streamed in blocks of HC_ATTN_BLOCK keys
+ * with an online softmax.  q: (t, n_heads, hd) float32 (RoPE applied); query i sits at position
+ * start+i and attends keys [0, start+i]; head h reads kv head h / (n_heads / n_kv_heads).
+ * out: (t, n_heads*hd) float32.  Requires start + t <= capacity.  HC_ENONFINITE for non-finite q
+ * or scores.  Dispatches on hc_isa_active(); all paths give bit-identical outputs.            */
+#define HC_ATTN_BLOCK 64
+#define HC_ATTN_MAX_HEAD_DIM 65536 /* keeps every q.k sum (|D| <= 127*128*hd) inside int32 */
+int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+               const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
+               int64_t capacity, float *out);
+int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                const uint16_t *k, const uint16_t *v, int64_t capacity, float *out);
+/* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
+ * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
+int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);
+
 #ifdef __cplusplus
 }
 #endif

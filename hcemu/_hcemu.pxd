@@ -9,3 +9,28 @@ cdef extern from "hcemu.h" nogil:
     hc_isa hc_isa_active()
     int hc_isa_set(hc_isa isa)
     const char *hc_isa_name(hc_isa isa)
+
+# ---- vector unit (csrc/hc_vec.c) and SRAM KV cache + streaming attention (csrc/hc_attn.c)
+cdef extern from "hcemu.h" nogil:
+    float hc_exp_f32(float x)
+    uint16_t hc_f32_to_f16(float x)
+    float hc_f16_to_f32(uint16_t h)
+    void hc_f32_to_f16_array(const float *x, int64_t n, uint16_t *out)
+    void hc_exp_f32_array(const float *x, int64_t n, float *out)
+    int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float eps, float *y)
+    int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                    int64_t hd, float *y)
+    int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y)
+    int hc_add_f32(float *x, const float *y, int64_t n)
+
+    int HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM
+    int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
+                       int64_t capacity, int8_t *codes, uint16_t *scales)
+    int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
+                        int64_t capacity, uint16_t *values)
+    int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                   const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
+                   int64_t capacity, float *out)
+    int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                    const uint16_t *k, const uint16_t *v, int64_t capacity, float *out)
+    int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out)

@@ -1,0 +1,99 @@
+/* The chip's vector unit: float32 RMSNorm, RoPE, SiLU-gate product, residual add, and the exp
+ * and fp16 conversions shared with attention.  Plain C: the compiler vectorizes the element loops
+ * (RMSNorm and SiLU also for the active ISA's vector width, chosen at run time);
+ * the reduction order is fixed by hand (16 lanes), so every build gives the same bits.
+ * Rules: docs/numerics.md "Vector unit". */
+#include <math.h>
+
+#include "hcemu.h"
+#include "hc_vecmath.h"
+
+float hc_exp_f32(float x) { return hc__exp(x); }
+uint16_t hc_f32_to_f16(float x) { return hc__f32_to_f16(x); }
+float hc_f16_to_f32(uint16_t h) { return hc__f16_to_f32(h); }
+
+void hc_f32_to_f16_array(const float *x, int64_t n, uint16_t *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = hc__f32_to_f16(x[i]);
+}
+
+void hc_exp_f32_array(const float *x, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = hc__exp(x[i]);
+}
+
+/* The element loops of RMSNorm and SiLU, compiled once per ISA target so the compiler can use
+ * that target's vector width; the arithmetic is elementwise or in the fixed 16-lane order, so all
+ * variants give the same bits.  No FMA: -ffp-contract=off holds inside target functions too. */
+#define HC_VEC_KERNELS(SUF, ATTR)                                                                  \
+    ATTR static void rmsnorm_rows_##SUF(const float *x, const float *w, int64_t m, int64_t d,      \
+                                        float eps, float *y) {                                     \
+        const float fd = (float)d;                                                                 \
+        for (int64_t i = 0; i < m; ++i) {                                                          \
+            const float *xi = x + i * d;                                                           \
+            float *yi = y + i * d;                                                                 \
+            float ss = hc__dot16(xi, xi, d);                                                       \
+            float r = 1.0f / sqrtf(ss / fd + eps);                                                 \
+            /* out may be x: every element is read before it is written, at the same index */     \
+            _Pragma("GCC ivdep") for (int64_t j = 0; j < d; ++j) yi[j] = (xi[j] * r) * w[j];       \
+        }                                                                                          \
+    }                                                                                              \
+    ATTR static void silu_mul_##SUF(const float *g, const float *u, int64_t n, float *y) {         \
+        _Pragma("GCC ivdep") for (int64_t i = 0; i < n; ++i) {                                     \
+            float gi = g[i];                                                                       \
+            float e = hc__exp(-gi);                                                                \
+            y[i] = (gi / (1.0f + e)) * u[i];                                                       \
+        }                                                                                          \
+    }
+
+HC_VEC_KERNELS(scalar, )
+#if defined(__x86_64__) || defined(__i386__)
+HC_VEC_KERNELS(avx2, __attribute__((target("avx2"))))
+HC_VEC_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
+#define HC_VEC_DISPATCH(name, ...)                                                                 \
+    do {                                                                                           \
+        hc_isa isa_ = hc_isa_active();                                                             \
+        if (isa_ == HC_ISA_AVX512VNNI) name##_avx512(__VA_ARGS__);                                 \
+        else if (isa_ == HC_ISA_AVX2) name##_avx2(__VA_ARGS__);                                    \
+        else name##_scalar(__VA_ARGS__);                                                           \
+    } while (0)
+#else
+#define HC_VEC_DISPATCH(name, ...) name##_scalar(__VA_ARGS__)
+#endif
+
+int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float eps, float *y) {
+    if (m < 0 || d <= 0) return HC_EINVAL;
+    HC_VEC_DISPATCH(rmsnorm_rows, x, w, m, d, eps, y);
+    return HC_OK;
+}
+
+int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                int64_t hd, float *y) {
+    if (t < 0 || heads < 0 || hd <= 0 || hd % 2) return HC_EINVAL;
+    const int64_t half = hd / 2;
+    for (int64_t i = 0; i < t; ++i) {
+        const float *c = cos_t + i * half, *s = sin_t + i * half;
+        for (int64_t h = 0; h < heads; ++h) {
+            const float *xh = x + (i * heads + h) * hd;
+            float *yh = y + (i * heads + h) * hd;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < half; ++j) {
+                float x0 = xh[2 * j], x1 = xh[2 * j + 1];
+                yh[2 * j] = x0 * c[j] - x1 * s[j];
+                yh[2 * j + 1] = x0 * s[j] + x1 * c[j];
+            }
+        }
+    }
+    return HC_OK;
+}
+
+int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y) {
+    if (n < 0) return HC_EINVAL;
+    HC_VEC_DISPATCH(silu_mul, g, u, n, y);
+    return HC_OK;
+}
+
+int hc_add_f32(float *x, const float *y, int64_t n) {
+    if (n < 0) return HC_EINVAL;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] + y[i];
+    return HC_OK;
+}

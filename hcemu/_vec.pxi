@@ -1,0 +1,189 @@
+# The chip's vector unit (csrc/hc_vec.c): float32 RMSNorm, RoPE, SiLU-gate product, residual add.
+# Rules: docs/numerics.md "Vector unit". Public names re-exported by hcemu.vector.
+import numpy as _np
+from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t
+from hcemu._hcemu cimport (hc_exp_f32_array, hc_f32_to_f16_array, hc_rmsnorm_f32, hc_rope_f32,
+                           hc_silu_mul_f32, hc_add_f32)
+
+
+_BUF_ERRORS = (TypeError, ValueError, BufferError)
+
+
+cdef object _arg_error(str fn, str name, object a, object dtype, int ndim, bint writable=False):
+    """The exception for an argument a typed memoryview refused: TypeError for the wrong type or
+    dtype, ValueError for the wrong number of dimensions, non-contiguity or read-only output."""
+    want = f"a C-contiguous {_np.dtype(dtype).name} array with {ndim} dimension{'s' if ndim > 1 else ''}"
+    if not isinstance(a, _np.ndarray):
+        return TypeError(f"{fn}: {name} must be {want}, got {type(a).__name__}")
+    if a.dtype != dtype:
+        return TypeError(f"{fn}: {name} must be {want}, got dtype {a.dtype} shape {a.shape}")
+    if a.ndim != ndim:
+        return ValueError(f"{fn}: {name} must be {want}, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        return ValueError(f"{fn}: {name} must be {want}; it is not C-contiguous (shape {a.shape}, "
+                          f"strides {a.strides})")
+    if writable and not a.flags.writeable:
+        return ValueError(f"{fn}: {name} is read-only (shape {a.shape})")
+    return ValueError(f"{fn}: {name} must be {want}, got shape {a.shape}")
+
+
+cdef inline object _shape_error(str fn, str name, tuple got, tuple want):
+    return ValueError(f"{fn}: {name} has shape {got}, expected {want}")
+
+
+def rmsnorm(x, w, double eps, out=None):
+    """RMSNorm over the last axis: ``y = (x * rsqrt(mean(x^2) + eps)) * w``.
+
+    x: float32 (m, d); w: float32 (d,); eps: added to the mean square (rounded to float32).
+    out: optional float32 (m, d) (may be ``x``). Returns ``out``. Sum order: docs/numerics.md.
+    """
+    cdef const float[:, ::1] xv
+    cdef const float[::1] wv
+    cdef float[:, ::1] ov
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("rmsnorm", "x", x, _np.float32, 2) from None
+    try:
+        wv = w
+    except _BUF_ERRORS:
+        raise _arg_error("rmsnorm", "w", w, _np.float32, 1) from None
+    cdef Py_ssize_t m = xv.shape[0], d = xv.shape[1]
+    if wv.shape[0] != d or d == 0:
+        raise ValueError(f"rmsnorm: w has {wv.shape[0]} values, x rows have {d} (must match, > 0)")
+    if out is None:
+        out = _np.empty((m, d), _np.float32)
+    try:
+        ov = out
+    except _BUF_ERRORS:
+        raise _arg_error("rmsnorm", "out", out, _np.float32, 2, True) from None
+    if ov.shape[0] != m or ov.shape[1] != d:
+        raise _shape_error("rmsnorm", "out", out.shape, (m, d))
+    cdef float feps = <float>eps
+    cdef int rc = 0
+    if m:
+        with nogil:
+            rc = hc_rmsnorm_f32(&xv[0, 0], &wv[0], m, d, feps, &ov[0, 0])
+        check(rc, "rmsnorm")
+    return out
+
+
+def rope(x, cos, sin, out=None):
+    """Rotate consecutive pairs ``(x[2j], x[2j+1])`` of every head by angle ``j`` (GGUF "normal" RoPE).
+
+    x: float32 (t, heads, head_dim), head_dim even; cos, sin: float32 (t, head_dim // 2), the
+    tables of the tokens' positions. out: optional float32 like x (may be ``x``). Returns ``out``.
+    """
+    cdef const float[:, :, ::1] xv
+    cdef const float[:, ::1] cv, sv
+    cdef float[:, :, ::1] ov
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("rope", "x", x, _np.float32, 3) from None
+    try:
+        cv = cos
+    except _BUF_ERRORS:
+        raise _arg_error("rope", "cos", cos, _np.float32, 2) from None
+    try:
+        sv = sin
+    except _BUF_ERRORS:
+        raise _arg_error("rope", "sin", sin, _np.float32, 2) from None
+    cdef Py_ssize_t t = xv.shape[0], heads = xv.shape[1], hd = xv.shape[2]
+    if hd % 2 or hd == 0:
+        raise ValueError(f"rope: head_dim must be even and > 0, got x shape {x.shape}")
+    if cv.shape[0] != t or cv.shape[1] != hd // 2:
+        raise _shape_error("rope", "cos", cos.shape, (t, hd // 2))
+    if sv.shape[0] != t or sv.shape[1] != hd // 2:
+        raise _shape_error("rope", "sin", sin.shape, (t, hd // 2))
+    if out is None:
+        out = _np.empty((t, heads, hd), _np.float32)
+    try:
+        ov = out
+    except _BUF_ERRORS:
+        raise _arg_error("rope", "out", out, _np.float32, 3, True) from None
+    if ov.shape[0] != t or ov.shape[1] != heads or ov.shape[2] != hd:
+        raise _shape_error("rope", "out", out.shape, (t, heads, hd))
+    cdef int rc = 0
+    if t and heads:
+        with nogil:
+            rc = hc_rope_f32(&xv[0, 0, 0], &cv[0, 0], &sv[0, 0], t, heads, hd, &ov[0, 0, 0])
+        check(rc, "rope")
+    return out
+
+
+def silu_mul(gate, up, out=None):
+    """``silu(gate) * up = (gate / (1 + exp(-gate))) * up``, float32 (m, f). Returns ``out``."""
+    cdef const float[:, ::1] gv, uv
+    cdef float[:, ::1] ov
+    try:
+        gv = gate
+    except _BUF_ERRORS:
+        raise _arg_error("silu_mul", "gate", gate, _np.float32, 2) from None
+    try:
+        uv = up
+    except _BUF_ERRORS:
+        raise _arg_error("silu_mul", "up", up, _np.float32, 2) from None
+    cdef Py_ssize_t m = gv.shape[0], f = gv.shape[1]
+    if uv.shape[0] != m or uv.shape[1] != f:
+        raise _shape_error("silu_mul", "up", up.shape, (m, f))
+    if out is None:
+        out = _np.empty((m, f), _np.float32)
+    try:
+        ov = out
+    except _BUF_ERRORS:
+        raise _arg_error("silu_mul", "out", out, _np.float32, 2, True) from None
+    if ov.shape[0] != m or ov.shape[1] != f:
+        raise _shape_error("silu_mul", "out", out.shape, (m, f))
+    cdef int rc = 0
+    if m and f:
+        with nogil:
+            rc = hc_silu_mul_f32(&gv[0, 0], &uv[0, 0], m * f, &ov[0, 0])
+        check(rc, "silu_mul")
+    return out
+
+
+def add_(x, y):
+    """Residual add in place: ``x += y``; x, y float32 (m, d). Returns ``x``."""
+    cdef float[:, ::1] xv
+    cdef const float[:, ::1] yv
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("add_", "x", x, _np.float32, 2, True) from None
+    try:
+        yv = y
+    except _BUF_ERRORS:
+        raise _arg_error("add_", "y", y, _np.float32, 2) from None
+    if yv.shape[0] != xv.shape[0] or yv.shape[1] != xv.shape[1]:
+        raise _shape_error("add_", "y", y.shape, x.shape)
+    cdef int rc = 0
+    if xv.shape[0] and xv.shape[1]:
+        with nogil:
+            rc = hc_add_f32(&xv[0, 0], &yv[0, 0], xv.shape[0] * xv.shape[1])
+        check(rc, "add_")
+    return x
+
+
+def exp_f32(x):
+    """The vector unit's exp over a float32 array (any shape); for tests of the numerics."""
+    a = _np.ascontiguousarray(x, dtype=_np.float32)
+    out = _np.empty_like(a)
+    cdef const float[::1] av = a.reshape(-1)
+    cdef float[::1] ov = out.reshape(-1)
+    if av.shape[0]:
+        with nogil:
+            hc_exp_f32_array(&av[0], av.shape[0], &ov[0])
+    return out
+
+
+def f32_to_f16_bits(x):
+    """IEEE binary16 bits (uint16) of a float32 array, rounded to nearest even as the chip does."""
+    a = _np.ascontiguousarray(x, dtype=_np.float32)
+    out = _np.empty(a.shape, _np.uint16)
+    cdef const float[::1] av = a.reshape(-1)
+    cdef uint16_t[::1] ov = out.reshape(-1)
+    if av.shape[0]:
+        with nogil:
+            hc_f32_to_f16_array(&av[0], av.shape[0], &ov[0])
+    return out

@@ -1,0 +1,16 @@
+"""The chip's vector unit: float32 RMSNorm, RoPE, SiLU-gate product and residual add (C kernels).
+
+Every function takes C-contiguous float32 arrays and an optional ``out`` (which may be the input,
+for in-place use), releases the GIL, and follows docs/numerics.md "Vector unit" bit for bit; the
+numpy oracle is :mod:`hcemu.vector_ref`.
+
+- ``rmsnorm(x, w, eps, out=None)``: x (m, d), w (d,) -> (m, d)
+- ``rope(x, cos, sin, out=None)``: x (t, heads, head_dim), cos/sin (t, head_dim // 2); rotates
+  consecutive pairs ``(x[2j], x[2j+1])`` by angle ``j`` (GGUF llama "normal" RoPE)
+- ``silu_mul(gate, up, out=None)``: (m, f) -> ``silu(gate) * up``
+- ``add_(x, y)``: ``x += y`` in place, (m, d); returns x
+- ``exp_f32(x)``: the unit's exp (any shape), for tests and references
+"""
+from hcemu._core import add_, exp_f32, rmsnorm, rope, silu_mul  # noqa: F401
+
+__all__ = ["rmsnorm", "rope", "silu_mul", "add_", "exp_f32"]
