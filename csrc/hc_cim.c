@@ -107,6 +107,8 @@ typedef struct {
     const int8_t *q;   /* [m][ldq], zero padded to n_blocks * tile_k */
     int64_t ldq;
     const int32_t *X;  /* [m][n_blocks] block activation sums */
+    const int32_t *XC; /* [m][n_blocks] corr * X: the sign-flip correction (128 int8, 8 int4, 0 asym) */
+    const float *XF;   /* [m][n_blocks] (float)X */
     const float *A;    /* [m][n_blocks] activation scale of each block */
     float *y;          /* [m][n] */
     int32_t *dots;     /* optional [m][n_row_tiles*16][n_blocks] */
@@ -355,81 +357,35 @@ static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, 
 }
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
+/* Loop order: row tile -> chunk of up to 8 tokens -> block.  The chunk's float accumulators and
+ * int32 block sums stay in registers; each 64-byte weight line is loaded once per chunk and feeds
+ * one vpdpbusd per token (16 rows x 4 inputs).  The function is instantiated for every (format,
+ * token count) pair so that all register arrays are fully unrolled. */
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-#define VNNI_MC 8 /* tokens whose accumulators stay in registers while a weight line is reused */
+#define VNNI_MC 8
 
-static inline VNNI_TARGET void finish_vnni(const cim_ctx *c, float *acc, __m512i D, __m512 d, __m512 off,
-                                           int asym, int64_t mi, int64_t t, int64_t b) {
-    const int64_t nb = c->w->n_blocks;
-    if (c->dots) {
-        int32_t tmp[TR];
-        _mm512_storeu_si512(tmp, D);
-        store_dots(c, mi, t, b, tmp);
-    }
-    __m512 tv = _mm512_mul_ps(_mm512_cvtepi32_ps(D), d);
-    if (asym) tv = _mm512_add_ps(tv, _mm512_mul_ps(_mm512_set1_ps((float)c->X[mi * nb + b]), off));
-    tv = _mm512_mul_ps(tv, _mm512_set1_ps(c->A[mi * nb + b]));
-    _mm512_storeu_ps(acc, _mm512_add_ps(_mm512_loadu_ps(acc), tv));
-}
+enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
 
-static inline VNNI_TARGET void dot_i8_vnni(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
-                                           __m512i *D) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int i = 0; i < r; i++) D[i] = _mm512_setzero_si512();
-    for (int l = 0; l < lines; l++) {
-        __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(tp + 64 * l), flip);
-        for (int i = 0; i < r; i++) {
-            int32_t v;
-            memcpy(&v, x + i * ldq + 4 * l, 4);
-            D[i] = _mm512_dpbusd_epi32(D[i], wv, _mm512_set1_epi32(v));
-        }
-    }
-}
-
-static inline VNNI_TARGET void dot_i4_vnni(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
-                                           __m512i flip, __m512i *D) {
-    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
-    for (int i = 0; i < r; i++) D[i] = _mm512_setzero_si512();
-    for (int l = 0; l < lines; l++) {
-        __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(tp + 64 * l), flip);
-        __m512i lo = _mm512_and_si512(raw, lo_mask);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
-        for (int i = 0; i < r; i++) {
-            int32_t vl, vh;
-            memcpy(&vl, x + i * ldq + 8 * l, 4);
-            memcpy(&vh, x + i * ldq + 8 * l + 4, 4);
-            D[i] = _mm512_dpbusd_epi32(D[i], lo, _mm512_set1_epi32(vl));
-            D[i] = _mm512_dpbusd_epi32(D[i], hi, _mm512_set1_epi32(vh));
-        }
-    }
-}
-
-#define VNNI_CASES(CALL) \
-    switch (r) {                                        \
-    case 1: CALL(1); break; case 2: CALL(2); break;     \
-    case 3: CALL(3); break; case 4: CALL(4); break;     \
-    case 5: CALL(5); break; case 6: CALL(6); break;     \
-    case 7: CALL(7); break; default: CALL(8); break;    \
-    }
-
-/* One row tile, all blocks, tokens m0 .. m0+mc-1. bits 8: corr = 128 (flipped sign bit);
- * bits 4: corr = 8 symmetric, 0 asymmetric. */
-static inline VNNI_TARGET void tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, int64_t mc, float *acc) {
+static inline __attribute__((always_inline)) VNNI_TARGET void
+tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS) {
     const hc_weights *w = c->w;
-    const int64_t nb = w->n_blocks, tk = tile_k_of(w), tb = TR * tk * w->bits / 8;
-    const int asym = w->asymmetric, i8 = w->bits == 8;
-    const int lines = (int)(i8 ? tk / 4 : tk / 8);
-    const int32_t corr = i8 ? 128 : (asym ? 0 : 8);
-    const __m512i flip4 = _mm512_set1_epi8(asym ? 0 : (char)0x88);
+    const int i8 = F == F_I8 || F == F_I8CH, asym = F == F_I4A, pc = F == F_I8CH;
+    const int64_t nb = w->n_blocks, tk = pc ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
+    const int lines = (int)(i8 ? tk / 4 : tk / 8); /* a multiple of 4 */
+    const int64_t ldq = c->ldq;
+    const __m512i flip = _mm512_set1_epi8(i8 ? (char)0x80 : (asym ? 0 : (char)0x88));
+    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
     const uint8_t *tile = w->codes + t * nb * tb;
-    memset(acc, 0, sizeof(float) * TR * mc);
-    __m512 d = _mm512_setzero_ps(), off = _mm512_setzero_ps();
-    if (!w->group) d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + t * TR)));
+    const int8_t *xq = c->q + m0 * ldq;
+    const int32_t *XC = c->XC + m0 * nb;
+    const float *XF = c->XF + m0 * nb, *A = c->A + m0 * nb;
+    __m512 acc[VNNI_MC], d, off = _mm512_setzero_ps();
+    for (int u = 0; u < R; u++) acc[u] = _mm512_setzero_ps();
+    if (pc) d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + t * TR)));
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *tp = tile + b * tb;
-        _mm_prefetch((const char *)(tp + PF_CODES), _MM_HINT_T0);
-        if (tb > 64) _mm_prefetch((const char *)(tp + PF_CODES + 64), _MM_HINT_T0);
-        if (w->group) {
+        for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+        if (!pc) {
             const uint16_t *sp = w->scales + (t * nb + b) * TR;
             _mm_prefetch((const char *)(sp + PF_META), _MM_HINT_T0);
             d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sp));
@@ -439,33 +395,78 @@ static inline VNNI_TARGET void tile_vnni(const cim_ctx *c, int64_t t, int64_t m0
                 off = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)op));
             }
         }
-        for (int64_t i = 0; i < mc; i += VNNI_MC) {
-            __m512i D[VNNI_MC];
-            const int8_t *x = c->q + (m0 + i) * c->ldq + b * tk;
-            const int r = (int)(mc - i < VNNI_MC ? mc - i : VNNI_MC);
-            if (i8) {
-#define CALL8(R) dot_i8_vnni(tp, x, c->ldq, lines, R, D)
-                VNNI_CASES(CALL8)
-            } else {
-#define CALL4(R) dot_i4_vnni(tp, x, c->ldq, lines, R, flip4, D)
-                VNNI_CASES(CALL4)
-            }
-            for (int u = 0; u < r; u++) {
-                const int64_t mi = m0 + i + u;
-                __m512i Dv = corr ? _mm512_sub_epi32(D[u], _mm512_set1_epi32(corr * c->X[mi * nb + b])) : D[u];
-                finish_vnni(c, acc + (i + u) * TR, Dv, d, off, asym, mi, t, b);
+        __m512i D[VNNI_MC];
+        for (int u = 0; u < R; u++) D[u] = _mm512_setzero_si512();
+        const int8_t *x = xq + b * tk;
+        for (int l0 = 0; l0 < lines; l0 += 4) {
+#pragma GCC unroll 4
+            for (int l = l0; l < l0 + 4; l++) {
+                __m512i raw = _mm512_loadu_si512(tp + 64 * l);
+                if (!asym) raw = _mm512_xor_si512(raw, flip);
+                if (i8) {
+                    for (int u = 0; u < R; u++) {
+                        int32_t v;
+                        memcpy(&v, x + u * ldq + 4 * l, 4);
+                        D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
+                    }
+                } else {
+                    __m512i lo = _mm512_and_si512(raw, lo_mask);
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
+                    for (int u = 0; u < R; u++) {
+                        int32_t vl, vh;
+                        memcpy(&vl, x + u * ldq + 8 * l, 4);
+                        memcpy(&vh, x + u * ldq + 8 * l + 4, 4);
+                        D[u] = _mm512_dpbusd_epi32(D[u], lo, _mm512_set1_epi32(vl));
+                        D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
+                    }
+                }
             }
         }
+        for (int u = 0; u < R; u++) {
+            __m512i Dv = asym ? D[u] : _mm512_sub_epi32(D[u], _mm512_set1_epi32(XC[u * nb + b]));
+            if (DOTS) {
+                int32_t tmp[TR];
+                _mm512_storeu_si512(tmp, Dv);
+                store_dots(c, m0 + u, t, b, tmp);
+            }
+            __m512 tv = _mm512_mul_ps(_mm512_cvtepi32_ps(Dv), d);
+            if (asym) tv = _mm512_add_ps(tv, _mm512_mul_ps(_mm512_set1_ps(XF[u * nb + b]), off));
+            tv = _mm512_mul_ps(tv, _mm512_set1_ps(A[u * nb + b]));
+            acc[u] = _mm512_add_ps(acc[u], tv);
+        }
     }
+    int64_t rows = w->n - t * TR;
+    __mmask16 mask = rows >= TR ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
+    for (int u = 0; u < R; u++) _mm512_mask_storeu_ps(c->y + (m0 + u) * w->n + t * TR, mask, acc[u]);
 }
 
-static VNNI_TARGET void tiles_vnni(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
-    float acc[HC_CIM_M_CHUNK * TR] __attribute__((aligned(64)));
-    for (int64_t t = t0; t < t1; t++) {
-        tile_vnni(c, t, m0, mc, acc);
-        store_rows(c, t, m0, mc, acc);
+#define VNNI_DRIVER(NAME, F)                                                                            \
+    static VNNI_TARGET void NAME(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {    \
+        for (int64_t t = t0; t < t1; t++)                                                               \
+            for (int64_t i = m0; i < m0 + mc; i += VNNI_MC) {                                           \
+                int r = (int)(m0 + mc - i < VNNI_MC ? m0 + mc - i : VNNI_MC);                           \
+                if (c->dots) {                                                                          \
+                    switch (r) {                                                                        \
+                    case 1: tile_vnni(c, t, i, 1, F, 1); break; case 2: tile_vnni(c, t, i, 2, F, 1); break; \
+                    case 3: tile_vnni(c, t, i, 3, F, 1); break; case 4: tile_vnni(c, t, i, 4, F, 1); break; \
+                    case 5: tile_vnni(c, t, i, 5, F, 1); break; case 6: tile_vnni(c, t, i, 6, F, 1); break; \
+                    case 7: tile_vnni(c, t, i, 7, F, 1); break; default: tile_vnni(c, t, i, 8, F, 1); break; \
+                    }                                                                                   \
+                } else {                                                                                \
+                    switch (r) {                                                                        \
+                    case 1: tile_vnni(c, t, i, 1, F, 0); break; case 2: tile_vnni(c, t, i, 2, F, 0); break; \
+                    case 3: tile_vnni(c, t, i, 3, F, 0); break; case 4: tile_vnni(c, t, i, 4, F, 0); break; \
+                    case 5: tile_vnni(c, t, i, 5, F, 0); break; case 6: tile_vnni(c, t, i, 6, F, 0); break; \
+                    case 7: tile_vnni(c, t, i, 7, F, 0); break; default: tile_vnni(c, t, i, 8, F, 0); break; \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
     }
-}
+
+VNNI_DRIVER(tiles_i8_vnni, F_I8)
+VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
+VNNI_DRIVER(tiles_i4_vnni, F_I4)
+VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
 /* ---- driver ---------------------------------------------------------------------------------- */
 static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
@@ -481,11 +482,14 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     const int64_t n_ag = k / act_group;
 
     size_t side = (size_t)m * nb;
-    size_t bytes = side * (sizeof(int32_t) + sizeof(float)) + (kp != k ? (size_t)m * kp : 0) + 64;
+    size_t bytes = side * (2 * sizeof(int32_t) + 2 * sizeof(float)) + (kp != k ? (size_t)m * kp : 0) + 64;
     char *scratch = malloc(bytes);
     if (!scratch) return HC_ENOMEM;
     int32_t *X = (int32_t *)scratch;
-    float *A = (float *)(X + side);
+    int32_t *XC = X + side;
+    float *XF = (float *)(XC + side);
+    float *A = XF + side;
+    const int32_t corr = bits == 8 ? 128 : (asym ? 0 : 8);
     const int8_t *qa = q;
     if (kp != k) { /* per-channel with k not a multiple of 32: zero-pad the activations */
         int8_t *qp = (int8_t *)(A + side);
@@ -501,9 +505,11 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
             int32_t s = 0;
             for (int64_t j = 0; j < tk; j++) s += x[j];
             X[i * nb + b] = s;
+            XC[i * nb + b] = corr * s;
+            XF[i * nb + b] = (float)s;
             A[i * nb + b] = act_scales[i * n_ag + (b * tk) / act_group];
         }
-    cim_ctx c = {w, qa, kp, X, A, y, dots};
+    cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
 
     int threads = n_threads < nt ? n_threads : (int)nt;
 #ifdef _OPENMP
@@ -533,16 +539,16 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
 
 DEFINE_PATH(hc_gemm_i8_serial, 8, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, tiles_i8_avx2)
-DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, tiles_vnni)
+DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, tiles_i8_vnni)
 DEFINE_PATH(hc_gemm_i8ch_serial, 8, 1, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, tiles_i8_avx2)
-DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, tiles_vnni)
+DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, tiles_i8ch_vnni)
 DEFINE_PATH(hc_gemm_i4_serial, 4, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, tiles_i4_avx2)
-DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, tiles_vnni)
+DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, tiles_i4_vnni)
 DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, tiles_i4_avx2)
-DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, tiles_vnni)
+DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, tiles_i4a_vnni)
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
