@@ -19,7 +19,7 @@
 #endif
 
 #define TR 16                 /* rows per tile */
-#define PF_CODES 2048         /* software prefetch distance in the code stream (bytes) */
+#define PF_CODES 8192
 #define PF_META 256           /* ... and in the scale stream */
 
 int hc_openmp(void) {
@@ -587,7 +587,7 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
 
 /* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
 #define READ_STREAMS 4
-#define READ_PF 1024
+#define READ_PF 4096
 
 static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
     __m512i acc[READ_STREAMS];
