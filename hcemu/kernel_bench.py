@@ -323,3 +323,73 @@ def interleaved(runners: dict, rounds: int = 5, min_time_s: float = 0.1) -> dict
         for name, r in runners.items():
             samples[name].append(measure(r.fn, min_time_s=min_time_s, warmup=1))
     return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+# ---- reports --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """One runner's median time per call, with the sizes to turn it into rates."""
+
+    shape: tuple          # (n_out, n_in)
+    peer: str
+    format: str           # "int8", "int4", "f32"
+    m: int
+    threads: int
+    seconds: float
+    weight_bytes: int
+    macs: int
+    copies: int
+
+    @property
+    def gbps(self) -> float:
+        return self.weight_bytes / self.seconds / 1e9
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / self.seconds / 1e9
+
+    @property
+    def gops(self) -> float:
+        return 2 * self.gmacs
+
+    def to_dict(self) -> dict:
+        return {"n": self.shape[0], "k": self.shape[1], "peer": self.peer, "format": self.format, "m": self.m,
+                "threads": self.threads, "seconds": self.seconds, "weight_bytes": self.weight_bytes,
+                "macs": self.macs, "copies": self.copies, "gb_per_s": self.gbps, "gops": self.gops}
+
+
+def _fmt(name: str) -> WeightFormat:
+    from hcemu.formats import INT4A_G32, INT8_G32
+
+    return {"int8": INT8_G32, "int4": INT4A_G32}[name]
+
+
+def measure_shape(n: int, k: int, specs, rounds: int = 5, min_time_s: float = 0.1, cold: bool = True):
+    """Measure runners described by ``specs`` = [(peer, format, m, threads)] on one shape, interleaved.
+
+    peer: hcemu | read | numpy_f32 | numpy_int | ort_int8 | ort_int4 (ORT skipped when not importable).
+    Returns a list of :class:`Measurement`. The weights are freed before returning.
+    """
+    runners = {}
+    for peer, fmt, m, threads in specs:
+        key = (peer, fmt, m, threads)
+        if peer == "hcemu":
+            runners[key] = cim_runner(_fmt(fmt), n, k, m, threads, cold)
+        elif peer == "read":
+            nbytes = synthetic_weights(_fmt(fmt), 16, k).nbytes * -(-n // 16)
+            runners[key] = read_runner(nbytes, threads, cold)
+        elif peer == "numpy_f32":
+            runners[key] = numpy_f32_runner(n, k, m, threads, cold)
+        elif peer == "numpy_int":
+            runners[key] = numpy_int_runner(n, k, m, cold)
+        elif peer in ("ort_int8", "ort_int4"):
+            if not have_onnxruntime():
+                continue
+            runners[key] = (ort_int8_runner if peer == "ort_int8" else ort_int4_runner)(n, k, m, threads, cold)
+        else:
+            raise ValueError(f"unknown peer {peer!r}")
+    times = interleaved(runners, rounds=rounds, min_time_s=min_time_s)
+    out = [Measurement((n, k), key[0], key[1], key[2], key[3], times[key], r.weight_bytes, r.macs, r.copies)
+           for key, r in runners.items()]
+    runners.clear()
+    return out
