@@ -483,7 +483,8 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
 
     size_t side = (size_t)m * nb;
     size_t bytes = side * (2 * sizeof(int32_t) + 2 * sizeof(float)) + (kp != k ? (size_t)m * kp : 0) + 64;
-    char *scratch = malloc(bytes);
+    _Alignas(64) char stack_scratch[16384]; /* one token's side tables without a malloc */
+    char *scratch = bytes <= sizeof(stack_scratch) ? stack_scratch : malloc(bytes);
     if (!scratch) return HC_ENOMEM;
     int32_t *X = (int32_t *)scratch;
     int32_t *XC = X + side;
@@ -527,7 +528,7 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
         for (int64_t m0 = 0; m0 < m; m0 += HC_CIM_M_CHUNK)
             fn(&c, 0, nt, m0, m - m0 < HC_CIM_M_CHUNK ? m - m0 : HC_CIM_M_CHUNK);
     }
-    free(scratch);
+    if (scratch != stack_scratch) free(scratch);
     return HC_OK;
 }
 

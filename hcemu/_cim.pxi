@@ -3,6 +3,9 @@
 import weakref as _weakref
 
 import numpy as _np
+cimport numpy as cnp
+
+cnp.import_array()
 
 from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel,
                            hc_stream_read, hc_openmp)
@@ -157,12 +160,21 @@ cdef int _check_threads(int n_threads) except -1:
 
 
 cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
-    cdef int64_t[:, ::1] counts = events.counts
+    """Add the per-product increments times m to ``events.counts[region]`` (int64, C-contiguous)."""
+    counts = events.counts
+    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
+        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
     cdef Py_ssize_t ri = events.region_index(region)
-    counts[ri, cw.mac_field] += cw.macs * m
-    counts[ri, _F_CODE] += cw.code_bits * m
-    counts[ri, _F_META] += cw.meta_bits * m
-    counts[ri, _F_TILES] += cw.tiles * m
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
+    if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
+        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
+    cdef int64_t *row = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
+    row[cw.mac_field] += cw.macs * m
+    row[_F_CODE] += cw.code_bits * m
+    row[_F_META] += cw.meta_bits * m
+    row[_F_TILES] += cw.tiles * m
     return 0
 
 
@@ -205,11 +217,16 @@ def quantize_act(x, Py_ssize_t group, q, scales):
     check(rc, "quantize_activations")
 
 
-def cim_matmul(q, act_scales, pw, out, int n_threads=1, events=None, region=None, isa=None, dots=None):
-    """y (m, n) float32 of int8 activations ``q`` (m, k) with scales (m, k // Ga) times ROM ``pw``.
+def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, region=None, isa=None, dots=None):
+    """float32 (m, n) product of int8 activations ``q`` (m, k) and float32 ``act_scales`` (m, k // Ga)
+    with the ROM matrix ``pw`` (a PackedWeights of n x k, or its prepared CimWeights).
 
-    ``isa`` (a name) forces one path; ``dots`` (int32 (m, n_row_tiles*16, n_blocks)) receives the
-    exact block sums. Returns ``out`` (allocated when None).
+    The activation group Ga = k // act_scales.shape[1] must be a multiple of the weights' tile width
+    or k. ``out`` (m, n) float32 C-contiguous is written and returned if given. ``n_threads``
+    (1..256) splits row tiles over threads (identical results). With ``events`` (hcemu.events.Events)
+    and ``region``, adds the per-product counts of docs/events.md times m. Testing hooks: ``isa``
+    (a path name) forces one ISA path; ``dots`` (int32 (m, n_row_tiles*16, n_blocks)) receives the
+    exact integer block sums D of docs/numerics.md.
     """
     cdef CimWeights cw = prepared(pw)
     cdef const int8_t[:, ::1] qv
@@ -258,8 +275,9 @@ def cim_matmul(q, act_scales, pw, out, int n_threads=1, events=None, region=None
     return out
 
 
-def cim_linear(x, Py_ssize_t act_group, pw, out, int n_threads=1, events=None, region=None, isa=None):
-    """Fused quantize + product of float32 ``x`` (m, k), one activation scale per ``act_group`` inputs."""
+def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events=None, region=None, isa=None):
+    """Fused quantize + product of float32 ``x`` (m, k) in one C call: quantize_activations(x,
+    act_group) then cim_matmul, with the same arguments and result (float32 (m, n))."""
     cdef CimWeights cw = prepared(pw)
     cdef const float[:, ::1] xv
     cdef float[:, ::1] yv
@@ -285,9 +303,11 @@ def cim_linear(x, Py_ssize_t act_group, pw, out, int n_threads=1, events=None, r
     cdef char *buf
     cdef float *scales
     cdef int8_t *qp
+    cdef size_t need = <size_t>m * k + <size_t>m * (k // ag) * sizeof(float) + 64
+    cdef float stack_buf[8192]  # 32 KiB: one token of up to ~28k inputs without a malloc
     if m:
         with nogil:
-            buf = <char *>malloc(<size_t>m * k + <size_t>m * (k // ag) * sizeof(float) + 64)
+            buf = <char *>stack_buf if need <= sizeof(stack_buf) else <char *>malloc(need)
             if buf == NULL:
                 rc = HC_ENOMEM
             else:
@@ -296,7 +316,8 @@ def cim_linear(x, Py_ssize_t act_group, pw, out, int n_threads=1, events=None, r
                 rc = hc_quantize_act(&xv[0, 0], m, k, ag, qp, scales)
                 if rc == HC_OK:
                     rc = fn(&cw.w, qp, scales, m, ag, &yv[0, 0], NULL, n_threads)
-                free(buf)
+                if buf != <char *>stack_buf:
+                    free(buf)
         check(rc, f"cim_linear({cw.fmt.name})")
         if events is not None:
             _count(cw, events, region, m)

@@ -42,16 +42,18 @@ def quantize_activations(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndar
     return q, scales
 
 
-def cim_matmul(q, act_scales, pw, *, out=None, n_threads: int = 1, events=None, region=None) -> np.ndarray:
-    """float32 (m, n) product of int8 activations ``q`` (m, k) and float32 ``act_scales`` (m, k // Ga)
-    with the ROM matrix ``pw`` (n x k). The activation group Ga = k // act_scales.shape[1] must be a
-    multiple of the weights' tile width or k. ``out`` (m, n) float32 C-contiguous is written if given.
-    ``n_threads`` (1..256) splits row tiles over threads (identical results). With ``events`` and
-    ``region``, adds the per-product counts of docs/events.md times m.
-    """
-    return _core.cim_matmul(q, act_scales, pw, out, n_threads, events, region)
+cim_matmul = _core.cim_matmul
+"""``cim_matmul(q, act_scales, pw, *, out=None, n_threads=1, events=None, region=None) -> float32 (m, n)``
 
+Product of int8 activations ``q`` (m, k) and float32 ``act_scales`` (m, k // Ga) with the ROM matrix
+``pw`` (n x k). Ga = k // act_scales.shape[1] must be a multiple of the weights' tile width or k.
+``out`` (m, n) float32 C-contiguous is written if given. ``n_threads`` (1..256) splits row tiles over
+threads (identical results). With ``events`` and ``region``, adds the per-product counts of
+docs/events.md times m. (A compiled function: the Python layer costs one call.)
+"""
 
-def cim_linear(x, act_group: int, pw, *, out=None, n_threads: int = 1, events=None, region=None) -> np.ndarray:
-    """Fused :func:`quantize_activations` + :func:`cim_matmul` of float32 ``x`` (m, k) in one C call."""
-    return _core.cim_linear(x, act_group, pw, out, n_threads, events, region)
+cim_linear = _core.cim_linear
+"""``cim_linear(x, act_group, pw, *, out=None, n_threads=1, events=None, region=None) -> float32 (m, n)``
+
+Fused :func:`quantize_activations` + :func:`cim_matmul` of float32 ``x`` (m, k) in one C call.
+"""

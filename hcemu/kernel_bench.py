@@ -115,7 +115,7 @@ def cim_runner(fmt: WeightFormat, n: int, k: int, m: int, threads: int, cold: bo
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
     q, s = cim.quantize_activations(x, act_group)
     out = np.empty((m, n), np.float32)
-    fn = _rotating(cws, lambda cw: _core.cim_matmul(q, s, cw, out, threads, None, None))
+    fn = _rotating(cws, lambda cw: _core.cim_matmul(q, s, cw, out=out, n_threads=threads))
     return Runner("hcemu", fn, one.nbytes, n * k * m, copies)
 
 

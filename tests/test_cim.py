@@ -66,7 +66,7 @@ def run_all_paths(q, s, pw, threads=(1,)):
     for name in ISAS:
         for th in threads:
             dots = np.full((m, pw.n_row_tiles * 16, pw.n_blocks), 12345, np.int32)
-            y = _core.cim_matmul(q, s, pw, None, th, None, None, name, dots)
+            y = _core.cim_matmul(q, s, pw, n_threads=th, isa=name, dots=dots)
             np.testing.assert_array_equal(dots, D, err_msg=f"int32 block sums, {pw.fmt.name} {name} t={th}")
             np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32),
                                           err_msg=f"float32 bits, {pw.fmt.name} {name} t={th}")

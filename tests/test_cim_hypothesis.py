@@ -46,6 +46,6 @@ def test_any_shape_matches_oracle(problem):
     D, _ = cim_ref.block_sums_ref(q, pw)
     for name in ISAS:
         dots = np.zeros((m, pw.n_row_tiles * 16, pw.n_blocks), np.int32)
-        y = _core.cim_matmul(q, s, pw, None, threads, None, None, name, dots)
+        y = _core.cim_matmul(q, s, pw, n_threads=threads, isa=name, dots=dots)
         assert np.array_equal(dots, D), (fmt.name, name)
         assert np.array_equal(y.view(np.int32), ref.view(np.int32)), (fmt.name, name)
