@@ -395,8 +395,10 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                 off = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)op));
             }
         }
-        __m512i D[VNNI_MC];
-        for (int u = 0; u < R; u++) D[u] = _mm512_setzero_si512();
+        /* two independent sum chains per token when few tokens (dpbusd latency would bound M=1) */
+        __m512i D[VNNI_MC], E[VNNI_MC];
+        const int two = R <= 4;
+        for (int u = 0; u < R; u++) D[u] = E[u] = _mm512_setzero_si512();
         const int8_t *x = xq + b * tk;
         for (int l0 = 0; l0 < lines; l0 += 4) {
 #pragma GCC unroll 4
@@ -407,7 +409,8 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                     for (int u = 0; u < R; u++) {
                         int32_t v;
                         memcpy(&v, x + u * ldq + 4 * l, 4);
-                        D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
+                        if (two && (l & 1)) E[u] = _mm512_dpbusd_epi32(E[u], raw, _mm512_set1_epi32(v));
+                        else D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
                     }
                 } else {
                     __m512i lo = _mm512_and_si512(raw, lo_mask);
@@ -417,11 +420,14 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                         memcpy(&vl, x + u * ldq + 8 * l, 4);
                         memcpy(&vh, x + u * ldq + 8 * l + 4, 4);
                         D[u] = _mm512_dpbusd_epi32(D[u], lo, _mm512_set1_epi32(vl));
-                        D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
+                        if (two) E[u] = _mm512_dpbusd_epi32(E[u], hi, _mm512_set1_epi32(vh));
+                        else D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
                     }
                 }
             }
         }
+        if (two)
+            for (int u = 0; u < R; u++) D[u] = _mm512_add_epi32(D[u], E[u]);
         for (int u = 0; u < R; u++) {
             __m512i Dv = asym ? D[u] : _mm512_sub_epi32(D[u], _mm512_set1_epi32(XC[u * nb + b]));
             if (DOTS) {
