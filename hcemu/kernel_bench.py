@@ -254,7 +254,7 @@ def _ort_session(model: bytes, threads: int):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def ort_int8_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max_copies: int = 64) -> Runner:
+def ort_int8_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max_copies: int = 512) -> Runner:
     """onnxruntime MatMulInteger: uint8 activations (m, k) with a zero point x int8 weights (k, n)
     -> int32 (the u8 x s8 form ORT's dynamic quantization emits, its fast path)."""
     nbytes = n * k
@@ -273,7 +273,7 @@ def ort_int8_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max
     return Runner("ort_int8", fn, nbytes, n * k * m, copies, "" if copies == n_copies(nbytes, cold) else "copies capped")
 
 
-def ort_int4_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max_copies: int = 64,
+def ort_int4_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max_copies: int = 512,
                     block: int = 32) -> Runner:
     """onnxruntime MatMulNBits: float32 activations x 4-bit weights in blocks of 32 with fp32 scales
     and 4-bit zero points (the Q4_1-like format), accuracy_level 4 (int8 compute)."""

@@ -370,3 +370,32 @@ def test_stream_read_checksum():
         with isa(name):
             assert _core.stream_read(buf, 1) == want
             assert _core.stream_read(buf, 2) == want
+
+
+def test_read_only_weights_and_inputs():
+    """ROM images are memory-mapped read-only: the kernels take const views."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(8)
+    pw = make_weights(WeightFormat(4, 32, asymmetric=True), 20, 64, rng)
+    arrays = {}
+    for name in ("codes", "scales", "offsets"):
+        a = getattr(pw, name).copy()
+        a.flags.writeable = False
+        arrays[name] = a
+    ro = replace(pw, **arrays)
+    q = rng.integers(-127, 128, size=(2, 64), dtype=np.int8)
+    s = rng.random((2, 2)).astype(np.float32)
+    q.flags.writeable = False
+    s.flags.writeable = False
+    np.testing.assert_array_equal(cim.cim_matmul(q, s, ro), cim_ref.cim_matmul_ref(q, s, pw))
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(cim.cim_linear(x, 32, ro), cim_ref.cim_linear_ref(x, 32, pw))
+    with pytest.raises(ValueError, match="writeable"):
+        cim.cim_matmul(q, s, ro, out=_readonly(np.empty((2, 20), np.float32)))
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
