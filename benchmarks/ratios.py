@@ -6,14 +6,14 @@ For each Llama 3.1 8B matrix shape (n_out x n_in) it times, single-threaded unle
 cold weights (several copies rotated, 4x the L3 cache in total): hcemu int8 (G32) and int4
 (asymmetric G32) at M = 1 and 8 and with 2 threads; a plain C read of the same bytes (1 and 2
 threads); numpy float32 BLAS matvec and numpy int8 matmul; onnxruntime MatMulInteger and
-MatMulNBits when installed. Each ratio is computed per shape and over all shapes together
-(total work / total time, i.e. one layer's worth of the listed matrices). The table says which
-targets hold.
+MatMulNBits when installed. Each ratio is computed per shape; the "geomean" column (geometric
+mean over the shapes) is what the goal is checked against. The table says which targets hold.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         print(f"{label:34s} " + " ".join(f"{c:>12s}" for c in cells))
 
     print()
-    header = f"{'target':48s} {'all':>7s} " + " ".join(f"{f'{n}x{k}':>11s}" for n, k in shapes) + "  goal   holds"
+    header = f"{'target':48s} {'geomean':>7s} " + " ".join(f"{f'{n}x{k}':>11s}" for n, k in shapes) + "  goal   holds"
     print(header)
     results = []
     for label, num, den, quantity, goal in TARGETS:
@@ -100,8 +100,8 @@ def main(argv=None) -> int:
             sub = [m for m in measurements if m.shape == (n, k)]
             a, b = rate(sub, num, quantity), rate(sub, den, quantity)
             per.append(None if a is None or b is None else a / b)
-        a, b = rate(measurements, num, quantity), rate(measurements, den, quantity)
-        total = None if a is None or b is None else a / b
+        valid = [v for v in per if v is not None]
+        total = math.exp(sum(math.log(v) for v in valid) / len(valid)) if valid else None
         holds = None if total is None or goal is None else total >= goal
         results.append({"target": label, "ratio": total, "per_shape": per, "goal": goal, "holds": holds})
         fmt = lambda v: f"{v:7.2f}" if v is not None else "      -"  # noqa: E731
