@@ -39,8 +39,7 @@ int hc_isa_set(hc_isa isa);
 const char *hc_isa_name(hc_isa isa);
 
 
-/* ==== vector unit (csrc/hc_vec.c) — float32, one rounding per operation, no FMA ================
- * Exact rules: docs/numerics.md "Vector unit".  All arrays C-contiguous.  Every path gives
+/* ==== vector unit (csrc/hc_vec.c) — float32, one rounding per operation, no FMA ========= * Exact rules: docs/numerics.md "Vector unit".  All arrays C-contiguous.  Every path gives
  * bit-identical results (the reduction orders are fixed, not left to the compiler).            */
 
 /* The vector unit's exp: Cody-Waite reduction + degree-6 polynomial (Cephes expf), float32.
@@ -98,6 +97,89 @@ int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, 
 /* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
  * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);
+=======
+/* ---- compute-in-memory products (csrc/hc_cim.c) ----------------------------------------------
+ *
+ * A weight matrix of n output rows x k inputs lies in ROM tiles as docs/numerics.md and
+ * hcemu/layout.py define (hcemu.layout.PackedWeights):
+ *   codes   uint8  [n_row_tiles][n_blocks][tile_bytes]   tile_bytes = 16 * tile_k * bits / 8
+ *           int8: bytes [tile_k/4][row 0..15][4 inputs]; int4: [tile_k/8][row 0..15][4], low
+ *           nibble input 8kq+j, high nibble input 8kq+4+j.
+ *   scales  fp16   [n_row_tiles][n_blocks][16] (block formats) or [n_row_tiles][16] (per channel)
+ *   offsets fp16   like scales (asymmetric int4 only, else NULL)
+ * n_row_tiles = ceil(n / 16); n_blocks = k / group, or ceil(k / 32) per channel (tile_k = 32).
+ *
+ * Activations: q int8 [m][k] row-major (codes in [-128, 127] are all exact), act_scales float32
+ * [m][k / act_group]; act_group must divide k and be a multiple of tile_k or equal k.
+ * Output: y float32 [m][n] row-major.  Any m >= 1 is accepted: tokens are processed in chunks of
+ * HC_CIM_M_CHUNK (each weight line is loaded once per chunk and reused for all its tokens); every
+ * token's result is independent of the chunking.
+ * n_threads (1..HC_MAX_THREADS) splits the row tiles into contiguous ranges, one per thread
+ * (OpenMP when built with it, else serial); the results do not depend on n_threads.
+ * All functions return HC_OK or a negative status (HC_EINVAL for bad sizes/groups/threads,
+ * HC_ENOMEM, HC_EUNSUPPORTED for an ISA path this CPU lacks, HC_ENONFINITE for NaN/inf input).
+ */
+#define HC_CIM_M_CHUNK 64
+#define HC_MAX_THREADS 256
+
+typedef struct {
+    int bits;                /* 8 or 4 */
+    int group;               /* 32, 64, 128; 0 = one scale per output row (int8 only, tile_k 32) */
+    int asymmetric;          /* int4 only: codes in [0,15], w = q*d + m */
+    int64_t n, k;            /* logical matrix size (output rows, inputs) */
+    int64_t n_row_tiles;     /* ceil(n / 16) */
+    int64_t n_blocks;        /* k / group, or ceil(k / 32) per channel */
+    const uint8_t *codes;    /* [n_row_tiles][n_blocks][tile_bytes] */
+    const uint16_t *scales;  /* fp16 bits, [n_row_tiles][n_blocks][16] or [n_row_tiles][16] */
+    const uint16_t *offsets; /* fp16 bits like scales, asymmetric only; NULL otherwise */
+} hc_weights;
+
+/* HC_OK when the descriptor is self-consistent (format, sizes, pointers); HC_EINVAL otherwise. */
+int hc_weights_check(const hc_weights *w);
+
+/* Quantize activations x float32 [m][k] to q int8 [m][k] and scales float32 [m][k/group], one
+ * scale per group of `group` inputs (group divides k), by the rule of docs/numerics.md.
+ * HC_ENONFINITE (outputs unspecified) if x holds NaN or infinity. */
+int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales);
+
+/* y[m][n] = the CIM product of int8 activations (q, act_scales) with the ROM matrix w, through the
+ * active ISA path (hc_isa_active()).  Dispatches on w's format. */
+int hc_cim_matmul(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
+                  int64_t act_group, float *y, int n_threads);
+
+/* Fused: quantize x float32 [m][k] per act_group (hc_quantize_act) and multiply (hc_cim_matmul). */
+int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y,
+                  int n_threads);
+
+/* The same product through one named path, for tests and benchmarks.  If dots is not NULL it
+ * also receives the exact integer block sums D[m][n_row_tiles*16][n_blocks] (int32, padding rows
+ * included) of docs/numerics.md.  Formats: i8 = int8 per block, i8ch = int8 per channel,
+ * i4 = symmetric int4 per block, i4a = asymmetric int4 per block; the format must match w. */
+typedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
+                         int64_t act_group, float *y, int32_t *dots, int n_threads);
+int hc_gemm_i8_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8ch_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8ch_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8ch_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4a_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4a_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4a_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+
+/* The path for w's format and ISA `isa` (NULL for a bad format); HC_EUNSUPPORTED comes from the
+ * call if the CPU lacks the ISA. */
+hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa);
+
+/* A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
+ * over n_threads: the bandwidth peer of the benchmarks.  Returns a checksum so it cannot be elided. */
+uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
+
+/* 1 when built with OpenMP. */
+int hc_openmp(void);
 
 #ifdef __cplusplus
 }

@@ -7,3 +7,4 @@ process-wide ISA choice exist once.
 include "_cpu.pxi"
 include "_vec.pxi"
 include "_attn.pxi"
+include "_cim.pxi"

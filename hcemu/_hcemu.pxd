@@ -34,3 +34,27 @@ cdef extern from "hcemu.h" nogil:
     int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                     const uint16_t *k, const uint16_t *v, int64_t capacity, float *out)
     int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out)
+# ---- compute-in-memory products (csrc/hc_cim.c)
+cdef extern from "hcemu.h" nogil:
+    int HC_CIM_M_CHUNK, HC_MAX_THREADS
+    ctypedef struct hc_weights:
+        int bits
+        int group
+        int asymmetric
+        int64_t n, k
+        int64_t n_row_tiles
+        int64_t n_blocks
+        const uint8_t *codes
+        const uint16_t *scales
+        const uint16_t *offsets
+    ctypedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
+                              int64_t act_group, float *y, int32_t *dots, int n_threads)
+    int hc_weights_check(const hc_weights *w)
+    int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales)
+    int hc_cim_matmul(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
+                      int64_t act_group, float *y, int n_threads)
+    int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y,
+                      int n_threads)
+    hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
+    uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
+    int hc_openmp()

@@ -1,0 +1,675 @@
+/* Compute-in-memory products over ROM tiles: activation quantizer, scalar / AVX2 / AVX-512 VNNI
+ * paths for int8 (per block, per channel) and int4 (symmetric, asymmetric) weights.
+ *
+ * Numerics: docs/numerics.md.  Every path computes the same exact int32 block sums D and runs the
+ * same float32 epilogue, in the same order, with separate multiplies and adds (the build uses
+ * -ffp-contract=off; intrinsics below are never fused), so outputs are bit-identical across paths.
+ *
+ * Structure: cim_run() validates, builds the per-call side tables (block activation sums X and
+ * per-block activation scales A), then splits row tiles over threads; each thread calls the ISA's
+ * tile driver for its contiguous tile range, token chunk by token chunk.
+ */
+#include "hcemu.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define TR 16                 /* rows per tile */
+#define PF_CODES 8192
+#define PF_META 256           /* ... and in the scale stream */
+
+int hc_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- fp16 -> fp32 (exact; integer method, so every path agrees with vcvtph2ps) ---------------- */
+static inline float half_to_float(uint16_t h) {
+    union { uint32_t u; float f; } o, magic;
+    magic.u = 113u << 23;
+    uint32_t em = (uint32_t)(h & 0x7fff) << 13;
+    uint32_t exp = em & 0x0f800000u;
+    o.u = em + ((127u - 15u) << 23);
+    if (exp == 0x0f800000u) {
+        o.u += (128u - 16u) << 23; /* inf / nan */
+    } else if (exp == 0) {
+        o.u += 1u << 23; /* zero / subnormal: renormalize exactly */
+        o.f -= magic.f;
+    }
+    o.u |= (uint32_t)(h & 0x8000) << 16;
+    return o.f;
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+static inline int64_t tile_k_of(const hc_weights *w) { return w->group ? w->group : 32; }
+
+int hc_weights_check(const hc_weights *w) {
+    if (!w || !w->codes || !w->scales) return HC_EINVAL;
+    if (w->bits != 8 && w->bits != 4) return HC_EINVAL;
+    if (w->group != 0 && w->group != 32 && w->group != 64 && w->group != 128) return HC_EINVAL;
+    if (w->group == 0 && w->bits != 8) return HC_EINVAL;
+    if (w->asymmetric && w->bits != 4) return HC_EINVAL;
+    if ((w->offsets != NULL) != (w->asymmetric != 0)) return HC_EINVAL;
+    if (w->n < 1 || w->k < 1) return HC_EINVAL;
+    int64_t tk = tile_k_of(w);
+    if (w->n_row_tiles != (w->n + TR - 1) / TR) return HC_EINVAL;
+    if (w->group ? (w->k % tk || w->n_blocks != w->k / tk) : (w->n_blocks != (w->k + tk - 1) / tk))
+        return HC_EINVAL;
+    return HC_OK;
+}
+
+/* ---- activation quantizer -------------------------------------------------------------------- */
+int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales) {
+    if (!x || !q || !scales || m < 0 || k < 1 || group < 1 || k % group) return HC_EINVAL;
+    const int64_t ng = k / group;
+    int bad = 0;
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t g = 0; g < ng; g++) {
+            const float *xs = x + i * k + g * group;
+            int8_t *qs = q + i * k + g * group;
+            float amax = 0.0f;
+            int nonfinite = 0;
+            for (int64_t j = 0; j < group; j++) {
+                float v = xs[j];
+                float a = v < 0 ? -v : v;
+                nonfinite |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
+                amax = a > amax ? a : amax;
+            }
+            if (nonfinite) { bad = 1; continue; }
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            scales[i * ng + g] = amax / 127.0f;
+            for (int64_t j = 0; j < group; j++) {
+                float v = xs[j] * inv;
+                /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
+                 * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
+                v = v > 127.0f ? 127.0f : v;
+                v = v < -127.0f ? -127.0f : v;
+                v = v == v ? v : 0.0f;
+                /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
+                v = (v + 12582912.0f) - 12582912.0f;
+                qs[j] = (int8_t)(int)v;
+            }
+        }
+    }
+    return bad ? HC_ENONFINITE : HC_OK;
+}
+
+/* ---- per-call context ------------------------------------------------------------------------ */
+typedef struct {
+    const hc_weights *w;
+    const int8_t *q;   /* [m][ldq], zero padded to n_blocks * tile_k */
+    int64_t ldq;
+    const int32_t *X;  /* [m][n_blocks] block activation sums */
+    const int32_t *XC; /* [m][n_blocks] corr * X: the sign-flip correction (128 int8, 8 int4, 0 asym) */
+    const float *XF;   /* [m][n_blocks] (float)X */
+    const float *A;    /* [m][n_blocks] activation scale of each block */
+    float *y;          /* [m][n] */
+    int32_t *dots;     /* optional [m][n_row_tiles*16][n_blocks] */
+} cim_ctx;
+
+typedef void (*tiles_fn)(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc);
+
+static inline const uint16_t *meta_ptr(const hc_weights *w, const uint16_t *base, int64_t t, int64_t b) {
+    return w->group ? base + (t * w->n_blocks + b) * TR : base + t * TR;
+}
+
+static inline void store_dots(const cim_ctx *c, int64_t mi, int64_t t, int64_t b, const int32_t *d16) {
+    const hc_weights *w = c->w;
+    int32_t *p = c->dots + (mi * w->n_row_tiles * TR + t * TR) * w->n_blocks + b;
+    for (int r = 0; r < TR; r++) p[r * w->n_blocks] = d16[r];
+}
+
+static inline void store_rows(const cim_ctx *c, int64_t t, int64_t m0, int64_t mc, const float *acc) {
+    const hc_weights *w = c->w;
+    int64_t rows = w->n - t * TR;
+    if (rows > TR) rows = TR;
+    for (int64_t i = 0; i < mc; i++)
+        memcpy(c->y + (m0 + i) * w->n + t * TR, acc + i * TR, (size_t)rows * sizeof(float));
+}
+
+/* ---- scalar path ----------------------------------------------------------------------------- */
+/* Float epilogue of one block for one token, 16 rows (docs/numerics.md order). */
+static inline void epilogue_serial(float *acc, const int32_t *D, const uint16_t *sp, const uint16_t *op,
+                                   int32_t X, float a) {
+    for (int r = 0; r < TR; r++) {
+        float t = (float)D[r] * half_to_float(sp[r]);
+        if (op) t = t + (float)X * half_to_float(op[r]);
+        t = t * a;
+        acc[r] = acc[r] + t;
+    }
+}
+
+static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tk = tile_k_of(w), tb = TR * tk * w->bits / 8;
+    const int sym4 = w->bits == 4 && !w->asymmetric;
+    float acc[HC_CIM_M_CHUNK * TR];
+    int32_t D[TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            const uint16_t *sp = meta_ptr(w, w->scales, t, b);
+            const uint16_t *op = w->offsets ? meta_ptr(w, w->offsets, t, b) : NULL;
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * tk;
+                for (int r = 0; r < TR; r++) {
+                    int32_t s = 0;
+                    if (w->bits == 8) {
+                        for (int64_t kq = 0; kq < tk / 4; kq++)
+                            for (int j = 0; j < 4; j++)
+                                s += (int32_t)(int8_t)tp[64 * kq + 4 * r + j] * x[4 * kq + j];
+                    } else {
+                        for (int64_t kq = 0; kq < tk / 8; kq++)
+                            for (int j = 0; j < 4; j++) {
+                                int32_t byte = tp[64 * kq + 4 * r + j];
+                                int32_t lo = byte & 15, hi = byte >> 4;
+                                if (sym4) { lo = (lo ^ 8) - 8; hi = (hi ^ 8) - 8; }
+                                s += lo * x[8 * kq + j] + hi * x[8 * kq + 4 + j];
+                            }
+                    }
+                    D[r] = s;
+                }
+                if (c->dots) store_dots(c, mi, t, b, D);
+                epilogue_serial(acc + i * TR, D, sp, op, c->X[mi * nb + b], c->A[mi * nb + b]);
+            }
+        }
+        store_rows(c, t, m0, mc, acc);
+    }
+}
+
+/* ---- AVX2 path ------------------------------------------------------------------------------- */
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
+static inline AVX2_TARGET __m256 half8_to_float_avx2(const uint16_t *p) {
+    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16);
+    __m256i em = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7fff)), 13);
+    __m256i exp = _mm256_and_si256(em, _mm256_set1_epi32(0x0f800000));
+    __m256i o = _mm256_add_epi32(em, _mm256_set1_epi32((127 - 15) << 23));
+    __m256i is_inf = _mm256_cmpeq_epi32(exp, _mm256_set1_epi32(0x0f800000));
+    o = _mm256_add_epi32(o, _mm256_and_si256(is_inf, _mm256_set1_epi32((128 - 16) << 23)));
+    __m256i is_sub = _mm256_cmpeq_epi32(exp, _mm256_setzero_si256());
+    __m256 sub = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(1 << 23))),
+                               _mm256_castsi256_ps(_mm256_set1_epi32(113 << 23)));
+    o = _mm256_blendv_epi8(o, _mm256_castps_si256(sub), is_sub);
+    return _mm256_castsi256_ps(_mm256_or_si256(o, sign));
+}
+
+/* Epilogue of one block for one token; D0/D1 = rows 0-7 / 8-15 (corrected int32 sums). */
+static inline AVX2_TARGET void epilogue_avx2(float *acc, __m256i D0, __m256i D1, __m256 d0, __m256 d1,
+                                             const uint16_t *op, int32_t X, float a) {
+    __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(D0), d0);
+    __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(D1), d1);
+    if (op) {
+        __m256 xf = _mm256_set1_ps((float)X);
+        t0 = _mm256_add_ps(t0, _mm256_mul_ps(xf, half8_to_float_avx2(op)));
+        t1 = _mm256_add_ps(t1, _mm256_mul_ps(xf, half8_to_float_avx2(op + 8)));
+    }
+    __m256 av = _mm256_set1_ps(a);
+    t0 = _mm256_mul_ps(t0, av);
+    t1 = _mm256_mul_ps(t1, av);
+    _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_loadu_ps(acc), t0));
+    _mm256_storeu_ps(acc + 8, _mm256_add_ps(_mm256_loadu_ps(acc + 8), t1));
+}
+
+static inline AVX2_TARGET void finish_avx2(const cim_ctx *c, float *acc, __m256i D0, __m256i D1, __m256 d0,
+                                           __m256 d1, const uint16_t *op, int64_t mi, int64_t t, int64_t b) {
+    const int64_t nb = c->w->n_blocks;
+    if (c->dots) {
+        int32_t tmp[TR];
+        _mm256_storeu_si256((__m256i *)tmp, D0);
+        _mm256_storeu_si256((__m256i *)(tmp + 8), D1);
+        store_dots(c, mi, t, b, tmp);
+    }
+    epilogue_avx2(acc, D0, D1, d0, d1, op, c->X[mi * nb + b], c->A[mi * nb + b]);
+}
+
+/* int8: sign-extend weights to int16 and use vpmaddwd (exact for every int8 pair, -128 included). */
+static inline AVX2_TARGET __m256i bcast_act16(const int8_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(v)));
+}
+
+static inline AVX2_TARGET void dot_i8_avx2(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
+                                           __m256i *D0, __m256i *D1) {
+    __m256i acc[2][4];
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_si256();
+    for (int l = 0; l < lines; l++) {
+        __m256i wv[4];
+        for (int j = 0; j < 4; j++)
+            wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(tp + 64 * l + 16 * j)));
+        for (int i = 0; i < r; i++) {
+            __m256i av = bcast_act16(x + i * ldq + 4 * l);
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(wv[j], av));
+        }
+    }
+    const __m256i perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    for (int i = 0; i < r; i++) {
+        D0[i] = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[i][0], acc[i][1]), perm);
+        D1[i] = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[i][2], acc[i][3]), perm);
+    }
+}
+
+static AVX2_TARGET void tiles_i8_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tk = tile_k_of(w), tb = TR * tk;
+    const int lines = (int)(tk / 4);
+    float acc[HC_CIM_M_CHUNK * TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            _mm_prefetch((const char *)(tp + PF_CODES), _MM_HINT_T0);
+            const uint16_t *sp = meta_ptr(w, w->scales, t, b);
+            __m256 d0 = half8_to_float_avx2(sp), d1 = half8_to_float_avx2(sp + 8);
+            for (int64_t i = 0; i < mc; i += 2) {
+                __m256i D0[2], D1[2];
+                const int8_t *x = c->q + (m0 + i) * c->ldq + b * tk;
+                int r = mc - i >= 2 ? 2 : 1;
+                if (r == 2) dot_i8_avx2(tp, x, c->ldq, lines, 2, D0, D1);
+                else dot_i8_avx2(tp, x, c->ldq, lines, 1, D0, D1);
+                for (int u = 0; u < r; u++)
+                    finish_avx2(c, acc + (i + u) * TR, D0[u], D1[u], d0, d1, NULL, m0 + i + u, t, b);
+            }
+        }
+        store_rows(c, t, m0, mc, acc);
+    }
+}
+
+/* int4: nibbles are in [0, 15] after the sign flip, so vpmaddubsw (u8 x s8 pairs, |pair| <= 3840)
+ * cannot saturate; up to 8 pair sums are added in int16 (<= 30720) before widening with vpmaddwd. */
+static inline AVX2_TARGET void dot_i4_avx2(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
+                                           __m256i flip, __m256i *D0, __m256i *D1) {
+    const __m256i lo_mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256i acc[2][2];
+    for (int i = 0; i < r; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int l0 = 0; l0 < lines; l0 += 4) {
+        __m256i s16[2][2];
+        for (int i = 0; i < r; i++) s16[i][0] = s16[i][1] = _mm256_setzero_si256();
+        for (int l = l0; l < l0 + 4; l++) {
+            __m256i lo[2], hi[2];
+            for (int h = 0; h < 2; h++) {
+                __m256i raw = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h)), flip);
+                lo[h] = _mm256_and_si256(raw, lo_mask);
+                hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+            }
+            for (int i = 0; i < r; i++) {
+                int32_t vl, vh;
+                memcpy(&vl, x + i * ldq + 8 * l, 4);
+                memcpy(&vh, x + i * ldq + 8 * l + 4, 4);
+                __m256i al = _mm256_set1_epi32(vl), ah = _mm256_set1_epi32(vh);
+                for (int h = 0; h < 2; h++) {
+                    s16[i][h] = _mm256_add_epi16(s16[i][h], _mm256_maddubs_epi16(lo[h], al));
+                    s16[i][h] = _mm256_add_epi16(s16[i][h], _mm256_maddubs_epi16(hi[h], ah));
+                }
+            }
+        }
+        for (int i = 0; i < r; i++)
+            for (int h = 0; h < 2; h++) acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(s16[i][h], ones));
+    }
+    for (int i = 0; i < r; i++) { D0[i] = acc[i][0]; D1[i] = acc[i][1]; }
+}
+
+static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tk = w->group, tb = TR * tk / 2;
+    const int lines = (int)(tk / 8), asym = w->asymmetric;
+    const __m256i flip = _mm256_set1_epi8(asym ? 0 : (char)0x88);
+    float acc[HC_CIM_M_CHUNK * TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            _mm_prefetch((const char *)(tp + PF_CODES), _MM_HINT_T0);
+            const uint16_t *sp = meta_ptr(w, w->scales, t, b);
+            const uint16_t *op = asym ? meta_ptr(w, w->offsets, t, b) : NULL;
+            __m256 d0 = half8_to_float_avx2(sp), d1 = half8_to_float_avx2(sp + 8);
+            for (int64_t i = 0; i < mc; i += 2) {
+                __m256i D0[2], D1[2];
+                const int8_t *x = c->q + (m0 + i) * c->ldq + b * tk;
+                int r = mc - i >= 2 ? 2 : 1;
+                if (r == 2) dot_i4_avx2(tp, x, c->ldq, lines, 2, flip, D0, D1);
+                else dot_i4_avx2(tp, x, c->ldq, lines, 1, flip, D0, D1);
+                for (int u = 0; u < r; u++) {
+                    const int64_t mi = m0 + i + u;
+                    if (!asym) {
+                        __m256i corr = _mm256_set1_epi32(8 * c->X[mi * nb + b]);
+                        D0[u] = _mm256_sub_epi32(D0[u], corr);
+                        D1[u] = _mm256_sub_epi32(D1[u], corr);
+                    }
+                    finish_avx2(c, acc + (i + u) * TR, D0[u], D1[u], d0, d1, op, mi, t, b);
+                }
+            }
+        }
+        store_rows(c, t, m0, mc, acc);
+    }
+}
+
+/* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
+/* Loop order: row tile -> chunk of up to 8 tokens -> block.  The chunk's float accumulators and
+ * int32 block sums stay in registers; each 64-byte weight line is loaded once per chunk and feeds
+ * one vpdpbusd per token (16 rows x 4 inputs).  The function is instantiated for every (format,
+ * token count) pair so that all register arrays are fully unrolled. */
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define VNNI_MC 8
+
+enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
+
+static inline __attribute__((always_inline)) VNNI_TARGET void
+tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS) {
+    const hc_weights *w = c->w;
+    const int i8 = F == F_I8 || F == F_I8CH, asym = F == F_I4A, pc = F == F_I8CH;
+    const int64_t nb = w->n_blocks, tk = pc ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
+    const int lines = (int)(i8 ? tk / 4 : tk / 8); /* a multiple of 4 */
+    const int64_t ldq = c->ldq;
+    const __m512i flip = _mm512_set1_epi8(i8 ? (char)0x80 : (asym ? 0 : (char)0x88));
+    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
+    const uint8_t *tile = w->codes + t * nb * tb;
+    const int8_t *xq = c->q + m0 * ldq;
+    const int32_t *XC = c->XC + m0 * nb;
+    const float *XF = c->XF + m0 * nb, *A = c->A + m0 * nb;
+    __m512 acc[VNNI_MC], d, off = _mm512_setzero_ps();
+    for (int u = 0; u < R; u++) acc[u] = _mm512_setzero_ps();
+    if (pc) d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + t * TR)));
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *tp = tile + b * tb;
+        for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+        if (!pc) {
+            const uint16_t *sp = w->scales + (t * nb + b) * TR;
+            _mm_prefetch((const char *)(sp + PF_META), _MM_HINT_T0);
+            d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sp));
+            if (asym) {
+                const uint16_t *op = w->offsets + (t * nb + b) * TR;
+                _mm_prefetch((const char *)(op + PF_META), _MM_HINT_T0);
+                off = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)op));
+            }
+        }
+        /* two independent sum chains per token when few tokens (dpbusd latency would bound M=1) */
+        __m512i D[VNNI_MC], E[VNNI_MC];
+        const int two = R <= 4;
+        for (int u = 0; u < R; u++) D[u] = E[u] = _mm512_setzero_si512();
+        const int8_t *x = xq + b * tk;
+        for (int l0 = 0; l0 < lines; l0 += 4) {
+#pragma GCC unroll 4
+            for (int l = l0; l < l0 + 4; l++) {
+                __m512i raw = _mm512_loadu_si512(tp + 64 * l);
+                if (!asym) raw = _mm512_xor_si512(raw, flip);
+                if (i8) {
+                    for (int u = 0; u < R; u++) {
+                        int32_t v;
+                        memcpy(&v, x + u * ldq + 4 * l, 4);
+                        if (two && (l & 1)) E[u] = _mm512_dpbusd_epi32(E[u], raw, _mm512_set1_epi32(v));
+                        else D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
+                    }
+                } else {
+                    __m512i lo = _mm512_and_si512(raw, lo_mask);
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
+                    for (int u = 0; u < R; u++) {
+                        int32_t vl, vh;
+                        memcpy(&vl, x + u * ldq + 8 * l, 4);
+                        memcpy(&vh, x + u * ldq + 8 * l + 4, 4);
+                        D[u] = _mm512_dpbusd_epi32(D[u], lo, _mm512_set1_epi32(vl));
+                        if (two) E[u] = _mm512_dpbusd_epi32(E[u], hi, _mm512_set1_epi32(vh));
+                        else D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
+                    }
+                }
+            }
+        }
+        if (two)
+            for (int u = 0; u < R; u++) D[u] = _mm512_add_epi32(D[u], E[u]);
+        for (int u = 0; u < R; u++) {
+            __m512i Dv = asym ? D[u] : _mm512_sub_epi32(D[u], _mm512_set1_epi32(XC[u * nb + b]));
+            if (DOTS) {
+                int32_t tmp[TR];
+                _mm512_storeu_si512(tmp, Dv);
+                store_dots(c, m0 + u, t, b, tmp);
+            }
+            __m512 tv = _mm512_mul_ps(_mm512_cvtepi32_ps(Dv), d);
+            if (asym) tv = _mm512_add_ps(tv, _mm512_mul_ps(_mm512_set1_ps(XF[u * nb + b]), off));
+            tv = _mm512_mul_ps(tv, _mm512_set1_ps(A[u * nb + b]));
+            acc[u] = _mm512_add_ps(acc[u], tv);
+        }
+    }
+    int64_t rows = w->n - t * TR;
+    __mmask16 mask = rows >= TR ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
+    for (int u = 0; u < R; u++) _mm512_mask_storeu_ps(c->y + (m0 + u) * w->n + t * TR, mask, acc[u]);
+}
+
+#define VNNI_DRIVER(NAME, F)                                                                            \
+    static VNNI_TARGET void NAME(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {    \
+        for (int64_t t = t0; t < t1; t++)                                                               \
+            for (int64_t i = m0; i < m0 + mc; i += VNNI_MC) {                                           \
+                int r = (int)(m0 + mc - i < VNNI_MC ? m0 + mc - i : VNNI_MC);                           \
+                if (c->dots) {                                                                          \
+                    switch (r) {                                                                        \
+                    case 1: tile_vnni(c, t, i, 1, F, 1); break; case 2: tile_vnni(c, t, i, 2, F, 1); break; \
+                    case 3: tile_vnni(c, t, i, 3, F, 1); break; case 4: tile_vnni(c, t, i, 4, F, 1); break; \
+                    case 5: tile_vnni(c, t, i, 5, F, 1); break; case 6: tile_vnni(c, t, i, 6, F, 1); break; \
+                    case 7: tile_vnni(c, t, i, 7, F, 1); break; default: tile_vnni(c, t, i, 8, F, 1); break; \
+                    }                                                                                   \
+                } else {                                                                                \
+                    switch (r) {                                                                        \
+                    case 1: tile_vnni(c, t, i, 1, F, 0); break; case 2: tile_vnni(c, t, i, 2, F, 0); break; \
+                    case 3: tile_vnni(c, t, i, 3, F, 0); break; case 4: tile_vnni(c, t, i, 4, F, 0); break; \
+                    case 5: tile_vnni(c, t, i, 5, F, 0); break; case 6: tile_vnni(c, t, i, 6, F, 0); break; \
+                    case 7: tile_vnni(c, t, i, 7, F, 0); break; default: tile_vnni(c, t, i, 8, F, 0); break; \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+    }
+
+VNNI_DRIVER(tiles_i8_vnni, F_I8)
+VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
+VNNI_DRIVER(tiles_i4_vnni, F_I4)
+VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
+
+/* ---- driver ---------------------------------------------------------------------------------- */
+static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
+                   float *y, int32_t *dots, int n_threads, int bits, int per_channel, int asym, hc_isa isa,
+                   tiles_fn fn) {
+    if (!(hc_isa_supported() & (1u << isa))) return HC_EUNSUPPORTED;
+    int rc = hc_weights_check(w);
+    if (rc) return rc;
+    if (w->bits != bits || (w->group == 0) != per_channel || (w->asymmetric != 0) != asym) return HC_EINVAL;
+    if (m < 1 || !q || !act_scales || !y || n_threads < 1 || n_threads > HC_MAX_THREADS) return HC_EINVAL;
+    const int64_t k = w->k, tk = tile_k_of(w), nb = w->n_blocks, kp = nb * tk, nt = w->n_row_tiles;
+    if (act_group < 1 || k % act_group || (act_group != k && act_group % tk)) return HC_EINVAL;
+    const int64_t n_ag = k / act_group;
+
+    size_t side = (size_t)m * nb;
+    size_t bytes = side * (2 * sizeof(int32_t) + 2 * sizeof(float)) + (kp != k ? (size_t)m * kp : 0) + 64;
+    _Alignas(64) char stack_scratch[16384]; /* one token's side tables without a malloc */
+    char *scratch = bytes <= sizeof(stack_scratch) ? stack_scratch : malloc(bytes);
+    if (!scratch) return HC_ENOMEM;
+    int32_t *X = (int32_t *)scratch;
+    int32_t *XC = X + side;
+    float *XF = (float *)(XC + side);
+    float *A = XF + side;
+    const int32_t corr = bits == 8 ? 128 : (asym ? 0 : 8);
+    const int8_t *qa = q;
+    if (kp != k) { /* per-channel with k not a multiple of 32: zero-pad the activations */
+        int8_t *qp = (int8_t *)(A + side);
+        for (int64_t i = 0; i < m; i++) {
+            memcpy(qp + i * kp, q + i * k, (size_t)k);
+            memset(qp + i * kp + k, 0, (size_t)(kp - k));
+        }
+        qa = qp;
+    }
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *x = qa + i * kp + b * tk;
+            int32_t s = 0;
+            for (int64_t j = 0; j < tk; j++) s += x[j];
+            X[i * nb + b] = s;
+            XC[i * nb + b] = corr * s;
+            XF[i * nb + b] = (float)s;
+            A[i * nb + b] = act_scales[i * n_ag + (b * tk) / act_group];
+        }
+    cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
+
+    int threads = n_threads < nt ? n_threads : (int)nt;
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        {
+            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            int64_t t0 = nt * tid / nth, t1 = nt * (tid + 1) / nth;
+            for (int64_t m0 = 0; m0 < m; m0 += HC_CIM_M_CHUNK)
+                fn(&c, t0, t1, m0, m - m0 < HC_CIM_M_CHUNK ? m - m0 : HC_CIM_M_CHUNK);
+        }
+    } else
+#endif
+    {
+        for (int64_t m0 = 0; m0 < m; m0 += HC_CIM_M_CHUNK)
+            fn(&c, 0, nt, m0, m - m0 < HC_CIM_M_CHUNK ? m - m0 : HC_CIM_M_CHUNK);
+    }
+    if (scratch != stack_scratch) free(scratch);
+    return HC_OK;
+}
+
+#define DEFINE_PATH(name, bits, pc, asym, isa, fn)                                                      \
+    int name(const hc_weights *w, const int8_t *q, const float *as, int64_t m, int64_t ag, float *y,    \
+             int32_t *dots, int n_threads) {                                                           \
+        return cim_run(w, q, as, m, ag, y, dots, n_threads, bits, pc, asym, isa, fn);                  \
+    }
+
+DEFINE_PATH(hc_gemm_i8_serial, 8, 0, 0, HC_ISA_SCALAR, tiles_serial)
+DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, tiles_i8_avx2)
+DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, tiles_i8_vnni)
+DEFINE_PATH(hc_gemm_i8ch_serial, 8, 1, 0, HC_ISA_SCALAR, tiles_serial)
+DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, tiles_i8_avx2)
+DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, tiles_i8ch_vnni)
+DEFINE_PATH(hc_gemm_i4_serial, 4, 0, 0, HC_ISA_SCALAR, tiles_serial)
+DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, tiles_i4_avx2)
+DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, tiles_i4_vnni)
+DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
+DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, tiles_i4_avx2)
+DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, tiles_i4a_vnni)
+
+hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
+    static const hc_cim_fn table[4][HC_ISA_COUNT] = {
+        {hc_gemm_i8_serial, hc_gemm_i8_avx2, hc_gemm_i8_avx512vnni},
+        {hc_gemm_i8ch_serial, hc_gemm_i8ch_avx2, hc_gemm_i8ch_avx512vnni},
+        {hc_gemm_i4_serial, hc_gemm_i4_avx2, hc_gemm_i4_avx512vnni},
+        {hc_gemm_i4a_serial, hc_gemm_i4a_avx2, hc_gemm_i4a_avx512vnni},
+    };
+    if (!w || (int)isa < 0 || isa >= HC_ISA_COUNT) return NULL;
+    int f;
+    if (w->bits == 8) f = w->group ? 0 : 1;
+    else if (w->bits == 4) f = w->asymmetric ? 3 : 2;
+    else return NULL;
+    return table[f][isa];
+}
+
+int hc_cim_matmul(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
+                  float *y, int n_threads) {
+    hc_cim_fn fn = hc_cim_kernel(w, hc_isa_active());
+    if (!fn) return HC_EINVAL;
+    return fn(w, q, act_scales, m, act_group, y, NULL, n_threads);
+}
+
+int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y, int n_threads) {
+    if (!w || !x || m < 1 || act_group < 1 || w->k % act_group) return HC_EINVAL;
+    const int64_t k = w->k;
+    char *buf = malloc((size_t)m * k + (size_t)m * (k / act_group) * sizeof(float) + 64);
+    if (!buf) return HC_ENOMEM;
+    float *scales = (float *)buf;
+    int8_t *q = (int8_t *)(scales + m * (k / act_group));
+    int rc = hc_quantize_act(x, m, k, act_group, q, scales);
+    if (rc == HC_OK) rc = hc_cim_matmul(w, q, scales, m, act_group, y, n_threads);
+    free(buf);
+    return rc;
+}
+
+/* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
+#define READ_STREAMS 4
+#define READ_PF 4096
+
+static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
+    __m512i acc[READ_STREAMS];
+    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm512_setzero_si512();
+    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
+    const uint8_t *base[READ_STREAMS];
+    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
+    for (int64_t l = 0; l < per; l++)
+        for (int s = 0; s < READ_STREAMS; s++) {
+            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
+            acc[s] = _mm512_add_epi64(acc[s], _mm512_loadu_si512(base[s] + l * 64));
+        }
+    uint64_t sum = 0;
+    for (int s = 0; s < READ_STREAMS; s++) sum += (uint64_t)_mm512_reduce_add_epi64(acc[s]);
+    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
+    return sum;
+}
+
+static AVX2_TARGET uint64_t read_range_avx2(const uint8_t *p, int64_t nbytes) {
+    __m256i acc[READ_STREAMS];
+    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm256_setzero_si256();
+    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
+    const uint8_t *base[READ_STREAMS];
+    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
+    for (int64_t l = 0; l < per; l++)
+        for (int s = 0; s < READ_STREAMS; s++) {
+            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
+            __m256i v = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(base[s] + l * 64)),
+                                         _mm256_loadu_si256((const __m256i *)(base[s] + l * 64 + 32)));
+            acc[s] = _mm256_add_epi64(acc[s], v);
+        }
+    uint64_t sum = 0, tmp[4];
+    for (int s = 0; s < READ_STREAMS; s++) {
+        _mm256_storeu_si256((__m256i *)tmp, acc[s]);
+        sum += tmp[0] + tmp[1] + tmp[2] + tmp[3];
+    }
+    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
+    return sum;
+}
+
+static uint64_t read_range_serial(const uint8_t *p, int64_t nbytes) {
+    uint64_t sum = 0;
+    int64_t i = 0;
+    for (; i + 8 <= nbytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        sum += v;
+    }
+    for (; i < nbytes; i++) sum += p[i];
+    return sum;
+}
+
+static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
+    hc_isa isa = hc_isa_active();
+    if (isa == HC_ISA_AVX512VNNI) return read_range_avx512(p, nbytes);
+    if (isa == HC_ISA_AVX2) return read_range_avx2(p, nbytes);
+    return read_range_serial(p, nbytes);
+}
+
+uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
+    if (!p || nbytes <= 0) return 0;
+    if (n_threads < 1) n_threads = 1;
+    uint64_t sum = 0;
+#ifdef _OPENMP
+    if (n_threads > 1) {
+        const int64_t lines = nbytes / 64;
+#pragma omp parallel num_threads(n_threads) reduction(+ : sum)
+        {
+            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            int64_t l0 = lines * tid / nth, l1 = lines * (tid + 1) / nth;
+            int64_t end = tid == nth - 1 ? nbytes : l1 * 64;
+            sum += read_range(p + l0 * 64, end - l0 * 64);
+        }
+        return sum;
+    }
+#endif
+    return read_range(p, nbytes);
+}

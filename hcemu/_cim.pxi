@@ -1,0 +1,335 @@
+# Compute-in-memory products (csrc/hc_cim.c): typed const-memoryview wrappers, validated before any
+# pointer is touched; every kernel call releases the GIL.  The public API is hcemu.cim.
+import weakref as _weakref
+
+import numpy as _np
+cimport numpy as cnp
+
+cnp.import_array()
+
+from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel,
+                           hc_stream_read, hc_openmp)
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, free
+
+OPENMP = bool(hc_openmp())
+"""True when the kernels were built with OpenMP (n_threads > 1 runs in parallel)."""
+
+MAX_THREADS = 256
+M_CHUNK = 64
+
+from hcemu.events import FIELD_INDEX as _FIELD_INDEX
+
+cdef int _F_MACS_W8 = _FIELD_INDEX["macs_w8"]
+cdef int _F_MACS_W4 = _FIELD_INDEX["macs_w4"]
+cdef int _F_CODE = _FIELD_INDEX["rom_code_bits"]
+cdef int _F_META = _FIELD_INDEX["rom_meta_bits"]
+cdef int _F_TILES = _FIELD_INDEX["rom_tiles"]
+
+
+def _diagnose(name, a, dtype, ndim):
+    """Raise the precise TypeError/ValueError for an array that a typed memoryview refused."""
+    if not isinstance(a, _np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of {_np.dtype(dtype)}, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must be {_np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (shape {a.shape}, strides {a.strides})")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable (shape {a.shape})")
+    raise ValueError(f"{name}: unusable array (dtype {a.dtype}, shape {a.shape})")
+
+
+cdef class CimWeights:
+    """A :class:`hcemu.layout.PackedWeights` prepared for the C kernels (pointers checked once).
+
+    Holds the arrays (not the PackedWeights) and the per-token-pass event increments of
+    docs/events.md: ``macs``, ``code_bits``, ``meta_bits``, ``tiles``.
+    """
+    cdef hc_weights w
+    cdef const uint8_t[:, :, ::1] _codes
+    cdef const uint16_t[::1] _scales
+    cdef const uint16_t[::1] _offsets
+    cdef readonly object fmt
+    cdef readonly int64_t n, k, tile_k, n_row_tiles, n_blocks
+    cdef readonly int64_t macs, code_bits, meta_bits, tiles
+    cdef int mac_field
+
+    def __init__(self, pw):
+        from hcemu.layout import layout_shape, tile_bytes
+        fmt = pw.fmt
+        nt, nb = layout_shape(fmt, pw.n, pw.k)
+        tb = tile_bytes(fmt)
+        codes, scales, offsets = pw.codes, pw.scales, pw.offsets
+        if not isinstance(codes, _np.ndarray) or codes.dtype != _np.uint8 or codes.shape != (nt, nb, tb):
+            raise ValueError(f"codes of a {pw.n}x{pw.k} {fmt.name} matrix must be uint8 {(nt, nb, tb)}, "
+                             f"got {getattr(codes, 'dtype', type(codes))} {getattr(codes, 'shape', '')}")
+        meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
+        for what, a in (("scales", scales), ("offsets", offsets)):
+            if what == "offsets" and not fmt.asymmetric:
+                if a is not None:
+                    raise ValueError(f"offsets are not allowed for {fmt.name}")
+                continue
+            if not isinstance(a, _np.ndarray) or a.dtype != _np.float16 or a.shape != meta_shape:
+                raise ValueError(f"{what} of a {pw.n}x{pw.k} {fmt.name} matrix must be float16 {meta_shape}, "
+                                 f"got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{what} must be C-contiguous")
+        if not codes.flags.c_contiguous:
+            raise ValueError("codes must be C-contiguous")
+        self._codes = codes
+        self._scales = scales.view(_np.uint16).reshape(-1)
+        self.w.bits = fmt.bits
+        self.w.group = fmt.group
+        self.w.asymmetric = 1 if fmt.asymmetric else 0
+        self.w.n = pw.n
+        self.w.k = pw.k
+        self.w.n_row_tiles = nt
+        self.w.n_blocks = nb
+        self.w.codes = &self._codes[0, 0, 0]
+        self.w.scales = &self._scales[0]
+        self.w.offsets = NULL
+        if fmt.asymmetric:
+            self._offsets = offsets.view(_np.uint16).reshape(-1)
+            self.w.offsets = &self._offsets[0]
+        check(hc_weights_check(&self.w), "CimWeights")
+        self.fmt = fmt
+        self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = pw.n, pw.k, fmt.tile_k, nt, nb
+        self.macs = pw.n * pw.k
+        self.code_bits = nt * nb * tb * 8
+        per = nt * 16 * 16 if fmt.per_channel else nt * nb * 16 * 16
+        self.meta_bits = per * (2 if fmt.asymmetric else 1)
+        self.tiles = nt * nb
+        self.mac_field = _F_MACS_W8 if fmt.bits == 8 else _F_MACS_W4
+
+    @property
+    def nbytes(self):
+        """Bytes one product streams: codes, scales and offsets."""
+        return (self.code_bits + self.meta_bits) // 8
+
+    def __repr__(self):
+        return f"CimWeights({self.fmt.name}, n={self.n}, k={self.k})"
+
+
+cdef dict _PREPARED = {}
+
+
+class _Forget:
+    """Weakref callback dropping one cache entry."""
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, _ref):
+        _PREPARED.pop(self.key, None)
+
+
+cpdef CimWeights prepared(pw):
+    """The cached :class:`CimWeights` of ``pw`` (built on first use, dropped when ``pw`` dies)."""
+    if isinstance(pw, CimWeights):
+        return <CimWeights>pw
+    cdef object key = id(pw)
+    cdef object hit = _PREPARED.get(key)
+    if hit is not None and (<tuple>hit)[0]() is pw:
+        return <CimWeights>(<tuple>hit)[1]
+    cw = CimWeights(pw)
+    _PREPARED[key] = (_weakref.ref(pw, _Forget(key)), cw)
+    return cw
+
+
+cdef int64_t _act_group(CimWeights cw, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_groups) except -1:
+    """Activation group inferred from the scale count, checked against the weights' tile width."""
+    if k != cw.k:
+        raise ValueError(f"activations have K={k} inputs but the {cw.n}x{cw.k} {cw.fmt.name} matrix needs K={cw.k}")
+    if n_groups < 1 or k % n_groups:
+        raise ValueError(f"{n_groups} activation scales per token do not divide K={k} into equal groups")
+    cdef int64_t ag = k // n_groups
+    if ag != k and ag % cw.tile_k:
+        raise ValueError(f"activation group {ag} must be a multiple of the weight tile width {cw.tile_k} "
+                         f"or the whole vector K={k}")
+    return ag
+
+
+cdef int _check_threads(int n_threads) except -1:
+    if n_threads < 1 or n_threads > MAX_THREADS:
+        raise ValueError(f"n_threads must be in 1..{MAX_THREADS}, got {n_threads}")
+    return 0
+
+
+cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
+    """Add the per-product increments times m to ``events.counts[region]`` (int64, C-contiguous)."""
+    counts = events.counts
+    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
+        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
+    cdef Py_ssize_t ri = events.region_index(region)
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
+    if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
+        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
+    cdef int64_t *row = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
+    row[cw.mac_field] += cw.macs * m
+    row[_F_CODE] += cw.code_bits * m
+    row[_F_META] += cw.meta_bits * m
+    row[_F_TILES] += cw.tiles * m
+    return 0
+
+
+cdef hc_cim_fn _kernel(CimWeights cw, isa) except NULL:
+    cdef int index = hc_isa_active() if isa is None else ISA_NAMES.index(isa)
+    cdef hc_cim_fn fn = hc_cim_kernel(&cw.w, <hc_isa>index)
+    if fn == NULL:
+        raise ValueError(f"no kernel for {cw.fmt.name}")
+    return fn
+
+
+def quantize_act(x, Py_ssize_t group, q, scales):
+    """Quantize float32 ``x`` (m, k) into ``q`` int8 (m, k) and ``scales`` float32 (m, k // group)."""
+    cdef const float[:, ::1] xv
+    cdef int8_t[:, ::1] qv
+    cdef float[:, ::1] sv
+    try:
+        xv = x
+    except (ValueError, TypeError, BufferError):
+        _diagnose("x", x, _np.float32, 2)
+    try:
+        qv = q
+    except (ValueError, TypeError, BufferError):
+        _diagnose("q", q, _np.int8, 2)
+    try:
+        sv = scales
+    except (ValueError, TypeError, BufferError):
+        _diagnose("scales", scales, _np.float32, 2)
+    cdef Py_ssize_t m = xv.shape[0], k = xv.shape[1]
+    if group < 1 or k % group:
+        raise ValueError(f"activation group {group} does not divide K={k}")
+    if qv.shape[0] != m or qv.shape[1] != k or sv.shape[0] != m or sv.shape[1] != k // group:
+        raise ValueError(f"outputs must be q {(m, k)} and scales {(m, k // group)}, got "
+                         f"{(qv.shape[0], qv.shape[1])} and {(sv.shape[0], sv.shape[1])}")
+    if m == 0:
+        return
+    cdef int rc
+    with nogil:
+        rc = hc_quantize_act(&xv[0, 0], m, k, group, &qv[0, 0], &sv[0, 0])
+    check(rc, "quantize_activations")
+
+
+def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, region=None, isa=None, dots=None):
+    """float32 (m, n) product of int8 activations ``q`` (m, k) and float32 ``act_scales`` (m, k // Ga)
+    with the ROM matrix ``pw`` (a PackedWeights of n x k, or its prepared CimWeights).
+
+    The activation group Ga = k // act_scales.shape[1] must be a multiple of the weights' tile width
+    or k. ``out`` (m, n) float32 C-contiguous is written and returned if given. ``n_threads``
+    (1..256) splits row tiles over threads (identical results). With ``events`` (hcemu.events.Events)
+    and ``region``, adds the per-product counts of docs/events.md times m. Testing hooks: ``isa``
+    (a path name) forces one ISA path; ``dots`` (int32 (m, n_row_tiles*16, n_blocks)) receives the
+    exact integer block sums D of docs/numerics.md.
+    """
+    cdef CimWeights cw = prepared(pw)
+    cdef const int8_t[:, ::1] qv
+    cdef const float[:, ::1] sv
+    cdef float[:, ::1] yv
+    cdef int32_t[:, :, ::1] dv
+    cdef int32_t *dp = NULL
+    try:
+        qv = q
+    except (ValueError, TypeError, BufferError):
+        _diagnose("q", q, _np.int8, 2)
+    try:
+        sv = act_scales
+    except (ValueError, TypeError, BufferError):
+        _diagnose("act_scales", act_scales, _np.float32, 2)
+    cdef Py_ssize_t m = qv.shape[0]
+    if sv.shape[0] != m:
+        raise ValueError(f"act_scales has {sv.shape[0]} rows for {m} tokens")
+    cdef int64_t ag = _act_group(cw, m, qv.shape[1], sv.shape[1])
+    _check_threads(n_threads)
+    if out is None:
+        out = _np.empty((m, cw.n), _np.float32)
+    try:
+        yv = out
+    except (ValueError, TypeError, BufferError):
+        _diagnose("out", out, _np.float32, 2)
+    if yv.shape[0] != m or yv.shape[1] != cw.n:
+        raise ValueError(f"out must be {(m, cw.n)}, got {(yv.shape[0], yv.shape[1])}")
+    if dots is not None:
+        try:
+            dv = dots
+        except (ValueError, TypeError, BufferError):
+            _diagnose("dots", dots, _np.int32, 3)
+        if dv.shape[0] != m or dv.shape[1] != cw.n_row_tiles * 16 or dv.shape[2] != cw.n_blocks:
+            raise ValueError(f"dots must be {(m, cw.n_row_tiles * 16, cw.n_blocks)}")
+        if m:
+            dp = &dv[0, 0, 0]
+    cdef hc_cim_fn fn = _kernel(cw, isa)
+    cdef int rc = 0
+    if m:
+        with nogil:
+            rc = fn(&cw.w, &qv[0, 0], &sv[0, 0], m, ag, &yv[0, 0], dp, n_threads)
+        check(rc, f"cim_matmul({cw.fmt.name})")
+        if events is not None:
+            _count(cw, events, region, m)
+    return out
+
+
+def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events=None, region=None, isa=None):
+    """Fused quantize + product of float32 ``x`` (m, k) in one C call: quantize_activations(x,
+    act_group) then cim_matmul, with the same arguments and result (float32 (m, n))."""
+    cdef CimWeights cw = prepared(pw)
+    cdef const float[:, ::1] xv
+    cdef float[:, ::1] yv
+    try:
+        xv = x
+    except (ValueError, TypeError, BufferError):
+        _diagnose("x", x, _np.float32, 2)
+    cdef Py_ssize_t m = xv.shape[0], k = xv.shape[1]
+    if act_group < 1 or k % act_group:
+        raise ValueError(f"activation group {act_group} does not divide K={k}")
+    cdef int64_t ag = _act_group(cw, m, k, k // act_group)
+    _check_threads(n_threads)
+    if out is None:
+        out = _np.empty((m, cw.n), _np.float32)
+    try:
+        yv = out
+    except (ValueError, TypeError, BufferError):
+        _diagnose("out", out, _np.float32, 2)
+    if yv.shape[0] != m or yv.shape[1] != cw.n:
+        raise ValueError(f"out must be {(m, cw.n)}, got {(yv.shape[0], yv.shape[1])}")
+    cdef hc_cim_fn fn = _kernel(cw, isa)
+    cdef int rc = 0
+    cdef char *buf
+    cdef float *scales
+    cdef int8_t *qp
+    cdef size_t need = <size_t>m * k + <size_t>m * (k // ag) * sizeof(float) + 64
+    cdef float stack_buf[8192]  # 32 KiB: one token of up to ~28k inputs without a malloc
+    if m:
+        with nogil:
+            buf = <char *>stack_buf if need <= sizeof(stack_buf) else <char *>malloc(need)
+            if buf == NULL:
+                rc = HC_ENOMEM
+            else:
+                scales = <float *>buf
+                qp = <int8_t *>(scales + m * (k // ag))
+                rc = hc_quantize_act(&xv[0, 0], m, k, ag, qp, scales)
+                if rc == HC_OK:
+                    rc = fn(&cw.w, qp, scales, m, ag, &yv[0, 0], NULL, n_threads)
+                if buf != <char *>stack_buf:
+                    free(buf)
+        check(rc, f"cim_linear({cw.fmt.name})")
+        if events is not None:
+            _count(cw, events, region, m)
+    return out
+
+
+def stream_read(buf, int n_threads=1):
+    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum."""
+    cdef const uint8_t[::1] b = buf
+    _check_threads(n_threads)
+    cdef uint64_t s = 0
+    if b.shape[0]:
+        with nogil:
+            s = hc_stream_read(&b[0], b.shape[0], n_threads)
+    return s
