@@ -5,3 +5,4 @@ Each subsystem lives in its own ``_*.pxi`` included here, so that the C kernels 
 process-wide ISA choice exist once.
 """
 include "_cpu.pxi"
+include "_rom.pxi"

@@ -130,6 +130,7 @@ class Plan:
 
 INT8_G32 = WeightFormat(8, 32)
 INT4A_G32 = WeightFormat(4, 32, asymmetric=True)
+INT4_G32 = WeightFormat(4, 32)
 PER_TOKEN = ActFormat("token", 0)
 
 PLANS: dict[str, Plan] = {}
@@ -149,6 +150,9 @@ register_plan(Plan("int8-pt", INT8_G32, INT8_G32, INT8_G32, PER_TOKEN, "int8",
                    "plan int8 with one activation scale per token (cheaper silicon, less accurate)"))
 register_plan(Plan("int4-pt", INT4A_G32, INT8_G32, INT8_G32, PER_TOKEN, "int8",
                    "plan int4 with one activation scale per token (cheaper silicon, less accurate)"))
+register_plan(Plan("int4-sym", INT4_G32, INT8_G32, INT8_G32, ActFormat("block", 32), "int8",
+                   "symmetric int4 per block of 32 (GGUF Q4_0 imported losslessly), int8 embeddings and "
+                   "output, int8 activations per block of 32, int8 KV"))
 
 
 def get_plan(name: str) -> Plan:
