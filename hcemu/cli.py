@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("fetch", "run", "demo", "eval", "compare", "kernels")  # module names under hcemu.commands, in the order `hcemu --help` lists them
+COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "kernels")  # module names under hcemu.commands, in the order `hcemu --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

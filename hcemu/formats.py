@@ -130,6 +130,7 @@ class Plan:
 
 INT8_G32 = WeightFormat(8, 32)
 INT4A_G32 = WeightFormat(4, 32, asymmetric=True)
+INT4_G32 = WeightFormat(4, 32)
 PER_TOKEN = ActFormat("token", 0)
 
 PLANS: dict[str, Plan] = {}
@@ -154,6 +155,9 @@ register_plan(Plan("hc1-int4", WeightFormat(4, 128), WeightFormat(4, 128), Weigh
                    "HC1-like: symmetric int4 per block of 128 for every matrix, embedding and head (4.125 bits "
                    "per weight, standing in for HC1's unpublished 3-bit/6-bit mix: \"four bits per transistor\"), "
                    "int8 activations per block of 128, int8 KV; needs widths that are multiples of 128"))
+register_plan(Plan("int4-sym", INT4_G32, INT8_G32, INT8_G32, ActFormat("block", 32), "int8",
+                   "symmetric int4 per block of 32 (GGUF Q4_0 imported losslessly), int8 embeddings and "
+                   "output, int8 activations per block of 32, int8 KV"))
 
 
 def get_plan(name: str) -> Plan:

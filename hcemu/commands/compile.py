@@ -1,0 +1,73 @@
+"""``hcemu compile MODEL --plan P --out FILE``: quantize a model into a ROM image (.hcrom).
+
+MODEL is a ``.gguf`` path, ``smollm2`` (the cached demo model, fetched on first use) or a model preset
+name (``llama-3.1-8b``, ...: synthetic weights seeded by ``--seed``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(sub) -> None:
+    from hcemu.formats import PLANS
+
+    p = sub.add_parser("compile", help="quantize a model into a mask-ROM image (.hcrom)")
+    p.add_argument("model", help="a .gguf file, 'smollm2', or a model preset name (synthetic weights)")
+    p.add_argument("--plan", default="int4", choices=sorted(PLANS), help="quantization plan (default int4)")
+    p.add_argument("--out", required=True, help="output image path (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights for preset models")
+    p.add_argument("--bank-rows", type=int, default=2048, help="words per ROM bank (power of two)")
+    p.add_argument("--word-bits", type=int, default=512, help="bits per ROM word (power of two, 32..2048)")
+    p.add_argument("--banks-per-tile", type=int, default=16, help="banks per bank tile (power of two)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the compile report as JSON")
+    p.set_defaults(func=run)
+
+
+def open_source(model: str, seed: int = 0):
+    """The ModelSource for a MODEL argument (see the module docstring)."""
+    from hcemu.model.spec import MODEL_PRESETS
+
+    def need(module: str, what: str):
+        import importlib
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            raise RuntimeError(f"{what} needs {module}, which is not available in this build: {exc}") from None
+
+    if model.lower().endswith(".gguf"):
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"no such GGUF file: {model}")
+        return need("hcemu.model.gguf_source", "reading a GGUF file").GGUFSource(model)
+    if model.lower() == "smollm2":
+        from hcemu.model.fetch import fetch
+        return need("hcemu.model.gguf_source", "reading a GGUF file").GGUFSource(fetch("smollm2"))
+    if model.lower() in MODEL_PRESETS:
+        from hcemu.model.spec import get_preset
+        return need("hcemu.model.synthetic", "a preset model").SyntheticSource(get_preset(model), seed)
+    raise ValueError(f"unknown model {model!r}: give a .gguf path, 'smollm2' or a preset "
+                     f"({', '.join(sorted(MODEL_PRESETS))})")
+
+
+def run(args) -> int:
+    import json
+
+    from hcemu.formats import get_plan
+    from hcemu.rom import RomGeometry, compile_model
+
+    plan = get_plan(args.plan)
+    source = open_source(args.model, args.seed)
+    try:
+        geometry = RomGeometry.for_model(source.spec, plan, args.bank_rows, args.word_bits, args.banks_per_tile)
+        report = compile_model(source, plan, args.out, geometry, progress=not args.no_progress)
+    finally:
+        source.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+        for note in report.notes:
+            print(f"note: {note}")
+        print(f"wrote {args.out}: {report.file_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,51 @@
+"""``hcemu inspect FILE [--json]``: the model, plan, geometry, per-tensor error and floorplan of an image."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from hcemu.rom.floorplan import FLOORPLAN_PRESETS
+
+    p = sub.add_parser("inspect", help="describe a ROM image (.hcrom): model, plan, geometry, error, floorplan")
+    p.add_argument("image", help="a .hcrom file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 of the payload sections")
+    p.add_argument("--floorplan", default="hc1", choices=sorted(FLOORPLAN_PRESETS), help="density preset")
+    p.add_argument("--kv-tokens", type=int, default=None, help="KV-cache budget in tokens (default: the preset's)")
+    p.set_defaults(func=run)
+
+
+def describe(img, params: str = "hc1", kv_tokens: int | None = None) -> dict:
+    from hcemu.rom.floorplan import floorplan, get_floorplan_params
+
+    fp = floorplan(img, params, kv_tokens)
+    return {"path": img.path, "source": img.directory.get("source"), "created_by": img.directory.get("created_by"),
+            "spec": img.spec.to_dict(), "plan": img.directory["plan"], "geometry": img.geometry.to_dict(),
+            "address_map": img.directory["address_map"], "report": img.report.to_dict(),
+            "floorplan": fp.to_dict(), "floorplan_params": get_floorplan_params(params).to_dict()}
+
+
+def run(args) -> int:
+    import json
+
+    from hcemu.rom import RomImage
+    from hcemu.rom.floorplan import floorplan
+
+    with RomImage.load(args.image, verify=not args.no_verify) as img:
+        if args.json:
+            print(json.dumps(describe(img, args.floorplan, args.kv_tokens), indent=2))
+            return 0
+        s, g, p = img.spec, img.geometry, img.plan
+        print(f"{img.path}  ({img.directory.get('created_by')}, source: {img.directory.get('source')})")
+        print(f"model  {s.name}: {s.n_layers} layers, d={s.d_model}, heads {s.n_heads}/{s.n_kv_heads}, "
+              f"d_ff={s.d_ff}, vocab {s.vocab_size}, {s.n_params / 1e9:.3f} B matrix parameters"
+              f"{', tied embeddings' if s.tied_embeddings else ''}")
+        print(f"plan   {p.name}: matrices {p.matrices.name}, embedding {p.embedding.name}, output {p.output.name}, "
+              f"activations {p.activations.name}, KV {p.kv}")
+        print(f"geometry  bank {g.bank_rows} rows x {g.word_bits} bits, {g.banks_per_tile} banks per tile, "
+              f"{g.tiles_per_region} tiles per layer region ({g.layer_banks} banks); "
+              f"{img.address_map.n_banks} banks on chip")
+        print(img.report.table())
+        for note in img.report.notes:
+            print(f"note: {note}")
+        print(floorplan(img, args.floorplan, args.kv_tokens).table())
+    return 0

@@ -1,0 +1,442 @@
+"""The ROM image file (``.hcrom``): what the compiler writes and the chip reads.
+
+Layout (all integers little-endian; ``docs/rom.md`` has the full description)::
+
+    0      preamble, 4096 bytes: magic b"HCROM\\0\\x1a\\n", u32 version, u32 preamble size,
+           u64 directory offset, u64 directory bytes, u64 file bytes, directory SHA-256,
+           then SHA-256 of the preceding 72 bytes; zero padding
+    4096   sections, each aligned to 4096 bytes: per matrix its codes (uint8, ROM tile layout),
+           fp16 scales and (asymmetric) fp16 offsets; per norm vector its float32 values
+    end    the directory: UTF-8 JSON with the ModelSpec, the plan, the geometry, the address map, and
+           per tensor its format, shape, source type, quantization error and sections
+           (offset, bytes, dtype, shape, SHA-256)
+
+The directory sits at the end so the compiler can stream tensor by tensor; the preamble is written
+last. Loading memory-maps the file: matrices come back as :class:`~hcemu.layout.PackedWeights` whose
+arrays are read-only views into the map.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hcemu.formats import ActFormat, Plan, WeightFormat
+from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_bytes
+from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
+from hcemu.model.spec import ModelSpec
+from hcemu.rom.address import AddressMap
+from hcemu.rom.geometry import RomGeometry
+from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
+                                represented)
+
+MAGIC = b"HCROM\x00\x1a\n"
+VERSION = 1
+PREAMBLE_BYTES = 4096
+ALIGN = 4096
+_PRE = struct.Struct("<8sIIQQQ32s")
+CHUNK_ELEMS = 1 << 22   # weights quantized per chunk (bounds the compiler's working memory)
+
+
+class RomImageError(ValueError):
+    """A ROM image file is truncated, corrupt, of another format, or of an unsupported version."""
+
+
+# ---- (de)serialization of the plan
+def plan_to_dict(plan: Plan) -> dict:
+    wf = lambda f: {"bits": f.bits, "group": f.group, "asymmetric": f.asymmetric}  # noqa: E731
+    return {"name": plan.name, "matrices": wf(plan.matrices), "embedding": wf(plan.embedding),
+            "output": wf(plan.output),
+            "activations": {"granularity": plan.activations.granularity, "group": plan.activations.group},
+            "kv": plan.kv, "description": plan.description}
+
+
+def plan_from_dict(d: dict) -> Plan:
+    return Plan(d["name"], WeightFormat(**d["matrices"]), WeightFormat(**d["embedding"]),
+                WeightFormat(**d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""))
+
+
+def _fmt_from_dict(d: dict) -> WeightFormat:
+    return WeightFormat(d["bits"], d["group"], d["asymmetric"])
+
+
+def _align(x: int) -> int:
+    return -(-x // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    """What compiling produced: per-tensor quantization error and totals.
+
+    tensors: one dict per matrix: name, kind, layer, format, shape, source_type, method
+    (``"import"`` = lossless, ``"quantize"`` from float, ``"requantize"`` from another block format),
+    and the error fields of :meth:`ErrorStats.to_dict` (rmse, max_abs, sqnr_db, exact).
+    """
+
+    tensors: tuple
+    totals: dict
+    path: str = ""
+    file_bytes: int = 0
+    seconds: float = 0.0
+    notes: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "file_bytes": self.file_bytes, "seconds": self.seconds,
+                "tensors": list(self.tensors), "totals": self.totals, "notes": list(self.notes)}
+
+    def table(self) -> str:
+        """Human-readable per-tensor error table."""
+        lines = [f"{'tensor':34s} {'format':10s} {'source':6s} {'method':10s} {'rmse':>10s} {'max_abs':>10s} {'SQNR dB':>8s}"]
+        for t in self.tensors:
+            sq = "exact" if t["exact"] else ("-" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}")
+            lines.append(f"{t['name']:34s} {t['format']:10s} {t['source_type']:6s} {t['method']:10s} "
+                         f"{t['rmse']:10.3e} {t['max_abs']:10.3e} {sq:>8s}")
+        T = self.totals
+        sq = "exact" if T["exact"] else ("-" if T["sqnr_db"] is None else f"{T['sqnr_db']:.2f}")
+        lines.append(f"{'TOTAL (' + str(T['count']) + ' weights)':34s} {'':10s} {'':6s} "
+                     f"{str(T['exact_tensors']) + ' exact':10s} {T['rmse']:10.3e} {T['max_abs']:10.3e} {sq:>8s}")
+        return "\n".join(lines)
+
+
+def _region_of(spec: ModelSpec, kind: str, layer) -> int:
+    if layer is not None:
+        return int(layer)
+    return spec.n_layers + 1 if kind == "embedding" else spec.n_layers
+
+
+def _image_matrices(spec: ModelSpec, plan: Plan):
+    """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes."""
+    notes = []
+    out = []
+    for name, kind, layer, shape in spec.matrices():
+        fmt = plan.format_for(kind)
+        out.append((name, kind, layer, _region_of(spec, kind, layer), fmt, shape))
+    if spec.tied_embeddings and plan.embedding != plan.output:
+        notes.append(f"tied embeddings: one ROM copy in the embedding format {plan.embedding.name} serves "
+                     f"the output product (the plan asks {plan.output.name} for the output)")
+    return out, notes
+
+
+def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
+                  progress: bool = True, chunk_elems: int = CHUNK_ELEMS) -> CompileReport:
+    """Quantize ``source`` (a :class:`~hcemu.model.source.ModelSource`) with ``plan`` into a ROM image.
+
+    Streams tensor by tensor (and matrix rows in chunks of about ``chunk_elems`` weights) into a
+    temporary file renamed to ``out_path`` on success: an exception leaves no file at ``out_path``.
+    geometry: bank geometry; default :meth:`RomGeometry.for_model`. Returns the :class:`CompileReport`.
+    """
+    from hcemu._io import atomic_write
+    from hcemu.formats import get_plan
+
+    if isinstance(plan, str):
+        plan = get_plan(plan)
+    spec = source.spec
+    geometry = geometry or RomGeometry.for_model(spec, plan)
+    matrices, notes = _image_matrices(spec, plan)
+    amap = AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+    norms = list(spec.norms())
+    total_weights = sum(n * k for *_, (n, k) in matrices)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_weights, unit="w", unit_scale=True, desc=f"compile {spec.name} {plan.name}",
+                   file=sys.stderr, dynamic_ncols=True)
+    tensors_dir, vectors_dir, report_rows = [], [], []
+    totals = ErrorStats()
+    exact_tensors = 0
+    try:
+        with atomic_write(out_path, "wb") as f:
+            f.write(b"\0" * PREAMBLE_BYTES)
+            pos = PREAMBLE_BYTES
+
+            def section(arrays_or_chunks, dtype, shape):
+                """Write one aligned section from an iterable of arrays; return its directory entry."""
+                nonlocal pos
+                start = _align(pos)
+                if start > pos:
+                    f.write(b"\0" * (start - pos))
+                h = hashlib.sha256()
+                nbytes = 0
+                for a in arrays_or_chunks:
+                    buf = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+                    h.update(buf)
+                    f.write(buf)
+                    nbytes += buf.size
+                pos = start + nbytes
+                want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                if nbytes != want:
+                    raise RuntimeError(f"section of shape {shape} {dtype}: wrote {nbytes} bytes, expected {want}")
+                return {"offset": start, "nbytes": nbytes, "dtype": np.dtype(dtype).name, "shape": list(shape),
+                        "sha256": h.hexdigest()}
+
+            for name, kind, layer, region, fmt, (n, k) in matrices:
+                raw = source.raw(name)
+                if tuple(raw.shape) != (n, k):
+                    raise ValueError(f"{name}: source shape {tuple(raw.shape)} does not match the spec's {(n, k)}")
+                gtype = raw.ggml_type
+                if gtype in BLOCK_TYPES:
+                    ok = lossless_import(gtype, fmt) and not (gtype == "Q4_0" and fmt.asymmetric
+                                                              and not q4_0_offset_fits(raw.data, k))
+                    method = "import" if ok else "requantize"
+                elif gtype in FLOAT_TYPES:
+                    method = "quantize"
+                else:
+                    raise ValueError(f"{name}: unsupported tensor type {gtype!r}; supported: "
+                                     f"{', '.join(FLOAT_TYPES + BLOCK_TYPES)}")
+                src = raw.data if method != "requantize" else source.float32(name)
+                del raw
+                nt, nb = layout_shape(fmt, n, k)
+                rows_per_chunk = max(16, (chunk_elems // k) // 16 * 16)
+                stats = ErrorStats()
+                scales, offsets = [], []
+
+                def code_chunks():
+                    for r0 in range(0, n, rows_per_chunk):
+                        r1 = min(n, r0 + rows_per_chunk)
+                        if method == "import":
+                            pw = import_blocks(src[r0:r1], gtype, k, fmt, name)
+                            w_hat = dequantize(pw)
+                            stats.add_exact(w_hat.size, float(np.dot(w_hat.ravel().astype(np.float64),
+                                                                     w_hat.ravel().astype(np.float64))))
+                        else:
+                            w = np.asarray(src[r0:r1])
+                            w = w if w.dtype == np.float32 else w.astype(np.float32)
+                            q, d, m = quantize_codes(w, fmt, name)
+                            stats.add(w, represented(q, d, m, fmt))
+                            pw = pack(q, d, fmt, m)
+                        scales.append(pw.scales)
+                        if pw.offsets is not None:
+                            offsets.append(pw.offsets)
+                        if bar is not None:
+                            bar.update((r1 - r0) * k)
+                        yield pw.codes
+
+                sections = {"codes": section(code_chunks(), np.uint8, (nt, nb, tile_bytes(fmt)))}
+                meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
+                sections["scales"] = section(scales, np.float16, meta_shape)
+                if fmt.asymmetric:
+                    sections["offsets"] = section(offsets, np.float16, meta_shape)
+                del src, scales, offsets
+                err = stats.to_dict()
+                if method == "import":
+                    err["exact"] = True
+                    exact_tensors += 1
+                totals.merge(stats)
+                p = amap.by_name[name]
+                row = {"name": name, "kind": kind, "layer": layer, "region": region, "format": fmt.name,
+                       "fmt": {"bits": fmt.bits, "group": fmt.group, "asymmetric": fmt.asymmetric},
+                       "n": n, "k": k, "source_type": gtype, "method": method, **err,
+                       "bank_base_row": p.base_row, "banks": p.n_banks}
+                report_rows.append({kk: v for kk, v in row.items() if kk not in ("fmt",)})
+                tensors_dir.append({**row, "sections": sections})
+            for name, layer, length in norms:
+                raw = source.raw(name)
+                v = np.asarray(raw.data if raw.ggml_type in FLOAT_TYPES else source.float32(name), np.float32)
+                if v.shape != (length,):
+                    raise ValueError(f"{name}: source shape {v.shape} does not match the spec's ({length},)")
+                if not np.isfinite(v).all():
+                    raise ValueError(f"{name}: holds NaN or infinity")
+                vectors_dir.append({"name": name, "layer": layer, "n": length, "source_type": raw.ggml_type,
+                                    "sections": {"values": section([v], np.float32, (length,))}})
+            tot = totals.to_dict()
+            tot["exact_tensors"] = exact_tensors
+            tot["tensors"] = len(tensors_dir)
+            directory = {
+                "format": "hcrom", "version": VERSION, "created_by": _created_by(),
+                "source": getattr(source, "description", spec.name),
+                "spec": spec.to_dict(), "plan": plan_to_dict(plan), "geometry": geometry.to_dict(),
+                "address_map": amap.to_dict(), "tensors": tensors_dir, "vectors": vectors_dir,
+                "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings else {},
+                "totals": tot, "notes": notes, "compile_seconds": time.perf_counter() - t0,
+            }
+            blob = json.dumps(directory, allow_nan=False).encode("utf-8")
+            dir_offset = _align(pos)
+            f.write(b"\0" * (dir_offset - pos))
+            f.write(blob)
+            file_bytes = dir_offset + len(blob)
+            head = _PRE.pack(MAGIC, VERSION, PREAMBLE_BYTES, dir_offset, len(blob), file_bytes,
+                             hashlib.sha256(blob).digest())
+            f.seek(0)
+            f.write(head + hashlib.sha256(head).digest())
+    finally:
+        if bar is not None:
+            bar.close()
+    return CompileReport(tuple(report_rows), tot, os.fspath(out_path), file_bytes, time.perf_counter() - t0,
+                         tuple(notes))
+
+
+def _created_by() -> str:
+    from hcemu import __version__
+    return f"hcemu {__version__}"
+
+
+class RomImage:
+    """A compiled ROM image, memory-mapped read-only.
+
+    ``RomImage.load(path, verify=True)``: ``verify=False`` skips the SHA-256 of the payload sections
+    (seconds on an 8B image); the preamble and directory checksums are always checked.
+    """
+
+    def __init__(self, path: str, directory: dict, mm: mmap.mmap | None):
+        self.path = path
+        self.directory = directory
+        self._mm = mm
+        self.spec = ModelSpec.from_dict(directory["spec"])
+        self.plan = plan_from_dict(directory["plan"])
+        self.geometry = RomGeometry.from_dict(directory["geometry"])
+        self._tensors = {t["name"]: t for t in directory["tensors"]}
+        self._vectors = {v["name"]: v for v in directory["vectors"]}
+        self.aliases = dict(directory.get("aliases", {}))
+        self.address_map = AddressMap(self.geometry, self.spec.n_layers,
+                                      [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
+                                       for t in directory["tensors"]])
+        stored = [r["banks"] for r in directory["address_map"]["regions"]]
+        if stored != [int(b) for b in self.address_map.region_banks]:
+            raise RomImageError(f"{path}: directory's bank counts {stored} disagree with the placement rule")
+        self._cache: dict[str, PackedWeights] = {}
+
+    # ---- loading
+    @classmethod
+    def load(cls, path, verify: bool = True) -> "RomImage":
+        path = os.fspath(path)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pre = f.read(PREAMBLE_BYTES)
+            if len(pre) < _PRE.size + 32:
+                raise RomImageError(f"{path}: truncated: {size} bytes, smaller than the {_PRE.size + 32}-byte preamble")
+            magic, version, pre_bytes, dir_off, dir_len, file_bytes, dir_sha = _PRE.unpack_from(pre)
+            if magic != MAGIC:
+                raise RomImageError(f"{path}: not an hcemu ROM image (magic {magic!r}, expected {MAGIC!r})")
+            if version != VERSION:
+                raise RomImageError(f"{path}: unsupported ROM image version {version} (this hcemu reads version {VERSION})")
+            if hashlib.sha256(pre[:_PRE.size]).digest() != pre[_PRE.size:_PRE.size + 32]:
+                raise RomImageError(f"{path}: corrupt preamble (SHA-256 mismatch)")
+            if size < file_bytes:
+                raise RomImageError(f"{path}: truncated: {size} bytes, the preamble says {file_bytes}")
+            if size > file_bytes:
+                raise RomImageError(f"{path}: {size - file_bytes} unexpected trailing bytes (file {size}, preamble says {file_bytes})")
+            if pre_bytes != PREAMBLE_BYTES or dir_off + dir_len != file_bytes:
+                raise RomImageError(f"{path}: corrupt preamble (directory at {dir_off}+{dir_len}, file {file_bytes})")
+            f.seek(dir_off)
+            blob = f.read(dir_len)
+            if hashlib.sha256(blob).digest() != dir_sha:
+                raise RomImageError(f"{path}: corrupt directory (SHA-256 mismatch)")
+            try:
+                directory = json.loads(blob.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RomImageError(f"{path}: unreadable directory: {exc}") from None
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        img = cls(path, directory, mm)
+        for what, sec in img._sections():
+            end = sec["offset"] + sec["nbytes"]
+            if sec["offset"] % ALIGN or end > dir_off:
+                raise RomImageError(f"{path}: section {what} at {sec['offset']}+{sec['nbytes']} is misplaced")
+        if verify:
+            img.verify()
+        return img
+
+    def _sections(self):
+        for t in self.directory["tensors"] + self.directory["vectors"]:
+            for kind, sec in t["sections"].items():
+                yield f"{t['name']}/{kind}", sec
+
+    def verify(self) -> None:
+        """Check every section's SHA-256; RomImageError names the first corrupt one."""
+        for what, sec in self._sections():
+            h = hashlib.sha256(memoryview(self._mm)[sec["offset"]: sec["offset"] + sec["nbytes"]]).hexdigest()
+            if h != sec["sha256"]:
+                raise RomImageError(f"{self.path}: corrupt section {what} (SHA-256 mismatch)")
+
+    def _array(self, sec: dict) -> np.ndarray:
+        dt = np.dtype(sec["dtype"])
+        a = np.frombuffer(self._mm, dtype=dt, count=sec["nbytes"] // dt.itemsize, offset=sec["offset"])
+        return a.reshape(sec["shape"])
+
+    # ---- content
+    def names(self) -> list[str]:
+        """Names of every stored tensor: matrices in placement order, then norm vectors."""
+        return list(self._tensors) + list(self._vectors)
+
+    def resolve(self, name: str) -> str:
+        """The stored matrix serving ``name`` (``output.weight`` -> ``token_embd.weight`` when tied)."""
+        name = self.aliases.get(name, name)
+        if name not in self._tensors:
+            raise KeyError(f"no matrix {name!r} in {self.path}; matrices: {len(self._tensors)}, "
+                           f"e.g. {', '.join(list(self._tensors)[:3])}")
+        return name
+
+    def matrix(self, name: str) -> PackedWeights:
+        """The matrix in ROM layout; its arrays are read-only views into the memory-mapped file."""
+        name = self.resolve(name)
+        if name not in self._cache:
+            t = self._tensors[name]
+            s = t["sections"]
+            self._cache[name] = PackedWeights(_fmt_from_dict(t["fmt"]), t["n"], t["k"], self._array(s["codes"]),
+                                              self._array(s["scales"]),
+                                              self._array(s["offsets"]) if "offsets" in s else None)
+        return self._cache[name]
+
+    def vector(self, name: str) -> np.ndarray:
+        """A norm weight vector, float32 (read-only view)."""
+        try:
+            return self._array(self._vectors[name]["sections"]["values"])
+        except KeyError:
+            raise KeyError(f"no vector {name!r} in {self.path}") from None
+
+    def tensor_info(self, name: str) -> dict:
+        return self._tensors[self.resolve(name)]
+
+    @property
+    def report(self) -> CompileReport:
+        rows = tuple({k: v for k, v in t.items() if k not in ("fmt", "sections")} for t in self.directory["tensors"])
+        return CompileReport(rows, self.directory["totals"], self.path, os.path.getsize(self.path),
+                             self.directory.get("compile_seconds", 0.0), tuple(self.directory.get("notes", ())))
+
+    # ---- banks (what the chip counts)
+    def tensor_banks(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Chip-wide bank ids (int64) and rows each reads in one pass of a product over ``name``."""
+        return self.address_map.tensor_banks(self.resolve(name))
+
+    def row_banks(self, name: str, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chip-wide bank ids and rows each reads to fetch one row of ``name`` (embedding lookup)."""
+        return self.address_map.row_banks(self.resolve(name), row)
+
+    def bank_image(self, region: int) -> np.ndarray:
+        """The mask data of ``region``'s banks: uint8 (banks, bank_rows, word_bits // 8)."""
+        return self.address_map.bank_image(region, lambda nm: self.matrix(nm).codes)
+
+    @property
+    def meta_bits(self) -> int:
+        """Bits of fp16 scales and offsets (held in ROM beside the banks)."""
+        return sum(sec["nbytes"] * 8 for t in self.directory["tensors"] for kind, sec in t["sections"].items()
+                   if kind != "codes")
+
+    @property
+    def vector_bits(self) -> int:
+        return sum(v["sections"]["values"]["nbytes"] * 8 for v in self.directory["vectors"])
+
+    def close(self) -> None:
+        self._cache.clear()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # arrays handed out still view the map; it closes when they are freed
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RomImage({self.path!r}, {self.spec.name}, plan {self.plan.name}, {len(self._tensors)} matrices)"
