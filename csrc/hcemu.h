@@ -39,7 +39,8 @@ int hc_isa_set(hc_isa isa);
 const char *hc_isa_name(hc_isa isa);
 
 
-/* ==== vector unit (csrc/hc_vec.c) — float32, one rounding per operation, no FMA ========= * Exact rules: docs/numerics.md "Vector unit".  All arrays C-contiguous.  Every path gives
+/* ==== vector unit (csrc/hc_vec.c) — float32, one rounding per operation, no FMA ================
+ * Exact rules: docs/numerics.md "Vector unit".  All arrays C-contiguous.  Every path gives
  * bit-identical results (the reduction orders are fixed, not left to the compiler).            */
 
 /* The vector unit's exp: Cody-Waite reduction + degree-6 polynomial (Cephes expf), float32.
@@ -97,7 +98,7 @@ int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, 
 /* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
  * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);
-=======
+
 /* ---- compute-in-memory products (csrc/hc_cim.c) ----------------------------------------------
  *
  * A weight matrix of n output rows x k inputs lies in ROM tiles as docs/numerics.md and
