@@ -29,12 +29,13 @@ class StepResult:
     """What one prefill or decode step produced.
 
     logits: float32 (t, vocab) — all positions of the step if asked, else only the last (1, vocab).
-    events: the events of this step alone. bank_rows: ROM rows read per bank in this step (int64).
+    events: the events of this step alone. bank_rows: ROM rows read per bank in this step (int64,
+    indexed by the image's chip-wide bank id).
     """
 
     logits: np.ndarray
     events: Events
-    bank_rows: np.ndarray | None
+    bank_rows: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,10 @@ class Chip:
         embed[FIELD_INDEX["vec_flops"]] = d
         return layer, head, embed
 
-    def _bank_rows(self, names) -> np.ndarray | None:
+    def _bank_rows(self, names) -> np.ndarray:
         """ROM rows read per bank by one token pass through the named matrices."""
         img = self.image
-        n_banks = getattr(img, "n_banks", None)
-        if not n_banks:
-            return None
-        rows = np.zeros(int(n_banks), np.int64)
+        rows = np.zeros(img.address_map.n_banks, np.int64)
         for name in names:
             bank_ids, per_pass = img.tensor_banks(name)
             np.add.at(rows, bank_ids, per_pass)
@@ -221,9 +219,7 @@ class Chip:
                 f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
         return arr.astype(np.int64)
 
-    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray | None:
-        if self._layer_bank_rows is None:
-            return None
+    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray:
         rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
         for tok in tokens:
             bank_ids, per_row = self.image.row_banks("token_embd.weight", int(tok))
@@ -306,8 +302,7 @@ class Chip:
             step = self.decode(tok)
             t_decode += time.perf_counter() - t0
             decode_events += step.events
-            if bank_rows is not None:
-                bank_rows = bank_rows + step.bank_rows
+            bank_rows = bank_rows + step.bank_rows
             logits = step.logits[-1]
         n_decode_steps = max(len(out) - 1, 0)
         return Generation(
@@ -327,7 +322,7 @@ class Generation:
     decode_steps: int
     prefill_events: Events
     decode_events: Events
-    bank_rows: np.ndarray | None
+    bank_rows: np.ndarray
 
     @property
     def host_prefill_tok_s(self) -> float:

@@ -36,6 +36,7 @@ def generate(args, prompt: str) -> dict:
     from hcemu.app import ensure_image, load_tokenizer
     from hcemu.chip.chip import Chip
     from hcemu.chip.sampling import Sampler
+    from hcemu.perf.report import chip_figures_for_image
     from hcemu.rom.image import RomImage
 
     if not prompt:
@@ -70,18 +71,13 @@ def generate(args, prompt: str) -> dict:
                    "decode": gen.decode_events.to_dict()["total"],
                    "total": events.to_dict()["total"]},
     }
-    if gen.bank_rows is not None:
-        report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
-        report["rom_bank_rows_read_max"] = int(gen.bank_rows.max())
-    report["silicon"] = silicon_figures(image, len(ids), len(gen.ids), args.context)
+    report["rom_banks"] = int(len(gen.bank_rows))
+    report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
+    report["rom_bank_rows_read"] = int(gen.bank_rows.sum())
+    # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
+    report["silicon"] = chip_figures_for_image(image, len(ids), len(gen.ids), args.context,
+                                               events=(gen.prefill_events, gen.decode_events))
     return report
-
-
-def silicon_figures(image, n_prompt: int, n_generated: int, context: int | None) -> dict:
-    """Modeled figures of the hard-coded chip for this image's model and plan (hc1 technology)."""
-    from hcemu.perf.report import chip_figures_for_image
-
-    return chip_figures_for_image(image, n_prompt, n_generated, context)
 
 
 def _isa() -> str:
@@ -104,9 +100,11 @@ def print_report(rep: dict, out=sys.stdout) -> None:
       f"{ev['sram_kv_bytes_read'] / 1e6:,.2f} MB KV read, {ev['sram_kv_bytes_written'] / 1e3:,.1f} kB KV written")
     si = rep.get("silicon")
     if si:
-        p(f"silicon (modeled, {si['chip']}): {si['per_user_tok_s']:,.0f} tok/s/user, "
-          f"{si['latency_us_per_token']:.2f} us/token, {si['energy_mj_per_token']:.3f} mJ/token, "
-          f"{si['power_w']:.1f} W, {si['area_mm2']:.0f} mm2 die")
+        energy = si["energy_mj_per_token"]
+        p(f"silicon (modeled, {si['chip']} technology, {si['events']} events): "
+          f"{si['per_user_tok_s']:,.0f} tok/s/user, {si['latency_us_per_token']:.2f} us/token, "
+          f"{'n/a' if energy is None else f'{energy:.3f}'} mJ/token, {si['power_w']:.1f} W, "
+          f"{si['area_mm2']:.0f} mm2 die, {si['concurrent_users']} users in KV SRAM")
 
 
 def run(args) -> int:
