@@ -121,6 +121,13 @@ class KVCache:
         self.length = 0
         self._store.reset(0)
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` committed tokens (later appends overwrite the rest)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"KVCache.truncate({n}): must be within 0..{self.length} committed tokens")
+        self.length = int(n)
+        self._store.reset(self.length)
+
     def rollback(self) -> None:
         """Drop tokens appended since the last commit (every layer back to ``length``)."""
         self._store.reset(self.length)

@@ -63,6 +63,12 @@ class FloatLlama:
         self.pos = 0
         self._alloc(0)
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` cached tokens (the next token goes to position ``n``)."""
+        if not 0 <= n <= self.pos:
+            raise ValueError(f"truncate({n}): must be within 0..{self.pos} cached tokens")
+        self.pos = int(n)
+
     def _alloc(self, capacity: int) -> None:
         s = self.spec
         shape = (self.n_layers, capacity, s.n_kv_heads, s.head_dim)

@@ -1,0 +1,137 @@
+"""Measurements of the functional chip on the host, with their peers, for benchmarks/ and the README.
+
+Decode is measured at a fixed context: after each timed step the KV cache is truncated back, so
+every step attends the same number of keys. Peers run in the same process: a plain read of the
+bytes one decode step streams from ROM (the host's bandwidth ceiling for that step) and the float32
+numpy reference decoding the same model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hcemu import kernel_bench as kb
+
+
+@dataclass
+class DecodeSetup:
+    chip: object
+    tokens: np.ndarray
+    context: int
+    rom_bytes_per_step: int
+    kernel_share: float | None = None
+
+
+def context_tokens(tokenizer, n: int) -> np.ndarray:
+    """The first ``n`` tokens of the Python licence text (real English for realistic activations)."""
+    from hcemu.model.texts import licence_text
+
+    ids = np.asarray(tokenizer.encode(licence_text()), np.int64)
+    if len(ids) < n:
+        raise ValueError(f"the licence text has only {len(ids)} tokens, {n} asked")
+    return ids[:n]
+
+
+def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile: bool = False) -> DecodeSetup:
+    """A chip holding ``context - 1`` prompt tokens, ready to decode at position ``context - 1``."""
+    from hcemu.app import load_tokenizer
+    from hcemu.chip.chip import Chip
+    from hcemu.rom.image import RomImage
+
+    image = RomImage.load(image_path, verify=False)
+    chip = Chip(image, kv_capacity_tokens=context + 8, n_threads=threads, profile=profile)
+    toks = context_tokens(load_tokenizer(image), context)
+    chip.prefill(toks[:-1])
+    step = chip.decode(int(toks[-1]))
+    chip.kv.truncate(context - 1)
+    t = step.events.total()
+    return DecodeSetup(chip, toks, context, (t["rom_code_bits"] + t["rom_meta_bits"]) // 8)
+
+
+def decode_runner(setup: DecodeSetup) -> kb.Runner:
+    chip, tok, keep = setup.chip, int(setup.tokens[-1]), setup.context - 1
+
+    def step():
+        chip.decode(tok)
+        chip.kv.truncate(keep)
+    return kb.Runner("hcemu", step, setup.rom_bytes_per_step, 0, 1, "decode step")
+
+
+def reference_decode_runner(source_path: str, tokens: np.ndarray) -> kb.Runner:
+    """The float32 numpy reference decoding at the same context."""
+    from hcemu.model import FloatLlama, load_source
+
+    ref = FloatLlama(load_source(source_path))
+    ref.prefill(tokens[:-1])
+    keep, tok = len(tokens) - 1, int(tokens[-1])
+
+    def step():
+        ref.decode(tok)
+        ref.truncate(keep)
+    return kb.Runner("numpy_f32_reference", step, 0, 0, 1, "float32 reference decode step")
+
+
+def prefill_runner(image_path: str, tokens: np.ndarray, threads: int = 1) -> kb.Runner:
+    """Prefill of ``tokens`` (batched CIM products, M <= 64) from an empty cache."""
+    from hcemu.chip.chip import Chip
+    from hcemu.rom.image import RomImage
+
+    chip = Chip(RomImage.load(image_path, verify=False), kv_capacity_tokens=len(tokens) + 8, n_threads=threads)
+
+    def run():
+        chip.reset()
+        chip.prefill(tokens)
+    return kb.Runner("hcemu", run, 0, 0, 1, f"prefill of {len(tokens)} tokens")
+
+
+def kernel_share(image_path: str, context: int = 256, threads: int = 1, steps: int = 32) -> float:
+    """Share of decode-step wall time spent inside the compiled kernels (profiled chip)."""
+    import time
+
+    setup = decode_setup(image_path, context, threads, profile=True)
+    chip, tok, keep = setup.chip, int(setup.tokens[-1]), context - 1
+    chip.kernel_seconds = 0.0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        chip.decode(tok)
+        chip.kv.truncate(keep)
+    return chip.kernel_seconds / (time.perf_counter() - t0)
+
+
+def chip_ratios(model: str = "smollm2", plans=("int8", "int4"), context: int = 256, threads: int = 1,
+                rounds: int = 5, min_time_s: float = 0.2) -> dict:
+    """The issue-4 speed figures, interleaved in one process; returns a JSON-ready dict."""
+    from hcemu.app import ensure_image
+    from hcemu.model import source_path
+
+    src = source_path(model)
+    out = {"model": model, "context": context, "threads": threads, "plans": {}}
+    setups, runners = {}, {}
+    for plan in plans:
+        path = ensure_image(model, plan, progress=False)
+        setups[plan] = decode_setup(path, context, threads)
+        runners[f"decode_{plan}"] = decode_runner(setups[plan])
+        runners[f"read_{plan}"] = kb.read_runner(setups[plan].rom_bytes_per_step, threads)
+        runners[f"prefill_{plan}"] = prefill_runner(path, setups[plan].tokens[:context], threads)
+    kb.set_blas_threads(threads)
+    runners["reference"] = reference_decode_runner(src, setups[plans[0]].tokens)
+    secs = kb.interleaved(runners, rounds=rounds, min_time_s=min_time_s)
+    for plan in plans:
+        path = ensure_image(model, plan, progress=False)
+        dec, read = secs[f"decode_{plan}"], secs[f"read_{plan}"]
+        prefill_per_token = secs[f"prefill_{plan}"] / context
+        out["plans"][plan] = {
+            "rom_bytes_per_step": setups[plan].rom_bytes_per_step,
+            "decode_ms_per_token": dec * 1e3,
+            "decode_tok_s": 1.0 / dec,
+            "plain_read_ms": read * 1e3,
+            "plain_read_gb_s": setups[plan].rom_bytes_per_step / read / 1e9,
+            "decode_over_read": dec / read,
+            "speedup_vs_reference": secs["reference"] / dec,
+            "prefill_tok_s": 1.0 / prefill_per_token,
+            "prefill_speedup_per_token": dec / prefill_per_token,
+            "kernel_share": kernel_share(path, context, threads),
+        }
+    out["reference_decode_tok_s"] = 1.0 / secs["reference"]
+    return out
