@@ -366,6 +366,15 @@ static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, 
 
 enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
 
+typedef int32_t __attribute__((may_alias, aligned(1))) i32u; /* unaligned, aliasing 4-byte load */
+
+/* acc += dpbusd(w, broadcast of the 4 activation bytes at p), with the broadcast folded into the
+ * instruction's memory operand ({1to16}); GCC does not fold _mm512_set1_epi32 into vpdpbusd. */
+static inline __attribute__((always_inline)) VNNI_TARGET __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const i32u *)p));
+    return acc;
+}
+
 static inline __attribute__((always_inline)) VNNI_TARGET void
 tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS) {
     const hc_weights *w = c->w;
@@ -407,21 +416,18 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                 if (!asym) raw = _mm512_xor_si512(raw, flip);
                 if (i8) {
                     for (int u = 0; u < R; u++) {
-                        int32_t v;
-                        memcpy(&v, x + u * ldq + 4 * l, 4);
-                        if (two && (l & 1)) E[u] = _mm512_dpbusd_epi32(E[u], raw, _mm512_set1_epi32(v));
-                        else D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
+                        const int8_t *p = x + u * ldq + 4 * l;
+                        if (two && (l & 1)) E[u] = dpbusd_bcast(E[u], raw, p);
+                        else D[u] = dpbusd_bcast(D[u], raw, p);
                     }
                 } else {
                     __m512i lo = _mm512_and_si512(raw, lo_mask);
                     __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
                     for (int u = 0; u < R; u++) {
-                        int32_t vl, vh;
-                        memcpy(&vl, x + u * ldq + 8 * l, 4);
-                        memcpy(&vh, x + u * ldq + 8 * l + 4, 4);
-                        D[u] = _mm512_dpbusd_epi32(D[u], lo, _mm512_set1_epi32(vl));
-                        if (two) E[u] = _mm512_dpbusd_epi32(E[u], hi, _mm512_set1_epi32(vh));
-                        else D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
+                        const int8_t *p = x + u * ldq + 8 * l;
+                        D[u] = dpbusd_bcast(D[u], lo, p);
+                        if (two) E[u] = dpbusd_bcast(E[u], hi, p + 4);
+                        else D[u] = dpbusd_bcast(D[u], hi, p + 4);
                     }
                 }
             }
