@@ -525,6 +525,7 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
 
     int threads = n_threads < nt ? n_threads : (int)nt;
+    (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads > 1) {
 #pragma omp parallel num_threads(threads)
@@ -663,9 +664,9 @@ static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
 uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
     if (!p || nbytes <= 0) return 0;
     if (n_threads < 1) n_threads = 1;
-    uint64_t sum = 0;
 #ifdef _OPENMP
     if (n_threads > 1) {
+        uint64_t sum = 0;
         const int64_t lines = nbytes / 64;
 #pragma omp parallel num_threads(n_threads) reduction(+ : sum)
         {
