@@ -587,15 +587,19 @@ int hc_cim_matmul(const hc_weights *w, const int8_t *q, const float *act_scales,
 }
 
 int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y, int n_threads) {
-    if (!w || !x || m < 1 || act_group < 1 || w->k % act_group) return HC_EINVAL;
+    int rc = hc_weights_check(w);
+    if (rc) return rc;
+    if (!x || m < 1 || act_group < 1 || w->k % act_group) return HC_EINVAL;
     const int64_t k = w->k;
-    char *buf = malloc((size_t)m * k + (size_t)m * (k / act_group) * sizeof(float) + 64);
+    const size_t need = (size_t)m * k + (size_t)m * (k / act_group) * sizeof(float) + 64;
+    _Alignas(64) char stack_buf[32768]; /* one token of up to ~28k inputs without a malloc */
+    char *buf = need <= sizeof(stack_buf) ? stack_buf : malloc(need);
     if (!buf) return HC_ENOMEM;
     float *scales = (float *)buf;
     int8_t *q = (int8_t *)(scales + m * (k / act_group));
-    int rc = hc_quantize_act(x, m, k, act_group, q, scales);
+    rc = hc_quantize_act(x, m, k, act_group, q, scales);
     if (rc == HC_OK) rc = hc_cim_matmul(w, q, scales, m, act_group, y, n_threads);
-    free(buf);
+    if (buf != stack_buf) free(buf);
     return rc;
 }
 
