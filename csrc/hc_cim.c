@@ -366,6 +366,15 @@ static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, 
 
 enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
 
+typedef int32_t __attribute__((may_alias, aligned(1))) i32u; /* unaligned, aliasing 4-byte load */
+
+/* acc += dpbusd(w, broadcast of the 4 activation bytes at p), with the broadcast folded into the
+ * instruction's memory operand ({1to16}); GCC does not fold _mm512_set1_epi32 into vpdpbusd. */
+static inline __attribute__((always_inline)) VNNI_TARGET __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const i32u *)p));
+    return acc;
+}
+
 static inline __attribute__((always_inline)) VNNI_TARGET void
 tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS) {
     const hc_weights *w = c->w;
@@ -407,21 +416,18 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                 if (!asym) raw = _mm512_xor_si512(raw, flip);
                 if (i8) {
                     for (int u = 0; u < R; u++) {
-                        int32_t v;
-                        memcpy(&v, x + u * ldq + 4 * l, 4);
-                        if (two && (l & 1)) E[u] = _mm512_dpbusd_epi32(E[u], raw, _mm512_set1_epi32(v));
-                        else D[u] = _mm512_dpbusd_epi32(D[u], raw, _mm512_set1_epi32(v));
+                        const int8_t *p = x + u * ldq + 4 * l;
+                        if (two && (l & 1)) E[u] = dpbusd_bcast(E[u], raw, p);
+                        else D[u] = dpbusd_bcast(D[u], raw, p);
                     }
                 } else {
                     __m512i lo = _mm512_and_si512(raw, lo_mask);
                     __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
                     for (int u = 0; u < R; u++) {
-                        int32_t vl, vh;
-                        memcpy(&vl, x + u * ldq + 8 * l, 4);
-                        memcpy(&vh, x + u * ldq + 8 * l + 4, 4);
-                        D[u] = _mm512_dpbusd_epi32(D[u], lo, _mm512_set1_epi32(vl));
-                        if (two) E[u] = _mm512_dpbusd_epi32(E[u], hi, _mm512_set1_epi32(vh));
-                        else D[u] = _mm512_dpbusd_epi32(D[u], hi, _mm512_set1_epi32(vh));
+                        const int8_t *p = x + u * ldq + 8 * l;
+                        D[u] = dpbusd_bcast(D[u], lo, p);
+                        if (two) E[u] = dpbusd_bcast(E[u], hi, p + 4);
+                        else D[u] = dpbusd_bcast(D[u], hi, p + 4);
                     }
                 }
             }
@@ -519,6 +525,7 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
 
     int threads = n_threads < nt ? n_threads : (int)nt;
+    (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads > 1) {
 #pragma omp parallel num_threads(threads)
@@ -580,15 +587,19 @@ int hc_cim_matmul(const hc_weights *w, const int8_t *q, const float *act_scales,
 }
 
 int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y, int n_threads) {
-    if (!w || !x || m < 1 || act_group < 1 || w->k % act_group) return HC_EINVAL;
+    int rc = hc_weights_check(w);
+    if (rc) return rc;
+    if (!x || m < 1 || act_group < 1 || w->k % act_group) return HC_EINVAL;
     const int64_t k = w->k;
-    char *buf = malloc((size_t)m * k + (size_t)m * (k / act_group) * sizeof(float) + 64);
+    const size_t need = (size_t)m * k + (size_t)m * (k / act_group) * sizeof(float) + 64;
+    _Alignas(64) char stack_buf[32768]; /* one token of up to ~28k inputs without a malloc */
+    char *buf = need <= sizeof(stack_buf) ? stack_buf : malloc(need);
     if (!buf) return HC_ENOMEM;
     float *scales = (float *)buf;
     int8_t *q = (int8_t *)(scales + m * (k / act_group));
-    int rc = hc_quantize_act(x, m, k, act_group, q, scales);
+    rc = hc_quantize_act(x, m, k, act_group, q, scales);
     if (rc == HC_OK) rc = hc_cim_matmul(w, q, scales, m, act_group, y, n_threads);
-    free(buf);
+    if (buf != stack_buf) free(buf);
     return rc;
 }
 
@@ -657,9 +668,9 @@ static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
 uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
     if (!p || nbytes <= 0) return 0;
     if (n_threads < 1) n_threads = 1;
-    uint64_t sum = 0;
 #ifdef _OPENMP
     if (n_threads > 1) {
+        uint64_t sum = 0;
         const int64_t lines = nbytes / 64;
 #pragma omp parallel num_threads(n_threads) reduction(+ : sum)
         {

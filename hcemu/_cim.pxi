@@ -7,10 +7,9 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel,
+from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel, hc_cim_linear,
                            hc_stream_read, hc_openmp)
 from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, free
 
 OPENMP = bool(hc_openmp())
 """True when the kernels were built with OpenMP (n_threads > 1 runs in parallel)."""
@@ -275,9 +274,9 @@ def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, reg
     return out
 
 
-def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events=None, region=None, isa=None):
-    """Fused quantize + product of float32 ``x`` (m, k) in one C call: quantize_activations(x,
-    act_group) then cim_matmul, with the same arguments and result (float32 (m, n))."""
+def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events=None, region=None):
+    """Fused quantize + product of float32 ``x`` (m, k) in one C call (hc_cim_linear, active ISA):
+    quantize_activations(x, act_group) then cim_matmul, same arguments and result (float32 (m, n))."""
     cdef CimWeights cw = prepared(pw)
     cdef const float[:, ::1] xv
     cdef float[:, ::1] yv
@@ -298,26 +297,10 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
         _diagnose("out", out, _np.float32, 2)
     if yv.shape[0] != m or yv.shape[1] != cw.n:
         raise ValueError(f"out must be {(m, cw.n)}, got {(yv.shape[0], yv.shape[1])}")
-    cdef hc_cim_fn fn = _kernel(cw, isa)
     cdef int rc = 0
-    cdef char *buf
-    cdef float *scales
-    cdef int8_t *qp
-    cdef size_t need = <size_t>m * k + <size_t>m * (k // ag) * sizeof(float) + 64
-    cdef float stack_buf[8192]  # 32 KiB: one token of up to ~28k inputs without a malloc
     if m:
         with nogil:
-            buf = <char *>stack_buf if need <= sizeof(stack_buf) else <char *>malloc(need)
-            if buf == NULL:
-                rc = HC_ENOMEM
-            else:
-                scales = <float *>buf
-                qp = <int8_t *>(scales + m * (k // ag))
-                rc = hc_quantize_act(&xv[0, 0], m, k, ag, qp, scales)
-                if rc == HC_OK:
-                    rc = fn(&cw.w, qp, scales, m, ag, &yv[0, 0], NULL, n_threads)
-                if buf != <char *>stack_buf:
-                    free(buf)
+            rc = hc_cim_linear(&cw.w, &xv[0, 0], m, ag, &yv[0, 0], n_threads)
         check(rc, f"cim_linear({cw.fmt.name})")
         if events is not None:
             _count(cw, events, region, m)

@@ -399,3 +399,13 @@ def test_read_only_weights_and_inputs():
 def _readonly(a):
     a.flags.writeable = False
     return a
+
+
+def test_linear_large_batch_uses_heap_scratch():
+    """m * k beyond the one-token stack buffer of hc_cim_linear (32 KiB): the heap path."""
+    rng = np.random.default_rng(12)
+    pw = make_weights(WeightFormat(8, 32), 24, 1024, rng)
+    x = rng.standard_normal((70, 1024)).astype(np.float32)
+    for ag in (32, 1024):
+        np.testing.assert_array_equal(cim.cim_linear(x, ag, pw, n_threads=2).view(np.int32),
+                                      cim_ref.cim_linear_ref(x, ag, pw).view(np.int32))
