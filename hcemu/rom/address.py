@@ -106,6 +106,9 @@ class AddressMap:
                         f"{g.bank_rows} rows: raise tiles_per_region above {g.tiles_per_region} "
                         f"(or use RomGeometry.for_model)")
             else:
+                if sum(w for _nt, _nb, w in shapes) > g.bank_rows:
+                    raise ValueError(f"region {region}: banks of {g.bank_rows} rows are too shallow for "
+                                     f"{len(shapes)} matrices of {shapes[0][2]}-row stripes")
                 words = sum(nt * nb * w for nt, nb, w in shapes)
                 tiles = max(1, -(-words // (g.banks_per_tile * g.bank_rows)))
                 while sum(stripe_rows(nt * nb, g.banks_per_tile * tiles, w) for nt, nb, w in shapes) > g.bank_rows:
