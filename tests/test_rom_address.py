@@ -227,3 +227,13 @@ def test_tensor_and_row_banks(image):
     assert rows.sum() == len(set(zip(bank.tolist(), row.tolist())))
     with pytest.raises(IndexError):
         image.row_banks("token_embd.weight", emb.n)
+
+
+def test_bank_reads_match_event_rule(image):
+    """Rows read per pass x word bits == rom_code_bits of docs/events.md (whole tiles, padding included)."""
+    from hcemu.layout import layout_shape, tile_bytes
+
+    for p in image.address_map.placements:
+        _ids, rows = image.tensor_banks(p.name)
+        nt, nb = layout_shape(p.fmt, p.n, p.k)
+        assert int(rows.sum()) * image.geometry.word_bits == nt * nb * tile_bytes(p.fmt) * 8
