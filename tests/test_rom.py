@@ -389,3 +389,20 @@ def test_compile_smollm2_cli(smollm2_gguf, tmp_path, capsys):
     assert q41 and all(t["exact"] for t in q41)
     with RomImage.load(out) as img:
         assert img.spec.tied_embeddings and img.spec.n_layers == 30
+
+
+def test_tied_model_with_different_output_format_notes_it(tmp_path):
+    from hcemu.formats import Plan
+
+    plan = Plan("tied-mixed", WeightFormat(4, 32, True), INT8_G32, WeightFormat(8, 64))
+    rep = compile_model(FakeSource(SPEC_TIED), plan, tmp_path / "t.hcrom", progress=False)
+    assert any("tied embeddings" in n and "int8-g32" in n for n in rep.notes)
+    with RomImage.load(tmp_path / "t.hcrom") as img:
+        assert img.matrix("output.weight").fmt == INT8_G32
+        assert img.plan == plan and img.report.notes == rep.notes
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    compile_model(FakeSource(), "int8", tmp_path / "p.hcrom", progress=True)
+    cap = capsys.readouterr()
+    assert "compile fake-tiny int8" in cap.err and cap.out == ""
