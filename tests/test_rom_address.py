@@ -187,7 +187,6 @@ def test_image_bijection_and_mask_data(image):
         widths = np.array([p.fmt.bits for p in amap.placements])[t[sel]]
         code = np.where(widths == 8, byte, (byte >> (bit[sel] % 8)) & 0xF)
         want = np.empty(sel.sum(), np.int64)
-        start = 0
         for p in amap.placements:
             if p.region != region:
                 continue
@@ -195,7 +194,6 @@ def test_image_bijection_and_mask_data(image):
             ids = np.nonzero(t[sel] == p.tensor_id)[0]
             raw = q[r[sel][ids], c[sel][ids]]
             want[ids] = raw & (0xFF if p.fmt.bits == 8 else 0xF)
-            start += ids.size
         np.testing.assert_array_equal(code, want)
 
 
