@@ -22,7 +22,7 @@ SPEC = ModelSpec("fake-tiny", 2, 64, 4, 2, 16, 96, 200)
 SPEC_TIED = ModelSpec("fake-tied", 1, 64, 4, 2, 16, 96, 200, tied_embeddings=True)
 # source type of each tensor kind: every lossless and lossy path is exercised
 TYPES = {"embedding": "Q8_0", "attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0",
-         "ffn_gate": "Q4_1", "ffn_up": "F32", "ffn_down": "Q4_0", "output": "Q4_1"}
+         "ffn_gate": "Q4_1", "ffn_up": "BF16", "ffn_down": "Q4_0", "output": "Q4_1"}
 
 
 class FakeSource(ModelSource):
@@ -40,6 +40,8 @@ class FakeSource(ModelSource):
             t = TYPES[kind]
             if t in ("Q8_0", "Q4_0", "Q4_1"):
                 self.tensors[name] = RawTensor(name, t, (n, k), gguf.quants.quantize(w, Q[t]))
+            elif t == "BF16":  # bit patterns, as GGUF sources hand them over
+                self.tensors[name] = RawTensor(name, t, (n, k), (w.view(np.uint32) >> 16).astype(np.uint16))
             else:
                 self.tensors[name] = RawTensor(name, t, (n, k), w.astype(np.float16 if t == "F16" else np.float32))
         for name, _layer, n in spec.norms():
@@ -58,6 +60,8 @@ class FakeSource(ModelSource):
         t = self.tensors[name]
         if t.ggml_type in ("Q8_0", "Q4_0", "Q4_1"):
             return gguf.quants.dequantize(t.data, Q[t.ggml_type]).reshape(t.shape)
+        if t.ggml_type == "BF16":
+            return (t.data.astype(np.uint32) << 16).view(np.float32)
         return t.data.astype(np.float32)
 
 
