@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from hcemu.formats import INT8_G32, WeightFormat, get_plan
-from hcemu.layout import dequantize, pack, unpack_codes, unpack_meta
+from hcemu.layout import dequantize, pack
 from hcemu.model.source import ModelSource, RawTensor
 from hcemu.model.spec import ModelSpec
-from hcemu.rom import RomGeometry, RomImage, RomImageError, compile_model, floorplan
+from hcemu.rom import RomImage, RomImageError, compile_model, floorplan
 from hcemu.rom.image import MAGIC, PREAMBLE_BYTES
 from hcemu.rom.quantize import ErrorStats, import_blocks, lossless_import, quantize_codes, represented
 
@@ -22,7 +22,7 @@ SPEC = ModelSpec("fake-tiny", 2, 64, 4, 2, 16, 96, 200)
 SPEC_TIED = ModelSpec("fake-tied", 1, 64, 4, 2, 16, 96, 200, tied_embeddings=True)
 # source type of each tensor kind: every lossless and lossy path is exercised
 TYPES = {"embedding": "Q8_0", "attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0",
-         "ffn_gate": "Q4_1", "ffn_up": "F32", "ffn_down": "Q4_0", "output": "Q4_1"}
+         "ffn_gate": "Q4_1", "ffn_up": "BF16", "ffn_down": "Q4_0", "output": "Q4_1"}
 
 
 class FakeSource(ModelSource):
@@ -40,6 +40,8 @@ class FakeSource(ModelSource):
             t = TYPES[kind]
             if t in ("Q8_0", "Q4_0", "Q4_1"):
                 self.tensors[name] = RawTensor(name, t, (n, k), gguf.quants.quantize(w, Q[t]))
+            elif t == "BF16":  # bit patterns, as GGUF sources hand them over
+                self.tensors[name] = RawTensor(name, t, (n, k), (w.view(np.uint32) >> 16).astype(np.uint16))
             else:
                 self.tensors[name] = RawTensor(name, t, (n, k), w.astype(np.float16 if t == "F16" else np.float32))
         for name, _layer, n in spec.norms():
@@ -58,6 +60,8 @@ class FakeSource(ModelSource):
         t = self.tensors[name]
         if t.ggml_type in ("Q8_0", "Q4_0", "Q4_1"):
             return gguf.quants.dequantize(t.data, Q[t.ggml_type]).reshape(t.shape)
+        if t.ggml_type == "BF16":
+            return (t.data.astype(np.uint32) << 16).view(np.float32)
         return t.data.astype(np.float32)
 
 
@@ -389,3 +393,20 @@ def test_compile_smollm2_cli(smollm2_gguf, tmp_path, capsys):
     assert q41 and all(t["exact"] for t in q41)
     with RomImage.load(out) as img:
         assert img.spec.tied_embeddings and img.spec.n_layers == 30
+
+
+def test_tied_model_with_different_output_format_notes_it(tmp_path):
+    from hcemu.formats import Plan
+
+    plan = Plan("tied-mixed", WeightFormat(4, 32, True), INT8_G32, WeightFormat(8, 64))
+    rep = compile_model(FakeSource(SPEC_TIED), plan, tmp_path / "t.hcrom", progress=False)
+    assert any("tied embeddings" in n and "int8-g32" in n for n in rep.notes)
+    with RomImage.load(tmp_path / "t.hcrom") as img:
+        assert img.matrix("output.weight").fmt == INT8_G32
+        assert img.plan == plan and img.report.notes == rep.notes
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    compile_model(FakeSource(), "int8", tmp_path / "p.hcrom", progress=True)
+    cap = capsys.readouterr()
+    assert "compile fake-tiny int8" in cap.err and cap.out == ""

@@ -106,6 +106,9 @@ class AddressMap:
                         f"{g.bank_rows} rows: raise tiles_per_region above {g.tiles_per_region} "
                         f"(or use RomGeometry.for_model)")
             else:
+                if sum(w for _nt, _nb, w in shapes) > g.bank_rows:
+                    raise ValueError(f"region {region}: banks of {g.bank_rows} rows are too shallow for "
+                                     f"{len(shapes)} matrices of {shapes[0][2]}-row stripes")
                 words = sum(nt * nb * w for nt, nb, w in shapes)
                 tiles = max(1, -(-words // (g.banks_per_tile * g.bank_rows)))
                 while sum(stripe_rows(nt * nb, g.banks_per_tile * tiles, w) for nt, nb, w in shapes) > g.bank_rows:
@@ -151,7 +154,7 @@ class AddressMap:
     # ---- scalar reference decoder
     def encode(self, name_or_id, row: int, col: int) -> tuple[int, int, int, int]:
         """``(region, bank, row, bit)`` of weight ``(row, col)`` of a matrix (the reference decoder)."""
-        p = self.placements[name_or_id] if isinstance(name_or_id, (int, np.integer)) else self.by_name[name_or_id]
+        p = self.placements[name_or_id if isinstance(name_or_id, (int, np.integer)) else self.tensor_id(name_or_id)]
         if not (0 <= row < p.n and 0 <= col < p.k):
             raise IndexError(f"{p.name}: weight ({row}, {col}) outside {p.n}x{p.k}")
         t, r = divmod(row, TILE_ROWS)
@@ -223,7 +226,7 @@ class AddressMap:
     # ---- per-bank reads (what the chip counts)
     def tensor_banks(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Chip-wide bank ids and rows each reads in one pass of a product over matrix ``name``."""
-        p = self.by_name[name] if name in self.by_name else self.placements[self.tensor_id(name)]
+        p = self.placements[self.tensor_id(name)]
         used = min(p.n_banks, p.n_tiles)
         tiles_in_bank = p.n_tiles // p.n_banks + (np.arange(used) < p.n_tiles % p.n_banks)
         ids = self.region_bank_base[p.region] + np.arange(used, dtype=np.int64)
@@ -231,7 +234,7 @@ class AddressMap:
 
     def row_banks(self, name: str, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Chip-wide bank ids and rows each reads to fetch output row ``row`` of ``name`` (embedding lookup)."""
-        p = self.by_name[name] if name in self.by_name else self.placements[self.tensor_id(name)]
+        p = self.placements[self.tensor_id(name)]
         if not 0 <= row < p.n:
             raise IndexError(f"{p.name}: row {row} outside 0..{p.n - 1}")
         lines = tile_bytes(p.fmt) // 64

@@ -86,6 +86,9 @@ class RomGeometry:
         for kind in LAYER_MATRICES:
             nt, nb = layout_shape(fmt, *spec.matrix_shape(kind))
             tiles.append(nt * nb)
+        if len(tiles) * wpt > bank_rows:
+            raise ValueError(f"banks of {bank_rows} rows are too shallow: each of the {len(tiles)} layer matrices "
+                             f"takes at least one stripe of {wpt} rows ({word_bits}-bit words)")
         total_words = sum(tiles) * wpt
         n = max(1, -(-total_words // (banks_per_tile * bank_rows)))
         while sum(stripe_rows(t, banks_per_tile * n, wpt) for t in tiles) > bank_rows:

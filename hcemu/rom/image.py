@@ -67,6 +67,16 @@ def _fmt_from_dict(d: dict) -> WeightFormat:
     return WeightFormat(d["bits"], d["group"], d["asymmetric"])
 
 
+def _as_float32(a: np.ndarray, ggml_type: str) -> np.ndarray:
+    """Float32 values of float source data (BF16 arrives as its uint16 bit patterns, see RawTensor)."""
+    a = np.asarray(a)
+    if ggml_type == "BF16":
+        if a.dtype != np.uint16:
+            raise TypeError(f"BF16 data must be uint16 bit patterns, got {a.dtype}")
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
 def _align(x: int) -> int:
     return -(-x // ALIGN) * ALIGN
 
@@ -207,8 +217,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                             stats.add_exact(w_hat.size, float(np.dot(w_hat.ravel().astype(np.float64),
                                                                      w_hat.ravel().astype(np.float64))))
                         else:
-                            w = np.asarray(src[r0:r1])
-                            w = w if w.dtype == np.float32 else w.astype(np.float32)
+                            w = _as_float32(src[r0:r1], gtype if method == "quantize" else "F32")
                             q, d, m = quantize_codes(w, fmt, name)
                             stats.add(w, represented(q, d, m, fmt))
                             pw = pack(q, d, fmt, m)
@@ -239,7 +248,8 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 tensors_dir.append({**row, "sections": sections})
             for name, layer, length in norms:
                 raw = source.raw(name)
-                v = np.asarray(raw.data if raw.ggml_type in FLOAT_TYPES else source.float32(name), np.float32)
+                v = (_as_float32(raw.data, raw.ggml_type) if raw.ggml_type in FLOAT_TYPES
+                     else np.asarray(source.float32(name), np.float32))
                 if v.shape != (length,):
                     raise ValueError(f"{name}: source shape {v.shape} does not match the spec's ({length},)")
                 if not np.isfinite(v).all():
