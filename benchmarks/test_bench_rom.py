@@ -15,14 +15,6 @@ import textwrap
 
 import pytest
 
-@pytest.fixture(scope="session")
-def smollm2_gguf():
-    """Path of the cached SmolLM2-135M-Instruct Q4_1 GGUF (tests/conftest.py's fixture is not visible here)."""
-    from hcemu.model.fetch import fetch
-
-    return fetch("smollm2", quiet=True)
-
-
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
