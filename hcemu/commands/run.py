@@ -77,7 +77,21 @@ def generate(args, prompt: str) -> dict:
     # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
     report["silicon"] = chip_figures_for_image(image, len(ids), len(gen.ids), args.context,
                                                events=(gen.prefill_events, gen.decode_events))
+    report["gpus"] = gpu_figures(image.spec, len(ids), max(len(gen.ids), 2))
     return report
+
+
+def gpu_figures(spec, n_prompt: int, n_generated: int) -> dict:
+    """Modeled batch-1 decode speed of the GPU presets on the same model and workload (roofline)."""
+    from hcemu.perf.gpu import GpuModel
+    from hcemu.perf.specs import GPU_PRESETS, get_gpu
+
+    out = {}
+    for name in GPU_PRESETS:
+        model = GpuModel(get_gpu(name))
+        if model.max_batch(spec, n_prompt + n_generated - 1) >= 1:
+            out[name] = {"per_user_tok_s": model.evaluate(spec, n_prompt, n_generated).per_user_tok_s}
+    return out
 
 
 def _isa() -> str:
@@ -105,6 +119,9 @@ def print_report(rep: dict, out=sys.stdout) -> None:
           f"{si['per_user_tok_s']:,.0f} tok/s/user, {si['latency_us_per_token']:.2f} us/token, "
           f"{'n/a' if energy is None else f'{energy:.3f}'} mJ/token, {si['power_w']:.1f} W, "
           f"{si['area_mm2']:.0f} mm2 die, {si['concurrent_users']} users in KV SRAM")
+    if rep.get("gpus"):
+        gpus = ", ".join(f"{name} {g['per_user_tok_s']:,.0f}" for name, g in rep["gpus"].items())
+        p(f"GPUs (modeled roofline, batch 1, same model): {gpus} tok/s/user")
 
 
 def run(args) -> int:
