@@ -66,38 +66,120 @@ int hc_weights_check(const hc_weights *w) {
 }
 
 /* ---- activation quantizer -------------------------------------------------------------------- */
+/* One group of n activations -> int8 codes and its scale (docs/numerics.md "Activations").
+ * Returns 1 when the group holds NaN or infinity (nothing is written then). The three paths give
+ * identical codes: max is order-independent, inv and the scale are scalar IEEE divisions, every
+ * product is one IEEE multiply, and rounding is round-half-to-even in all of them. */
+static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *scale) {
+    float amax = 0.0f;
+    int nonfinite = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float v = xs[j];
+        float a = v < 0 ? -v : v;
+        nonfinite |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
+        amax = a > amax ? a : amax;
+    }
+    if (nonfinite) return 1;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *scale = amax / 127.0f;
+    for (int64_t j = 0; j < n; j++) {
+        float v = xs[j] * inv;
+        /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
+         * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
+        v = v > 127.0f ? 127.0f : v;
+        v = v < -127.0f ? -127.0f : v;
+        v = v == v ? v : 0.0f;
+        /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
+        v = (v + 12582912.0f) - 12582912.0f;
+        qs[j] = (int8_t)(int)v;
+    }
+    return 0;
+}
+
+__attribute__((target("avx2,fma")))
+static int quant_group_avx2(const float *xs, int64_t n, int8_t *qs, float *scale) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+    __m256 vmax = _mm256_setzero_ps();
+    int bad = 0;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j));
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ));
+        vmax = _mm256_max_ps(vmax, a);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float amax = _mm_cvtss_f32(m4);
+    for (int64_t t = j; t < n; t++) {
+        float a = xs[t] < 0 ? -xs[t] : xs[t];
+        bad |= !(a <= 3.4028234663852886e38f);
+        amax = a > amax ? a : amax;
+    }
+    if (bad) return 1;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *scale = amax / 127.0f;
+    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv);
+        __m256 ordered = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+        v = _mm256_max_ps(_mm256_min_ps(v, hi), lo);
+        v = _mm256_and_ps(v, ordered); /* NaN (0 * inf) -> 0 */
+        __m256i i32 = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+        _mm_storel_epi64((__m128i *)(qs + j), _mm_packs_epi16(i16, i16));
+    }
+    for (; j < n; j++) {
+        float v = xs[j] * inv;
+        v = v > 127.0f ? 127.0f : v;
+        v = v < -127.0f ? -127.0f : v;
+        v = v == v ? v : 0.0f;
+        v = (v + 12582912.0f) - 12582912.0f;
+        qs[j] = (int8_t)(int)v;
+    }
+    return 0;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static int quant_group_avx512(const float *xs, int64_t n, int8_t *qs, float *scale) {
+    const __m512 big = _mm512_set1_ps(3.4028234663852886e38f);
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, xs + j));
+        bad |= _mm512_mask_cmp_ps_mask(live, a, big, _CMP_NLE_UQ);
+        vmax = _mm512_max_ps(vmax, a);
+    }
+    if (bad) return 1;
+    const float amax = _mm512_reduce_max_ps(vmax);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *scale = amax / 127.0f;
+    const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, xs + j), vinv);
+        const __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+        v = _mm512_maskz_mov_ps(ordered, _mm512_max_ps(_mm512_min_ps(v, hi), lo)); /* NaN -> 0 */
+        __m512i i32 = _mm512_cvtps_epi32(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm512_mask_cvtepi32_storeu_epi8(qs + j, live, i32);
+    }
+    return 0;
+}
+
 int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales) {
     if (!x || !q || !scales || m < 0 || k < 1 || group < 1 || k % group) return HC_EINVAL;
+    int (*quant)(const float *, int64_t, int8_t *, float *) = quant_group_serial;
+    switch (hc_isa_active()) {
+    case HC_ISA_AVX512VNNI: quant = quant_group_avx512; break;
+    case HC_ISA_AVX2: quant = quant_group_avx2; break;
+    default: break;
+    }
     const int64_t ng = k / group;
     int bad = 0;
-    for (int64_t i = 0; i < m; i++) {
-        for (int64_t g = 0; g < ng; g++) {
-            const float *xs = x + i * k + g * group;
-            int8_t *qs = q + i * k + g * group;
-            float amax = 0.0f;
-            int nonfinite = 0;
-            for (int64_t j = 0; j < group; j++) {
-                float v = xs[j];
-                float a = v < 0 ? -v : v;
-                nonfinite |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
-                amax = a > amax ? a : amax;
-            }
-            if (nonfinite) { bad = 1; continue; }
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            scales[i * ng + g] = amax / 127.0f;
-            for (int64_t j = 0; j < group; j++) {
-                float v = xs[j] * inv;
-                /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
-                 * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
-                v = v > 127.0f ? 127.0f : v;
-                v = v < -127.0f ? -127.0f : v;
-                v = v == v ? v : 0.0f;
-                /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
-                v = (v + 12582912.0f) - 12582912.0f;
-                qs[j] = (int8_t)(int)v;
-            }
-        }
-    }
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t g = 0; g < ng; g++)
+            bad |= quant(x + i * k + g * group, group, q + i * k + g * group, scales + i * ng + g);
     return bad ? HC_ENONFINITE : HC_OK;
 }
 

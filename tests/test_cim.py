@@ -140,17 +140,20 @@ def test_threads_identical_and_many_threads():
         np.testing.assert_array_equal(cim.cim_matmul(q, s, pw, n_threads=th).view(np.int32), base.view(np.int32))
 
 
-@pytest.mark.parametrize("group", [32, 64, 128, 256])
-def test_quantizer_matches_oracle(group):
+@pytest.mark.parametrize("isa_name", hcemu.capabilities()["supported"])
+@pytest.mark.parametrize("group", [32, 64, 128, 256, 9, 250])
+def test_quantizer_matches_oracle(group, isa_name):
     rng = np.random.default_rng(group)
-    k = 256
+    k = 256 if 256 % group == 0 else 3 * group  # odd groups exercise the SIMD tails
     x = (rng.standard_normal((7, k)) * rng.choice([1e-3, 1.0, 1e4], size=(7, 1))).astype(np.float32)
     x[0, :group] = 0.0                            # an all-zero group: scale 0, codes 0
     x[1, :group] = np.float32(1e-41)              # subnormal amax: 127/amax overflows to inf
     x[1, 1] = 0.0
     x[2, :group] = np.float32(3e38)               # huge values
     x[3, :4] = [0.5, -0.5, 1.5, 2.5]              # ties
-    q, s = cim.quantize_activations(x, group)
+    x[4, :group] = np.float32(1e-41) * np.arange(group)  # subnormals: 0 * inf -> code 0
+    with isa(isa_name):
+        q, s = cim.quantize_activations(x, group)
     qr, sr = cim_ref.quantize_activations_ref(x, group)
     np.testing.assert_array_equal(q, qr)
     np.testing.assert_array_equal(s.view(np.int32), sr.view(np.int32))
@@ -158,9 +161,11 @@ def test_quantizer_matches_oracle(group):
     assert q[1, 1] == 0
 
 
-def test_quantizer_round_half_even():
+@pytest.mark.parametrize("isa_name", hcemu.capabilities()["supported"])
+def test_quantizer_round_half_even(isa_name):
     x = np.array([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 63.5, -63.5]], np.float32)
-    q, s = cim.quantize_activations(x, 8)
+    with isa(isa_name):
+        q, s = cim.quantize_activations(x, 8)
     assert s[0, 0] == np.float32(1.0)
     assert q.tolist() == [[127, 0, 2, 2, 0, -2, 64, -64]]
 
