@@ -86,6 +86,7 @@ class ChipSpec:
     attn_lane_transistors: float
     vec_lane_transistors: float
     io_area_mm2: float
+    core_overhead_fraction: float
     # the card
     card_price_usd: float
 
@@ -101,7 +102,7 @@ class ChipSpec:
 CHIP_ZERO_OK = frozenset(("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj", "sram_read_pj_per_byte",
                           "sram_write_pj_per_byte", "act_quant_pj_per_elem", "vec_flop_pj", "vec_transcendental_pj",
                           "wire_pj_per_bit_mm", "activation_broadcast_mm", "static_power_w", "region_overhead_cycles",
-                          "io_area_mm2", "card_price_usd", "vec_lane_transistors", "attn_lane_transistors",
+                          "io_area_mm2", "core_overhead_fraction", "card_price_usd", "vec_lane_transistors", "attn_lane_transistors",
                           "cim_lane_transistors"))
 """ChipSpec fields that may be zero (energies, overheads, costs); every other number must be > 0."""
 
@@ -134,7 +135,7 @@ _register(CHIP_PRESETS, ChipSpec(
     rom_density_mbit_per_mm2=120.0, rom_bits_per_transistor=4.0, sram_density_mbit_per_mm2=28.0,
     sram_transistors_per_bit=6.0, logic_density_mtr_per_mm2=90.0, cim_lane_transistors=3_500.0,
     attn_lane_transistors=3_000.0, vec_lane_transistors=20_000.0, io_area_mm2=30.0,
-    card_price_usd=9_000.0,
+    core_overhead_fraction=0.10, card_price_usd=9_000.0,
 ), {
     "process": "[V] TSMC N6 (Next Platform 2026-02-19)",
     "clock_ghz": _A + "1 GHz: HC1's clock is not published; a typical N6 ASIC datapath clock",
@@ -184,6 +185,8 @@ _register(CHIP_PRESETS, ChipSpec(
     "attn_lane_transistors": _A + "3,000 transistors per int8 attention MAC lane",
     "vec_lane_transistors": _A + "20,000 transistors per fp32 vector lane",
     "io_area_mm2": _A + "30 mm2 for PCIe PHY, host interface and control",
+    "core_overhead_fraction": _A + "10% of the core (ROM + SRAM + logic) for clock tree, power grid, global "
+                              "routing and placement white space between macros",
     "card_price_usd": _C + "$9,000 per card (incl. its share of the host server); HC1 pricing is not "
                       "published. Tuned with the cost assumptions to land near 0.75 cents/Mtok",
 })
