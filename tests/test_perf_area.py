@@ -123,3 +123,43 @@ def test_floorplan_kv_tokens(small_images):
         assert ad.area.sram_bytes == fp.kv_sram_bytes + 4096
         with pytest.raises(ValueError, match="kv_tokens"):
             floorplan(img, kv_tokens=-1)
+
+
+# ---- sizing a chip for the model it hard-wires
+
+
+def test_for_model_is_identity_for_the_reference():
+    chip = get_chip("hc1")
+    assert chip.for_model(get_preset(chip.sized_for_model)) is chip
+    two = chip.for_model(get_preset("llama-3.1-8b"), HC1_PLAN, users=2, context_tokens=2048)
+    assert two.kv_sram_bytes == 2 * 2048 * (2 * 32 * 8 * (128 + 2))
+    assert two.cim_macs_per_cycle_w4 == chip.cim_macs_per_cycle_w4 and two.static_power_w < chip.static_power_w
+
+
+def test_for_model_sizes_a_small_chip():
+    from hcemu.perf.analytic import kv_bytes_per_token
+    from hcemu.perf.silicon import SiliconModel
+
+    chip, spec, plan = get_chip("hc1"), get_preset("smollm2-135m"), get_plan("int4")
+    small = chip.for_model(spec, plan)
+    assert small.sized_for_model == spec.name and small.name == "hc1/smollm2-135m"
+    # lanes in whole 2048-lane CIM units, at least the layer-weight share of the reference's
+    assert small.cim_macs_per_cycle_w4 % 2048 == 0
+    assert small.cim_macs_per_cycle_w4 >= chip.cim_macs_per_cycle_w4 * spec.layer_params / get_preset(
+        "llama-3.1-8b").layer_params
+    # as many KV tokens as the reference holds
+    ref_tokens = chip.kv_sram_bytes / kv_bytes_per_token(get_preset("llama-3.1-8b"), plan)
+    assert small.kv_sram_bytes / kv_bytes_per_token(spec, plan) == pytest.approx(ref_tokens, rel=1e-6)
+    # technology stays
+    for f in ("clock_ghz", "rom_density_mbit_per_mm2", "mac_w4_pj", "power_limit_w", "cim_lane_transistors"):
+        assert getattr(small, f) == getattr(chip, f)
+    big, sized = chip_area_breakdown(chip, spec, plan), chip_area_breakdown(small, spec, plan)
+    assert sized.rom_bits == big.rom_bits and sized.total_mm2 < 0.25 * big.total_mm2
+    r = SiliconModel(small).evaluate(spec, plan, 1024, 1024)
+    # a layer region's CIM pass keeps about the reference's cycles: per-user speed of the same order as HC1
+    assert 0.5 * 16960 < r.per_user_tok_s < 3 * 16960 and r.users >= 1
+    assert r.power_w < chip.power_limit_w and small.static_power_w < chip.static_power_w
+    with pytest.raises(ValueError, match="both users and context_tokens"):
+        chip.for_model(spec, plan, users=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        chip.for_model(spec, plan, users=0, context_tokens=10)

@@ -35,7 +35,7 @@ from hcemu.events import FIELD_INDEX, FIELDS, Events
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
 from hcemu.perf.analytic import (decode_positions, events_from_shapes, head_format, kv_bytes_per_token,
                                  pass_coefficients)
-from hcemu.perf.specs import CHIP_ZERO_OK, ChipSpec, get_chip
+from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
 
@@ -328,7 +328,7 @@ def chip_arrays(base: ChipSpec | str = "hc1", **overrides) -> SimpleNamespace:
     for k, v in overrides.items():
         if not hasattr(base, k):
             raise ValueError(f"ChipSpec has no field {k!r}")
-        if k in ("name", "process", "head_balanced"):
+        if k in CHIP_NON_NUMERIC:
             raise ValueError(f"{k} cannot be swept")
         arr = np.asarray(v, dtype=np.float64)
         low = arr < 0 if k in CHIP_ZERO_OK else arr <= 0

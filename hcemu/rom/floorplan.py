@@ -46,18 +46,20 @@ class Floorplan:
     def table(self) -> str:
         g, a, r = 1e9, self.area, self.rom
         kv = f"{self.kv_tokens} tokens" if self.kv_tokens is not None else "chip preset"
-        return "\n".join([
-            f"floorplan ({self.chip} technology)",
-            f"  ROM    {r.total / g:8.2f} Gbit ({r.code_physical / g:.2f} code in {r.banks} banks, "
-            f"{100 * r.bank_utilization:.1f}% used; {r.meta / g:.2f} scales){'':2s}{a.rom_mm2:8.1f} mm2  "
-            f"{a.rom_transistors / g:6.1f} G transistors",
-            f"  SRAM   {a.sram_bytes * 8 / g:8.2f} Gbit (KV {self.kv_sram_bytes / 2**20:.0f} MiB, {kv})"
-            f"{'':8s}{a.sram_mm2:8.1f} mm2  {a.sram_transistors / g:6.1f} G transistors",
-            f"  logic  {a.cim_lanes / 1e6:8.2f} M CIM lanes + attention, vector{'':17s}{a.logic_mm2:8.1f} mm2  "
-            f"{a.logic_transistors / g:6.1f} G transistors",
-            f"  other  clock, power grid, routing; IO{'':25s}{a.overhead_mm2 + a.io_mm2:8.1f} mm2",
-            f"  total  {'':55s}{a.total_mm2:8.1f} mm2  {a.transistors / g:6.1f} G transistors",
-        ])
+        rows = [
+            (f"ROM    {r.total / g:.2f} Gbit: {r.code_physical / g:.2f} code in {r.banks} banks "
+             f"({100 * r.bank_utilization:.1f}% used), {r.meta / g:.2f} scales", a.rom_mm2, a.rom_transistors),
+            (f"SRAM   {a.sram_bytes * 8 / g:.2f} Gbit: KV {self.kv_sram_bytes / 2**20:.1f} MiB ({kv})",
+             a.sram_mm2, a.sram_transistors),
+            (f"logic  {a.cim_lanes / 1e6:.2f} M CIM lanes, attention, vector", a.logic_mm2, a.logic_transistors),
+            ("other  clock, power grid, routing; IO", a.overhead_mm2 + a.io_mm2, None),
+            ("total", a.total_mm2, a.transistors),
+        ]
+        w = max(len(t) for t, _, _ in rows)
+        lines = [f"floorplan ({self.chip} technology)"]
+        for text, mm2, tr in rows:
+            lines.append(f"  {text:{w}s}  {mm2:8.1f} mm2" + ("" if tr is None else f"  {tr / g:6.2f} G transistors"))
+        return "\n".join(lines)
 
 
 def floorplan(image, chip="hc1", kv_tokens: int | None = None, adapter_sram_bytes: int = 0) -> Floorplan:
