@@ -163,3 +163,22 @@ def test_for_model_sizes_a_small_chip():
         chip.for_model(spec, plan, users=2)
     with pytest.raises(ValueError, match=">= 1"):
         chip.for_model(spec, plan, users=0, context_tokens=10)
+
+
+def test_inspect_prints_both_floorplans(small_images, capsys):
+    import json
+
+    from hcemu.cli import main
+
+    path = small_images[0]
+    assert main(["inspect", str(path), "--no-verify", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    with RomImage.load(path) as img:
+        assert d["floorplan"]["total_mm2"] == pytest.approx(floorplan(img).total_mm2)
+        sized = floorplan(img, get_chip("hc1").for_model(img.spec, img.plan))
+    assert d["floorplan_sized"]["total_mm2"] == pytest.approx(sized.total_mm2)
+    assert sized.total_mm2 < d["floorplan"]["total_mm2"]
+    assert d["floorplan_chip"]["rom_bits_per_transistor"] == get_chip("hc1").rom_bits_per_transistor
+    assert main(["inspect", str(path), "--no-verify", "--kv-tokens", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "floorplan (hc1 technology)" in out and "64 tokens" in out and "sized for this model" in out

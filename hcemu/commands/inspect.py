@@ -30,7 +30,20 @@ def describe(img, chip: str = "hc1", kv_tokens: int | None = None) -> dict:
     return {"path": img.path, "source": img.directory.get("source"), "created_by": img.directory.get("created_by"),
             "spec": img.spec.to_dict(), "plan": img.directory["plan"], "geometry": img.geometry.to_dict(),
             "address_map": img.directory["address_map"], "report": img.report.to_dict(),
-            "floorplan": fp.to_dict(), "floorplan_chip": {"name": c.name, **{f: getattr(c, f) for f in area_fields}}}
+            "floorplan": fp.to_dict(),
+            "floorplan_sized": None if (sz := _sized_floorplan(img, chip, kv_tokens)) is None else sz.to_dict(),
+            "floorplan_chip": {"name": c.name, **{f: getattr(c, f) for f in area_fields}}}
+
+
+def _sized_floorplan(img, chip, kv_tokens):
+    """The floorplan in ``chip``'s technology sized for the image's model, or None when the preset is
+    already sized for it."""
+    from hcemu.perf.specs import get_chip
+    from hcemu.rom.floorplan import floorplan
+
+    base = get_chip(chip)
+    sized = base.for_model(img.spec, img.plan)
+    return None if sized is base else floorplan(img, sized, kv_tokens)
 
 
 def run(args) -> int:
@@ -57,4 +70,10 @@ def run(args) -> int:
         for note in img.report.notes:
             print(f"note: {note}")
         print(floorplan(img, args.floorplan, args.kv_tokens).table())
+        sized = _sized_floorplan(img, args.floorplan, args.kv_tokens)
+        if sized is not None:
+            a = sized.area
+            print(f"  sized for this model (ChipSpec.for_model): {a.total_mm2:.1f} mm2 "
+                  f"(ROM {a.rom_mm2:.1f}, SRAM {a.sram_mm2:.1f}, logic {a.logic_mm2:.1f}, "
+                  f"other {a.overhead_mm2 + a.io_mm2:.1f}), {a.transistors / 1e9:.2f} G transistors")
     return 0

@@ -98,7 +98,8 @@ class ChipSpec:
     def replace(self, **changes) -> "ChipSpec":
         return replace(self, **changes)
 
-    def for_model(self, spec, plan=None, *, users: int | None = None, context_tokens: int | None = None) -> "ChipSpec":
+    def for_model(self, spec, plan=None, *, users: int | None = None,
+                  context_tokens: int | None = None) -> "ChipSpec":
         """This technology with its per-region units, KV SRAM and leakage sized for ``spec`` (a ModelSpec)
         instead of :attr:`sized_for_model` (a model preset name). Returns ``self`` for that model itself
         when no ``users``/``context_tokens`` are asked.
@@ -137,13 +138,15 @@ class ChipSpec:
         layer = lambda m: sum(m.matrix_shape(k)[0] * m.matrix_shape(k)[1] for k in LAYER_MATRICES)  # noqa: E731
         w4 = up(self.cim_macs_per_cycle_w4 * layer(spec) / layer(ref), 2048)
         lane_ratio = w4 / self.cim_macs_per_cycle_w4
-        kv_key = (spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)) / (ref.n_kv_heads * kv_bytes_per_key_head(ref, plan))
+        kv_key = (spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)
+                  / (ref.n_kv_heads * kv_bytes_per_key_head(ref, plan)))
         attn = (spec.n_heads * spec.head_dim) / (ref.n_heads * ref.head_dim)
         d = spec.d_model / ref.d_model
         if users is not None:
             kv_sram = int(users) * int(context_tokens) * kv_bytes_per_token(spec, plan)
         else:
-            kv_sram = int(math.ceil(self.kv_sram_bytes * kv_bytes_per_token(spec, plan) / kv_bytes_per_token(ref, plan)))
+            kv_sram = int(math.ceil(self.kv_sram_bytes * kv_bytes_per_token(spec, plan)
+                                    / kv_bytes_per_token(ref, plan)))
         sized = self.replace(
             name=f"{self.name}/{spec.name}", sized_for_model=spec.name,
             cim_macs_per_cycle_w4=w4, cim_macs_per_cycle_w8=up(self.cim_macs_per_cycle_w8 * lane_ratio, 2048),
