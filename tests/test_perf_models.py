@@ -50,8 +50,8 @@ def test_hc1_area_and_transistors():
     assert within(a.total_mm2, 815, 0.25), a
     assert within(a.transistors, 53e9, 0.25), a.transistors
     assert chip_area_mm2(get_chip("hc1"), LLAMA, HC1_PLAN) == a.total_mm2
-    # ~33 Gbit of ROM: 8.03 B weights at 4 bits + fp16 scale per 128
-    assert a.rom_bits == pytest.approx(LLAMA.n_params * 4.125, rel=1e-9)
+    # ~33 Gbit of ROM: 8.03 B weights at 4 bits + fp16 scale per 128, plus blank bank slots and norm vectors
+    assert LLAMA.n_params * 4.125 < a.rom_bits < 1.03 * LLAMA.n_params * 4.125
 
 
 def test_gpu_per_user(gpus, hc1):

@@ -348,12 +348,13 @@ def test_wrong_magic_and_version(images, tmp_path):
 def test_floorplan_sums(images):
     with RomImage.load(images[1]["int4"][0]) as img:
         fp = floorplan(img, "hc1", kv_tokens=100)
-        assert fp.banks == img.address_map.n_banks and fp.lanes == fp.banks
-        assert fp.rom_code_bits_used <= fp.rom_code_bits_physical
-        assert fp.total_mm2 == pytest.approx((fp.rom_mm2 + fp.sram_mm2 + fp.logic_mm2) * 1.1)
-        assert fp.sram_kv_bytes == 100 * 2 * SPEC.n_layers * SPEC.n_kv_heads * (SPEC.head_dim + 2)
+        a = fp.area
+        assert fp.rom.banks == img.address_map.n_banks and fp.rom.code_used <= fp.rom.code_physical
+        assert a.rom_bits == fp.rom.code_physical + img.meta_bits + img.vector_bits
+        assert fp.total_mm2 == pytest.approx((a.rom_mm2 + a.sram_mm2 + a.logic_mm2) * 1.1 + a.io_mm2)
+        assert fp.kv_sram_bytes == 100 * 2 * SPEC.n_layers * SPEC.n_kv_heads * (SPEC.head_dim + 2)
         bigger = floorplan(img, "hc1", kv_tokens=1000)
-        assert bigger.sram_mm2 == pytest.approx(fp.sram_mm2 * 10)
+        assert bigger.area.sram_mm2 == pytest.approx(a.sram_mm2 * 10)
 
 
 def test_cli_inspect_json(images, capsys):
@@ -367,7 +368,7 @@ def test_cli_inspect_json(images, capsys):
     assert d["floorplan"]["total_mm2"] > 0
     assert main(["inspect", str(path), "--no-verify"]) == 0
     out = capsys.readouterr().out
-    assert "blk.1.ffn_down.weight" in out and "floorplan (hc1)" in out and "exact" in out
+    assert "blk.1.ffn_down.weight" in out and "floorplan (hc1 technology)" in out and "exact" in out
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

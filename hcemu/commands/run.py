@@ -115,7 +115,8 @@ def print_report(rep: dict, out=sys.stdout) -> None:
     si = rep.get("silicon")
     if si:
         energy = si["energy_mj_per_token"]
-        p(f"silicon (modeled, {si['chip']} technology, {si['events']} events): "
+        sized = "" if si["sized_for_model"] != si["model"] else " sized for this model"
+        p(f"silicon (modeled, {si['chip'].split('/')[0]} technology{sized}, {si['events']} events): "
           f"{si['per_user_tok_s']:,.0f} tok/s/user, {si['latency_us_per_token']:.2f} us/token, "
           f"{'n/a' if energy is None else f'{energy:.3f}'} mJ/token, {si['power_w']:.1f} W, "
           f"{si['area_mm2']:.0f} mm2 die, {si['concurrent_users']} users in KV SRAM")

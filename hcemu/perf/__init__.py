@@ -9,10 +9,10 @@ Modules: :mod:`~hcemu.perf.specs` (presets), :mod:`~hcemu.perf.analytic` (events
 from hcemu.perf.analytic import events_from_shapes
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
-from hcemu.perf.silicon import SiliconModel, chip_area_breakdown, chip_area_mm2
+from hcemu.perf.silicon import SiliconModel, area_breakdown, chip_area_breakdown, chip_area_mm2
 from hcemu.perf.specs import (CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec,
                               get_chip, get_cost, get_gpu)
 
-__all__ = ["events_from_shapes", "CostModel", "GpuModel", "SiliconModel", "chip_area_breakdown", "chip_area_mm2",
+__all__ = ["events_from_shapes", "CostModel", "GpuModel", "SiliconModel", "area_breakdown", "chip_area_breakdown", "chip_area_mm2",
            "CHIP_PRESETS", "COST_PRESETS", "GPU_PRESETS", "HC1_PLAN", "ChipSpec", "CostSpec", "GpuSpec",
            "get_chip", "get_cost", "get_gpu"]

@@ -108,7 +108,8 @@ def rows_to_text(rows: list[dict]) -> str:
 
 def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int | None = None,
                            chip="hc1", events=None) -> dict:
-    """Modeled figures of ``chip``'s technology hard-wiring the image's model and plan.
+    """Modeled figures of ``chip``'s technology, sized for the image's model (:meth:`ChipSpec.for_model`),
+    hard-wiring the image's model and plan.
 
     image: anything with ``.spec`` (ModelSpec) and ``.plan`` (Plan). events: optional
     ``(prefill_events, decode_events)`` counted by the functional chip for this run; they are priced
@@ -126,16 +127,23 @@ def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int 
     return silicon_figures(image.spec, image.plan, n_prompt, max(n_generated, 2), chip)
 
 
-def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip="hc1", events=None) -> dict:
+def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip="hc1", events=None,
+                    sized: bool = True) -> dict:
     """The chip figures ``hcemu run``/``demo`` print. With ``events=(prefill, decode)`` (counted by the
     functional chip) those are priced; otherwise the analytical generator supplies them. Figures that
-    do not exist (energy per token when not even one user's KV fits) are ``None``."""
+    do not exist (energy per token when not even one user's KV fits) are ``None``.
+
+    sized: price ``chip``'s technology sized for ``spec`` (:meth:`ChipSpec.for_model`: lanes, KV SRAM
+    and leakage follow the model the chip hard-wires); False prices the preset's units as they are."""
     chip = get_chip(chip)
+    if sized:
+        chip = chip.for_model(spec, plan)
     model = SiliconModel(chip)
     si = (model.price(spec, plan, n_prompt, n_generated, *events) if events is not None
           else model.evaluate(spec, plan, n_prompt, n_generated))
     fits = si.users > 0
-    return {"chip": chip.name, "model": spec.name, "plan": plan.name, "n_prompt": n_prompt,
+    return {"chip": chip.name, "sized_for_model": chip.sized_for_model, "model": spec.name, "plan": plan.name,
+            "n_prompt": n_prompt,
             "n_generated": n_generated, "events": "counted" if events is not None else "analytical",
             "per_user_tok_s": si.per_user_tok_s,
             "latency_us_per_token": si.latency_s_per_token * 1e6, "prefill_ms": si.prefill_s * 1e3,

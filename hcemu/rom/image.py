@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -134,6 +135,71 @@ def _image_matrices(spec: ModelSpec, plan: Plan):
     return out, notes
 
 
+@dataclass(frozen=True)
+class RomBits:
+    """What the mask ROM of one image holds, in bits (the counts the die-area model prices).
+
+    code_used: weight codes of every matrix (weight-tile padding included);
+    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated);
+    meta: fp16 scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
+    """
+
+    code_used: int
+    code_physical: int
+    meta: int
+    vector: int
+    banks: int
+
+    @property
+    def total(self) -> int:
+        """Bits the die holds in ROM: physical code banks + scales/offsets + norm vectors."""
+        return self.code_physical + self.meta + self.vector
+
+    @property
+    def bank_utilization(self) -> float:
+        return self.code_used / self.code_physical if self.code_physical else 0.0
+
+    def to_dict(self) -> dict:
+        return {"code_used": self.code_used, "code_physical": self.code_physical, "meta": self.meta,
+                "vector": self.vector, "banks": self.banks, "total": self.total,
+                "bank_utilization": self.bank_utilization}
+
+
+def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None) -> AddressMap:
+    """The placement :func:`compile_model` makes for ``spec`` in ``plan`` (default geometry
+    :meth:`RomGeometry.for_model`), from shapes alone."""
+    geometry = geometry or RomGeometry.for_model(spec, plan)
+    matrices, _ = _image_matrices(spec, plan)
+    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+
+
+def _meta_bits(fmt: WeightFormat, n: int, k: int) -> int:
+    nt, nb = layout_shape(fmt, n, k)
+    per_array = nt * 16 if fmt.per_channel else nt * nb * 16
+    return per_array * 16 * (2 if fmt.asymmetric else 1)
+
+
+def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None) -> RomBits:
+    """The :class:`RomBits` of the image :func:`compile_model` would write, from shapes alone (equal to
+    :meth:`RomImage.rom_bits` of that image; weights' values do not change sizes)."""
+    from hcemu.formats import get_plan
+
+    if isinstance(plan, str):
+        plan = get_plan(plan)
+    return _rom_bits_cached(spec, plan, geometry)
+
+
+@lru_cache(maxsize=64)
+def _rom_bits_cached(spec, plan, geometry):
+    amap = model_address_map(spec, plan, geometry)
+    matrices, _ = _image_matrices(spec, plan)
+    used = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
+               for *_, fmt, (n, k) in matrices)
+    meta = sum(_meta_bits(fmt, n, k) for *_, fmt, (n, k) in matrices)
+    vector = sum(length for _nm, _l, length in spec.norms()) * 32
+    return RomBits(used, amap.physical_bits, meta, vector, amap.n_banks)
+
+
 def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
                   progress: bool = True, chunk_elems: int = CHUNK_ELEMS) -> CompileReport:
     """Quantize ``source`` (a :class:`~hcemu.model.source.ModelSource`) with ``plan`` into a ROM image.
@@ -150,7 +216,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
     spec = source.spec
     geometry = geometry or RomGeometry.for_model(spec, plan)
     matrices, notes = _image_matrices(spec, plan)
-    amap = AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+    amap = model_address_map(spec, plan, geometry)
     norms = list(spec.norms())
     total_weights = sum(n * k for *_, (n, k) in matrices)
     t0 = time.perf_counter()
@@ -432,6 +498,13 @@ class RomImage:
     @property
     def vector_bits(self) -> int:
         return sum(v["sections"]["values"]["nbytes"] * 8 for v in self.directory["vectors"])
+
+    @property
+    def rom_bits(self) -> RomBits:
+        """What this image's ROM holds, read from its directory and address map (see :class:`RomBits`)."""
+        used = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
+        return RomBits(used, self.address_map.physical_bits, self.meta_bits, self.vector_bits,
+                       self.address_map.n_banks)
 
     def close(self) -> None:
         self._cache.clear()
