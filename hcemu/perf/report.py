@@ -32,9 +32,10 @@ def _row(**kw) -> dict:
 def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                  gpus=tuple(GPU_PRESETS), cost="default", host: bool = True, host_layers: int = 1,
                  host_threads: int = 1) -> list[dict]:
-    """One row per system: the chip (modeled), each GPU (roofline), and the host emulator (measured)."""
+    """One row per system: the chip (modeled, its technology sized for ``spec`` by
+    :meth:`ChipSpec.for_model`), each GPU (roofline), and the host emulator (measured)."""
     spec = get_preset(spec) if isinstance(spec, str) else spec
-    chip = get_chip(chip)
+    chip = get_chip(chip).for_model(spec, plan)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     fits = si.users > 0
