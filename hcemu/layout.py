@@ -191,3 +191,18 @@ def dequantize_rows(pw: PackedWeights, rows) -> np.ndarray:
                 w = w + np.repeat(pw.offsets[t, :, r].astype(np.float32), fmt.group)
             out[i] = w
     return out
+
+
+def stack_rows(parts: list[PackedWeights]) -> PackedWeights | None:
+    """One PackedWeights whose rows are ``parts`` one after another (e.g. Wq, Wk, Wv), or None when
+    they cannot share tiles: different formats or input widths, or a part whose rows do not fill
+    whole 16-row tiles. The result is a copy in host memory; products over it equal, row for row and
+    bit for bit, the products over the parts, and count the same events (they are additive over tiles).
+    """
+    first = parts[0]
+    if any(p.fmt != first.fmt or p.k != first.k or p.n % TILE_ROWS for p in parts):
+        return None
+    offsets = None if first.offsets is None else np.concatenate([p.offsets for p in parts])
+    return PackedWeights(first.fmt, sum(p.n for p in parts), first.k,
+                         np.concatenate([p.codes for p in parts]),
+                         np.concatenate([p.scales for p in parts]), offsets)

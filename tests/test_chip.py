@@ -177,3 +177,17 @@ def test_per_token_activation_scales_cost_accuracy(accuracy, plan):
     block, token = accuracy(plan), accuracy(plan + "-pt")
     assert token["kld_mean"] > block["kld_mean"]
     assert token["same_top1"] <= block["same_top1"]
+
+
+def test_fused_products_change_nothing_but_speed(images, tokenizer):
+    """q/k/v and gate/up stacked into one product: identical logits (bits) and identical events."""
+    ids = np.array(tokenizer.encode("Stacked tiles are read in one stream."), np.int64)
+    a = make_chip(images("int4"), kv_capacity_tokens=64, fuse_products=True)
+    b = make_chip(images("int4"), kv_capacity_tokens=64, fuse_products=False)
+    ra, rb = a.prefill(ids, all_logits=True), b.prefill(ids, all_logits=True)
+    np.testing.assert_array_equal(ra.logits.view(np.int32), rb.logits.view(np.int32))
+    assert ra.events == rb.events
+    da, db = a.decode(int(ids[0])), b.decode(int(ids[0]))
+    np.testing.assert_array_equal(da.logits.view(np.int32), db.logits.view(np.int32))
+    assert da.events == db.events
+    np.testing.assert_array_equal(da.bank_rows, db.bank_rows)

@@ -16,7 +16,7 @@ import numpy as np
 from hcemu import cim, vector
 from hcemu.attention import KVCache, attention
 from hcemu.events import FIELD_INDEX, FIELDS, Events
-from hcemu.layout import dequantize_rows
+from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
 from hcemu.model.spec import LAYER_MATRICES
 
@@ -62,6 +62,8 @@ class _Layer:
     wg: object
     wu: object
     wd: object
+    wqkv: object      # q, k, v stacked (None: run them apart)
+    wgate_up: object  # gate, up stacked (None: run them apart)
 
 
 class Chip:
@@ -70,11 +72,14 @@ class Chip:
     kv_capacity_tokens: SRAM KV-cache capacity in tokens (default: the model's max context, capped
     at 8192). kv_sram_bytes: the capacity as bytes instead (the number of tokens that fit is derived).
     n_threads: host threads for the CIM kernels. profile: time every compiled-kernel call
-    (``kernel_seconds`` accumulates; the overhead is two clock reads per call).
+    (``kernel_seconds`` accumulates; the overhead is two clock reads per call). fuse_products: run
+    q/k/v (and gate/up), which read the same activations, as one product over their stacked tiles —
+    a host-speed measure (fewer calls, longer streams) that costs a host-memory copy of those
+    matrices; values and events are identical either way.
     """
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
-                 n_threads: int = 1, profile: bool = False):
+                 n_threads: int = 1, profile: bool = False, fuse_products: bool = True):
         self.image = image
         self.spec = spec = image.spec
         self.plan = plan = image.plan
@@ -87,7 +92,7 @@ class Chip:
         self._g_d = act.group_for(spec.d_model)
         self._g_q = act.group_for(spec.q_dim)
         self._g_f = act.group_for(spec.d_ff)
-        self._layers = [self._load_layer(i) for i in range(spec.n_layers)]
+        self._layers = [self._load_layer(i, fuse_products) for i in range(spec.n_layers)]
         self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
         self._embedding = image.matrix("token_embd.weight")
         self._output = image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
@@ -102,12 +107,14 @@ class Chip:
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
 
     # ------------------------------------------------------------------ setup
-    def _load_layer(self, i: int) -> _Layer:
+    def _load_layer(self, i: int, fuse: bool) -> _Layer:
         img = self.image
         m = {kind: img.matrix(f"blk.{i}.{kind}.weight") for kind in LAYER_MATRICES}
         norm = lambda kind: np.ascontiguousarray(img.vector(f"blk.{i}.{kind}.weight"), dtype=np.float32)  # noqa: E731
+        qkv = stack_rows([m["attn_q"], m["attn_k"], m["attn_v"]]) if fuse else None
+        gate_up = stack_rows([m["ffn_gate"], m["ffn_up"]]) if fuse else None
         return _Layer(norm("attn_norm"), norm("ffn_norm"), m["attn_q"], m["attn_k"], m["attn_v"],
-                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"])
+                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up)
 
     def _kernels(self, profile: bool) -> _Kernels:
         """The compiled entry points _forward calls; wrapped in timers when profiling."""
@@ -239,6 +246,7 @@ class Chip:
         sin = self._sin[start:start + t]
         g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
         H, Hkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
+        qd, kvd, f = s.q_dim, s.kv_dim, s.d_ff
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
         rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
@@ -246,9 +254,15 @@ class Chip:
         for i, L in enumerate(self._layers):
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
-            q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
-            k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
-            v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+            if L.wqkv is not None:
+                qkv = matmul(q8, sc, L.wqkv, n_threads=nt, events=ev, region=i)
+                q = np.ascontiguousarray(qkv[:, :qd]).reshape(t, H, hd)
+                k = np.ascontiguousarray(qkv[:, qd:qd + kvd]).reshape(t, Hkv, hd)
+                v = np.ascontiguousarray(qkv[:, qd + kvd:]).reshape(t, Hkv, hd)
+            else:
+                q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
+                k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+                v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
             rope(q, cos, sin, out=q)
             rope(k, cos, sin, out=k)
             kv_append(i, k, v, events=ev, region=i)
@@ -256,8 +270,13 @@ class Chip:
             add(x, linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
-            g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
-            u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
+            if L.wgate_up is not None:
+                gu = matmul(q8, sc, L.wgate_up, n_threads=nt, events=ev, region=i)
+                g = np.ascontiguousarray(gu[:, :f])
+                u = np.ascontiguousarray(gu[:, f:])
+            else:
+                g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
+                u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
             silu_mul(g, u, out=g)
             add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
             counts[i] += t * self._layer_const
