@@ -70,6 +70,18 @@ int hc_weights_check(const hc_weights *w) {
  * Returns 1 when the group holds NaN or infinity (nothing is written then). The three paths give
  * identical codes: max is order-independent, inv and the scale are scalar IEEE divisions, every
  * product is one IEEE multiply, and rounding is round-half-to-even in all of them. */
+static inline int8_t quant_one(float x, float inv) {
+    float v = x * inv;
+    /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
+     * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
+    v = v > 127.0f ? 127.0f : v;
+    v = v < -127.0f ? -127.0f : v;
+    v = v == v ? v : 0.0f;
+    /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
+    v = (v + 12582912.0f) - 12582912.0f;
+    return (int8_t)(int)v;
+}
+
 static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *scale) {
     float amax = 0.0f;
     int nonfinite = 0;
@@ -82,17 +94,7 @@ static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *sca
     if (nonfinite) return 1;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     *scale = amax / 127.0f;
-    for (int64_t j = 0; j < n; j++) {
-        float v = xs[j] * inv;
-        /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
-         * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
-        v = v > 127.0f ? 127.0f : v;
-        v = v < -127.0f ? -127.0f : v;
-        v = v == v ? v : 0.0f;
-        /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
-        v = (v + 12582912.0f) - 12582912.0f;
-        qs[j] = (int8_t)(int)v;
-    }
+    for (int64_t j = 0; j < n; j++) qs[j] = quant_one(xs[j], inv);
     return 0;
 }
 
@@ -129,14 +131,7 @@ static int quant_group_avx2(const float *xs, int64_t n, int8_t *qs, float *scale
         __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
         _mm_storel_epi64((__m128i *)(qs + j), _mm_packs_epi16(i16, i16));
     }
-    for (; j < n; j++) {
-        float v = xs[j] * inv;
-        v = v > 127.0f ? 127.0f : v;
-        v = v < -127.0f ? -127.0f : v;
-        v = v == v ? v : 0.0f;
-        v = (v + 12582912.0f) - 12582912.0f;
-        qs[j] = (int8_t)(int)v;
-    }
+    for (; j < n; j++) qs[j] = quant_one(xs[j], inv);
     return 0;
 }
 

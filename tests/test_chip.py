@@ -191,3 +191,13 @@ def test_fused_products_change_nothing_but_speed(images, tokenizer):
     np.testing.assert_array_equal(da.logits.view(np.int32), db.logits.view(np.int32))
     assert da.events == db.events
     np.testing.assert_array_equal(da.bank_rows, db.bank_rows)
+
+
+def test_demo_is_the_main_job(smollm2_gguf, capsys):
+    """`hcemu demo`: fetch (cached), compile (cached), generate, report host + silicon + GPU figures."""
+    from hcemu.cli import main
+
+    assert main(["demo", "--max-new-tokens", "12", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("host (measured)", "silicon (modeled", "GPUs (modeled roofline", "tok/s"):
+        assert needle in out, out

@@ -1,9 +1,7 @@
 """``hcemu demo``: the main job. Fetch SmolLM2-135M, compile it for the chip, generate, report."""
 from __future__ import annotations
 
-import json
-
-from hcemu.commands.run import add_generation_args, generate, print_report
+from hcemu.commands.run import add_generation_args, run
 
 DEFAULT_PROMPT = "Explain in two sentences why a chip with its weights in mask ROM is fast."
 
@@ -14,11 +12,3 @@ def register(sub) -> None:
     add_generation_args(p)
     p.set_defaults(func=run, model="smollm2")
 
-
-def run(args) -> int:
-    rep = generate(args, args.prompt)
-    if args.json:
-        print(json.dumps(rep, indent=2))
-    else:
-        print_report(rep)
-    return 0
