@@ -34,7 +34,7 @@ def test_bench_compile_smollm2(benchmark, smollm2_gguf, tmp_path, plan):
     report = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(plan=plan, weights=report.totals["count"], file_bytes=report.file_bytes,
                                 seconds=report.seconds)
-    assert report.seconds <= 30.0, f"compiling SmolLM2 took {report.seconds:.1f} s"
+    # the <= 30 s target is read off extra_info (docs/rom.md); wall-clock time is never asserted
     with RomImage.load(out) as img:
         assert img.spec.n_layers == 30
 
