@@ -201,3 +201,16 @@ def test_demo_is_the_main_job(smollm2_gguf, capsys):
     out = capsys.readouterr().out
     for needle in ("host (measured)", "silicon (modeled", "GPUs (modeled roofline", "tok/s"):
         assert needle in out, out
+
+
+def test_eval_cli_json(images, smollm2_gguf, capsys):
+    from hcemu.cli import main
+
+    rc = main(["eval", smollm2_gguf, "--plan", "int4", "--max-tokens", "96", "--ctx", "48", "--json",
+               "--no-progress"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    for key in ("tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1"):
+        assert key in rep
+    assert rep["tokens"] == 94 and rep["windows"] == 2
+    assert 0 <= rep["kld_mean"] <= rep["kld_p99"] and 0 <= rep["same_top1"] <= 1
