@@ -152,38 +152,7 @@ static void *scratch_get(size_t bytes, void **owned) {
 /* ---- generic kernels, compiled once per ISA so the compiler may use that ISA's vectors --------
  * Every loop here is elementwise (any vector width gives the same bits) or a sequential sum. */
 
-/* The activation rule per row of hd floats (docs/numerics.md), codes zero-padded to hdq.  amax is
- * taken on the bits: for non-negative floats the uint32 order is the float order, and inf/NaN have
- * the largest patterns.  rint is the 1.5*2^23 trick, equal to rintf for |y| <= 2^22; here
- * |x * inv| <= 127.00002, or inf/NaN when 127/amax overflows, where both agree as well. */
 #define HC_GENERIC_KERNELS(SUF, ATTR)                                                              \
-    ATTR static int quant_rows_##SUF(const float *x, int64_t rows, int hd, int hdq, float c,       \
-                                     int8_t *qq, int32_t *qsum, float *qsc) {                      \
-        for (int64_t r = 0; r < rows; ++r) {                                                       \
-            const float *xr = x + r * hd;                                                          \
-            uint32_t mx = 0;                                                                       \
-            for (int d = 0; d < hd; ++d) {                                                         \
-                const uint32_t u = hc__f2u(xr[d]) & 0x7fffffffu;                                   \
-                mx = u > mx ? u : mx;                                                              \
-            }                                                                                      \
-            if (mx >= 0x7f800000u) return HC_ENONFINITE;                                           \
-            const float amax = hc__u2f(mx);                                                        \
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;                                  \
-            int8_t *o = qq + r * hdq;                                                              \
-            int32_t sum = 0;                                                                       \
-            for (int d = 0; d < hd; ++d) {                                                         \
-                float v = (xr[d] * inv + 0x1.8p23f) - 0x1.8p23f;                                   \
-                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                             \
-                const int8_t code = (int8_t)(int32_t)v;                                            \
-                o[d] = code;                                                                       \
-                sum += code;                                                                       \
-            }                                                                                      \
-            for (int d = hd; d < hdq; ++d) o[d] = 0;                                               \
-            qsum[r] = sum;                                                                         \
-            qsc[r] = (amax / 127.0f) * c;                                                          \
-        }                                                                                          \
-        return HC_OK;                                                                              \
-    }                                                                                              \
     ATTR static int check_finite_##SUF(const float *x, int64_t n) {                                \
         uint32_t mx = 0;                                                                           \
         for (int64_t i = 0; i < n; ++i) {                                                          \
@@ -191,26 +160,6 @@ static void *scratch_get(size_t bytes, void **owned) {
             mx = u > mx ? u : mx;                                                                  \
         }                                                                                          \
         return mx >= 0x7f800000u ? HC_ENONFINITE : HC_OK;                                          \
-    }                                                                                              \
-    /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite      \
-     * filler up to nv); on return it holds w_j = p_j * v_scale_j (p_j when vsc is NULL), m and l  \
-     * are updated and alpha holds each row's accumulator factor. */                              \
-    ATTR static int softmax_rows_##SUF(scores_t *S, int R, int nb, int nv, const float *vsc,       \
-                                       float *m, float *l, float *alpha) {                         \
-        for (int r = 0; r < R; ++r) {                                                              \
-            const float mb = maxn_##SUF(S[r], nb);                                                 \
-            if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;                          \
-            const float mnew = m[r] > mb ? m[r] : mb;                                              \
-            alpha[r] = hc__exp(m[r] - mnew); /* m = -inf on the first block: exp(-inf) = 0 */      \
-            m[r] = mnew;                                                                           \
-            float *s = S[r];                                                                       \
-            for (int j = 0; j < nv; ++j) s[j] = hc__exp(s[j] - mnew);                              \
-        }                                                                                          \
-        lsum_rows(S, R, nb, l, alpha);                                                             \
-        if (vsc)                                                                                   \
-            for (int r = 0; r < R; ++r)                                                            \
-                for (int j = 0; j < nv; ++j) S[r][j] = S[r][j] * vsc[j];                           \
-        return HC_OK;                                                                              \
     }                                                                                              \
     /* R heads of one query (int8 codes qq, rows hdq apart) against block B of which the query      \
      * sees the first nb keys: scores, softmax step and P.V into the rows' state. */               \
@@ -245,6 +194,61 @@ static void *scratch_get(size_t bytes, void **owned) {
         int rc = softmax_rows_##SUF(S, R, nb, nv, NULL, m, l, alpha);                              \
         if (rc != HC_OK) return rc;                                                                \
         pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
+        return HC_OK;                                                                              \
+    }
+
+/* The quantizer and softmax step in plain C, for the paths without hand-written ones.
+ *
+ * The activation rule per row of hd floats (docs/numerics.md), codes zero-padded to hdq.  amax is
+ * taken on the bits: for non-negative floats the uint32 order is the float order, and inf/NaN have
+ * the largest patterns.  rint is the 1.5*2^23 trick, equal to rintf for |y| <= 2^22; here
+ * |x * inv| <= 127.00002, or inf/NaN when 127/amax overflows, where both agree as well. */
+#define HC_GENERIC_QUANT_SOFTMAX(SUF, ATTR)                                                         \
+    ATTR static int quant_rows_##SUF(const float *x, int64_t rows, int hd, int hdq, float c,       \
+                                     int8_t *qq, int32_t *qsum, float *qsc) {                      \
+        for (int64_t r = 0; r < rows; ++r) {                                                       \
+            const float *xr = x + r * hd;                                                          \
+            uint32_t mx = 0;                                                                       \
+            for (int d = 0; d < hd; ++d) {                                                         \
+                const uint32_t u = hc__f2u(xr[d]) & 0x7fffffffu;                                   \
+                mx = u > mx ? u : mx;                                                              \
+            }                                                                                      \
+            if (mx >= 0x7f800000u) return HC_ENONFINITE;                                           \
+            const float amax = hc__u2f(mx);                                                        \
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;                                  \
+            int8_t *o = qq + r * hdq;                                                              \
+            int32_t sum = 0;                                                                       \
+            for (int d = 0; d < hd; ++d) {                                                         \
+                float v = (xr[d] * inv + 0x1.8p23f) - 0x1.8p23f;                                   \
+                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                             \
+                const int8_t code = (int8_t)(int32_t)v;                                            \
+                o[d] = code;                                                                       \
+                sum += code;                                                                       \
+            }                                                                                      \
+            for (int d = hd; d < hdq; ++d) o[d] = 0;                                               \
+            qsum[r] = sum;                                                                         \
+            qsc[r] = (amax / 127.0f) * c;                                                          \
+        }                                                                                          \
+        return HC_OK;                                                                              \
+    }                                                                                              \
+    /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite      \
+     * filler up to nv); on return it holds w_j = p_j * v_scale_j (p_j when vsc is NULL), m and l  \
+     * are updated and alpha holds each row's accumulator factor. */                              \
+    ATTR static int softmax_rows_##SUF(scores_t *S, int R, int nb, int nv, const float *vsc,       \
+                                       float *m, float *l, float *alpha) {                         \
+        for (int r = 0; r < R; ++r) {                                                              \
+            const float mb = maxn_##SUF(S[r], nb);                                                 \
+            if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;                          \
+            const float mnew = m[r] > mb ? m[r] : mb;                                              \
+            alpha[r] = hc__exp(m[r] - mnew); /* m = -inf on the first block: exp(-inf) = 0 */      \
+            m[r] = mnew;                                                                           \
+            float *s = S[r];                                                                       \
+            for (int j = 0; j < nv; ++j) s[j] = hc__exp(s[j] - mnew);                              \
+        }                                                                                          \
+        lsum_rows(S, R, nb, l, alpha);                                                             \
+        if (vsc)                                                                                   \
+            for (int r = 0; r < R; ++r)                                                            \
+                for (int j = 0; j < nv; ++j) S[r][j] = S[r][j] * vsc[j];                           \
         return HC_OK;                                                                              \
     }
 
@@ -352,6 +356,7 @@ static void pv_rows_scalar(float *acc, const block *B, const float *alpha, const
     pv_span(acc, B, alpha, W, R, nb, 0);
 }
 
+HC_GENERIC_QUANT_SOFTMAX(scalar, )
 HC_GENERIC_KERNELS(scalar, )
 
 #if HC_X86
@@ -505,6 +510,7 @@ T_AVX2 static void pv_rows_avx2(float *acc, const block *B, const float *alpha, 
     }
 }
 
+HC_GENERIC_QUANT_SOFTMAX(avx2, T_AVX2)
 HC_GENERIC_KERNELS(avx2, T_AVX2)
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
@@ -694,6 +700,93 @@ T_AVX512 static void pv_rows_avx512(float *acc, const block *B, const float *alp
     case 3: f ? pv_avx512_r(acc, B, alpha, W, 3, nb, 1) : pv_avx512_r(acc, B, alpha, W, 3, nb, 0); break;
     default: f ? pv_avx512_r(acc, B, alpha, W, 4, nb, 1) : pv_avx512_r(acc, B, alpha, W, 4, nb, 0);
     }
+}
+
+/* hc__exp on 16 lanes, bit for bit: the same float operations in the same order, the range
+ * cases (x < -87 -> +0, x > 88 -> +inf, NaN -> x) applied by masks. */
+T_AVX512 HC_INLINE __m512 exp16_avx512(__m512 x) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.0f), _CMP_GT_OQ);
+    const __m512 xc = _mm512_mask_mov_ps(x, nan | lo | hi, _mm512_setzero_ps());
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(0x1.715476p+0f)), magic), magic);
+    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0x1.63p-1f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-0x1.bd0106p-13f)));
+    const __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(0x1.a0d2cep-13f), r), _mm512_set1_ps(0x1.6e879cp-10f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.111210p-7f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.555382p-5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.555554p-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, z), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    y = _mm512_mask_mov_ps(y, lo, _mm512_setzero_ps());
+    y = _mm512_mask_mov_ps(y, hi, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(y, nan, x);
+}
+
+/* The online-softmax step of the generic kernels (same operations), with every exp on 16 lanes:
+ * the rows' alphas together in one vector. */
+T_AVX512 static int softmax_rows_avx512(scores_t *S, int R, int nb, int nv, const float *vsc, float *m,
+                                        float *l, float *alpha) {
+    HC_ALIGNED float dm[16] = {0}, al[16];
+    for (int r = 0; r < R; ++r) {
+        const float mb = maxn_avx512(S[r], nb);
+        if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;
+        const float mnew = m[r] > mb ? m[r] : mb;
+        dm[r] = m[r] - mnew; /* m = -inf on the first block: exp(-inf) = 0 */
+        m[r] = mnew;
+        const __m512 mv = _mm512_set1_ps(mnew);
+        for (int j = 0; j < nv; j += 16)
+            _mm512_store_ps(S[r] + j, exp16_avx512(_mm512_sub_ps(_mm512_load_ps(S[r] + j), mv)));
+    }
+    _mm512_store_ps(al, exp16_avx512(_mm512_load_ps(dm)));
+    for (int r = 0; r < R; ++r) alpha[r] = al[r];
+    lsum_rows(S, R, nb, l, alpha);
+    if (vsc)
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < nv; j += 16)
+                _mm512_store_ps(S[r] + j, _mm512_mul_ps(_mm512_load_ps(S[r] + j), _mm512_load_ps(vsc + j)));
+    return HC_OK;
+}
+
+/* The activation rule of the generic kernels on 16 lanes: amax on the bits, rint by the 1.5*2^23
+ * trick, the clamp as max(-127, y) then min(127, .) (both keep a NaN y, as the C ternaries do), and
+ * a NaN code stored as 0 (what the C conversion gives). */
+T_AVX512 static int quant_rows_avx512(const float *x, int64_t rows, int hd, int hdq, float c, int8_t *qq,
+                                      int32_t *qsum, float *qsc) {
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 magic = _mm512_set1_ps(0x1.8p23f), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *xr = x + r * hd;
+        __m512i mx = _mm512_setzero_si512();
+        for (int d = 0; d < hd; d += 16) {
+            const __mmask16 m = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
+            mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, xr + d), absmask));
+        }
+        const uint32_t mxs = _mm512_reduce_max_epu32(mx);
+        if (mxs >= 0x7f800000u) return HC_ENONFINITE;
+        const float amax = hc__u2f(mxs);
+        const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        int8_t *o = qq + r * hdq;
+        __m512i sum = _mm512_setzero_si512();
+        for (int d = 0; d < hdq; d += 16) { /* lanes past hd load 0: code 0 */
+            const int left = hd - d;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + d), inv);
+            y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+            y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
+            const __m512i code = _mm512_maskz_cvttps_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);
+            _mm_storeu_si128((__m128i *)(o + d), _mm512_cvtepi32_epi8(code));
+            sum = _mm512_add_epi32(sum, code);
+        }
+        qsum[r] = _mm512_reduce_add_epi32(sum);
+        qsc[r] = (amax / 127.0f) * c;
+    }
+    return HC_OK;
 }
 
 HC_GENERIC_KERNELS(avx512, T_AVX512)
