@@ -161,7 +161,7 @@ static void *scratch_get(size_t bytes, void **owned) {
         }                                                                                          \
         return mx >= 0x7f800000u ? HC_ENONFINITE : HC_OK;                                          \
     }                                                                                              \
-    /* R heads of one query (int8 codes qq, rows hdq apart) against block B of which the query      \
+    /* R heads of one query (int8 codes qq, rows hdq apart) against block B of which the query     \
      * sees the first nb keys: scores, softmax step and P.V into the rows' state. */               \
     ATTR static int rows_i8_##SUF(const block *B, const int8_t *qq, const int32_t *qsum,           \
                                   const float *qsc, int R, int nb, float *m, float *l,             \
@@ -180,7 +180,7 @@ static void *scratch_get(size_t bytes, void **owned) {
         pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
         return HC_OK;                                                                              \
     }                                                                                              \
-    /* The same for the fp16 cache: float q rows (hd apart), scores lane_sum(q * K) * c. */         \
+    /* The same for the fp16 cache: float q rows (hd apart), scores lane_sum(q * K) * c. */        \
     ATTR static int rows_f16_##SUF(const block *B, const float *q, float c, int R, int nb,         \
                                    float *m, float *l, float *acc) {                               \
         HC_ALIGNED scores_t S[RMAX];                                                               \
@@ -203,7 +203,7 @@ static void *scratch_get(size_t bytes, void **owned) {
  * taken on the bits: for non-negative floats the uint32 order is the float order, and inf/NaN have
  * the largest patterns.  rint is the 1.5*2^23 trick, equal to rintf for |y| <= 2^22; here
  * |x * inv| <= 127.00002, or inf/NaN when 127/amax overflows, where both agree as well. */
-#define HC_GENERIC_QUANT_SOFTMAX(SUF, ATTR)                                                         \
+#define HC_GENERIC_QUANT(SUF, ATTR)                                                                \
     ATTR static int quant_rows_##SUF(const float *x, int64_t rows, int hd, int hdq, float c,       \
                                      int8_t *qq, int32_t *qsum, float *qsc) {                      \
         for (int64_t r = 0; r < rows; ++r) {                                                       \
@@ -230,8 +230,10 @@ static void *scratch_get(size_t bytes, void **owned) {
             qsc[r] = (amax / 127.0f) * c;                                                          \
         }                                                                                          \
         return HC_OK;                                                                              \
-    }                                                                                              \
-    /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite      \
+    }
+
+#define HC_GENERIC_SOFTMAX(SUF, ATTR)                                                              \
+    /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite     \
      * filler up to nv); on return it holds w_j = p_j * v_scale_j (p_j when vsc is NULL), m and l  \
      * are updated and alpha holds each row's accumulator factor. */                              \
     ATTR static int softmax_rows_##SUF(scores_t *S, int R, int nb, int nv, const float *vsc,       \
@@ -356,7 +358,8 @@ static void pv_rows_scalar(float *acc, const block *B, const float *alpha, const
     pv_span(acc, B, alpha, W, R, nb, 0);
 }
 
-HC_GENERIC_QUANT_SOFTMAX(scalar, )
+HC_GENERIC_QUANT(scalar, )
+HC_GENERIC_SOFTMAX(scalar, )
 HC_GENERIC_KERNELS(scalar, )
 
 #if HC_X86
@@ -510,7 +513,56 @@ T_AVX2 static void pv_rows_avx2(float *acc, const block *B, const float *alpha, 
     }
 }
 
-HC_GENERIC_QUANT_SOFTMAX(avx2, T_AVX2)
+/* hc__exp on 8 lanes, bit for bit (as exp16_avx512: same operations, range cases by masks). */
+T_AVX2 HC_INLINE __m256 exp8_avx2(__m256 x) {
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    const __m256 lo = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __m256 hi = _mm256_cmp_ps(x, _mm256_set1_ps(88.0f), _CMP_GT_OQ);
+    const __m256 xc = _mm256_andnot_ps(_mm256_or_ps(nan, _mm256_or_ps(lo, hi)), x);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(0x1.715476p+0f)), magic), magic);
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(0x1.63p-1f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-0x1.bd0106p-13f)));
+    const __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(0x1.a0d2cep-13f), r), _mm256_set1_ps(0x1.6e879cp-10f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.111210p-7f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.555382p-5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.555554p-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, z), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_andnot_ps(lo, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), hi);
+    return _mm256_blendv_ps(y, x, nan);
+}
+
+/* The online-softmax step of the generic kernels (same operations), exps on 8 lanes, the rows'
+ * alphas together in one vector. */
+T_AVX2 static int softmax_rows_avx2(scores_t *S, int R, int nb, int nv, const float *vsc, float *m,
+                                    float *l, float *alpha) {
+    HC_ALIGNED float dm[8] = {0}, al[8];
+    for (int r = 0; r < R; ++r) {
+        const float mb = maxn_avx2(S[r], nb);
+        if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;
+        const float mnew = m[r] > mb ? m[r] : mb;
+        dm[r] = m[r] - mnew; /* m = -inf on the first block: exp(-inf) = 0 */
+        m[r] = mnew;
+        const __m256 mv = _mm256_set1_ps(mnew);
+        for (int j = 0; j < nv; j += 8)
+            _mm256_store_ps(S[r] + j, exp8_avx2(_mm256_sub_ps(_mm256_load_ps(S[r] + j), mv)));
+    }
+    _mm256_store_ps(al, exp8_avx2(_mm256_load_ps(dm)));
+    for (int r = 0; r < R; ++r) alpha[r] = al[r];
+    lsum_rows(S, R, nb, l, alpha);
+    if (vsc)
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < nv; j += 8)
+                _mm256_store_ps(S[r] + j, _mm256_mul_ps(_mm256_load_ps(S[r] + j), _mm256_load_ps(vsc + j)));
+    return HC_OK;
+}
+
+HC_GENERIC_QUANT(avx2, T_AVX2)
 HC_GENERIC_KERNELS(avx2, T_AVX2)
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
