@@ -117,3 +117,23 @@ def test_threads_share_nothing():
     for i in range(4):
         for out in got[i]:
             np.testing.assert_array_equal(out, want[i])
+
+
+def test_unaligned_and_non_ndarray_query():
+    """The wrapper's fast path takes aligned float32 ndarrays; other buffers go the typed-memoryview
+    way and give the same bits (a misaligned array, a memoryview of q)."""
+    rng = np.random.default_rng(5)
+    cache = filled(rng, 3, 64, 100, "int8")
+    q = rng.standard_normal((5, 9, 64)).astype(np.float32)
+    raw = bytearray(q.nbytes + 1)
+    qm = np.frombuffer(raw, np.float32, count=q.size, offset=1).reshape(q.shape)
+    qm[...] = q
+    assert not qm.flags.aligned
+    want = oracle(q, cache, 95)
+    for name in ISAS:
+        hcemu.set_isa(name)
+        np.testing.assert_array_equal(attention(qm, cache, 0, 95), want, err_msg=name)
+        np.testing.assert_array_equal(attention(memoryview(q), cache, 0, 95), want, err_msg=name)
+        out = np.zeros((5, 9 * 64), np.float32)
+        assert attention(q, cache, 0, 95, out=memoryview(out)) is not None
+        np.testing.assert_array_equal(out, want, err_msg=name)
