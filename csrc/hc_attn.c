@@ -629,7 +629,8 @@ T_AVX512 HC_INLINE void transpose16_epi32(__m512i *r) {
 }
 
 /* K of the block for vpdpbusd: kt[c * BLK + j] = the four bytes K[j, 4c..4c+3] ^ 0x80, for
- * c < hdq/4 and all BLK keys (bytes past hd and keys past nb read as 0, stored as 0x80). */
+ * c < hdq/4 and keys j below nb rounded up to 16 (bytes past hd and keys past nb read as 0,
+ * stored as 0x80). */
 T_AVX512 static void prep_k_avx512(block *B, const int8_t *k, int nb) {
     const int hd = B->hd, hdq = B->hdq;
     int32_t *kt = (int32_t *)B->kx;
@@ -637,7 +638,7 @@ T_AVX512 static void prep_k_avx512(block *B, const int8_t *k, int nb) {
     for (int cc = 0; cc < hdq; cc += 64) {
         const int rem = hd - cc;
         const __mmask64 mb = rem >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rem) - 1);
-        for (int g = 0; g < BLK; g += 16) {
+        for (int g = 0; g < nb; g += 16) {
             __m512i r[16];
 #pragma GCC unroll 16
             for (int x = 0; x < 16; ++x) {
@@ -652,43 +653,49 @@ T_AVX512 static void prep_k_avx512(block *B, const int8_t *k, int nb) {
     }
 }
 
-/* q.k of R rows against all BLK keys: vpdpbusd on (K ^ 0x80) (unsigned) times q (signed), then
- * minus 128 * sum(q): exact integer arithmetic (docs/numerics.md). Each K vector serves R rows. */
+/* q.k of R rows against the first 16 * NG keys: vpdpbusd on (K ^ 0x80) (unsigned) times q (signed),
+ * then minus 128 * sum(q): exact integer arithmetic (docs/numerics.md). Each K vector serves R rows. */
 T_AVX512 HC_INLINE void qk_avx512_r(const block *B, const int8_t *qq, const int32_t *qsum, const int R,
-                                    dots_t *D) {
+                                    const int NG, dots_t *D) {
     const int hdq = B->hdq, C = hdq / 4;
     const int32_t *kt = (const int32_t *)B->kx;
     __m512i acc[RMAX][4];
     for (int r = 0; r < R; ++r)
-        for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_si512();
+        for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_setzero_si512();
     for (int c = 0; c < C; ++c) {
-        const __m512i k0 = _mm512_load_si512(kt + c * BLK), k1 = _mm512_load_si512(kt + c * BLK + 16);
-        const __m512i k2 = _mm512_load_si512(kt + c * BLK + 32), k3 = _mm512_load_si512(kt + c * BLK + 48);
+        __m512i kv[4];
+        for (int g = 0; g < NG; ++g) kv[g] = _mm512_load_si512(kt + c * BLK + 16 * g);
         for (int r = 0; r < R; ++r) {
             int32_t q4;
             memcpy(&q4, qq + (int64_t)r * hdq + 4 * c, 4);
             const __m512i qb = _mm512_set1_epi32(q4);
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], k0, qb);
-            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], k1, qb);
-            acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], k2, qb);
-            acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], k3, qb);
+            for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], kv[g], qb);
         }
     }
     for (int r = 0; r < R; ++r) {
         const __m512i corr = _mm512_set1_epi32(128 * qsum[r]);
-        for (int g = 0; g < 4; ++g)
+        for (int g = 0; g < NG; ++g)
             _mm512_store_si512(D[r] + 16 * g, _mm512_sub_epi32(acc[r][g], corr));
     }
 }
 
+#define HC_QK_AVX512_NG(R)                                                                          \
+    switch (ng) {                                                                                   \
+    case 1: qk_avx512_r(B, qq, qsum, R, 1, D); break;                                               \
+    case 2: qk_avx512_r(B, qq, qsum, R, 2, D); break;                                               \
+    case 3: qk_avx512_r(B, qq, qsum, R, 3, D); break;                                               \
+    default: qk_avx512_r(B, qq, qsum, R, 4, D);                                                     \
+    }
+
+/* D for the keys below nb rounded up to 16 (keys past nb give finite filler). */
 T_AVX512 static void qk_rows_avx512(const block *B, const int8_t *qq, const int32_t *qsum, int R,
                                     int nb, dots_t *D) {
-    (void)nb;
+    const int ng = (nb + 15) >> 4;
     switch (R) {
-    case 1: qk_avx512_r(B, qq, qsum, 1, D); break;
-    case 2: qk_avx512_r(B, qq, qsum, 2, D); break;
-    case 3: qk_avx512_r(B, qq, qsum, 3, D); break;
-    default: qk_avx512_r(B, qq, qsum, 4, D);
+    case 1: HC_QK_AVX512_NG(1) break;
+    case 2: HC_QK_AVX512_NG(2) break;
+    case 3: HC_QK_AVX512_NG(3) break;
+    default: HC_QK_AVX512_NG(4)
     }
 }
 
