@@ -129,7 +129,14 @@ static int scratch_key_ok;
 static __thread void *scratch_mem;
 static __thread size_t scratch_size;
 
-static void scratch_key_init(void) { scratch_key_ok = pthread_key_create(&scratch_key, free) == 0; }
+/* Runs in the ending thread: frees its buffer and forgets it. */
+static void scratch_release(void *p) {
+    free(p);
+    scratch_mem = NULL;
+    scratch_size = 0;
+}
+
+static void scratch_key_init(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_release) == 0; }
 
 /* 64-byte aligned scratch for one call.  Up to SCRATCH_KEEP bytes it is the calling thread's own
  * buffer, kept between calls (freed when the thread ends); a larger request gets its own block,
