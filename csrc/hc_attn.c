@@ -82,54 +82,240 @@ int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t p
     return HC_OK;
 }
 
-/* ---- q.k: exact int32 dot products of G int8 query vectors with nk int8 keys --------------------
- * D[a * BLK + j] = sum_d q[a*hd + d] * k[j*hd + d]. */
+/* ---- the streaming attention unit -------------------------------------------------------------
+ *
+ * docs/numerics.md fixes the arithmetic of each (query, head) row: its blocks in ascending order,
+ * and inside a block the score, online-softmax and P.V steps in a fixed order.  Rows are
+ * independent, so the work is arranged for the CPU: per chunk of up to QCHUNK queries, every
+ * (query, head) query vector is quantized once; then per kv head and per block of BLK keys, the
+ * block is prepared once (scales as float, K in the ISA's q.k layout, V as float when several
+ * queries share the block) and every query of the chunk that sees the block processes its G heads,
+ * RMAX rows at a time, against it: q.k, scores, softmax step and P.V with the rows' state (m, l and
+ * the hd-float accumulator).  The float loops are elementwise or sequential sums in the documented
+ * order on every ISA path, so all paths give the oracle's bits. */
 
-typedef void (*qk_fn)(const int8_t *q, const int16_t *q16, const int32_t *qsum, int G,
-                      const int8_t *k, int64_t nk, int hd, int32_t *D, int64_t ldd);
+#include <pthread.h>
 
-static void qk_i8_scalar(const int8_t *q, const int16_t *q16, const int32_t *qsum, int G,
-                         const int8_t *k, int64_t nk, int hd, int32_t *D, int64_t ldd) {
-    (void)q16; (void)qsum;
-    for (int64_t j = 0; j < nk; ++j) {
-        const int8_t *kj = k + j * hd;
-        for (int a = 0; a < G; ++a) {
-            const int8_t *qa = q + (int64_t)a * hd;
-            int32_t s = 0;
-            for (int d = 0; d < hd; ++d) s += (int32_t)qa[d] * (int32_t)kj[d];
-            D[a * ldd + j] = s;
+#define RMAX 4    /* rows (heads of one query) processed together: P.V shares each V load */
+#define QCHUNK 64 /* queries per chunk: bounds the row state to QCHUNK * G rows */
+#define HC_ALIGNED __attribute__((aligned(64)))
+#define HC_INLINE static inline __attribute__((always_inline))
+
+static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+typedef void (*cvt_f16_fn)(const uint16_t *h, int64_t n, float *out);
+
+/* One block of keys of one kv head, prepared once for every query that reads it. */
+typedef struct {
+    int hd, hdq, hd16;          /* head_dim; rounded up to 64 (q rows, AVX-512 layout) and to 16 */
+    HC_ALIGNED float ksc[BLK];  /* int8: K scales as float, 0 past the block's keys */
+    HC_ALIGNED float vsc[BLK];  /* int8: V scales as float, 0 past the block's keys */
+    const int8_t *k8, *v8;      /* int8: the block's rows in the cache (row stride hd) */
+    void *kx;                   /* int8: K in the ISA's q.k layout (scratch, BLK * hdq * 2 bytes) */
+    float *kf;                  /* fp16: K as float (scratch, BLK * hd) */
+    float *vbuf;                /* scratch for V as float (BLK * hd) */
+    const float *vf;            /* V as float (= vbuf), or NULL: P.V converts v8 on the fly */
+} block;
+
+typedef float scores_t[BLK];
+typedef int32_t dots_t[BLK];
+
+/* ---- per-thread scratch ---------------------------------------------------------------------- */
+
+#define SCRATCH_KEEP ((size_t)4 << 20) /* a thread keeps up to 4 MiB between calls */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+static __thread void *scratch_mem;
+static __thread size_t scratch_size;
+
+/* Runs in the ending thread: frees its buffer and forgets it. */
+static void scratch_release(void *p) {
+    free(p);
+    scratch_mem = NULL;
+    scratch_size = 0;
+}
+
+static void scratch_key_init(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_release) == 0; }
+
+/* 64-byte aligned scratch for one call.  Up to SCRATCH_KEEP bytes it is the calling thread's own
+ * buffer, kept between calls (freed when the thread ends); a larger request gets its own block,
+ * returned in *owned for the caller to free.  NULL when out of memory. */
+static void *scratch_get(size_t bytes, void **owned) {
+    *owned = NULL;
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (bytes > SCRATCH_KEEP) return *owned = aligned_alloc(64, bytes);
+    if (bytes <= scratch_size) return scratch_mem;
+    pthread_once(&scratch_once, scratch_key_init);
+    void *p = aligned_alloc(64, bytes);
+    if (!p) return NULL;
+    free(scratch_mem);
+    scratch_mem = p;
+    scratch_size = bytes;
+    if (scratch_key_ok) pthread_setspecific(scratch_key, p);
+    return p;
+}
+
+/* ---- generic kernels, compiled once per ISA so the compiler may use that ISA's vectors --------
+ * Every loop here is elementwise (any vector width gives the same bits) or a sequential sum. */
+
+#define HC_GENERIC_KERNELS(SUF, ATTR)                                                              \
+    ATTR static int check_finite_##SUF(const float *x, int64_t n) {                                \
+        uint32_t mx = 0;                                                                           \
+        for (int64_t i = 0; i < n; ++i) {                                                          \
+            const uint32_t u = hc__f2u(x[i]) & 0x7fffffffu;                                        \
+            mx = u > mx ? u : mx;                                                                  \
+        }                                                                                          \
+        return mx >= 0x7f800000u ? HC_ENONFINITE : HC_OK;                                          \
+    }                                                                                              \
+    /* R heads of one query (int8 codes qq, rows hdq apart) against block B of which the query     \
+     * sees the first nb keys: scores, softmax step and P.V into the rows' state. */               \
+    ATTR static int rows_i8_##SUF(const block *B, const int8_t *qq, const int32_t *qsum,           \
+                                  const float *qsc, int R, int nb, float *m, float *l,             \
+                                  float *acc) {                                                    \
+        HC_ALIGNED dots_t D[RMAX];                                                                 \
+        HC_ALIGNED scores_t S[RMAX];                                                               \
+        float alpha[RMAX] = {0};                                                                   \
+        const int nv = round_up(nb, 16);                                                           \
+        qk_rows_##SUF(B, qq, qsum, R, nb, D);                                                      \
+        for (int r = 0; r < R; ++r) {                                                              \
+            const float qs = qsc[r];                                                               \
+            for (int j = 0; j < nv; ++j) S[r][j] = ((float)D[r][j] * B->ksc[j]) * qs;              \
+        }                                                                                          \
+        int rc = softmax_rows_##SUF(S, R, nb, nv, B->vsc, m, l, alpha);                            \
+        if (rc != HC_OK) return rc;                                                                \
+        pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
+        return HC_OK;                                                                              \
+    }                                                                                              \
+    /* The same for the fp16 cache: float q rows (hd apart), scores lane_sum(q * K) * c. */        \
+    ATTR static int rows_f16_##SUF(const block *B, const float *q, float c, int R, int nb,         \
+                                   float *m, float *l, float *acc) {                               \
+        HC_ALIGNED scores_t S[RMAX];                                                               \
+        float alpha[RMAX] = {0};                                                                   \
+        const int nv = round_up(nb, 16);                                                           \
+        dot_rows_##SUF(q, R, B->kf, nb, B->hd, &S[0][0], BLK);                                     \
+        for (int r = 0; r < R; ++r) {                                                              \
+            for (int j = 0; j < nb; ++j) S[r][j] = S[r][j] * c;                                    \
+            for (int j = nb; j < nv; ++j) S[r][j] = 0.0f;                                          \
+        }                                                                                          \
+        int rc = softmax_rows_##SUF(S, R, nb, nv, NULL, m, l, alpha);                              \
+        if (rc != HC_OK) return rc;                                                                \
+        pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
+        return HC_OK;                                                                              \
+    }
+
+/* The quantizer and softmax step in plain C, for the paths without hand-written ones.
+ *
+ * The activation rule per row of hd floats (docs/numerics.md), codes zero-padded to hdq.  amax is
+ * taken on the bits: for non-negative floats the uint32 order is the float order, and inf/NaN have
+ * the largest patterns.  rint is the 1.5*2^23 trick, equal to rintf for |y| <= 2^22; here
+ * |x * inv| <= 127.00002, or inf/NaN when 127/amax overflows, where both agree as well. */
+#define HC_GENERIC_QUANT(SUF, ATTR)                                                                \
+    ATTR static int quant_rows_##SUF(const float *x, int64_t rows, int hd, int hdq, float c,       \
+                                     int8_t *qq, int32_t *qsum, float *qsc) {                      \
+        for (int64_t r = 0; r < rows; ++r) {                                                       \
+            const float *xr = x + r * hd;                                                          \
+            uint32_t mx = 0;                                                                       \
+            for (int d = 0; d < hd; ++d) {                                                         \
+                const uint32_t u = hc__f2u(xr[d]) & 0x7fffffffu;                                   \
+                mx = u > mx ? u : mx;                                                              \
+            }                                                                                      \
+            if (mx >= 0x7f800000u) return HC_ENONFINITE;                                           \
+            const float amax = hc__u2f(mx);                                                        \
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;                                  \
+            int8_t *o = qq + r * hdq;                                                              \
+            int32_t sum = 0;                                                                       \
+            for (int d = 0; d < hd; ++d) {                                                         \
+                float v = (xr[d] * inv + 0x1.8p23f) - 0x1.8p23f;                                   \
+                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                             \
+                const int8_t code = (int8_t)(int32_t)v;                                            \
+                o[d] = code;                                                                       \
+                sum += code;                                                                       \
+            }                                                                                      \
+            for (int d = hd; d < hdq; ++d) o[d] = 0;                                               \
+            qsum[r] = sum;                                                                         \
+            qsc[r] = (amax / 127.0f) * c;                                                          \
+        }                                                                                          \
+        return HC_OK;                                                                              \
+    }
+
+#define HC_GENERIC_SOFTMAX(SUF, ATTR)                                                              \
+    /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite     \
+     * filler up to nv); on return it holds w_j = p_j * v_scale_j (p_j when vsc is NULL), m and l  \
+     * are updated and alpha holds each row's accumulator factor. */                              \
+    ATTR static int softmax_rows_##SUF(scores_t *S, int R, int nb, int nv, const float *vsc,       \
+                                       float *m, float *l, float *alpha) {                         \
+        for (int r = 0; r < R; ++r) {                                                              \
+            const float mb = maxn_##SUF(S[r], nb);                                                 \
+            if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;                          \
+            const float mnew = m[r] > mb ? m[r] : mb;                                              \
+            alpha[r] = hc__exp(m[r] - mnew); /* m = -inf on the first block: exp(-inf) = 0 */      \
+            m[r] = mnew;                                                                           \
+            float *s = S[r];                                                                       \
+            for (int j = 0; j < nv; ++j) s[j] = hc__exp(s[j] - mnew);                              \
+        }                                                                                          \
+        lsum_rows(S, R, nb, l, alpha);                                                             \
+        if (vsc)                                                                                   \
+            for (int r = 0; r < R; ++r)                                                            \
+                for (int j = 0; j < nv; ++j) S[r][j] = S[r][j] * vsc[j];                           \
+        return HC_OK;                                                                              \
+    }
+
+/* l = l * alpha, then l = l + p_j for j ascending; the rows' sums run as independent chains. */
+HC_INLINE void lsum_rows(scores_t *S, int R, int nb, float *l, const float *alpha) {
+    float l0 = l[0] * alpha[0], l1 = 0.0f, l2 = 0.0f, l3 = 0.0f;
+    switch (R) {
+    case 1:
+        for (int j = 0; j < nb; ++j) l0 = l0 + S[0][j];
+        break;
+    case 2:
+        l1 = l[1] * alpha[1];
+        for (int j = 0; j < nb; ++j) { l0 = l0 + S[0][j]; l1 = l1 + S[1][j]; }
+        break;
+    case 3:
+        l1 = l[1] * alpha[1]; l2 = l[2] * alpha[2];
+        for (int j = 0; j < nb; ++j) { l0 = l0 + S[0][j]; l1 = l1 + S[1][j]; l2 = l2 + S[2][j]; }
+        break;
+    default:
+        l1 = l[1] * alpha[1]; l2 = l[2] * alpha[2]; l3 = l[3] * alpha[3];
+        for (int j = 0; j < nb; ++j) {
+            l0 = l0 + S[0][j]; l1 = l1 + S[1][j]; l2 = l2 + S[2][j]; l3 = l3 + S[3][j];
+        }
+    }
+    l[0] = l0;
+    if (R > 1) l[1] = l1;
+    if (R > 2) l[2] = l2;
+    if (R > 3) l[3] = l3;
+}
+
+/* P.V over dims [d0, hd) of R rows: acc_d = acc_d * alpha, then acc_d = acc_d + w_j * v[j, d]
+ * for j ascending (V as float, or int8 converted exactly). */
+static inline void pv_span(float *acc, const block *B, const float *alpha, const scores_t *W, int R,
+                           int nb, int d0) {
+    const int hd = B->hd;
+    for (int r = 0; r < R; ++r) {
+        float *ar = acc + (int64_t)r * hd;
+        const float al = alpha[r];
+        for (int d = d0; d < hd; ++d) ar[d] = ar[d] * al;
+        for (int j = 0; j < nb; ++j) {
+            const float wj = W[r][j];
+            if (B->vf) {
+                const float *vj = B->vf + (int64_t)j * hd;
+                for (int d = d0; d < hd; ++d) ar[d] = ar[d] + wj * vj[d];
+            } else {
+                const int8_t *vj = B->v8 + (int64_t)j * hd;
+                for (int d = d0; d < hd; ++d) ar[d] = ar[d] + wj * (float)vj[d];
+            }
         }
     }
 }
 
-/* ---- P.V: acc[d] = acc[d] + w[j] * float(v[j, d]) for j ascending (int8 V, scale folded in w) */
+/* ---- scalar path ----------------------------------------------------------------------------- */
 
-typedef void (*pv_i8_fn)(float *acc, const float *w, const int8_t *v, int64_t nk, int hd);
-typedef void (*pv_f32_fn)(float *acc, const float *w, const float *v, int64_t nk, int hd);
-typedef void (*cvt_f16_fn)(const uint16_t *h, int64_t n, float *out);
-typedef void (*dot_fn)(const float *q, int G, const float *k, int64_t nk, int hd, float *s,
-                       int64_t lds);
-
-static void pv_i8_scalar(float *acc, const float *w, const int8_t *v, int64_t nk, int hd) {
-    for (int64_t j = 0; j < nk; ++j) {
-        const float wj = w[j];
-        const int8_t *vj = v + j * hd;
-        for (int d = 0; d < hd; ++d) acc[d] = acc[d] + wj * (float)vj[d];
-    }
-}
-
-/* The float kernels of the fp16 cache: one C body, compiled for each target so the compiler may use
- * that target's vectors; the arithmetic is elementwise (P.V) or in the fixed 16-lane order (dot). */
-#define HC_FLOAT_KERNELS(SUF, ATTR)                                                                \
-    ATTR static void pv_f32_##SUF(float *acc, const float *w, const float *v, int64_t nk, int hd) { \
-        for (int64_t j = 0; j < nk; ++j) {                                                         \
-            const float wj = w[j];                                                                 \
-            const float *vj = v + j * hd;                                                          \
-            for (int d = 0; d < hd; ++d) acc[d] = acc[d] + wj * vj[d];                             \
-        }                                                                                          \
-    }                                                                                              \
-    ATTR static void dot_f32_##SUF(const float *q, int G, const float *k, int64_t nk, int hd,      \
-                                   float *s, int64_t lds) {                                        \
+/* fp16 cache scores: 16-lane float dots (lane l sums d = l mod 16 ascending, fold 8, 4, 2, 1). */
+#define HC_DOT16(SUF, ATTR)                                                                        \
+    ATTR static void dot16_##SUF(const float *q, int G, const float *k, int64_t nk, int hd,        \
+                                 float *s, int64_t lds) {                                          \
         for (int64_t j = 0; j < nk; ++j)                                                           \
             for (int a = 0; a < G; ++a) {                                                          \
                 const float *qa = q + (int64_t)a * hd, *kj = k + j * hd;                           \
@@ -142,21 +328,56 @@ static void pv_i8_scalar(float *acc, const float *w, const int8_t *v, int64_t nk
             }                                                                                      \
     }
 
-HC_FLOAT_KERNELS(scalar, )
+HC_DOT16(scalar, )
+#define dot_rows_scalar dot16_scalar
 
 static void cvt_f16_scalar(const uint16_t *h, int64_t n, float *out) {
     for (int64_t i = 0; i < n; ++i) out[i] = hc__f16_to_f32(h[i]);
 }
 
+static void prep_k_scalar(block *B, const int8_t *k, int nb) { (void)B; (void)k; (void)nb; }
+
+/* D[r][j] = sum_d q[r, d] * K[j, d] exactly, for j < nb; 0 from nb up to a multiple of 16. */
+static void qk_rows_scalar(const block *B, const int8_t *qq, const int32_t *qsum, int R, int nb,
+                           dots_t *D) {
+    (void)qsum;
+    const int hd = B->hd, hdq = B->hdq, nv = round_up(nb, 16);
+    for (int r = 0; r < R; ++r) {
+        const int8_t *qr = qq + (int64_t)r * hdq;
+        for (int j = 0; j < nb; ++j) {
+            const int8_t *kj = B->k8 + (int64_t)j * hd;
+            int32_t s = 0;
+            for (int d = 0; d < hd; ++d) s += (int32_t)qr[d] * (int32_t)kj[d];
+            D[r][j] = s;
+        }
+        for (int j = nb; j < nv; ++j) D[r][j] = 0;
+    }
+}
+
+static inline float maxn_scalar(const float *s, int nb) {
+    float mb = -INFINITY;
+    for (int j = 0; j < nb; ++j) mb = s[j] > mb ? s[j] : mb;
+    return mb;
+}
+
+static void pv_rows_scalar(float *acc, const block *B, const float *alpha, const scores_t *W, int R,
+                           int nb) {
+    pv_span(acc, B, alpha, W, R, nb, 0);
+}
+
+HC_GENERIC_QUANT(scalar, )
+HC_GENERIC_SOFTMAX(scalar, )
+HC_GENERIC_KERNELS(scalar, )
+
 #if HC_X86
 #define T_AVX2 __attribute__((target("avx2,f16c")))
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-HC_FLOAT_KERNELS(avx2, T_AVX2)
-HC_FLOAT_KERNELS(avx512, T_AVX512)
+/* ---- AVX2 path ------------------------------------------------------------------------------- */
 
-/* 16-lane float dots with the fold 8, 4, 2, 1 of hc__fold16, in registers. Lanes past hd are
- * loaded as zeros: they add +0 to lanes that never hold -0, which leaves them unchanged. */
+HC_DOT16(avx2, T_AVX2)
+
+/* 16-lane float dots with the fold 8, 4, 2, 1 of hc__fold16, in registers. */
 T_AVX2 static inline float fold8x2_avx2(__m256 lo, __m256 hi) {
     __m256 a = _mm256_add_ps(lo, hi);                                         /* l + 8 */
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* l + 4 */
@@ -165,9 +386,9 @@ T_AVX2 static inline float fold8x2_avx2(__m256 lo, __m256 hi) {
     return _mm_cvtss_f32(b);
 }
 
-T_AVX2 static void dot_f32_avx2_x(const float *q, int G, const float *k, int64_t nk, int hd,
-                                  float *s, int64_t lds) {
-    if (hd % 16) { dot_f32_avx2(q, G, k, nk, hd, s, lds); return; }
+T_AVX2 static void dot_rows_avx2(const float *q, int G, const float *k, int64_t nk, int hd, float *s,
+                                 int64_t lds) {
+    if (hd % 16) { dot16_avx2(q, G, k, nk, hd, s, lds); return; }
     for (int a = 0; a < G; ++a) {
         const float *qa = q + (int64_t)a * hd;
         for (int64_t j = 0; j < nk; ++j) {
@@ -182,8 +403,179 @@ T_AVX2 static void dot_f32_avx2_x(const float *q, int G, const float *k, int64_t
     }
 }
 
-T_AVX512 static void dot_f32_avx512_x(const float *q, int G, const float *k, int64_t nk, int hd,
-                                      float *s, int64_t lds) {
+T_AVX2 static void cvt_f16_avx2(const uint16_t *h, int64_t n, float *out) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; ++i) out[i] = hc__f16_to_f32(h[i]);
+}
+
+/* K of the block as int16 rows of hd16 values (zero-padded), zero rows up to a multiple of 16. */
+T_AVX2 static void prep_k_avx2(block *B, const int8_t *k, int nb) {
+    const int hd = B->hd, hd16 = B->hd16, full = hd / 16 * 16;
+    int16_t *k16 = (int16_t *)B->kx;
+    for (int j = 0; j < nb; ++j) {
+        const int8_t *kj = k + (int64_t)j * hd;
+        int16_t *o = k16 + (int64_t)j * hd16;
+        int d = 0;
+        for (; d < full; d += 16)
+            _mm256_storeu_si256((__m256i *)(o + d),
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(kj + d))));
+        for (; d < hd; ++d) o[d] = kj[d];
+        for (; d < hd16; ++d) o[d] = 0;
+    }
+    const int nv = round_up(nb, 16);
+    if (nb < nv) memset(k16 + (int64_t)nb * hd16, 0, sizeof(int16_t) * (size_t)(nv - nb) * hd16);
+}
+
+/* (sum a0, ..., sum a7) of eight int32 vectors. */
+T_AVX2 static inline __m256i hsum8_epi32(__m256i a0, __m256i a1, __m256i a2, __m256i a3, __m256i a4,
+                                         __m256i a5, __m256i a6, __m256i a7) {
+    const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a4, a5), _mm256_hadd_epi32(a6, a7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                            _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* q.k with vpmaddwd on sign-extended int16 (exact), eight keys per step. */
+T_AVX2 static void qk_rows_avx2(const block *B, const int8_t *qq, const int32_t *qsum, int R, int nb,
+                                dots_t *D) {
+    (void)qsum;
+    const int hd16 = B->hd16, hdq = B->hdq, nv = round_up(nb, 16);
+    const int16_t *k16 = (const int16_t *)B->kx;
+    for (int r = 0; r < R; ++r) {
+        const int8_t *qr = qq + (int64_t)r * hdq;
+        for (int j0 = 0; j0 < nv; j0 += 8) {
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+                    a7 = a0;
+            const int16_t *kp = k16 + (int64_t)j0 * hd16;
+            for (int d = 0; d < hd16; d += 16) {
+                const __m256i qv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(qr + d)));
+#define HC_MADD(A, J) A = _mm256_add_epi32(A, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(kp + (J) * hd16 + d)), qv))
+                HC_MADD(a0, 0); HC_MADD(a1, 1); HC_MADD(a2, 2); HC_MADD(a3, 3);
+                HC_MADD(a4, 4); HC_MADD(a5, 5); HC_MADD(a6, 6); HC_MADD(a7, 7);
+#undef HC_MADD
+            }
+            _mm256_storeu_si256((__m256i *)(D[r] + j0), hsum8_epi32(a0, a1, a2, a3, a4, a5, a6, a7));
+        }
+    }
+}
+
+T_AVX2 static inline float maxn_avx2(const float *s, int nb) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 8 <= nb; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    float mb = _mm_cvtss_f32(h);
+    for (; j < nb; ++j) mb = s[j] > mb ? s[j] : mb;
+    return mb;
+}
+
+/* P.V of R rows, 16 dims (two vectors per row) at a time; V loaded once for the R rows. */
+T_AVX2 HC_INLINE void pv_avx2_r(float *acc, const block *B, const float *alpha, const scores_t *W,
+                                const int R, int nb, const int use_vf) {
+    const int hd = B->hd;
+    int d0 = 0;
+    for (; d0 + 16 <= hd; d0 += 16) {
+        __m256 a[RMAX][2];
+        for (int r = 0; r < R; ++r) {
+            const __m256 al = _mm256_set1_ps(alpha[r]);
+            a[r][0] = _mm256_mul_ps(_mm256_loadu_ps(acc + (int64_t)r * hd + d0), al);
+            a[r][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + (int64_t)r * hd + d0 + 8), al);
+        }
+        for (int j = 0; j < nb; ++j) {
+            __m256 v0, v1;
+            if (use_vf) {
+                v0 = _mm256_loadu_ps(B->vf + (int64_t)j * hd + d0);
+                v1 = _mm256_loadu_ps(B->vf + (int64_t)j * hd + d0 + 8);
+            } else {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(B->v8 + (int64_t)j * hd + d0));
+                v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+            }
+            for (int r = 0; r < R; ++r) {
+                const __m256 w = _mm256_set1_ps(W[r][j]);
+                a[r][0] = _mm256_add_ps(a[r][0], _mm256_mul_ps(w, v0));
+                a[r][1] = _mm256_add_ps(a[r][1], _mm256_mul_ps(w, v1));
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            _mm256_storeu_ps(acc + (int64_t)r * hd + d0, a[r][0]);
+            _mm256_storeu_ps(acc + (int64_t)r * hd + d0 + 8, a[r][1]);
+        }
+    }
+    if (d0 < hd) pv_span(acc, B, alpha, W, R, nb, d0);
+}
+
+T_AVX2 static void pv_rows_avx2(float *acc, const block *B, const float *alpha, const scores_t *W,
+                                int R, int nb) {
+    const int f = B->vf != NULL;
+    switch (R) {
+    case 1: f ? pv_avx2_r(acc, B, alpha, W, 1, nb, 1) : pv_avx2_r(acc, B, alpha, W, 1, nb, 0); break;
+    case 2: f ? pv_avx2_r(acc, B, alpha, W, 2, nb, 1) : pv_avx2_r(acc, B, alpha, W, 2, nb, 0); break;
+    case 3: f ? pv_avx2_r(acc, B, alpha, W, 3, nb, 1) : pv_avx2_r(acc, B, alpha, W, 3, nb, 0); break;
+    default: f ? pv_avx2_r(acc, B, alpha, W, 4, nb, 1) : pv_avx2_r(acc, B, alpha, W, 4, nb, 0);
+    }
+}
+
+/* hc__exp on 8 lanes, bit for bit (as exp16_avx512: same operations, range cases by masks). */
+T_AVX2 HC_INLINE __m256 exp8_avx2(__m256 x) {
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    const __m256 lo = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __m256 hi = _mm256_cmp_ps(x, _mm256_set1_ps(88.0f), _CMP_GT_OQ);
+    const __m256 xc = _mm256_andnot_ps(_mm256_or_ps(nan, _mm256_or_ps(lo, hi)), x);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(0x1.715476p+0f)), magic), magic);
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(0x1.63p-1f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-0x1.bd0106p-13f)));
+    const __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(0x1.a0d2cep-13f), r), _mm256_set1_ps(0x1.6e879cp-10f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.111210p-7f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.555382p-5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0x1.555554p-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, z), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_andnot_ps(lo, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), hi);
+    return _mm256_blendv_ps(y, x, nan);
+}
+
+/* The online-softmax step of the generic kernels (same operations), exps on 8 lanes, the rows'
+ * alphas together in one vector. */
+T_AVX2 static int softmax_rows_avx2(scores_t *S, int R, int nb, int nv, const float *vsc, float *m,
+                                    float *l, float *alpha) {
+    HC_ALIGNED float dm[8] = {0}, al[8];
+    for (int r = 0; r < R; ++r) {
+        const float mb = maxn_avx2(S[r], nb);
+        if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;
+        const float mnew = m[r] > mb ? m[r] : mb;
+        dm[r] = m[r] - mnew; /* m = -inf on the first block: exp(-inf) = 0 */
+        m[r] = mnew;
+        const __m256 mv = _mm256_set1_ps(mnew);
+        for (int j = 0; j < nv; j += 8)
+            _mm256_store_ps(S[r] + j, exp8_avx2(_mm256_sub_ps(_mm256_load_ps(S[r] + j), mv)));
+    }
+    _mm256_store_ps(al, exp8_avx2(_mm256_load_ps(dm)));
+    for (int r = 0; r < R; ++r) alpha[r] = al[r];
+    lsum_rows(S, R, nb, l, alpha);
+    if (vsc)
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < nv; j += 8)
+                _mm256_store_ps(S[r] + j, _mm256_mul_ps(_mm256_load_ps(S[r] + j), _mm256_load_ps(vsc + j)));
+    return HC_OK;
+}
+
+HC_GENERIC_QUANT(avx2, T_AVX2)
+HC_GENERIC_KERNELS(avx2, T_AVX2)
+
+/* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
+
+T_AVX512 static void dot_rows_avx512(const float *q, int G, const float *k, int64_t nk, int hd,
+                                     float *s, int64_t lds) {
     for (int a = 0; a < G; ++a) {
         const float *qa = q + (int64_t)a * hd;
         for (int64_t j = 0; j < nk; ++j) {
@@ -195,6 +587,7 @@ T_AVX512 static void dot_f32_avx512_x(const float *q, int G, const float *k, int
                 acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, qa + d),
                                                        _mm512_maskz_loadu_ps(m, kj + d)));
             }
+            /* fold 8, 4, 2, 1; lanes past hd added +0 to lanes that never hold -0 */
             __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc),
                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
             __m128 b = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -205,254 +598,362 @@ T_AVX512 static void dot_f32_avx512_x(const float *q, int G, const float *k, int
     }
 }
 
-T_AVX2 static inline int32_t hsum256_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* AVX2: sign-extend to int16 and multiply-add pairs into int32 (vpmaddwd): exact. */
-T_AVX2 static void qk_i8_avx2(const int8_t *q, const int16_t *q16, const int32_t *qsum, int G,
-                              const int8_t *k, int64_t nk, int hd, int32_t *D, int64_t ldd) {
-    if (hd % 16) { qk_i8_scalar(q, q16, qsum, G, k, nk, hd, D, ldd); return; }
-    for (int64_t j = 0; j < nk; ++j) {
-        const int8_t *kj = k + j * hd;
-        for (int a = 0; a < G; ++a) {
-            const int16_t *qa = q16 + (int64_t)a * hd;
-            __m256i acc = _mm256_setzero_si256();
-            for (int d = 0; d < hd; d += 16) {
-                __m256i kv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(kj + d)));
-                __m256i qv = _mm256_loadu_si256((const __m256i *)(qa + d));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(kv, qv));
-            }
-            D[a * ldd + j] = hsum256_epi32(acc);
-        }
-    }
-}
-
-T_AVX2 static void pv_i8_avx2(float *acc, const float *w, const int8_t *v, int64_t nk, int hd) {
-    int d0 = 0;
-    for (; d0 + 32 <= hd; d0 += 32) {
-        __m256 a0 = _mm256_loadu_ps(acc + d0), a1 = _mm256_loadu_ps(acc + d0 + 8);
-        __m256 a2 = _mm256_loadu_ps(acc + d0 + 16), a3 = _mm256_loadu_ps(acc + d0 + 24);
-        for (int64_t j = 0; j < nk; ++j) {
-            const int8_t *vj = v + j * hd + d0;
-            __m256 wj = _mm256_set1_ps(w[j]);
-            __m256i b = _mm256_loadu_si256((const __m256i *)vj);
-            __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
-            __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-            __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-            __m256 v2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-            __m256 v3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(wj, v0));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(wj, v1));
-            a2 = _mm256_add_ps(a2, _mm256_mul_ps(wj, v2));
-            a3 = _mm256_add_ps(a3, _mm256_mul_ps(wj, v3));
-        }
-        _mm256_storeu_ps(acc + d0, a0); _mm256_storeu_ps(acc + d0 + 8, a1);
-        _mm256_storeu_ps(acc + d0 + 16, a2); _mm256_storeu_ps(acc + d0 + 24, a3);
-    }
-    if (d0 < hd) {
-        for (int64_t j = 0; j < nk; ++j) {
-            const float wj = w[j];
-            const int8_t *vj = v + j * hd;
-            for (int d = d0; d < hd; ++d) acc[d] = acc[d] + wj * (float)vj[d];
-        }
-    }
-}
-
-T_AVX2 static void cvt_f16_avx2(const uint16_t *h, int64_t n, float *out) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-    for (; i < n; ++i) out[i] = hc__f16_to_f32(h[i]);
-}
-
-/* AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the key bytes are offset by 128
- * (b ^ 0x80) and 128 * sum(q) is subtracted: exact integer arithmetic (docs/numerics.md). */
-T_AVX512 static inline __m512i dp_key(__m512i acc, const int8_t *kj, const int8_t *qa, int hd) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int d = 0; d < hd; d += 64) {
-        int rem = hd - d;
-        __mmask64 m = rem >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rem) - 1);
-        __m512i kx = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, kj + d), flip);
-        __m512i qv = _mm512_maskz_loadu_epi8(m, qa + d); /* 0 past hd: no contribution */
-        acc = _mm512_dpbusd_epi32(acc, kx, qv);
-    }
-    return acc;
-}
-
-/* Horizontal sums of four int32 vectors: returns (sum a0, sum a1, sum a2, sum a3). */
-T_AVX512 static inline __m128i hsum4_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
-    __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
-    __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
-    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-/* AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the key bytes are offset by 128
- * (b ^ 0x80) and 128 * sum(q) is subtracted: exact integer arithmetic (docs/numerics.md). Keys go
- * four at a time so one transposing reduction serves four dot products. */
-T_AVX512 static void qk_i8_avx512(const int8_t *q, const int16_t *q16, const int32_t *qsum, int G,
-                                  const int8_t *k, int64_t nk, int hd, int32_t *D, int64_t ldd) {
-    (void)q16;
-    for (int a = 0; a < G; ++a) {
-        const int8_t *qa = q + (int64_t)a * hd;
-        const __m128i corr = _mm_set1_epi32(128 * qsum[a]);
-        int64_t j = 0;
-        for (; j + 4 <= nk; j += 4) {
-            const int8_t *kj = k + j * hd;
-            __m512i a0 = dp_key(_mm512_setzero_si512(), kj, qa, hd);
-            __m512i a1 = dp_key(_mm512_setzero_si512(), kj + hd, qa, hd);
-            __m512i a2 = dp_key(_mm512_setzero_si512(), kj + 2 * hd, qa, hd);
-            __m512i a3 = dp_key(_mm512_setzero_si512(), kj + 3 * hd, qa, hd);
-            _mm_storeu_si128((__m128i *)(D + a * ldd + j), _mm_sub_epi32(hsum4_epi32(a0, a1, a2, a3), corr));
-        }
-        for (; j < nk; ++j)
-            D[a * ldd + j] = _mm512_reduce_add_epi32(dp_key(_mm512_setzero_si512(), k + j * hd, qa, hd)) -
-                             128 * qsum[a];
-    }
-}
-
-T_AVX512 static void pv_i8_avx512(float *acc, const float *w, const int8_t *v, int64_t nk, int hd) {
-    int d0 = 0;
-    for (; d0 + 64 <= hd; d0 += 64) {
-        __m512 a0 = _mm512_loadu_ps(acc + d0), a1 = _mm512_loadu_ps(acc + d0 + 16);
-        __m512 a2 = _mm512_loadu_ps(acc + d0 + 32), a3 = _mm512_loadu_ps(acc + d0 + 48);
-        for (int64_t j = 0; j < nk; ++j) {
-            const int8_t *vj = v + j * hd + d0;
-            __m512 wj = _mm512_set1_ps(w[j]);
-            __m512 v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)vj)));
-            __m512 v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 16))));
-            __m512 v2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 32))));
-            __m512 v3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 48))));
-            a0 = _mm512_add_ps(a0, _mm512_mul_ps(wj, v0));
-            a1 = _mm512_add_ps(a1, _mm512_mul_ps(wj, v1));
-            a2 = _mm512_add_ps(a2, _mm512_mul_ps(wj, v2));
-            a3 = _mm512_add_ps(a3, _mm512_mul_ps(wj, v3));
-        }
-        _mm512_storeu_ps(acc + d0, a0); _mm512_storeu_ps(acc + d0 + 16, a1);
-        _mm512_storeu_ps(acc + d0 + 32, a2); _mm512_storeu_ps(acc + d0 + 48, a3);
-    }
-    for (; d0 + 16 <= hd; d0 += 16) {
-        __m512 a0 = _mm512_loadu_ps(acc + d0);
-        for (int64_t j = 0; j < nk; ++j) {
-            __m512 v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                _mm_loadu_si128((const __m128i *)(v + j * hd + d0))));
-            a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_set1_ps(w[j]), v0));
-        }
-        _mm512_storeu_ps(acc + d0, a0);
-    }
-    if (d0 < hd) {
-        for (int64_t j = 0; j < nk; ++j) {
-            const float wj = w[j];
-            const int8_t *vj = v + j * hd;
-            for (int d = d0; d < hd; ++d) acc[d] = acc[d] + wj * (float)vj[d];
-        }
-    }
-}
-
 T_AVX512 static void cvt_f16_avx512(const uint16_t *h, int64_t n, float *out) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
     for (; i < n; ++i) out[i] = hc__f16_to_f32(h[i]);
 }
+
+/* Transpose a 16 x 16 matrix of int32 held in r[0..15] (row i = r[i]). */
+T_AVX512 HC_INLINE void transpose16_epi32(__m512i *r) {
+    __m512i t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 4) { /* r[i + e], 128-bit lane L: rows i..i+3 of column 4L + e */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+        const __m512i a = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x88);  /* lanes 0, 2 */
+        const __m512i b = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xdd);  /* lanes 1, 3 */
+        const __m512i c = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x88);
+        const __m512i d = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xdd);
+        t[e] = _mm512_shuffle_i32x4(a, c, 0x88);       /* column e      */
+        t[8 + e] = _mm512_shuffle_i32x4(a, c, 0xdd);   /* column 8 + e  */
+        t[4 + e] = _mm512_shuffle_i32x4(b, d, 0x88);   /* column 4 + e  */
+        t[12 + e] = _mm512_shuffle_i32x4(b, d, 0xdd);  /* column 12 + e */
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/* K of the block for vpdpbusd: kt[c * BLK + j] = the four bytes K[j, 4c..4c+3] ^ 0x80, for
+ * c < hdq/4 and keys j below nb rounded up to 16 (bytes past hd and keys past nb read as 0,
+ * stored as 0x80). */
+T_AVX512 static void prep_k_avx512(block *B, const int8_t *k, int nb) {
+    const int hd = B->hd, hdq = B->hdq;
+    int32_t *kt = (int32_t *)B->kx;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int cc = 0; cc < hdq; cc += 64) {
+        const int rem = hd - cc;
+        const __mmask64 mb = rem >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rem) - 1);
+        for (int g = 0; g < nb; g += 16) {
+            __m512i r[16];
+#pragma GCC unroll 16
+            for (int x = 0; x < 16; ++x) {
+                const int j = g + x;
+                const __mmask64 m = j < nb ? mb : 0;
+                r[x] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, k + (int64_t)j * hd + cc), flip);
+            }
+            transpose16_epi32(r);
+#pragma GCC unroll 16
+            for (int x = 0; x < 16; ++x) _mm512_store_si512(kt + (cc / 4 + x) * BLK + g, r[x]);
+        }
+    }
+}
+
+/* q.k of R rows against the first 16 * NG keys: vpdpbusd on (K ^ 0x80) (unsigned) times q (signed),
+ * then minus 128 * sum(q): exact integer arithmetic (docs/numerics.md). Each K vector serves R rows. */
+T_AVX512 HC_INLINE void qk_avx512_r(const block *B, const int8_t *qq, const int32_t *qsum, const int R,
+                                    const int NG, dots_t *D) {
+    const int hdq = B->hdq, C = hdq / 4;
+    const int32_t *kt = (const int32_t *)B->kx;
+    __m512i acc[RMAX][4];
+    for (int r = 0; r < R; ++r)
+        for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_setzero_si512();
+    for (int c = 0; c < C; ++c) {
+        __m512i kv[4];
+        for (int g = 0; g < NG; ++g) kv[g] = _mm512_load_si512(kt + c * BLK + 16 * g);
+        for (int r = 0; r < R; ++r) {
+            int32_t q4;
+            memcpy(&q4, qq + (int64_t)r * hdq + 4 * c, 4);
+            const __m512i qb = _mm512_set1_epi32(q4);
+            for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], kv[g], qb);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const __m512i corr = _mm512_set1_epi32(128 * qsum[r]);
+        for (int g = 0; g < NG; ++g)
+            _mm512_store_si512(D[r] + 16 * g, _mm512_sub_epi32(acc[r][g], corr));
+    }
+}
+
+#define HC_QK_AVX512_NG(R)                                                                          \
+    switch (ng) {                                                                                   \
+    case 1: qk_avx512_r(B, qq, qsum, R, 1, D); break;                                               \
+    case 2: qk_avx512_r(B, qq, qsum, R, 2, D); break;                                               \
+    case 3: qk_avx512_r(B, qq, qsum, R, 3, D); break;                                               \
+    default: qk_avx512_r(B, qq, qsum, R, 4, D);                                                     \
+    }
+
+/* D for the keys below nb rounded up to 16 (keys past nb give finite filler). */
+T_AVX512 static void qk_rows_avx512(const block *B, const int8_t *qq, const int32_t *qsum, int R,
+                                    int nb, dots_t *D) {
+    const int ng = (nb + 15) >> 4;
+    switch (R) {
+    case 1: HC_QK_AVX512_NG(1) break;
+    case 2: HC_QK_AVX512_NG(2) break;
+    case 3: HC_QK_AVX512_NG(3) break;
+    default: HC_QK_AVX512_NG(4)
+    }
+}
+
+T_AVX512 static inline float maxn_avx512(const float *s, int nb) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= nb; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
+    if (j < nb) m = _mm512_mask_max_ps(m, (__mmask16)((1u << (nb - j)) - 1), m, _mm512_loadu_ps(s + j));
+    return _mm512_reduce_max_ps(m);
+}
+
+T_AVX512 HC_INLINE __m512 v16_avx512(const block *B, int j, int d, __mmask16 m, const int use_vf) {
+    if (use_vf) return _mm512_maskz_loadu_ps(m, B->vf + (int64_t)j * B->hd + d);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, B->v8 + (int64_t)j * B->hd + d)));
+}
+
+/* P.V of R rows, 64 dims (four vectors per row) at a time, then 16 (masked at the end); each V
+ * vector is loaded (and converted) once for the R rows. */
+T_AVX512 HC_INLINE void pv_avx512_r(float *acc, const block *B, const float *alpha, const scores_t *W,
+                                    const int R, int nb, const int use_vf) {
+    const int hd = B->hd;
+    int d0 = 0;
+    for (; d0 + 64 <= hd; d0 += 64) {
+        __m512 a[RMAX][4];
+        for (int r = 0; r < R; ++r) {
+            const __m512 al = _mm512_set1_ps(alpha[r]);
+            for (int x = 0; x < 4; ++x)
+                a[r][x] = _mm512_mul_ps(_mm512_loadu_ps(acc + (int64_t)r * hd + d0 + 16 * x), al);
+        }
+        for (int j = 0; j < nb; ++j) {
+            __m512 v[4];
+            for (int x = 0; x < 4; ++x) v[x] = v16_avx512(B, j, d0 + 16 * x, 0xffff, use_vf);
+            for (int r = 0; r < R; ++r) {
+                const __m512 w = _mm512_set1_ps(W[r][j]);
+                for (int x = 0; x < 4; ++x) a[r][x] = _mm512_add_ps(a[r][x], _mm512_mul_ps(w, v[x]));
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int x = 0; x < 4; ++x) _mm512_storeu_ps(acc + (int64_t)r * hd + d0 + 16 * x, a[r][x]);
+    }
+    for (; d0 < hd; d0 += 16) {
+        const int rem = hd - d0;
+        const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
+        __m512 a[RMAX];
+        for (int r = 0; r < R; ++r)
+            a[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + (int64_t)r * hd + d0), _mm512_set1_ps(alpha[r]));
+        for (int j = 0; j < nb; ++j) {
+            const __m512 v = v16_avx512(B, j, d0, m, use_vf);
+            for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], _mm512_mul_ps(_mm512_set1_ps(W[r][j]), v));
+        }
+        for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(acc + (int64_t)r * hd + d0, m, a[r]);
+    }
+}
+
+T_AVX512 static void pv_rows_avx512(float *acc, const block *B, const float *alpha, const scores_t *W,
+                                    int R, int nb) {
+    const int f = B->vf != NULL;
+    switch (R) {
+    case 1: f ? pv_avx512_r(acc, B, alpha, W, 1, nb, 1) : pv_avx512_r(acc, B, alpha, W, 1, nb, 0); break;
+    case 2: f ? pv_avx512_r(acc, B, alpha, W, 2, nb, 1) : pv_avx512_r(acc, B, alpha, W, 2, nb, 0); break;
+    case 3: f ? pv_avx512_r(acc, B, alpha, W, 3, nb, 1) : pv_avx512_r(acc, B, alpha, W, 3, nb, 0); break;
+    default: f ? pv_avx512_r(acc, B, alpha, W, 4, nb, 1) : pv_avx512_r(acc, B, alpha, W, 4, nb, 0);
+    }
+}
+
+/* hc__exp on 16 lanes, bit for bit: the same float operations in the same order, the range
+ * cases (x < -87 -> +0, x > 88 -> +inf, NaN -> x) applied by masks. */
+T_AVX512 HC_INLINE __m512 exp16_avx512(__m512 x) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.0f), _CMP_GT_OQ);
+    const __m512 xc = _mm512_mask_mov_ps(x, nan | lo | hi, _mm512_setzero_ps());
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(0x1.715476p+0f)), magic), magic);
+    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0x1.63p-1f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-0x1.bd0106p-13f)));
+    const __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(0x1.a0d2cep-13f), r), _mm512_set1_ps(0x1.6e879cp-10f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.111210p-7f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.555382p-5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0x1.555554p-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, z), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    y = _mm512_mask_mov_ps(y, lo, _mm512_setzero_ps());
+    y = _mm512_mask_mov_ps(y, hi, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(y, nan, x);
+}
+
+/* The online-softmax step of the generic kernels (same operations), with every exp on 16 lanes:
+ * the rows' alphas together in one vector. */
+T_AVX512 static int softmax_rows_avx512(scores_t *S, int R, int nb, int nv, const float *vsc, float *m,
+                                        float *l, float *alpha) {
+    HC_ALIGNED float dm[16] = {0}, al[16];
+    for (int r = 0; r < R; ++r) {
+        const float mb = maxn_avx512(S[r], nb);
+        if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;
+        const float mnew = m[r] > mb ? m[r] : mb;
+        dm[r] = m[r] - mnew; /* m = -inf on the first block: exp(-inf) = 0 */
+        m[r] = mnew;
+        const __m512 mv = _mm512_set1_ps(mnew);
+        for (int j = 0; j < nv; j += 16)
+            _mm512_store_ps(S[r] + j, exp16_avx512(_mm512_sub_ps(_mm512_load_ps(S[r] + j), mv)));
+    }
+    _mm512_store_ps(al, exp16_avx512(_mm512_load_ps(dm)));
+    for (int r = 0; r < R; ++r) alpha[r] = al[r];
+    lsum_rows(S, R, nb, l, alpha);
+    if (vsc)
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < nv; j += 16)
+                _mm512_store_ps(S[r] + j, _mm512_mul_ps(_mm512_load_ps(S[r] + j), _mm512_load_ps(vsc + j)));
+    return HC_OK;
+}
+
+/* The activation rule of the generic kernels on 16 lanes: amax on the bits, rint by the 1.5*2^23
+ * trick, the clamp as max(-127, y) then min(127, .) (both keep a NaN y, as the C ternaries do), and
+ * a NaN code stored as 0 (what the C conversion gives). */
+T_AVX512 static int quant_rows_avx512(const float *x, int64_t rows, int hd, int hdq, float c, int8_t *qq,
+                                      int32_t *qsum, float *qsc) {
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 magic = _mm512_set1_ps(0x1.8p23f), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *xr = x + r * hd;
+        __m512i mx = _mm512_setzero_si512();
+        for (int d = 0; d < hd; d += 16) {
+            const __mmask16 m = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
+            mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, xr + d), absmask));
+        }
+        const uint32_t mxs = _mm512_reduce_max_epu32(mx);
+        if (mxs >= 0x7f800000u) return HC_ENONFINITE;
+        const float amax = hc__u2f(mxs);
+        const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        int8_t *o = qq + r * hdq;
+        __m512i sum = _mm512_setzero_si512();
+        for (int d = 0; d < hdq; d += 16) { /* lanes past hd load 0: code 0 */
+            const int left = hd - d;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + d), inv);
+            y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+            y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
+            const __m512i code = _mm512_maskz_cvttps_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);
+            _mm_storeu_si128((__m128i *)(o + d), _mm512_cvtepi32_epi8(code));
+            sum = _mm512_add_epi32(sum, code);
+        }
+        qsum[r] = _mm512_reduce_add_epi32(sum);
+        qsc[r] = (amax / 127.0f) * c;
+    }
+    return HC_OK;
+}
+
+HC_GENERIC_KERNELS(avx512, T_AVX512)
 #endif /* HC_X86 */
 
+/* ---- dispatch -------------------------------------------------------------------------------- */
+
 typedef struct {
-    qk_fn qk;
-    pv_i8_fn pv_i8;
-    pv_f32_fn pv_f32;
-    dot_fn dot;
     cvt_f16_fn cvt;
+    int (*quant)(const float *x, int64_t rows, int hd, int hdq, float c, int8_t *qq, int32_t *qsum,
+                 float *qsc);
+    int (*check)(const float *x, int64_t n);
+    void (*prep_k)(block *B, const int8_t *k, int nb);
+    void (*qk)(const block *B, const int8_t *qq, const int32_t *qsum, int R, int nb, dots_t *D);
+    int (*rows_i8)(const block *B, const int8_t *qq, const int32_t *qsum, const float *qsc, int R,
+                   int nb, float *m, float *l, float *acc);
+    int (*rows_f16)(const block *B, const float *q, float c, int R, int nb, float *m, float *l,
+                    float *acc);
 } kernels;
 
+#define HC_KERNELS(SUF, CVT) \
+    {CVT, quant_rows_##SUF, check_finite_##SUF, prep_k_##SUF, qk_rows_##SUF, rows_i8_##SUF, rows_f16_##SUF}
+
 static kernels kernels_for(hc_isa isa) {
-    kernels k = {qk_i8_scalar, pv_i8_scalar, pv_f32_scalar, dot_f32_scalar, cvt_f16_scalar};
 #if HC_X86
     if (isa == HC_ISA_AVX2) {
-        k.qk = qk_i8_avx2; k.pv_i8 = pv_i8_avx2; k.pv_f32 = pv_f32_avx2; k.dot = dot_f32_avx2_x;
-        if (__builtin_cpu_supports("f16c")) k.cvt = cvt_f16_avx2;
-    } else if (isa == HC_ISA_AVX512VNNI) {
-        k.qk = qk_i8_avx512; k.pv_i8 = pv_i8_avx512; k.pv_f32 = pv_f32_avx512;
-        k.dot = dot_f32_avx512_x; k.cvt = cvt_f16_avx512;
+        kernels k = HC_KERNELS(avx2, cvt_f16_avx2);
+        if (!__builtin_cpu_supports("f16c")) k.cvt = cvt_f16_scalar;
+        return k;
     }
+    if (isa == HC_ISA_AVX512VNNI) return (kernels)HC_KERNELS(avx512, cvt_f16_avx512);
 #else
     (void)isa;
 #endif
-    return k;
+    return (kernels)HC_KERNELS(scalar, cvt_f16_scalar);
+}
+
+static void block_init(block *B, int hd, char *kx, float *kf, float *vbuf) {
+    B->hd = hd;
+    B->hdq = round_up(hd, 64);
+    B->hd16 = round_up(hd, 16);
+    B->kx = kx;
+    B->kf = kf;
+    B->vbuf = vbuf;
+    B->vf = NULL;
+    B->k8 = B->v8 = NULL;
+}
+
+/* Prepare an int8 block of nb keys (rows k, v; fp16 scales ks, vs; v and the scales may be NULL
+ * for q.k alone); V as float when want_vf (several queries share the block). */
+static void prep_i8(const kernels *K, block *B, const int8_t *k, const uint16_t *ks, const int8_t *v,
+                    const uint16_t *vs, int nb, int want_vf) {
+    const int hd = B->hd;
+    B->k8 = k;
+    B->v8 = v;
+    if (ks) {
+        K->cvt(ks, nb, B->ksc);
+        K->cvt(vs, nb, B->vsc);
+        for (int j = nb; j < BLK; ++j) B->ksc[j] = B->vsc[j] = 0.0f;
+    }
+    K->prep_k(B, k, nb);
+    B->vf = NULL;
+    if (want_vf && v) {
+        float *vf = B->vbuf;
+        for (int64_t e = 0; e < (int64_t)nb * hd; ++e) vf[e] = (float)v[e];
+        B->vf = vf;
+    }
+}
+
+static void prep_f16(const kernels *K, block *B, const uint16_t *k, const uint16_t *v, int nb) {
+    K->cvt(k, (int64_t)nb * B->hd, B->kf);
+    K->cvt(v, (int64_t)nb * B->hd, B->vbuf);
+    B->vf = B->vbuf;
 }
 
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out) {
-    if (n < 0 || hd <= 0 || (int)isa < 0 || isa >= HC_ISA_COUNT) return HC_EINVAL;
+    if (n < 0 || hd <= 0 || hd > HC_ATTN_MAX_HEAD_DIM || (int)isa < 0 || isa >= HC_ISA_COUNT)
+        return HC_EINVAL;
     if (!(hc_isa_supported() & (1u << isa))) return HC_EUNSUPPORTED;
-    int16_t *q16 = malloc(sizeof(int16_t) * (size_t)hd);
-    if (!q16) return HC_ENOMEM;
+    const kernels K = kernels_for(isa);
+    const int hdq = round_up(hd, 64);
+    void *owned;
+    char *mem = scratch_get((size_t)hdq + (size_t)BLK * hdq * 2, &owned);
+    if (!mem) return HC_ENOMEM;
+    int8_t *qq = (int8_t *)mem;
+    block B;
+    block_init(&B, hd, mem + hdq, NULL, NULL);
     int32_t qsum = 0;
-    for (int d = 0; d < hd; ++d) { q16[d] = q[d]; qsum += q[d]; }
-    kernels kf = kernels_for(isa);
+    for (int d = 0; d < hdq; ++d) { qq[d] = d < hd ? q[d] : 0; qsum += qq[d]; }
+    HC_ALIGNED dots_t D[RMAX];
     for (int64_t j0 = 0; j0 < n; j0 += BLK) {
-        int64_t nb = n - j0 < BLK ? n - j0 : BLK;
-        kf.qk(q, q16, &qsum, 1, k + j0 * hd, nb, hd, out + j0, BLK);
+        const int nb = (int)(n - j0 < BLK ? n - j0 : BLK);
+        prep_i8(&K, &B, k + j0 * hd, NULL, NULL, NULL, nb, 0);
+        K.qk(&B, qq, &qsum, 1, nb, D);
+        memcpy(out + j0, D[0], sizeof(int32_t) * (size_t)nb);
     }
-    free(q16);
+    free(owned);
     return HC_OK;
 }
 
 /* ---- the streaming driver -------------------------------------------------------------------- */
-
-typedef struct {
-    int8_t *qq;    /* G*hd int8 quantized queries            */
-    int16_t *q16;  /* G*hd the same, widened                 */
-    int32_t *qsum; /* G                                      */
-    float *qf;     /* G*hd float queries (fp16 cache)        */
-    float *qsc;    /* G    q_scale * 1/sqrt(hd)              */
-    int32_t *D;    /* G*BLK                                  */
-    float *s;      /* G*BLK scores, then probabilities       */
-    float *w;      /* BLK  p * v_scale                       */
-    float *ksc, *vsc; /* BLK K and V scales of the block, float */
-    float *kf, *vf;/* BLK*hd converted fp16 block            */
-    float *acc;    /* G*hd                                   */
-    float *m, *l;  /* G                                      */
-    void *mem;
-} scratch;
-
-static int scratch_alloc(scratch *S, int G, int hd) {
-    size_t gh = (size_t)G * hd;
-    /* 15 arrays, each rounded up to 64 bytes */
-    size_t bytes = gh * (4 + 4 + 2 + 1) + 2 * (size_t)BLK * hd * 4 + 2 * (size_t)G * BLK * 4 +
-                   3 * BLK * 4 + 5 * (size_t)G * 4 + 15 * 64;
-    char *p = malloc(bytes);
-    if (!p) return HC_ENOMEM;
-    S->mem = p;
-#define TAKE(field, n, T) do { S->field = (T *)p; p += (((n) * sizeof(T)) + 63) / 64 * 64; } while (0)
-    TAKE(qf, gh, float); TAKE(acc, gh, float); TAKE(kf, (size_t)BLK * hd, float);
-    TAKE(vf, (size_t)BLK * hd, float); TAKE(s, (size_t)G * BLK, float); TAKE(D, (size_t)G * BLK, int32_t);
-    TAKE(w, BLK, float); TAKE(ksc, BLK, float); TAKE(vsc, BLK, float); TAKE(qsc, G, float); TAKE(m, G, float); TAKE(l, G, float);
-    TAKE(qsum, G, int32_t); TAKE(q16, gh, int16_t); TAKE(qq, gh, int8_t);
-#undef TAKE
-    return HC_OK;
-}
-
-/* Online-softmax update of head a with the scores s[0..nb) of one block; returns alpha (the
- * factor the accumulator must be multiplied by) and turns s into probabilities. */
-static inline int softmax_block(float *s, int64_t nb, float *m, float *l, float *alpha) {
-    float mb = -INFINITY;
-    for (int64_t j = 0; j < nb; ++j) mb = s[j] > mb ? s[j] : mb;
-    if (!(mb <= FLT_MAX && mb >= -FLT_MAX)) return HC_ENONFINITE;
-    float mnew = *m > mb ? *m : mb;
-    float a = hc__exp(*m - mnew); /* m = -inf on the first block: exp(-inf) = 0 */
-    for (int64_t j = 0; j < nb; ++j) s[j] = hc__exp(s[j] - mnew);
-    float sum = *l * a;
-    for (int64_t j = 0; j < nb; ++j) sum = sum + s[j];
-    *l = sum;
-    *m = mnew;
-    *alpha = a;
-    return HC_OK;
-}
 
 static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_heads, int hd,
                     int64_t start, const void *k, const uint16_t *k_scale, const void *v,
@@ -462,81 +963,76 @@ static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_
         return HC_EINVAL;
     if (start + t > capacity) return HC_ECAPACITY;
     if (t == 0) return HC_OK;
-    const int G = n_heads / n_kv_heads;
+    const int H = n_heads, G = n_heads / n_kv_heads;
     const float c = (float)(1.0 / sqrt((double)hd));
-    kernels kf = kernels_for(hc_isa_active());
-    scratch S;
-    if (scratch_alloc(&S, G, hd) != HC_OK) return HC_ENOMEM;
+    const kernels K = kernels_for(hc_isa_active());
+    const int hdq = round_up(hd, 64);
+    const int64_t tc_max = t < QCHUNK ? t : QCHUNK;
+
+    /* scratch: quantized queries, row state, block buffers */
+    size_t off = 0;
+#define PLACE(name, bytes) const size_t name = off; off += ((size_t)(bytes) + 63) & ~(size_t)63
+    PLACE(o_qq, is_i8 ? (size_t)tc_max * H * hdq : 0);
+    PLACE(o_qsum, sizeof(int32_t) * (size_t)tc_max * H);
+    PLACE(o_qsc, sizeof(float) * (size_t)tc_max * H);
+    PLACE(o_m, sizeof(float) * (size_t)tc_max * G);
+    PLACE(o_l, sizeof(float) * (size_t)tc_max * G);
+    PLACE(o_acc, sizeof(float) * (size_t)tc_max * G * hd);
+    PLACE(o_kx, is_i8 ? (size_t)BLK * hdq * 2 : 0);
+    PLACE(o_kf, is_i8 ? 0 : sizeof(float) * (size_t)BLK * hd);
+    PLACE(o_vf, sizeof(float) * (size_t)BLK * hd);
+#undef PLACE
+    void *owned;
+    char *mem = scratch_get(off, &owned);
+    if (!mem) return HC_ENOMEM;
+    int8_t *qq = (int8_t *)(mem + o_qq);
+    int32_t *qsum = (int32_t *)(mem + o_qsum);
+    float *qsc = (float *)(mem + o_qsc), *m = (float *)(mem + o_m), *l = (float *)(mem + o_l);
+    float *acc = (float *)(mem + o_acc);
+    block B;
+    block_init(&B, hd, mem + o_kx, (float *)(mem + o_kf), (float *)(mem + o_vf));
+
     int rc = HC_OK;
-    for (int64_t i = 0; i < t && rc == HC_OK; ++i) {
-        const int64_t nkeys = start + i + 1;
+    for (int64_t c0 = 0; c0 < t && rc == HC_OK; c0 += QCHUNK) {
+        const int64_t tc = t - c0 < QCHUNK ? t - c0 : QCHUNK, pos0 = start + c0;
+        const float *qc = q + c0 * H * hd;
+        rc = is_i8 ? K.quant(qc, tc * H, hd, hdq, c, qq, qsum, qsc) : K.check(qc, tc * H * hd);
         for (int g = 0; g < n_kv_heads && rc == HC_OK; ++g) {
-            const int64_t base = (int64_t)g * capacity;
-            for (int a = 0; a < G; ++a) {
-                const float *qa = q + (i * n_heads + (int64_t)g * G + a) * hd;
-                float amax;
-                if (amax_f32(qa, hd, &amax) != HC_OK) { rc = HC_ENONFINITE; break; }
-                if (is_i8) {
-                    float qs = amax / 127.0f;
-                    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-                    int8_t *qq = S.qq + (int64_t)a * hd;
-                    quant_codes(qa, hd, inv, qq);
-                    int32_t sum = 0;
-                    for (int d = 0; d < hd; ++d) { S.q16[a * hd + d] = qq[d]; sum += qq[d]; }
-                    S.qsum[a] = sum;
-                    S.qsc[a] = qs * c;
-                } else {
-                    memcpy(S.qf + (int64_t)a * hd, qa, sizeof(float) * hd);
-                }
-                S.m[a] = -INFINITY;
-                S.l[a] = 0.0f;
-                memset(S.acc + (int64_t)a * hd, 0, sizeof(float) * hd);
-            }
-            if (rc != HC_OK) break;
+            const int64_t base = (int64_t)g * capacity, nkeys = pos0 + tc;
+            for (int64_t r = 0; r < tc * G; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
+            memset(acc, 0, sizeof(float) * (size_t)(tc * G * hd));
             for (int64_t j0 = 0; j0 < nkeys && rc == HC_OK; j0 += BLK) {
-                const int64_t nb = nkeys - j0 < BLK ? nkeys - j0 : BLK;
-                const int8_t *vb8 = NULL;
-                if (is_i8) {
-                    const int8_t *kb = (const int8_t *)k + (base + j0) * hd;
-                    vb8 = (const int8_t *)v + (base + j0) * hd;
-                    kf.qk(S.qq, S.q16, S.qsum, G, kb, nb, hd, S.D, BLK);
-                    kf.cvt(k_scale + base + j0, nb, S.ksc);
-                    kf.cvt(v_scale + base + j0, nb, S.vsc);
-                    for (int a = 0; a < G; ++a)
-                        for (int64_t j = 0; j < nb; ++j)
-                            S.s[a * BLK + j] = ((float)S.D[a * BLK + j] * S.ksc[j]) * S.qsc[a];
-                } else {
-                    kf.cvt((const uint16_t *)k + (base + j0) * hd, nb * hd, S.kf);
-                    kf.cvt((const uint16_t *)v + (base + j0) * hd, nb * hd, S.vf);
-                    kf.dot(S.qf, G, S.kf, nb, hd, S.s, BLK);
-                    for (int a = 0; a < G; ++a)
-                        for (int64_t j = 0; j < nb; ++j) S.s[a * BLK + j] = S.s[a * BLK + j] * c;
-                }
-                for (int a = 0; a < G; ++a) {
-                    float *sa = S.s + a * BLK, *acc = S.acc + (int64_t)a * hd, alpha;
-                    if (softmax_block(sa, nb, S.m + a, S.l + a, &alpha) != HC_OK) {
-                        rc = HC_ENONFINITE;
-                        break;
-                    }
-                    for (int d = 0; d < hd; ++d) acc[d] = acc[d] * alpha;
-                    if (is_i8) {
-                        for (int64_t j = 0; j < nb; ++j)
-                            S.w[j] = sa[j] * S.vsc[j];
-                        kf.pv_i8(acc, S.w, vb8, nb, hd);
-                    } else {
-                        kf.pv_f32(acc, sa, S.vf, nb, hd);
+                const int nbmax = (int)(nkeys - j0 < BLK ? nkeys - j0 : BLK);
+                const int64_t first = j0 > pos0 ? j0 - pos0 : 0; /* first query that sees key j0 */
+                if (is_i8)
+                    prep_i8(&K, &B, (const int8_t *)k + (base + j0) * hd, k_scale + base + j0,
+                            (const int8_t *)v + (base + j0) * hd, v_scale + base + j0, nbmax,
+                            tc - first > 1);
+                else
+                    prep_f16(&K, &B, (const uint16_t *)k + (base + j0) * hd,
+                             (const uint16_t *)v + (base + j0) * hd, nbmax);
+                for (int64_t i = first; i < tc && rc == HC_OK; ++i) {
+                    const int nb = (int)(pos0 + i + 1 - j0 < BLK ? pos0 + i + 1 - j0 : BLK);
+                    for (int a0 = 0; a0 < G && rc == HC_OK; a0 += RMAX) {
+                        const int R = G - a0 < RMAX ? G - a0 : RMAX;
+                        const int64_t row = i * G + a0, qrow = i * H + (int64_t)g * G + a0;
+                        rc = is_i8 ? K.rows_i8(&B, qq + qrow * hdq, qsum + qrow, qsc + qrow, R, nb,
+                                               m + row, l + row, acc + row * hd)
+                                   : K.rows_f16(&B, qc + qrow * hd, c, R, nb, m + row, l + row,
+                                                acc + row * hd);
                     }
                 }
             }
             if (rc != HC_OK) break;
-            for (int a = 0; a < G; ++a) {
-                float *o = out + (i * n_heads + (int64_t)g * G + a) * hd;
-                const float *acc = S.acc + (int64_t)a * hd, la = S.l[a];
-                for (int d = 0; d < hd; ++d) o[d] = acc[d] / la;
-            }
+            for (int64_t i = 0; i < tc; ++i)
+                for (int a = 0; a < G; ++a) {
+                    float *o = out + ((c0 + i) * H + (int64_t)g * G + a) * hd;
+                    const float *ar = acc + (i * G + a) * hd, la = l[i * G + a];
+                    for (int d = 0; d < hd; ++d) o[d] = ar[d] / la;
+                }
         }
     }
-    free(S.mem);
+    free(owned);
     return rc;
 }
 

@@ -87,7 +87,8 @@ int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t p
  * with an online softmax.  q: (t, n_heads, hd) float32 (RoPE applied); query i sits at position
  * start+i and attends keys [0, start+i]; head h reads kv head h / (n_heads / n_kv_heads).
  * out: (t, n_heads*hd) float32.  Requires start + t <= capacity.  HC_ENONFINITE for non-finite q
- * or scores.  Dispatches on hc_isa_active(); all paths give bit-identical outputs.            */
+ * or scores.  Dispatches on hc_isa_active(); all paths give bit-identical outputs.  Scratch: a
+ * per-thread buffer kept between calls (up to 4 MiB, freed when the thread ends).             */
 #define HC_ATTN_BLOCK 64
 #define HC_ATTN_MAX_HEAD_DIM 65536 /* keeps every q.k sum (|D| <= 127*128*hd) inside int32 */
 int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,

@@ -16,6 +16,17 @@ cdef int _check_kv_x(str fn, str name, const float[:, :, ::1] x, Py_ssize_t hkv,
     return 0
 
 
+cdef int _check_q(q, Py_ssize_t nh, Py_ssize_t qhd, Py_ssize_t t, Py_ssize_t hkv, Py_ssize_t hd,
+                  Py_ssize_t start, Py_ssize_t limit) except -1:
+    if qhd != hd or nh == 0 or nh % hkv:
+        raise ValueError(f"attention: q has shape {q.shape}; expected (t, n_heads, {hd}) with n_heads "
+                         f"a positive multiple of the cache's {hkv} kv heads")
+    if start < 0 or start + t > limit:
+        raise ValueError(f"attention: queries at positions [{start}, {start + t}) need keys up to "
+                         f"position {start + t - 1}, but this layer holds {limit} tokens")
+    return 0
+
+
 cdef const float[:, :, ::1] _q_view(q, Py_ssize_t hkv, Py_ssize_t hd, Py_ssize_t start,
                                    Py_ssize_t limit) except *:
     cdef const float[:, :, ::1] qv
@@ -23,13 +34,7 @@ cdef const float[:, :, ::1] _q_view(q, Py_ssize_t hkv, Py_ssize_t hd, Py_ssize_t
         qv = q
     except _BUF_ERRORS:
         raise _arg_error("attention", "q", q, _np.float32, 3) from None
-    cdef Py_ssize_t t = qv.shape[0], nh = qv.shape[1]
-    if qv.shape[2] != hd or nh == 0 or nh % hkv:
-        raise ValueError(f"attention: q has shape {q.shape}; expected (t, n_heads, {hd}) with n_heads "
-                         f"a positive multiple of the cache's {hkv} kv heads")
-    if start < 0 or start + t > limit:
-        raise ValueError(f"attention: queries at positions [{start}, {start + t}) need keys up to "
-                         f"position {start + t - 1}, but this layer holds {limit} tokens")
+    _check_q(q, qv.shape[1], qv.shape[2], qv.shape[0], hkv, hd, start, limit)
     return qv
 
 
@@ -64,12 +69,37 @@ def attn_qk_i8(const int8_t[::1] q, const int8_t[:, ::1] k, str isa):
 
 from hcemu.events import FIELD_INDEX as _FIELD_INDEX
 from libc.stdlib cimport calloc, free
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef Py_ssize_t _I_READ = _FIELD_INDEX["sram_kv_bytes_read"]
 cdef Py_ssize_t _I_WRITE = _FIELD_INDEX["sram_kv_bytes_written"]
 cdef Py_ssize_t _I_MACS = _FIELD_INDEX["attn_macs"]
 cdef Py_ssize_t _I_FLOPS = _FIELD_INDEX["vec_flops"]
 cdef Py_ssize_t _I_TRANS = _FIELD_INDEX["vec_transcendentals"]
+
+
+cdef inline bint _plain_f32(a, int ndim, bint writable):
+    """a is an aligned C-contiguous float32 ndarray with ndim dimensions (writeable if asked)."""
+    return (cnp.PyArray_Check(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)))
+
+
+cdef int64_t *_event_row(events, region) except NULL:
+    """The int64 counters of ``region`` in ``events.counts`` (a C-contiguous (regions, fields) array)."""
+    counts = events.counts
+    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
+        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
+    cdef Py_ssize_t ri = events.region_index(region)
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
+    if ri < 0 or ri >= rows or cols <= max(_I_READ, _I_WRITE, _I_MACS, _I_FLOPS, _I_TRANS):
+        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
+    return <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
 
 
 cdef class KVStore:
@@ -193,34 +223,55 @@ cdef class KVStore:
         """Causal GQA attention of q float32 (t, n_heads, head_dim) over ``layer``; see
         :func:`hcemu.attention.attention`."""
         self._layer_ok(layer, "attention")
-        cdef const float[:, :, ::1] qv = _q_view(q, self.n_kv_heads, self.head_dim, start,
-                                                 self.filled_[layer])
-        cdef Py_ssize_t t = qv.shape[0], nh = qv.shape[1], hd = self.head_dim
+        cdef Py_ssize_t t, nh, hd = self.head_dim
+        cdef const float *qp = NULL
+        cdef float *op = NULL
+        cdef const float[:, :, ::1] qv
+        cdef float[:, ::1] ov
+        cdef cnp.npy_intp dims[2]
+        # a plain float32 ndarray goes straight to C; anything else through a typed memoryview,
+        # whose refusal names what is wrong
+        if _plain_f32(q, 3, False):
+            t, nh = cnp.PyArray_DIM(<cnp.ndarray>q, 0), cnp.PyArray_DIM(<cnp.ndarray>q, 1)
+            _check_q(q, nh, cnp.PyArray_DIM(<cnp.ndarray>q, 2), t, self.n_kv_heads, hd, start,
+                     self.filled_[layer])
+            qp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>q)
+        else:
+            qv = _q_view(q, self.n_kv_heads, hd, start, self.filled_[layer])
+            t, nh = qv.shape[0], qv.shape[1]
+            if t:
+                qp = &qv[0, 0, 0]
         if out is None:
-            out = _np.empty((t, nh * hd), _np.float32)
-        cdef float[:, ::1] ov = _out_view(out, t, nh * hd)
+            dims[0], dims[1] = t, nh * hd
+            out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        if (_plain_f32(out, 2, True) and cnp.PyArray_DIM(<cnp.ndarray>out, 0) == t
+                and cnp.PyArray_DIM(<cnp.ndarray>out, 1) == nh * hd):
+            op = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        else:
+            ov = _out_view(out, t, nh * hd)
+            if t:
+                op = &ov[0, 0]
         cdef int rc = 0
         cdef int hkv = <int>self.n_kv_heads
         cdef Py_ssize_t cap = self.capacity
         if t:
             with nogil:
                 if self.is_i8:
-                    rc = hc_attn_i8(&qv[0, 0, 0], t, <int>nh, hkv, <int>hd, start,
+                    rc = hc_attn_i8(qp, t, <int>nh, hkv, <int>hd, start,
                                     &self.kc[layer, 0, 0, 0], &self.ks[layer, 0, 0],
-                                    &self.vc[layer, 0, 0, 0], &self.vs[layer, 0, 0], cap, &ov[0, 0])
+                                    &self.vc[layer, 0, 0, 0], &self.vs[layer, 0, 0], cap, op)
                 else:
-                    rc = hc_attn_f16(&qv[0, 0, 0], t, <int>nh, hkv, <int>hd, start,
-                                     &self.k16[layer, 0, 0, 0], &self.v16[layer, 0, 0, 0], cap, &ov[0, 0])
+                    rc = hc_attn_f16(qp, t, <int>nh, hkv, <int>hd, start,
+                                     &self.k16[layer, 0, 0, 0], &self.v16[layer, 0, 0, 0], cap, op)
             if rc != 0:
                 check(rc, "attention (q must be finite, scores within float32 range)")
-        cdef int64_t[:, ::1] counts
-        cdef Py_ssize_t r, keys
+        cdef int64_t *row
+        cdef Py_ssize_t keys
         if events is not None:
-            counts = events.counts
-            r = events.region_index(layer if region is None else region)
+            row = _event_row(events, layer if region is None else region)
             keys = t * start + t * (t + 1) // 2  # sum over the queries of (p + 1)
-            counts[r, _I_READ] += keys * self.bytes_per_token_layer
-            counts[r, _I_MACS] += 2 * nh * hd * keys
-            counts[r, _I_FLOPS] += 5 * nh * keys
-            counts[r, _I_TRANS] += nh * keys
+            row[_I_READ] += keys * self.bytes_per_token_layer
+            row[_I_MACS] += 2 * nh * hd * keys
+            row[_I_FLOPS] += 5 * nh * keys
+            row[_I_TRANS] += nh * keys
         return out
