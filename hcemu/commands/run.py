@@ -100,7 +100,8 @@ def _isa() -> str:
     return hcemu.capabilities()["active"]
 
 
-def print_report(rep: dict, out=sys.stdout) -> None:
+def print_report(rep: dict, out=None) -> None:
+    out = out or sys.stdout
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"model {rep['model']}  plan {rep['plan']}  kernels {rep['isa']} x{rep['threads']} thread(s)")
     p(f"prompt: {rep['prompt']!r}  ({rep['prompt_tokens']} tokens{', chat template' if rep['chat_template'] else ''})")
