@@ -6,14 +6,16 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "kernels")  # module names under hcemu.commands, in the order `hcemu --help` lists them
+# module names under hcemu.commands, in the order `hcemu --help` lists them
+COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hcemu import __version__
 
-    parser = argparse.ArgumentParser(prog="hcemu", description="Emulate hard-coded LLM inference chips: bit-exact integer execution, "
-                                     "silicon, GPU and cost models.")
+    parser = argparse.ArgumentParser(
+        prog="hcemu", description="Emulate hard-coded LLM inference chips: bit-exact integer execution, "
+                                  "silicon, GPU and cost models.")
     parser.add_argument("--version", action="version", version=f"hcemu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
