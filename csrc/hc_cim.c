@@ -453,10 +453,11 @@ static inline __attribute__((always_inline)) VNNI_TARGET __m512i dpbusd_bcast(__
 }
 
 static inline __attribute__((always_inline)) VNNI_TARGET void
-tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS) {
+tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int DOTS, const int G32) {
     const hc_weights *w = c->w;
     const int i8 = F == F_I8 || F == F_I8CH, asym = F == F_I4A, pc = F == F_I8CH;
-    const int64_t nb = w->n_blocks, tk = pc ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
+    /* G32: the tile width is known to be 32 at compile time (fully unrolled block loop) */
+    const int64_t nb = w->n_blocks, tk = (pc || G32) ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
     const int lines = (int)(i8 ? tk / 4 : tk / 8); /* a multiple of 4 */
     const int64_t ldq = c->ldq;
     const __m512i flip = _mm512_set1_epi8(i8 ? (char)0x80 : (asym ? 0 : (char)0x88));
@@ -482,9 +483,9 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
             }
         }
         /* two independent sum chains per token when few tokens (dpbusd latency would bound M=1) */
-        __m512i D[VNNI_MC], E[VNNI_MC];
-        const int two = R <= 4;
-        for (int u = 0; u < R; u++) D[u] = E[u] = _mm512_setzero_si512();
+        __m512i D[VNNI_MC], E[VNNI_MC], G[VNNI_MC], H[VNNI_MC];
+        const int two = R <= 4, four = i8 && R <= 2;
+        for (int u = 0; u < R; u++) D[u] = E[u] = G[u] = H[u] = _mm512_setzero_si512();
         const int8_t *x = xq + b * tk;
         for (int l0 = 0; l0 < lines; l0 += 4) {
 #pragma GCC unroll 4
@@ -494,7 +495,9 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                 if (i8) {
                     for (int u = 0; u < R; u++) {
                         const int8_t *p = x + u * ldq + 4 * l;
-                        if (two && (l & 1)) E[u] = dpbusd_bcast(E[u], raw, p);
+                        if (four && (l & 3) == 2) G[u] = dpbusd_bcast(G[u], raw, p);
+                        else if (four && (l & 3) == 3) H[u] = dpbusd_bcast(H[u], raw, p);
+                        else if (two && (l & 1)) E[u] = dpbusd_bcast(E[u], raw, p);
                         else D[u] = dpbusd_bcast(D[u], raw, p);
                     }
                 } else {
@@ -509,6 +512,11 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
                 }
             }
         }
+        if (four)
+            for (int u = 0; u < R; u++) {
+                D[u] = _mm512_add_epi32(D[u], G[u]);
+                E[u] = _mm512_add_epi32(E[u], H[u]);
+            }
         if (two)
             for (int u = 0; u < R; u++) D[u] = _mm512_add_epi32(D[u], E[u]);
         for (int u = 0; u < R; u++) {
@@ -529,26 +537,24 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
     for (int u = 0; u < R; u++) _mm512_mask_storeu_ps(c->y + (m0 + u) * w->n + t * TR, mask, acc[u]);
 }
 
+#define VNNI_CASES(F, DOTS, G32)                                                                        \
+    switch (r) {                                                                                        \
+    case 1: tile_vnni(c, t, i, 1, F, DOTS, G32); break; case 2: tile_vnni(c, t, i, 2, F, DOTS, G32); break; \
+    case 3: tile_vnni(c, t, i, 3, F, DOTS, G32); break; case 4: tile_vnni(c, t, i, 4, F, DOTS, G32); break; \
+    case 5: tile_vnni(c, t, i, 5, F, DOTS, G32); break; case 6: tile_vnni(c, t, i, 6, F, DOTS, G32); break; \
+    case 7: tile_vnni(c, t, i, 7, F, DOTS, G32); break; default: tile_vnni(c, t, i, 8, F, DOTS, G32); break; \
+    }
+
+/* The dots hook and tile widths other than 32 take the generic (runtime tile width) instances. */
 #define VNNI_DRIVER(NAME, F)                                                                            \
     static VNNI_TARGET void NAME(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {    \
+        const int g32 = c->w->group == 32 || F == F_I8CH;                                               \
         for (int64_t t = t0; t < t1; t++)                                                               \
             for (int64_t i = m0; i < m0 + mc; i += VNNI_MC) {                                           \
                 int r = (int)(m0 + mc - i < VNNI_MC ? m0 + mc - i : VNNI_MC);                           \
-                if (c->dots) {                                                                          \
-                    switch (r) {                                                                        \
-                    case 1: tile_vnni(c, t, i, 1, F, 1); break; case 2: tile_vnni(c, t, i, 2, F, 1); break; \
-                    case 3: tile_vnni(c, t, i, 3, F, 1); break; case 4: tile_vnni(c, t, i, 4, F, 1); break; \
-                    case 5: tile_vnni(c, t, i, 5, F, 1); break; case 6: tile_vnni(c, t, i, 6, F, 1); break; \
-                    case 7: tile_vnni(c, t, i, 7, F, 1); break; default: tile_vnni(c, t, i, 8, F, 1); break; \
-                    }                                                                                   \
-                } else {                                                                                \
-                    switch (r) {                                                                        \
-                    case 1: tile_vnni(c, t, i, 1, F, 0); break; case 2: tile_vnni(c, t, i, 2, F, 0); break; \
-                    case 3: tile_vnni(c, t, i, 3, F, 0); break; case 4: tile_vnni(c, t, i, 4, F, 0); break; \
-                    case 5: tile_vnni(c, t, i, 5, F, 0); break; case 6: tile_vnni(c, t, i, 6, F, 0); break; \
-                    case 7: tile_vnni(c, t, i, 7, F, 0); break; default: tile_vnni(c, t, i, 8, F, 0); break; \
-                    }                                                                                   \
-                }                                                                                       \
+                if (c->dots) VNNI_CASES(F, 1, 0)                                                        \
+                else if (g32) VNNI_CASES(F, 0, 1)                                                       \
+                else VNNI_CASES(F, 0, 0)                                                                \
             }                                                                                           \
     }
 

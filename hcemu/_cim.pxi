@@ -268,7 +268,8 @@ def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, reg
     if m:
         with nogil:
             rc = fn(&cw.w, &qv[0, 0], &sv[0, 0], m, ag, &yv[0, 0], dp, n_threads)
-        check(rc, f"cim_matmul({cw.fmt.name})")
+        if rc:  # the message is formatted only on failure (per-call cost at decode)
+            check(rc, f"cim_matmul({cw.fmt.name})")
         if events is not None:
             _count(cw, events, region, m)
     return out
@@ -301,7 +302,8 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
     if m:
         with nogil:
             rc = hc_cim_linear(&cw.w, &xv[0, 0], m, ag, &yv[0, 0], n_threads)
-        check(rc, f"cim_linear({cw.fmt.name})")
+        if rc:  # the message is formatted only on failure (per-call cost at decode)
+            check(rc, f"cim_linear({cw.fmt.name})")
         if events is not None:
             _count(cw, events, region, m)
     return out
