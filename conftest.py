@@ -7,3 +7,13 @@ def smollm2_gguf():
     from hcemu.model.fetch import fetch
 
     return fetch("smollm2", quiet=True)
+
+
+@pytest.fixture
+def restore_isa():
+    """Put the process-wide kernel ISA path back after a test that switches it."""
+    import hcemu
+
+    before = hcemu.capabilities()["active"]
+    yield
+    hcemu.set_isa(before)

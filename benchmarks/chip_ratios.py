@@ -11,7 +11,6 @@ SmolLM2-135M, decode at a fixed context (default 256 tokens), plans int8 and int
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

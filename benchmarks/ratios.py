@@ -12,7 +12,6 @@ mean over the shapes) is what the goal is checked against. The table says which 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

@@ -17,7 +17,6 @@ import ctypes
 import glob
 import math
 import os
-import struct
 import time
 from dataclasses import dataclass
 

@@ -16,11 +16,7 @@ from hcemu.events import Events
 ISAS = _core.isa_supported()
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = _core.isa_active()
-    yield
-    hcemu.set_isa(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")
 
 
 def rand(rng, *shape, scale=1.0):

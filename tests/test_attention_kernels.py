@@ -15,11 +15,7 @@ from hcemu.attention_ref import attention_ref
 ISAS = _core.isa_supported()
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = _core.isa_active()
-    yield
-    hcemu.set_isa(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")
 
 
 def filled(rng, hkv, hd, n, fmt, scale=1.0):

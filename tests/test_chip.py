@@ -1,6 +1,5 @@
 """The functional chip on the real SmolLM2-135M: text, events, consistency, accuracy, bad input."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, FIELDS, Events
+from hcemu.events import FIELD_INDEX, Events
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
-from hcemu.perf.analytic import (decode_positions, events_from_shapes, head_format, kv_bytes_per_token,
+from hcemu.perf.analytic import (decode_positions, events_from_shapes, kv_bytes_per_token,
                                  pass_coefficients)
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
