@@ -65,8 +65,8 @@ def generate(args, prompt: str) -> dict:
         "text": tok.decode(out_ids),
         "prompt_tokens": len(ids),
         "generated_tokens": len(gen.ids),
-        "host_prefill_tok_s": gen.host_prefill_tok_s,
-        "host_decode_tok_s": gen.host_decode_tok_s,
+        "host_prefill_tok_s": _finite(gen.host_prefill_tok_s),
+        "host_decode_tok_s": _finite(gen.host_decode_tok_s),  # None: no decode step was timed
         "events": {"prefill": gen.prefill_events.to_dict()["total"],
                    "decode": gen.decode_events.to_dict()["total"],
                    "total": events.to_dict()["total"]},
@@ -94,6 +94,14 @@ def gpu_figures(spec, n_prompt: int, n_generated: int) -> dict:
     return out
 
 
+def _finite(x: float):
+    return None if x != x else x
+
+
+def _rate(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def _isa() -> str:
     import hcemu
 
@@ -108,7 +116,7 @@ def print_report(rep: dict, out=None) -> None:
     p("")
     p(rep["text"])
     p("")
-    p(f"host (measured): prefill {rep['host_prefill_tok_s']:.1f} tok/s, decode {rep['host_decode_tok_s']:.1f} tok/s "
+    p(f"host (measured): prefill {_rate(rep['host_prefill_tok_s'])} tok/s, decode {_rate(rep['host_decode_tok_s'])} tok/s "
       f"over {rep['generated_tokens']} generated tokens")
     ev = rep["events"]["total"]
     p(f"events: {ev['macs_w4'] + ev['macs_w8']:,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
