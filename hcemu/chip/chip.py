@@ -291,7 +291,7 @@ class Chip:
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
-        from hcemu.chip.sampling import Sampler
+        from hcemu.sampling import Sampler
 
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

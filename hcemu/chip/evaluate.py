@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hcemu.model.reference import log_softmax
+
 
 @dataclass(frozen=True)
 class WindowStats:
@@ -26,12 +28,6 @@ class WindowStats:
     nll_chip: np.ndarray
     kld: np.ndarray
     same_top1: np.ndarray
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.ndarray) -> WindowStats:

@@ -35,7 +35,7 @@ def generate(args, prompt: str) -> dict:
     """Compile (cached), load, generate; returns the JSON-ready report."""
     from hcemu.app import ensure_image, load_tokenizer
     from hcemu.chip.chip import Chip
-    from hcemu.chip.sampling import Sampler
+    from hcemu.sampling import Sampler
     from hcemu.perf.report import chip_figures_for_image
     from hcemu.rom.image import RomImage
 

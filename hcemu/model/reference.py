@@ -14,6 +14,7 @@ import numpy as np
 
 from hcemu.model import ops
 from hcemu.model.source import ModelSource
+from hcemu.sampling import Sampler
 
 F32 = np.float32
 
@@ -196,19 +197,17 @@ class FloatLlama:
 
 
 def sample(logits, greedy: bool = True, temperature: float = 1.0, top_k: int = 0, rng=None) -> int:
-    """One token from ``(vocab,)`` logits: argmax, or a temperature / top-k sample (float64 maths)."""
-    logits = np.asarray(logits)
-    if greedy:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    if top_k and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z >= kth, z, -np.inf)
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    rng = rng if rng is not None else np.random.default_rng()
-    return int(rng.choice(z.size, p=p))
+    """One token from ``(vocab,)`` logits: argmax, or a temperature / top-k sample
+    (:class:`hcemu.sampling.Sampler`, float64 maths)."""
+    sampler = Sampler(0.0 if greedy else temperature, top_k)
+    return sampler.pick(np.asarray(logits), rng if rng is not None else np.random.default_rng())
+
+
+def log_softmax(logits) -> np.ndarray:
+    """``log(softmax(logits))`` along the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def perplexity_from_logits(logits, tokens) -> float:
@@ -217,8 +216,6 @@ def perplexity_from_logits(logits, tokens) -> float:
     toks = np.asarray(tokens)
     if lg.ndim != 2 or lg.shape[0] != toks.size:
         raise ValueError(f"logits {lg.shape} do not match {toks.size} tokens")
-    lg = lg[:-1]
-    m = lg.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(lg - m).sum(axis=1)) + m[:, 0]
-    nll = lse - lg[np.arange(lg.shape[0]), toks[1:]]
+    lp = log_softmax(lg[:-1])
+    nll = -lp[np.arange(lp.shape[0]), toks[1:]]
     return float(np.exp(nll.mean()))

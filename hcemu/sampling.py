@@ -1,4 +1,5 @@
-"""Token selection from logits (a host-side step: logits leave the chip as float32)."""
+"""Token selection from logits: a host-side step (logits leave the chip as float32), shared by the
+functional chip and the float reference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class Sampler:
         if self.temperature == 0.0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / self.temperature
-        if self.top_k:
+        if 0 < self.top_k < z.size:
             kth = np.partition(z, -self.top_k)[-self.top_k]
             z = np.where(z >= kth, z, -np.inf)
         p = np.exp(z - z.max())
