@@ -183,6 +183,57 @@ uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 /* 1 when built with OpenMP. */
 int hc_openmp(void);
 
+/* ==== decoder layers (csrc/hc_chip.c) ==========================================================
+ * The transformer layers of a Llama-family model as one compiled pass: for t tokens at positions
+ * [start, start+t) every layer runs rmsnorm -> quantize -> CIM q|k|v -> RoPE -> KV store ->
+ * attention -> CIM o (+ residual) -> rmsnorm -> quantize -> CIM gate|up -> SiLU*up -> CIM down
+ * (+ residual), each step one call of the kernel above, in the order of the interpreted chip
+ * (hcemu.chip.Chip), so the values are bit-identical to it.  The caller owns every array.      */
+typedef struct {
+    const float *attn_norm, *ffn_norm; /* (d_model,) */
+    const hc_weights *wq, *wk, *wv;    /* wk == wv == NULL: wq holds q, k, v stacked (q_dim + 2 kv_dim rows) */
+    const hc_weights *wo;              /* (d_model x q_dim) */
+    const hc_weights *wg, *wu;         /* wu == NULL: wg holds gate, up stacked (2 d_ff rows) */
+    const hc_weights *wd;              /* (d_model x d_ff) */
+    /* this layer's KV cache (layout of hc_kv_store_*): int8 codes + fp16 scales, or fp16 values */
+    int8_t *k_codes, *v_codes;
+    uint16_t *k_scales, *v_scales;
+    uint16_t *k16, *v16;
+} hc_layer;
+
+typedef struct {
+    int64_t n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff;
+    float norm_eps;
+    int64_t act_group_d, act_group_q, act_group_f; /* activation groups of d_model, q_dim, d_ff inputs */
+    int kv_int8;                                   /* 1: int8 KV cache, 0: fp16 */
+    int64_t kv_capacity;                           /* token slots per layer */
+    const float *rope_cos, *rope_sin;              /* (kv_capacity, head_dim / 2) */
+    int64_t prefetch_bytes;                        /* touch this much of the next matrix early (0: off) */
+    const hc_layer *layers;                        /* [n_layers] */
+} hc_decoder;
+
+enum {
+    HC_DEC_RMSNORM, HC_DEC_QUANTIZE, HC_DEC_CIM_QKV, HC_DEC_ROPE, HC_DEC_KV_STORE, HC_DEC_ATTENTION,
+    HC_DEC_CIM_O, HC_DEC_CIM_GATE_UP, HC_DEC_SILU_MUL, HC_DEC_CIM_DOWN, HC_DEC_ADD, HC_DEC_PREFETCH,
+    HC_DEC_OP_COUNT
+};
+/* Optional per-call record: where a failure happened, and (profile != 0) seconds and calls per op. */
+typedef struct {
+    int profile;
+    int64_t failed_layer, failed_op; /* -1 when the call succeeded */
+    double op_seconds[HC_DEC_OP_COUNT];
+    int64_t op_calls[HC_DEC_OP_COUNT];
+} hc_decoder_trace;
+
+const char *hc_decoder_op_name(int op);
+/* HC_OK when the description is self-consistent (sizes, groups, matrix shapes, pointers). */
+int hc_decoder_check(const hc_decoder *m);
+/* x float32 (t, d_model) is the residual stream, updated in place.  K/V of the t tokens are
+ * stored at [start, start+t) of every layer.  HC_ECAPACITY if start + t > kv_capacity; other
+ * statuses as the kernels return them (the trace names the layer and op). */
+int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,
+                      hc_decoder_trace *trace);
+
 #ifdef __cplusplus
 }
 #endif

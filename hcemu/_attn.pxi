@@ -102,6 +102,21 @@ cdef int64_t *_event_row(events, region) except NULL:
     return <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
 
 
+cdef inline void _count_kv_write(int64_t *row, Py_ssize_t t, Py_ssize_t bytes_per_token_layer) noexcept nogil:
+    """docs/events.md: t tokens stored in one layer write t * bytes_per_token_layer bytes of SRAM."""
+    row[_I_WRITE] += t * bytes_per_token_layer
+
+
+cdef inline void _count_attention(int64_t *row, Py_ssize_t t, Py_ssize_t start, Py_ssize_t nh, Py_ssize_t hd,
+                                  Py_ssize_t bytes_per_token_layer) noexcept nogil:
+    """docs/events.md: t queries at [start, start+t) over nh heads each read keys [0, p]."""
+    cdef Py_ssize_t keys = t * start + t * (t + 1) // 2  # sum over the queries of (p + 1)
+    row[_I_READ] += keys * bytes_per_token_layer
+    row[_I_MACS] += 2 * nh * hd * keys
+    row[_I_FLOPS] += 5 * nh * keys
+    row[_I_TRANS] += nh * keys
+
+
 cdef class KVStore:
     """The arrays of one :class:`hcemu.attention.KVCache` with their typed views acquired once, so
     that a call per layer and token costs little Python time; tracks tokens written per layer.
@@ -212,11 +227,9 @@ cdef class KVStore:
                       if self.is_i8 else
                       "KVCache.append (fp16: K/V must be finite and within fp16 range, |x| < 65520)")
         self.filled_[layer] = pos + t
-        cdef int64_t[:, ::1] counts
         if events is not None:
-            counts = events.counts
-            counts[events.region_index(layer if region is None else region), _I_WRITE] += (
-                t * self.bytes_per_token_layer)
+            _count_kv_write(_event_row(events, layer if region is None else region), t,
+                            self.bytes_per_token_layer)
         return pos + t
 
     def attend(self, q, Py_ssize_t layer, Py_ssize_t start, out=None, events=None, region=None):
@@ -265,13 +278,7 @@ cdef class KVStore:
                                      &self.k16[layer, 0, 0, 0], &self.v16[layer, 0, 0, 0], cap, op)
             if rc != 0:
                 check(rc, "attention (q must be finite, scores within float32 range)")
-        cdef int64_t *row
-        cdef Py_ssize_t keys
         if events is not None:
-            row = _event_row(events, layer if region is None else region)
-            keys = t * start + t * (t + 1) // 2  # sum over the queries of (p + 1)
-            row[_I_READ] += keys * self.bytes_per_token_layer
-            row[_I_MACS] += 2 * nh * hd * keys
-            row[_I_FLOPS] += 5 * nh * keys
-            row[_I_TRANS] += nh * keys
+            _count_attention(_event_row(events, layer if region is None else region), t, start, nh, hd,
+                             self.bytes_per_token_layer)
         return out

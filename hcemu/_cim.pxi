@@ -169,12 +169,16 @@ cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
     if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
         raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
-    cdef int64_t *row = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
+    _count_product(<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols, cw, m)
+    return 0
+
+
+cdef inline void _count_product(int64_t *row, CimWeights cw, int64_t m) noexcept:
+    """docs/events.md: one product over m tokens reads the whole matrix once per token pass."""
     row[cw.mac_field] += cw.macs * m
     row[_F_CODE] += cw.code_bits * m
     row[_F_META] += cw.meta_bits * m
     row[_F_TILES] += cw.tiles * m
-    return 0
 
 
 cdef hc_cim_fn _kernel(CimWeights cw, isa) except NULL:

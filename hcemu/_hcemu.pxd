@@ -58,3 +58,41 @@ cdef extern from "hcemu.h" nogil:
     hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
     uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
     int hc_openmp()
+# ---- decoder layers as one compiled pass (csrc/hc_chip.c)
+cdef extern from "hcemu.h" nogil:
+    ctypedef struct hc_layer:
+        const float *attn_norm
+        const float *ffn_norm
+        const hc_weights *wq
+        const hc_weights *wk
+        const hc_weights *wv
+        const hc_weights *wo
+        const hc_weights *wg
+        const hc_weights *wu
+        const hc_weights *wd
+        int8_t *k_codes
+        int8_t *v_codes
+        uint16_t *k_scales
+        uint16_t *v_scales
+        uint16_t *k16
+        uint16_t *v16
+    ctypedef struct hc_decoder:
+        int64_t n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff
+        float norm_eps
+        int64_t act_group_d, act_group_q, act_group_f
+        int kv_int8
+        int64_t kv_capacity
+        const float *rope_cos
+        const float *rope_sin
+        int64_t prefetch_bytes
+        const hc_layer *layers
+    int HC_DEC_OP_COUNT
+    ctypedef struct hc_decoder_trace:
+        int profile
+        int64_t failed_layer, failed_op
+        double op_seconds[12]
+        int64_t op_calls[12]
+    const char *hc_decoder_op_name(int op)
+    int hc_decoder_check(const hc_decoder *m)
+    int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,
+                          hc_decoder_trace *trace)

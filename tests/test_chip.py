@@ -70,10 +70,12 @@ def test_incremental_decode_matches_prefill(images, tokenizer):
     assert (inc.argmax(-1) == full[3:].argmax(-1)).all()
 
 
-def test_events_match_the_analytical_generator(images, tokenizer):
+@pytest.mark.parametrize("kv", [None, "fp16"])
+def test_events_match_the_analytical_generator(images, tokenizer, kv):
     from hcemu.perf.analytic import events_from_shapes
 
-    chip = make_chip(images("int4"), kv_capacity_tokens=128)
+    chip = make_chip(images("int4"), kv_capacity_tokens=128, kv_format=kv)
+    assert chip.plan.kv == (kv or "int8")
     ids = tokenizer.encode("Hard-coded chips keep their weights in mask ROM.")
     gen = chip.generate(ids, 5)
     want_prefill = events_from_shapes(chip.spec, chip.plan, n_prompt=len(ids), n_generated=0)
@@ -190,6 +192,73 @@ def test_fused_products_change_nothing_but_speed(images, tokenizer):
     np.testing.assert_array_equal(da.logits.view(np.int32), db.logits.view(np.int32))
     assert da.events == db.events
     np.testing.assert_array_equal(da.bank_rows, db.bank_rows)
+
+
+@pytest.mark.parametrize("plan, kv, fuse", [("int8", "int8", True), ("int4", "int8", False),
+                                             ("int4", "fp16", True), ("int8-pt", "fp16", False)])
+def test_compiled_layers_equal_the_interpreted_loop(images, plan, kv, fuse):
+    """One C call per step (hc_decoder_layers) == the Python loop over the same kernels: logits to the
+    bit, events, ROM bank rows and the SRAM contents, over two prefill chunks (64 + 6 tokens) and decode."""
+    ids = np.arange(1000, 1070, dtype=np.int64) * 7 % 49152
+    chips = [make_chip(images(plan), kv_capacity_tokens=80, kv_format=kv, fuse_products=fuse, compiled=c)
+             for c in (True, False)]
+    runs = [(c.prefill(ids, all_logits=True), c.decode(5), c.decode(77)) for c in chips]
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a.logits.view(np.int32), b.logits.view(np.int32))
+        assert a.events == b.events
+        np.testing.assert_array_equal(a.bank_rows, b.bank_rows)
+    arrays = ("k_codes", "v_codes", "k_scales", "v_scales") if kv == "int8" else ("k", "v")
+    for name in arrays:
+        np.testing.assert_array_equal(getattr(chips[0].kv, name), getattr(chips[1].kv, name))
+    assert chips[0].position == chips[1].position == 72
+
+
+def test_compiled_layers_profile_every_op(images):
+    from hcemu._core import DECODER_OPS
+
+    chip = make_chip(images("int8"), kv_capacity_tokens=32, profile=True)
+    chip.prefill(np.arange(10, 20))
+    chip.decode(3)
+    ops = chip.op_seconds()
+    assert tuple(ops) == DECODER_OPS
+    L = chip.spec.n_layers
+    calls = {op: c for op, (_, c) in ops.items()}
+    # two steps; per layer and step: 2 norms, 2 quantizations, 1 fused q|k|v, 2 RoPE, 2 K/V stores ...
+    assert calls["rmsnorm"] == calls["quantize"] == calls["rope"] == calls["kv_store"] == calls["add"] == 4 * L
+    assert calls["cim_qkv"] == calls["attention"] == calls["cim_o"] == calls["cim_down"] == 2 * L
+    assert all(sec >= 0 for sec, _ in ops.values()) and ops["cim_gate_up"][0] > 0
+    assert 0 < sum(sec for sec, _ in ops.values()) <= chip.kernel_seconds
+
+
+def test_compiled_layers_reject_bad_input(images):
+    from hcemu import _core
+
+    chip = make_chip(images("int4"), kv_capacity_tokens=16)
+    dec, d = chip._decoder, chip.spec.d_model
+    with pytest.raises(ValueError, match="float32"):
+        dec.forward(np.zeros((1, d), np.float64), 0)
+    with pytest.raises(ValueError, match=str(d)):
+        dec.forward(np.zeros((1, d + 1), np.float32), 0)
+    with pytest.raises(ValueError, match="holds 0"):
+        dec.forward(np.zeros((1, d), np.float32), 3)
+    with pytest.raises(OverflowError, match="16 token slots"):
+        dec.forward(np.zeros((17, d), np.float32), 0)
+    with pytest.raises(ValueError, match="n_threads"):
+        dec.forward(np.zeros((1, d), np.float32), 0, 0)
+    # a non-finite activation is caught by the first quantizer, named by layer and op; nothing is kept
+    x = np.zeros((2, d), np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(ValueError, match="layer 0 quantize"):
+        dec.forward(x, 0)
+    assert chip.kv.filled(0) == 0
+    chip.prefill(np.arange(1, 5))  # the chip still works
+    # matrices that do not fit the model's shapes are refused when the decoder is built
+    lay = chip._layers[0]
+    bad = [(lay.attn_norm, lay.ffn_norm, lay.wq, lay.wk, lay.wv, lay.wd, lay.wg, lay.wu, lay.wo)] * chip.spec.n_layers
+    with pytest.raises(ValueError, match="does not fit"):
+        _core.Decoder(chip.kv._store, bad, d_model=d, n_heads=chip.spec.n_heads, d_ff=chip.spec.d_ff,
+                      norm_eps=1e-5, act_group_d=32, act_group_q=32, act_group_f=32,
+                      cos=chip._cos, sin=chip._sin)
 
 
 def test_demo_is_the_main_job(smollm2_gguf, capsys):

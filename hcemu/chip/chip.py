@@ -9,11 +9,11 @@ counted by the rules of ``docs/events.md``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hcemu import cim, vector
+from hcemu import _core, cim, vector
 from hcemu.attention import KVCache, attention
 from hcemu.events import FIELD_INDEX, FIELDS, Events
 from hcemu.layout import dequantize_rows, stack_rows
@@ -22,6 +22,9 @@ from hcemu.model.spec import LAYER_MATRICES
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
+
+PREFETCH_BYTES = 0
+"""Default ``Chip(prefetch_bytes=...)``: bytes of each next ROM matrix touched ahead of its product."""
 
 
 @dataclass
@@ -71,18 +74,30 @@ class Chip:
 
     kv_capacity_tokens: SRAM KV-cache capacity in tokens (default: the model's max context, capped
     at 8192). kv_sram_bytes: the capacity as bytes instead (the number of tokens that fit is derived).
-    n_threads: host threads for the CIM kernels. profile: time every compiled-kernel call
-    (``kernel_seconds`` accumulates; the overhead is two clock reads per call). fuse_products: run
-    q/k/v (and gate/up), which read the same activations, as one product over their stacked tiles —
-    a host-speed measure (fewer calls, longer streams) that costs a host-memory copy of those
-    matrices; values and events are identical either way.
+    kv_format: ``"int8"`` or ``"fp16"`` KV cache (default: the plan's); the SRAM is not part of the
+    ROM image, so this is chosen per chip (``self.plan`` then carries it).
+    n_threads: host threads for the CIM kernels. fuse_products: run q/k/v (and gate/up), which read
+    the same activations, as one product over their stacked tiles — a host-speed measure (fewer
+    calls, longer streams) that costs a host-memory copy of those matrices; values and events are
+    identical either way. compiled: run the transformer layers as one C call per step
+    (:class:`hcemu._core.Decoder`, csrc/hc_chip.c) instead of the interpreted loop of
+    :meth:`_layers_interpreted`, which calls the same kernels in the same order from Python (the
+    readable form of the dataflow; values and events are identical, tests hold them so).
+    prefetch_bytes: with ``compiled``, how many bytes of each next ROM matrix to touch before its
+    product starts, while the vector unit works (0: off). profile: time the compiled code
+    (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
+    ``op_seconds()`` splits the compiled layers' time by operation).
     """
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
-                 n_threads: int = 1, profile: bool = False, fuse_products: bool = True):
+                 kv_format: str | None = None, n_threads: int = 1, profile: bool = False,
+                 fuse_products: bool = True, compiled: bool = True, prefetch_bytes: int = PREFETCH_BYTES):
         self.image = image
         self.spec = spec = image.spec
-        self.plan = plan = image.plan
+        plan = image.plan
+        if kv_format is not None and kv_format != plan.kv:
+            plan = replace(plan, kv=kv_format)  # validates the format
+        self.plan = plan
         self.n_threads = int(n_threads)
         if kv_capacity_tokens is None and kv_sram_bytes is None:
             kv_capacity_tokens = min(spec.max_context, 8192)
@@ -101,6 +116,18 @@ class Chip:
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
         self._k = self._kernels(profile)
+        self._decoder = None
+        if compiled:
+            self._decoder = _core.Decoder(
+                self.kv._store,
+                [(L.attn_norm, L.ffn_norm) + ((L.wqkv, None, None) if L.wqkv is not None else (L.wq, L.wk, L.wv))
+                 + (L.wo,) + ((L.wgate_up, None) if L.wgate_up is not None else (L.wg, L.wu)) + (L.wd,)
+                 for L in self._layers],
+                d_model=spec.d_model, n_heads=spec.n_heads, d_ff=spec.d_ff, norm_eps=spec.norm_eps,
+                act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
+                cos=self._cos, sin=self._sin, prefetch_bytes=prefetch_bytes)
+            self._decoder.profile = profile
+            self._run_layers = self._timed(self._decoder.forward) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
             [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
         self._head_bank_rows = self._bank_rows(
@@ -182,6 +209,10 @@ class Chip:
     def reset(self) -> None:
         self.kv.reset()
 
+    def op_seconds(self) -> dict:
+        """With ``profile`` and ``compiled``: ``{op: (seconds, calls)}`` inside the compiled layers."""
+        return self._decoder.op_times() if self._decoder is not None else {}
+
     # ------------------------------------------------------------------ execution
     def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
         """Run prompt tokens through the chip in chunks of up to 64, appending their K/V to SRAM.
@@ -235,13 +266,33 @@ class Chip:
 
     def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
         """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty)."""
-        s = self.spec
         t, start = len(tokens), self.kv.length
-        nt = self.n_threads
         counts = ev.counts
         # embedding: one ROM row per token, scaled in the vector unit
         x = dequantize_rows(self._embedding, tokens)
         counts[ev.embed] += t * self._embed_const
+        try:
+            if self._decoder is not None:
+                self._run_layers(x, start, self.n_threads, ev)
+            else:
+                self._layers_interpreted(x, start, ev)
+        except BaseException:
+            self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
+            raise
+        counts[:self.spec.n_layers] += t * self._layer_const
+        self.kv.commit(t)
+        x = x[head_rows]
+        if not len(x):
+            return None
+        counts[ev.head] += len(x) * self._head_const
+        h = self._k.rmsnorm(np.ascontiguousarray(x), self._out_norm, self.spec.norm_eps)
+        return self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=ev, region="head")
+
+    def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events) -> None:
+        """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time."""
+        s = self.spec
+        t = len(x)
+        nt = self.n_threads
         cos = self._cos[start:start + t]
         sin = self._sin[start:start + t]
         g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
@@ -279,14 +330,6 @@ class Chip:
                 u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
             silu_mul(g, u, out=g)
             add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
-            counts[i] += t * self._layer_const
-        self.kv.commit(t)
-        x = x[head_rows]
-        if not len(x):
-            return None
-        counts[ev.head] += len(x) * self._head_const
-        h = rmsnorm(np.ascontiguousarray(x), self._out_norm, eps)
-        return linear(h, g_d, self._output, n_threads=nt, events=ev, region="head")
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):

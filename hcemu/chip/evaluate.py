@@ -43,19 +43,21 @@ def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_state(image_path: str, source_path: str, n_threads: int):
+def _worker_state(image_path: str, source_path: str, n_threads: int, kv_format: str | None):
     from hcemu.chip.chip import Chip
     from hcemu.model.reference import FloatLlama
     from hcemu.model import load_source
     from hcemu.rom.image import RomImage
 
     image = RomImage.load(image_path, verify=False)
-    return Chip(image, n_threads=n_threads), FloatLlama(load_source(source_path))
+    return Chip(image, n_threads=n_threads, kv_format=kv_format), FloatLlama(load_source(source_path))
 
 
-def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1) -> WindowStats:
-    """Chip vs reference on one window of token ids (predicting tokens[1:])."""
-    chip, reference = _worker_state(image_path, source_path, n_threads)
+def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1,
+                    kv_format: str | None = None) -> WindowStats:
+    """Chip vs reference on one window of token ids (predicting tokens[1:]); ``kv_format``: the
+    chip's KV cache (default: the plan's)."""
+    chip, reference = _worker_state(image_path, source_path, n_threads, kv_format)
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) < 2:
         raise ValueError("an evaluation window needs at least 2 tokens")
@@ -78,7 +80,7 @@ def windows(tokens, ctx: int) -> list[np.ndarray]:
 
 
 def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_threads: int = 1,
-             executor: Executor | None = None, progress: bool = False) -> dict:
+             kv_format: str | None = None, executor: Executor | None = None, progress: bool = False) -> dict:
     """Evaluate a compiled image against the float reference of its source on ``tokens``.
 
     Returns a dict with ``tokens`` (scored positions), ``windows``, ``ctx``, ``ppl_reference``,
@@ -87,7 +89,8 @@ def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_thr
     parts = windows(tokens, ctx)
     if not parts:
         raise ValueError("the text is too short to evaluate (fewer than 2 tokens)")
-    job = functools.partial(evaluate_window, str(image_path), str(source_path), n_threads=n_threads)
+    job = functools.partial(evaluate_window, str(image_path), str(source_path), n_threads=n_threads,
+                            kv_format=kv_format)
     if executor is None:
         results = map(job, parts)
     else:

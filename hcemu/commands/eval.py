@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--workers", type=int, default=1, help="processes (windows run on a ProcessPoolExecutor)")
     p.add_argument("--threads", type=int, default=1, help="kernel threads per worker")
+    p.add_argument("--kv", choices=("int8", "fp16"), default=None,
+                   help="KV-cache format of the chip (default: the plan's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -50,16 +52,17 @@ def run(args) -> int:
             ids = tok.encode(text)
             if args.max_tokens:
                 ids = ids[: args.max_tokens]
-            res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, executor=executor,
+            res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, kv_format=args.kv,
+                           executor=executor,
                            progress=not args.no_progress and not args.json)
-            rows.append({"model": args.model, "plan": plan, **res})
+            rows.append({"model": args.model, "plan": plan, "kv": args.kv or image.plan.kv, **res})
     finally:
         if executor is not None:
             executor.shutdown()
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     else:
-        cols = ("plan", "tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
+        cols = ("plan", "kv", "tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
         print("  ".join(f"{c:>13}" for c in cols), file=sys.stdout)
         for r in rows:
             print("  ".join(f"{r[c]:>13.4f}" if isinstance(r[c], float) else f"{r[c]:>13}" for c in cols))

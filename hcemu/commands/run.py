@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
+
+from hcemu.formats import KV_FORMATS
 
 
 def add_generation_args(p) -> None:
@@ -16,6 +19,8 @@ def add_generation_args(p) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
     p.add_argument("--threads", type=int, default=1, help="host threads for the CIM kernels")
     p.add_argument("--kv-tokens", type=int, default=None, help="SRAM KV-cache capacity in tokens")
+    p.add_argument("--kv", choices=KV_FORMATS, default=None,
+                   help="KV-cache format: int8 (one scale per token and KV head) or fp16 (default: the plan's)")
     p.add_argument("--context", type=int, default=None,
                    help="context length for the modeled silicon figures (default: prompt + generated)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,7 +54,7 @@ def generate(args, prompt: str) -> dict:
     chat = not args.raw and tok.chat_template is not None
     text_in = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
     ids = tok.encode(text_in)
-    chip = Chip(image, n_threads=args.threads, kv_capacity_tokens=args.kv_tokens)
+    chip = Chip(image, n_threads=args.threads, kv_capacity_tokens=args.kv_tokens, kv_format=args.kv)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id})
     out_ids = [i for i in gen.ids if i != tok.eos_id]
@@ -58,6 +63,7 @@ def generate(args, prompt: str) -> dict:
         "model": args.model,
         "image": path,
         "plan": image.plan.name,
+        "kv": chip.plan.kv,
         "isa": _isa(),
         "threads": args.threads,
         "prompt": prompt,
@@ -75,7 +81,7 @@ def generate(args, prompt: str) -> dict:
     report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
     report["rom_bank_rows_read"] = int(gen.bank_rows.sum())
     # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
-    report["silicon"] = chip_figures_for_image(image, len(ids), len(gen.ids), args.context,
+    report["silicon"] = chip_figures_for_image(SimpleNamespace(spec=image.spec, plan=chip.plan), len(ids), len(gen.ids), args.context,
                                                events=(gen.prefill_events, gen.decode_events))
     report["gpus"] = gpu_figures(image.spec, len(ids), max(len(gen.ids), 2))
     return report
