@@ -4,7 +4,8 @@
 
 SmolLM2-135M, decode at a fixed context (default 256 tokens), plans int8 and int4:
 - decode time per token vs a plain read of the bytes one step streams from ROM (target <= 1.6x, int8);
-- share of the decode step spent inside compiled kernels (target >= 85%);
+- share of the decode step spent inside the compiled kernels' calls (target >= 85%; the C glue
+  between them and all Python excluded), with the step's time split by operation;
 - decode speed vs the float32 numpy reference decoding the same model (target >= 4x);
 - prefill (batched CIM products) per token vs decode per token (target >= 5x).
 """
@@ -22,7 +23,7 @@ from hcemu.chip.bench import chip_ratios  # noqa: E402
 
 TARGETS = (  # (key, comparison, bound, plans it is judged on)
     ("decode_over_read", "<=", 1.6, ("int8",)),
-    ("kernel_share", ">=", 0.85, ("int8", "int4")),
+    ("kernel_call_share", ">=", 0.85, ("int8", "int4")),
     ("speedup_vs_reference", ">=", 4.0, ("int8", "int4")),
     ("prefill_speedup_per_token", ">=", 5.0, ("int8", "int4")),
 )
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
         print(f"  {plan}: decode {r['decode_tok_s']:.1f} tok/s ({r['decode_ms_per_token']:.2f} ms, "
               f"{r['rom_bytes_per_step'] / 1e6:.1f} MB ROM/step; plain read {r['plain_read_ms']:.2f} ms = "
               f"{r['plain_read_gb_s']:.1f} GB/s), prefill {r['prefill_tok_s']:.0f} tok/s")
+    for plan, r in res["plans"].items():
+        ops = ", ".join(f"{op} {ms:.3f}" for op, ms in sorted(r["op_ms"].items(), key=lambda kv: -kv[1]))
+        print(f"  {plan} profile, ms per step of {r['step_ms']:.2f} ms: {ops}")
     print(f"{'target':<28} {'plan':<6} {'measured':>9}  goal")
     for key, op, bound, plans in TARGETS:
         for plan in plans:

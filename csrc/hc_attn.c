@@ -25,44 +25,58 @@
 
 /* ---- quantizers ------------------------------------------------------------------------------ */
 
-static inline int amax_f32(const float *x, int n, float *amax) {
-    float a = 0.0f;
-    int bad = 0;
-    for (int i = 0; i < n; ++i) {
-        float v = fabsf(x[i]);
-        bad |= !(v <= FLT_MAX);
-        a = v > a ? v : a;
+/* One (token, kv head) slot of the int8 KV store: amax = max|x| taken on the bits (for non-negative
+ * floats the uint32 order is the float order; inf/NaN have the largest patterns), s = fp16(amax/127),
+ * q = clamp(rne(x * (1/s)), -127, 127).  |x / s| <= 127 * (1 + 2^-11), or below 2^8 where s is an
+ * fp16 subnormal, so rne is the add/subtract of 1.5 * 2^23 (exact rounding to nearest even for
+ * |v| < 2^22 under strict IEEE evaluation: no fast-math, no contraction).  Every loop is
+ * elementwise or a max, so the per-ISA copies below vectorize without changing a bit. */
+#define HC_KV_STORE_I8(SUF, ATTR)                                                                  \
+    ATTR static int kv_store_i8_##SUF(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, \
+                                      int64_t capacity, int8_t *codes, uint16_t *scales) {         \
+        for (int64_t i = 0; i < t; ++i)                                                            \
+            for (int g = 0; g < n_kv_heads; ++g) {                                                 \
+                const float *xi = x + (i * n_kv_heads + g) * (int64_t)hd;                          \
+                const int64_t slot = (int64_t)g * capacity + pos + i;                              \
+                uint32_t mx = 0;                                                                   \
+                for (int d = 0; d < hd; ++d) {                                                     \
+                    const uint32_t u = hc__f2u(xi[d]) & 0x7fffffffu;                               \
+                    mx = u > mx ? u : mx;                                                          \
+                }                                                                                  \
+                if (mx >= 0x7f800000u) return HC_ENONFINITE;                                       \
+                const uint16_t h = hc__f32_to_f16(hc__u2f(mx) / 127.0f);                           \
+                if ((h & 0x7fff) == 0x7c00) return HC_ENONFINITE; /* scale overflows fp16 */       \
+                const float s = hc__f16_to_f32(h);                                                 \
+                const float inv = s > 0.0f ? 1.0f / s : 0.0f;                                      \
+                int8_t *q = codes + slot * hd;                                                     \
+                for (int d = 0; d < hd; ++d) {                                                     \
+                    float v = (xi[d] * inv + 0x1.8p23f) - 0x1.8p23f;                               \
+                    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                         \
+                    q[d] = (int8_t)(int32_t)v;                                                     \
+                }                                                                                  \
+                scales[slot] = h;                                                                  \
+            }                                                                                      \
+        return HC_OK;                                                                              \
     }
-    *amax = a;
-    return bad ? HC_ENONFINITE : HC_OK;
-}
 
-static inline void quant_codes(const float *x, int n, float inv, int8_t *q) {
-    for (int i = 0; i < n; ++i) {
-        float v = rintf(x[i] * inv);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[i] = (int8_t)v;
-    }
-}
+HC_KV_STORE_I8(scalar, )
+#if HC_X86
+HC_KV_STORE_I8(avx2, __attribute__((target("avx2,f16c"))))
+HC_KV_STORE_I8(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
+#endif
 
 int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, int64_t capacity,
                    int8_t *codes, uint16_t *scales) {
     if (t < 0 || n_kv_heads <= 0 || hd <= 0 || pos < 0 || capacity < 0) return HC_EINVAL;
     if (pos + t > capacity) return HC_ECAPACITY;
-    for (int64_t i = 0; i < t; ++i)
-        for (int g = 0; g < n_kv_heads; ++g) {
-            const float *xi = x + (i * n_kv_heads + g) * (int64_t)hd;
-            int64_t slot = (int64_t)g * capacity + pos + i;
-            float amax;
-            if (amax_f32(xi, hd, &amax) != HC_OK) return HC_ENONFINITE;
-            uint16_t h = hc__f32_to_f16(amax / 127.0f);
-            if ((h & 0x7fff) == 0x7c00) return HC_ENONFINITE; /* scale overflows fp16 */
-            float s = hc__f16_to_f32(h);
-            float inv = s > 0.0f ? 1.0f / s : 0.0f;
-            quant_codes(xi, hd, inv, codes + slot * hd);
-            scales[slot] = h;
-        }
-    return HC_OK;
+#if HC_X86
+    switch (hc_isa_active()) {
+    case HC_ISA_AVX512VNNI: return kv_store_i8_avx512(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
+    case HC_ISA_AVX2: return kv_store_i8_avx2(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
+    default: break;
+    }
+#endif
+    return kv_store_i8_scalar(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
 }
 
 int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,

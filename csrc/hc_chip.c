@@ -118,6 +118,7 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
     if (!x || t < 1 || start < 0 || n_threads < 1 || n_threads > HC_MAX_THREADS) return HC_EINVAL;
     if (start + t > m->kv_capacity) return HC_ECAPACITY;
     const int prof = trace && trace->profile;
+    const double t_call = prof ? now_s() : 0.0;
     const int64_t d = m->d_model, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, f = m->d_ff;
     const int64_t qd = H * hd, kvd = Hkv * hd, widest = d > qd ? (d > f ? d : f) : (qd > f ? qd : f);
     const int64_t pf_bytes = m->prefetch_bytes > 0 ? m->prefetch_bytes : 0;
@@ -197,5 +198,6 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
     }
 done:
     free(buf);
+    if (prof) trace->seconds += now_s() - t_call;
     return rc;
 }

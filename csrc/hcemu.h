@@ -221,6 +221,7 @@ enum {
 typedef struct {
     int profile;
     int64_t failed_layer, failed_op; /* -1 when the call succeeded */
+    double seconds;                  /* whole calls (kernels plus the glue between them) */
     double op_seconds[HC_DEC_OP_COUNT];
     int64_t op_calls[HC_DEC_OP_COUNT];
 } hc_decoder_trace;

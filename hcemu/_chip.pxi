@@ -134,6 +134,12 @@ cdef class Decoder:
         """``{op: (seconds, calls)}`` accumulated while profiling, in the order of DECODER_OPS."""
         return {DECODER_OPS[i]: (self.trace.op_seconds[i], self.trace.op_calls[i]) for i in range(HC_DEC_OP_COUNT)}
 
+    @property
+    def seconds(self):
+        """Seconds inside :meth:`forward`'s C call accumulated while profiling (kernels and the glue
+        between them; ``seconds - sum(op_times)`` is the glue)."""
+        return self.trace.seconds
+
     def reset_op_times(self):
         cdef int p = self.trace.profile
         memset(&self.trace, 0, sizeof(hc_decoder_trace))

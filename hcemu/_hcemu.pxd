@@ -90,6 +90,7 @@ cdef extern from "hcemu.h" nogil:
     ctypedef struct hc_decoder_trace:
         int profile
         int64_t failed_layer, failed_op
+        double seconds
         double op_seconds[12]
         int64_t op_calls[12]
     const char *hc_decoder_op_name(int op)

@@ -49,16 +49,24 @@ def test_block_constant_agrees():
 
 # ---- KV cache storage -------------------------------------------------------------------------
 
-def test_int8_store_matches_oracle_and_dequantizes_consistently():
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("hd", [64, 40, 6])
+def test_int8_store_matches_oracle_and_dequantizes_consistently(isa, hd):
+    hcemu.set_isa(isa)
     rng = np.random.default_rng(0)
-    x = rand(rng, 50, 3, 64, scale=2)
+    x = rand(rng, 50, 3, hd, scale=2)
     x[3] = 0  # all-zero rows: scale 0, codes 0
     x[4, 1] *= 1e-9  # scale underflows fp16 to 0 or subnormal
-    cache = KVCache(1, 3, 64, 64)
+    x[5, 0] = (np.arange(hd) - hd / 2) * 0.5 + 0.25  # scale 0.5 (amax 63.5): x / s = k + 0.5, ties
+    x[5, 0, 0] = 127 * 0.5
+    x[6, 2] = -x[5, 0]
+    cache = KVCache(1, 3, hd, 64)
     cache.append(0, x, x)
     codes, s16 = quantize_kv_ref(x.transpose(1, 0, 2))
     np.testing.assert_array_equal(cache.k_codes[0, :, :50], codes)
     np.testing.assert_array_equal(cache.k_scales[0, :, :50], s16.view(np.uint16))
+    if hd != 64:
+        return
     assert cache.k_codes.min() >= -127
     # codes were computed against the STORED fp16 scale: |x - q*s| <= s/2 (+ rounding slack)
     k, _ = cache.keys_values(0)
@@ -123,13 +131,16 @@ def test_commit_and_reset():
     assert cache.length == 0 and cache.filled(1) == 0
 
 
-def test_store_rejects_bad_values():
+@pytest.mark.parametrize("isa", ISAS)
+def test_store_rejects_bad_values(isa):
+    hcemu.set_isa(isa)
     cache = KVCache(1, 2, 8, 10)
     ok = np.ones((1, 2, 8), np.float32)
-    bad = ok.copy()
-    bad[0, 1, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinity"):
-        cache.append(0, bad, ok)
+    for poison in (np.nan, np.inf, -np.inf):
+        bad = ok.copy()
+        bad[0, 1, 3] = poison
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            cache.append(0, bad, ok)
     with pytest.raises(ValueError, match="fp16 range"):
         cache.append(0, ok * 1e7, ok)
     assert cache.filled(0) == 0

@@ -85,18 +85,38 @@ def prefill_runner(image_path: str, tokens: np.ndarray, threads: int = 1) -> kb.
     return kb.Runner("hcemu", run, 0, 0, 1, f"prefill of {len(tokens)} tokens")
 
 
-def kernel_share(image_path: str, context: int = 256, threads: int = 1, steps: int = 32) -> float:
-    """Share of decode-step wall time spent inside the compiled kernels (profiled chip)."""
+def decode_profile(image_path: str, context: int = 256, threads: int = 1, steps: int = 64) -> dict:
+    """Where a decode step's wall time goes (profiled chip, ``steps`` steps at a fixed context).
+
+    ``kernel_share``: time inside compiled code (the layers' C call and the head's kernels) over
+    wall time; ``kernel_call_share``: only the kernel calls themselves (the C glue between them
+    excluded); ``op_ms``: milliseconds per step of each op inside the compiled layers, and of
+    ``head`` (final norm and output product) and ``python`` (everything else: embedding lookup,
+    event and bank bookkeeping, the interpreter).
+    """
     import time
 
     setup = decode_setup(image_path, context, threads, profile=True)
     chip, tok, keep = setup.chip, int(setup.tokens[-1]), context - 1
-    chip.kernel_seconds = 0.0
+    for _ in range(4):
+        chip.decode(tok)
+        chip.kv.truncate(keep)
+    chip.reset_profile()
     t0 = time.perf_counter()
     for _ in range(steps):
         chip.decode(tok)
         chip.kv.truncate(keep)
-    return chip.kernel_seconds / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    ops = chip.op_seconds()
+    layers_s = ops.pop("layers")[0]
+    op_s = sum(sec for sec, _ in ops.values())
+    head_s = chip.kernel_seconds - layers_s
+    op_ms = {op: sec / steps * 1e3 for op, (sec, calls) in ops.items() if calls}
+    op_ms["glue"] = (layers_s - op_s) / steps * 1e3
+    op_ms["head"] = head_s / steps * 1e3
+    op_ms["python"] = (wall - chip.kernel_seconds) / steps * 1e3
+    return {"kernel_share": chip.kernel_seconds / wall, "kernel_call_share": (op_s + head_s) / wall,
+            "step_ms": wall / steps * 1e3, "op_ms": op_ms}
 
 
 def chip_ratios(model: str = "smollm2", plans=("int8", "int4"), context: int = 256, threads: int = 1,
@@ -131,7 +151,7 @@ def chip_ratios(model: str = "smollm2", plans=("int8", "int4"), context: int = 2
             "speedup_vs_reference": secs["reference"] / dec,
             "prefill_tok_s": 1.0 / prefill_per_token,
             "prefill_speedup_per_token": dec / prefill_per_token,
-            "kernel_share": kernel_share(path, context, threads),
         }
+        out["plans"][plan].update(decode_profile(path, context, threads))
     out["reference_decode_tok_s"] = 1.0 / secs["reference"]
     return out

@@ -115,6 +115,7 @@ class Chip:
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
+        self._layer_calls = 0
         self._k = self._kernels(profile)
         self._decoder = None
         if compiled:
@@ -130,6 +131,7 @@ class Chip:
             self._run_layers = self._timed(self._decoder.forward) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
             [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
+        self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
 
@@ -210,8 +212,20 @@ class Chip:
         self.kv.reset()
 
     def op_seconds(self) -> dict:
-        """With ``profile`` and ``compiled``: ``{op: (seconds, calls)}`` inside the compiled layers."""
-        return self._decoder.op_times() if self._decoder is not None else {}
+        """With ``profile`` and ``compiled``: ``{op: (seconds, calls)}`` of the kernel calls inside the
+        compiled layers, and ``"layers"``: (seconds of the whole compiled calls, steps)."""
+        if self._decoder is None:
+            return {}
+        out = self._decoder.op_times()
+        out["layers"] = (self._decoder.seconds, self._layer_calls)
+        return out
+
+    def reset_profile(self) -> None:
+        """Zero ``kernel_seconds`` and the per-op times."""
+        self.kernel_seconds = 0.0
+        self._layer_calls = 0
+        if self._decoder is not None:
+            self._decoder.reset_op_times()
 
     # ------------------------------------------------------------------ execution
     def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
@@ -259,9 +273,12 @@ class Chip:
 
     def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray:
         rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
-        for tok in tokens:
-            bank_ids, per_row = self.image.row_banks("token_embd.weight", int(tok))
-            np.add.at(rows, bank_ids, per_row)
+        cache = self._embed_bank_rows
+        for tok in tokens.tolist():
+            hit = cache.get(tok)
+            if hit is None:
+                hit = cache[tok] = self.image.row_banks("token_embd.weight", tok)
+            np.add.at(rows, *hit)
         return rows
 
     def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
@@ -274,6 +291,7 @@ class Chip:
         try:
             if self._decoder is not None:
                 self._run_layers(x, start, self.n_threads, ev)
+                self._layer_calls += 1
             else:
                 self._layers_interpreted(x, start, ev)
         except BaseException:
