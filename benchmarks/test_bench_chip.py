@@ -39,6 +39,16 @@ def test_decode_step(benchmark, setups, plan):
     benchmark(decode_runner(s).fn)
 
 
+def test_decode_step_interpreted(benchmark, images):
+    """The same step through the interpreted layer loop (one Python call per kernel)."""
+    from hcemu.chip.bench import decode_runner, decode_setup
+
+    benchmark.group = "chip decode, smollm2, context 256"
+    s = decode_setup(images["int8"], CONTEXT, compiled=False)
+    _info(benchmark, peer="hcemu_interpreted", plan="int8", rom_bytes_per_step=s.rom_bytes_per_step)
+    benchmark(decode_runner(s).fn)
+
+
 @pytest.mark.parametrize("plan", ["int8", "int4"])
 def test_plain_read_of_step_bytes(benchmark, setups, plan):
     benchmark.group = "chip decode, smollm2, context 256"

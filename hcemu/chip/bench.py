@@ -33,14 +33,16 @@ def context_tokens(tokenizer, n: int) -> np.ndarray:
     return ids[:n]
 
 
-def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile: bool = False) -> DecodeSetup:
-    """A chip holding ``context - 1`` prompt tokens, ready to decode at position ``context - 1``."""
+def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile: bool = False,
+                 compiled: bool = True) -> DecodeSetup:
+    """A chip holding ``context - 1`` prompt tokens, ready to decode at position ``context - 1``
+    (``compiled=False``: the interpreted layer loop, for comparison)."""
     from hcemu.app import load_tokenizer
     from hcemu.chip.chip import Chip
     from hcemu.rom.image import RomImage
 
     image = RomImage.load(image_path, verify=False)
-    chip = Chip(image, kv_capacity_tokens=context + 8, n_threads=threads, profile=profile)
+    chip = Chip(image, kv_capacity_tokens=context + 8, n_threads=threads, profile=profile, compiled=compiled)
     toks = context_tokens(load_tokenizer(image), context)
     chip.prefill(toks[:-1])
     step = chip.decode(int(toks[-1]))
