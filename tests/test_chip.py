@@ -200,13 +200,14 @@ def test_compiled_layers_equal_the_interpreted_loop(images, plan, kv, fuse):
     """One C call per step (hc_decoder_layers) == the Python loop over the same kernels: logits to the
     bit, events, ROM bank rows and the SRAM contents, over two prefill chunks (64 + 6 tokens) and decode."""
     ids = np.arange(1000, 1070, dtype=np.int64) * 7 % 49152
-    chips = [make_chip(images(plan), kv_capacity_tokens=80, kv_format=kv, fuse_products=fuse, compiled=c)
-             for c in (True, False)]
+    chips = [make_chip(images(plan), kv_capacity_tokens=80, kv_format=kv, fuse_products=fuse, compiled=c,
+                       n_threads=nt) for c, nt in ((True, 1), (False, 1), (True, 2))]
     runs = [(c.prefill(ids, all_logits=True), c.decode(5), c.decode(77)) for c in chips]
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a.logits.view(np.int32), b.logits.view(np.int32))
-        assert a.events == b.events
-        np.testing.assert_array_equal(a.bank_rows, b.bank_rows)
+    for a, b, c in zip(*runs):
+        for other in (b, c):
+            np.testing.assert_array_equal(a.logits.view(np.int32), other.logits.view(np.int32))
+            assert a.events == other.events
+            np.testing.assert_array_equal(a.bank_rows, other.bank_rows)
     arrays = ("k_codes", "v_codes", "k_scales", "v_scales") if kv == "int8" else ("k", "v")
     for name in arrays:
         np.testing.assert_array_equal(getattr(chips[0].kv, name), getattr(chips[1].kv, name))
