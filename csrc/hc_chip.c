@@ -2,14 +2,15 @@
  * hc_chip.c — the transformer layers of a Llama-family decoder as one compiled pass.
  *
  * Runs, for t tokens at positions [start, start+t), every layer's dataflow through the same kernels
- * and in the same order as the interpreted chip (hcemu/chip/chip.py, Chip._forward_interpreted):
+ * and in the same order as the interpreted chip (hcemu/chip/chip.py, Chip._layers_interpreted):
  *   h = rmsnorm(x); (q8, s) = quantize(h); q|k|v = CIM(q8, s); rope(q), rope(k); store k, v in
  *   the SRAM KV cache; a = attention(q); x += CIM_linear(a); h = rmsnorm(x); (q8, s) = quantize(h);
  *   g|u = CIM(q8, s); g = silu(g) * u; x += CIM_linear(g).
  * Each operation is one call of the kernel the interpreted path calls, so values are bit-identical
  * to it.  What this adds is only that no Python runs between the kernels (at decode a SmolLM2 step is
  * about 450 kernel calls, and the interpreter between them cost 15-20% of the step), and that the
- * start of the next ROM matrix is prefetched while the vector unit works.
+ * start of the next ROM matrix can be prefetched while the vector unit works (prefetch_bytes).
+ * Documented in docs/chip.md.
  */
 #include "hcemu.h"
 
