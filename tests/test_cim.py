@@ -95,6 +95,26 @@ def test_random_matches_oracle(fmt, n, k, m):
         run_all_paths(q, s, pw, threads=(1, 2))
 
 
+@pytest.mark.parametrize("fmt", [WeightFormat(8, 32), WeightFormat(8, 0)], ids=["int8_g32", "int8_ch"])
+@pytest.mark.parametrize("n", [16, 32, 33, 48, 100, 161, 520])
+def test_one_token_row_tile_streams(fmt, n):
+    """M = 1 int8 reads several row tiles at once (tiles_ms_vnni): tile counts that do and do not
+    divide among the streams and threads, against the oracle on every path (no dots hook, which
+    takes another path)."""
+    rng = np.random.default_rng(n)
+    k = 96 if fmt.per_channel else 128
+    pw = make_weights(fmt, n, k, rng)
+    q = rng.integers(-128, 128, size=(1, k), dtype=np.int8)
+    s = (rng.random((1, k // 32)) * 0.1).astype(np.float32)
+    ref = cim_ref.cim_matmul_ref(q, s, pw)
+    for name in ISAS:
+        with isa(name):
+            for th in (1, 2, 3):
+                y = cim.cim_matmul(q, s, pw, n_threads=th)
+                np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32),
+                                              err_msg=f"{fmt.name} n={n} {name} t={th}")
+
+
 @pytest.mark.parametrize("k", [1, 31, 33, 100, 96, 160])
 def test_per_channel_k_not_multiple_of_tile(k):
     rng = np.random.default_rng(k)
