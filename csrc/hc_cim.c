@@ -21,13 +21,10 @@
 #define TR 16                 /* rows per tile */
 #define PF_CODES 8192         /* prefetch distance (bytes) in a tile's code stream */
 #define PF_META 256           /* ... and in its scale stream */
-#ifndef MS_STREAMS
-#define MS_STREAMS 2          /* int8 row tiles read at once at M = 1 (tiles_ms_vnni) */
-#endif
+#define MS_STREAMS 3          /* int8 row tiles read at once at M = 1 (tiles_ms_vnni) */
 #define MS_MAX 8
-#ifndef PF_MS
-#define PF_MS 2048            /* prefetch distance (bytes) in each of their code streams */
-#endif
+#define PF_MS 1024            /* prefetch distance (bytes) in each of their code streams ... */
+#define PF_MS_META 1024       /* ... and scale streams */
 
 int hc_openmp(void) {
 #ifdef _OPENMP
@@ -546,9 +543,10 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
 
 /* int8, one token (M = 1), tile width 32: S row tiles, one from each of S contiguous runs of the
  * thread's tile range, advance block by block together, so that the kernel reads S code streams (and
- * S scale streams) at once, as the read peer does; with 4 KiB pages this measured 0.80-0.85 -> 0.90-0.95
- * of the read (one stream cannot keep enough lines in flight across page boundaries).  Each tile keeps
- * its own float accumulator and block order, so the results are tile_vnni's bit for bit. */
+ * S scale streams) at once.  Each tile keeps its own float accumulator and block order, so the
+ * results are tile_vnni's bit for bit.  Measured against the plain read (docs/kernels.md): one
+ * stream 0.80-0.93 with 4 KiB pages, 0.93-0.97 with 2 MiB pages; three streams 0.92-1.0 with either
+ * (two about as good with 2 MiB pages; four fall to 0.8). */
 static inline __attribute__((always_inline)) VNNI_TARGET void
 tiles_ms_vnni(const cim_ctx *c, const int64_t *ts, int64_t m0, const int S, const int pc) {
     const hc_weights *w = c->w;
@@ -573,7 +571,7 @@ tiles_ms_vnni(const cim_ctx *c, const int64_t *ts, int64_t m0, const int S, cons
             for (int pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_MS + pf), _MM_HINT_T0);
             if (!pc) {
                 const uint16_t *sp = w->scales + (ts[s] * nb + b) * TR;
-                _mm_prefetch((const char *)(sp + PF_META), _MM_HINT_T0);
+                _mm_prefetch((const char *)(sp + PF_MS_META), _MM_HINT_T0);
                 d[s] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sp));
             }
             __m512i D = _mm512_setzero_si512(), E = _mm512_setzero_si512(); /* two sum chains */
@@ -753,7 +751,7 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
 }
 
 /* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
-#define READ_STREAMS 4
+#define READ_STREAMS 2 /* 2 measured 1-5% faster than 4 (and than 1 or 3) on the Zen 4 host */
 #define READ_PF 4096
 
 static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
