@@ -672,6 +672,11 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
 
     int threads = n_threads < nt ? n_threads : (int)nt;
+    if (!dots) { /* the dots hook (tests) keeps every thread, so that the split stays tested */
+        const int64_t tb = TR * tk * bits / 8, meta = (per_channel ? nt : nt * nb) * TR * 2 * (asym ? 2 : 1);
+        const int64_t cap = (nt * nb * tb + meta) / HC_CIM_BYTES_PER_THREAD;
+        if (threads > cap) threads = cap > 1 ? (int)cap : 1;
+    }
     (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads > 1) {
@@ -815,6 +820,8 @@ static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
 uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
     if (!p || nbytes <= 0) return 0;
     if (n_threads < 1) n_threads = 1;
+    const int64_t cap = nbytes / HC_CIM_BYTES_PER_THREAD; /* the kernels' rule (hcemu.h) */
+    if (n_threads > cap) n_threads = cap > 1 ? (int)cap : 1;
 #ifdef _OPENMP
     if (n_threads > 1) {
         uint64_t sum = 0;
