@@ -117,7 +117,8 @@ int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int h
  * HC_CIM_M_CHUNK (each weight line is loaded once per chunk and reused for all its tokens); every
  * token's result is independent of the chunking.
  * n_threads (1..HC_MAX_THREADS) splits the row tiles into contiguous ranges, one per thread
- * (OpenMP when built with it, else serial); the results do not depend on n_threads.  At most one
+ * (OpenMP when built with it, else serial; two threads claim 1 MiB chunks from opposite ends, so
+ * that one that starts late leaves its share to the other); the results do not depend on n_threads.  At most one
  * thread runs per HC_CIM_BYTES_PER_THREAD of weights (codes and scales): waking a sleeping OpenMP
  * worker (hcemu sets OMP_WAIT_POLICY=PASSIVE) costs about 50 us on the 2-core test VM, the time to
  * stream ~2 MiB, so smaller products run faster on fewer threads.  The dots hook is exempt.

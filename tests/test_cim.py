@@ -390,12 +390,15 @@ def test_env_forcing_unknown_fails():
 def test_stream_read_checksum():
     """The bandwidth peer reads every byte: its checksum is the wrapped sum of the 64-bit words."""
     rng = np.random.default_rng(4)
-    buf = rng.integers(0, 256, size=64 * 4 * 2 * 1001, dtype=np.uint8)
-    want = int(buf.view(np.uint64).sum(dtype=np.uint64))
-    for name in ISAS:
-        with isa(name):
-            assert _core.stream_read(buf, 1) == want
-            assert _core.stream_read(buf, 2) == want
+    # the small buffer runs on one thread (HC_CIM_BYTES_PER_THREAD); the ~13 MiB one takes the
+    # two-thread split (1 MiB chunks from both ends, meeting in a partial chunk)
+    for size in (64 * 4 * 2 * 1001, 128 * (13 * 8192 + 3)):
+        buf = rng.integers(0, 256, size=size, dtype=np.uint8)
+        want = int(buf.view(np.uint64).sum(dtype=np.uint64))
+        for name in ISAS:
+            with isa(name):
+                assert _core.stream_read(buf, 1) == want
+                assert _core.stream_read(buf, 2) == want
 
 
 def test_read_only_weights_and_inputs():
