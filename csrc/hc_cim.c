@@ -545,8 +545,8 @@ tile_vnni(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, con
  * thread's tile range, advance block by block together, so that the kernel reads S code streams (and
  * S scale streams) at once.  Each tile keeps its own float accumulator and block order, so the
  * results are tile_vnni's bit for bit.  Measured against the plain read (docs/kernels.md): one
- * stream 0.80-0.93 with 4 KiB pages, 0.93-0.97 with 2 MiB pages; three streams 0.92-1.0 with either
- * (two about as good with 2 MiB pages; four fall to 0.8). */
+ * stream 0.72-0.93 with 4 KiB pages, 0.93-0.99 with 2 MiB pages; three streams 0.92-1.03 and
+ * 0.92-0.97 (two about as good with 2 MiB pages, worse with 4 KiB; four fall to 0.8). */
 static inline __attribute__((always_inline)) VNNI_TARGET void
 tiles_ms_vnni(const cim_ctx *c, const int64_t *ts, int64_t m0, const int S, const int pc) {
     const hc_weights *w = c->w;
