@@ -689,16 +689,16 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
         }
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
 
+    /* weight bytes (codes, fp16 scales and offsets) of one row tile */
+    const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
     int threads = n_threads < nt ? n_threads : (int)nt;
     if (!dots) { /* the dots hook (tests) keeps every thread, so that the split stays tested */
-        const int64_t tb = TR * tk * bits / 8, meta = (per_channel ? nt : nt * nb) * TR * 2 * (asym ? 2 : 1);
-        const int64_t cap = (nt * nb * tb + meta) / HC_CIM_BYTES_PER_THREAD;
+        const int64_t cap = nt * row_bytes / HC_CIM_BYTES_PER_THREAD;
         if (threads > cap) threads = cap > 1 ? (int)cap : 1;
     }
     (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads == 2 && nt < ((int64_t)1 << 31)) {
-        const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
         const int64_t chunk = SPLIT2_BYTES / row_bytes > 2 * MS_STREAMS ? SPLIT2_BYTES / row_bytes : 2 * MS_STREAMS;
         uint64_t range = (uint64_t)nt << 32;
 #pragma omp parallel num_threads(2)
@@ -786,7 +786,7 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
 }
 
 /* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
-#define READ_STREAMS 2 /* 2 measured 1-5% faster than 4 (and than 1 or 3) on the Zen 4 host */
+#define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the test VM */
 #define READ_PF 4096
 
 static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
