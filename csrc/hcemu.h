@@ -117,12 +117,17 @@ int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int h
  * HC_CIM_M_CHUNK (each weight line is loaded once per chunk and reused for all its tokens); every
  * token's result is independent of the chunking.
  * n_threads (1..HC_MAX_THREADS) splits the row tiles into contiguous ranges, one per thread
- * (OpenMP when built with it, else serial); the results do not depend on n_threads.
+ * (OpenMP when built with it, else serial; two threads claim 1 MiB chunks from opposite ends, so
+ * that one that starts late leaves its share to the other); the results do not depend on n_threads.  At most one
+ * thread runs per HC_CIM_BYTES_PER_THREAD of weights (codes and scales): waking a sleeping OpenMP
+ * worker (hcemu sets OMP_WAIT_POLICY=PASSIVE) costs about 50 us on the 2-core test VM, the time to
+ * stream ~2 MiB, so smaller products run faster on fewer threads.  The dots hook is exempt.
  * All functions return HC_OK or a negative status (HC_EINVAL for bad sizes/groups/threads,
  * HC_ENOMEM, HC_EUNSUPPORTED for an ISA path this CPU lacks, HC_ENONFINITE for NaN/inf input).
  */
 #define HC_CIM_M_CHUNK 64
 #define HC_MAX_THREADS 256
+#define HC_CIM_BYTES_PER_THREAD (4 << 20)
 
 typedef struct {
     int bits;                /* 8 or 4 */
@@ -177,7 +182,8 @@ int hc_gemm_i4a_avx512vnni(const hc_weights *, const int8_t *, const float *, in
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa);
 
 /* A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
- * over n_threads: the bandwidth peer of the benchmarks.  Returns a checksum so it cannot be elided. */
+ * over n_threads (at most one per HC_CIM_BYTES_PER_THREAD, as the kernels): the bandwidth peer of
+ * the benchmarks.  Returns a checksum so it cannot be elided. */
 uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 
 /* 1 when built with OpenMP. */

@@ -226,7 +226,8 @@ def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, reg
 
     The activation group Ga = k // act_scales.shape[1] must be a multiple of the weights' tile width
     or k. ``out`` (m, n) float32 C-contiguous is written and returned if given. ``n_threads``
-    (1..256) splits row tiles over threads (identical results). With ``events`` (hcemu.events.Events)
+    (1..256) splits row tiles over threads (identical results; at most one thread per 4 MiB of
+    weights, HC_CIM_BYTES_PER_THREAD). With ``events`` (hcemu.events.Events)
     and ``region``, adds the per-product counts of docs/events.md times m. Testing hooks: ``isa``
     (a path name) forces one ISA path; ``dots`` (int32 (m, n_row_tiles*16, n_blocks)) receives the
     exact integer block sums D of docs/numerics.md.
@@ -314,7 +315,10 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
 
 
 def stream_read(buf, int n_threads=1):
-    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum."""
+    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum.
+
+    The bandwidth peer of the benchmarks: ``n_threads`` splits the bytes as the kernels split row
+    tiles (at most one thread per 4 MiB)."""
     cdef const uint8_t[::1] b = buf
     _check_threads(n_threads)
     cdef uint64_t s = 0

@@ -48,7 +48,7 @@ cim_matmul = _core.cim_matmul
 Product of int8 activations ``q`` (m, k) and float32 ``act_scales`` (m, k // Ga) with the ROM matrix
 ``pw`` (n x k). Ga = k // act_scales.shape[1] must be a multiple of the weights' tile width or k.
 ``out`` (m, n) float32 C-contiguous is written if given. ``n_threads`` (1..256) splits row tiles over
-threads (identical results). With ``events`` and ``region``, adds the per-product counts of
+threads (identical results; at most one thread per 4 MiB of weights, csrc/hcemu.h). With ``events`` and ``region``, adds the per-product counts of
 docs/events.md times m. (A compiled function: the Python layer costs one call.)
 """
 

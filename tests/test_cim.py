@@ -95,6 +95,27 @@ def test_random_matches_oracle(fmt, n, k, m):
         run_all_paths(q, s, pw, threads=(1, 2))
 
 
+@pytest.mark.parametrize("fmt", [WeightFormat(8, 32), WeightFormat(8, 0)], ids=["int8_g32", "int8_ch"])
+@pytest.mark.parametrize("n,k", [(16, 96), (32, 128), (33, 96), (48, 128), (100, 96), (161, 128), (520, 96),
+                                 (6200, 2048)])
+def test_one_token_row_tile_streams(fmt, n, k):
+    """M = 1 int8 reads several row tiles at once (tiles_ms_vnni): tile counts that do and do not
+    divide among the streams and threads, against the oracle on every path (no dots hook, which
+    takes another path).  Only the largest shape (> 12 MiB) gets 3 threads
+    (HC_CIM_BYTES_PER_THREAD); the others run on fewer, with the same results."""
+    rng = np.random.default_rng(n)
+    pw = make_weights(fmt, n, k, rng)
+    q = rng.integers(-128, 128, size=(1, k), dtype=np.int8)
+    s = (rng.random((1, k // 32)) * 0.1).astype(np.float32)
+    ref = cim_ref.cim_matmul_ref(q, s, pw)
+    for name in ISAS:
+        with isa(name):
+            for th in (1, 2, 3):
+                y = cim.cim_matmul(q, s, pw, n_threads=th)
+                np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32),
+                                              err_msg=f"{fmt.name} n={n} {name} t={th}")
+
+
 @pytest.mark.parametrize("k", [1, 31, 33, 100, 96, 160])
 def test_per_channel_k_not_multiple_of_tile(k):
     rng = np.random.default_rng(k)
@@ -369,12 +390,15 @@ def test_env_forcing_unknown_fails():
 def test_stream_read_checksum():
     """The bandwidth peer reads every byte: its checksum is the wrapped sum of the 64-bit words."""
     rng = np.random.default_rng(4)
-    buf = rng.integers(0, 256, size=64 * 4 * 2 * 1001, dtype=np.uint8)
-    want = int(buf.view(np.uint64).sum(dtype=np.uint64))
-    for name in ISAS:
-        with isa(name):
-            assert _core.stream_read(buf, 1) == want
-            assert _core.stream_read(buf, 2) == want
+    # the small buffer runs on one thread (HC_CIM_BYTES_PER_THREAD); the ~13 MiB one takes the
+    # two-thread split (1 MiB chunks from both ends, meeting in a partial chunk)
+    for size in (64 * 4 * 2 * 1001, 128 * (13 * 8192 + 3)):
+        buf = rng.integers(0, 256, size=size, dtype=np.uint8)
+        want = int(buf.view(np.uint64).sum(dtype=np.uint64))
+        for name in ISAS:
+            with isa(name):
+                assert _core.stream_read(buf, 1) == want
+                assert _core.stream_read(buf, 2) == want
 
 
 def test_read_only_weights_and_inputs():
