@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from hcemu.formats import KV_FORMATS
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="perplexity, KL divergence and top-1 agreement of chip vs float reference")
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--workers", type=int, default=1, help="processes (windows run on a ProcessPoolExecutor)")
     p.add_argument("--threads", type=int, default=1, help="kernel threads per worker")
-    p.add_argument("--kv", choices=("int8", "fp16"), default=None,
+    p.add_argument("--kv", choices=KV_FORMATS, default=None,
                    help="KV-cache format of the chip (default: the plan's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
