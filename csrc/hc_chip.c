@@ -8,8 +8,7 @@
  *   g|u = CIM(q8, s); g = silu(g) * u; x += CIM_linear(g).
  * Each operation is one call of the kernel the interpreted path calls, so values are bit-identical
  * to it.  What this adds is only that no Python runs between the kernels (at decode a SmolLM2 step is
- * about 450 kernel calls, and the interpreter between them cost 15-20% of the step), and that the
- * start of the next ROM matrix can be prefetched while the vector unit works (prefetch_bytes).
+ * about 450 kernel calls, and the interpreter between them cost 15-20% of the step).
  * Documented in docs/chip.md.
  */
 #include "hcemu.h"
@@ -27,24 +26,8 @@ static double now_s(void) {
 const char *hc_decoder_op_name(int op) {
     static const char *names[HC_DEC_OP_COUNT] = {"rmsnorm", "quantize", "cim_qkv", "rope", "kv_store",
                                                  "attention", "cim_o", "cim_gate_up", "silu_mul",
-                                                 "cim_down", "add", "prefetch"};
+                                                 "cim_down", "add"};
     return op >= 0 && op < HC_DEC_OP_COUNT ? names[op] : "?";
-}
-
-/* Touch the first `bytes` of a matrix's codes and scales so the CIM kernel starts on warm lines
- * (the hardware prefetcher needs a few misses to ramp up on every new stream). */
-static void prefetch_weights(const hc_weights *w, int64_t bytes) {
-    if (!w) return;
-    const int64_t tile_k = w->group ? w->group : 32;
-    const int64_t code_bytes = w->n_row_tiles * w->n_blocks * 16 * tile_k * w->bits / 8;
-    const int64_t nc = bytes < code_bytes ? bytes : code_bytes;
-    for (int64_t o = 0; o < nc; o += 64) __builtin_prefetch((const char *)w->codes + o, 0, 3);
-    const int64_t meta = (w->group ? w->n_row_tiles * w->n_blocks : w->n_row_tiles) * 16 * 2;
-    const int64_t nm = (bytes / 16 < meta) ? bytes / 16 : meta;
-    for (int64_t o = 0; o < nm; o += 64) {
-        __builtin_prefetch((const char *)w->scales + o, 0, 3);
-        if (w->offsets) __builtin_prefetch((const char *)w->offsets + o, 0, 3);
-    }
 }
 
 /* Copy columns [c0, c0+cols) of y (t, ld) into dst (t, cols). */
@@ -99,18 +82,6 @@ int hc_decoder_check(const hc_decoder *m) {
         }                                                                                                \
     } while (0)
 
-#define PREFETCH(w)                                                                                      \
-    do {                                                                                                 \
-        if (pf_bytes) {                                                                                  \
-            double t0_ = prof ? now_s() : 0.0;                                                           \
-            prefetch_weights((w), pf_bytes);                                                             \
-            if (prof) {                                                                                  \
-                trace->op_seconds[HC_DEC_PREFETCH] += now_s() - t0_;                                     \
-                trace->op_calls[HC_DEC_PREFETCH] += 1;                                                   \
-            }                                                                                            \
-        }                                                                                                \
-    } while (0)
-
 int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,
                       hc_decoder_trace *trace) {
     int rc = hc_decoder_check(m);
@@ -122,7 +93,6 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
     const double t_call = prof ? now_s() : 0.0;
     const int64_t d = m->d_model, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, f = m->d_ff;
     const int64_t qd = H * hd, kvd = Hkv * hd, widest = d > qd ? (d > f ? d : f) : (qd > f ? qd : f);
-    const int64_t pf_bytes = m->prefetch_bytes > 0 ? m->prefetch_bytes : 0;
     /* scratch (floats): h (t,d), qkv (t,qd+2kvd), q (t,qd), k (t,kvd), v (t,kvd), att (t,qd),
      * o (t,d), gu (t,2f), g (t,f), u (t,f), act scales (t,d); then int8 codes (t, widest) */
     const size_t nf = (size_t)t * (size_t)(d + qd + 2 * kvd + qd + 2 * kvd + qd + d + 2 * f + 2 * f + d);
@@ -156,7 +126,6 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wk, q8, sc, t, m->act_group_d, k, n_threads));
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wv, q8, sc, t, m->act_group_d, v, n_threads));
         }
-        PREFETCH(L->wo);
         TIMED(HC_DEC_ROPE, hc_rope_f32(q, cos_t, sin_t, t, H, hd, q));
         TIMED(HC_DEC_ROPE, hc_rope_f32(k, cos_t, sin_t, t, Hkv, hd, k));
         if (m->kv_int8) {
@@ -174,8 +143,7 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
         }
         TIMED(HC_DEC_CIM_O, hc_cim_linear(L->wo, att, t, m->act_group_q, o, n_threads));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
-    /* feed-forward block */
-        PREFETCH(L->wg);
+        /* feed-forward block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->ffn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
         if (!L->wu) { /* gate and up stacked in one matrix */
@@ -191,14 +159,15 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wg, q8, sc, t, m->act_group_d, g, n_threads));
             TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wu, q8, sc, t, m->act_group_d, u, n_threads));
         }
-        PREFETCH(L->wd);
         TIMED(HC_DEC_SILU_MUL, hc_silu_mul_f32(g, u, t * f, g));
         TIMED(HC_DEC_CIM_DOWN, hc_cim_linear(L->wd, g, t, m->act_group_f, o, n_threads));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
-        if (i + 1 < m->n_layers) PREFETCH(m->layers[i + 1].wq);
     }
 done:
     free(buf);
-    if (prof) trace->seconds += now_s() - t_call;
+    if (prof) {
+        trace->seconds += now_s() - t_call;
+        trace->calls += 1;
+    }
     return rc;
 }

@@ -214,20 +214,19 @@ typedef struct {
     int kv_int8;                                   /* 1: int8 KV cache, 0: fp16 */
     int64_t kv_capacity;                           /* token slots per layer */
     const float *rope_cos, *rope_sin;              /* (kv_capacity, head_dim / 2) */
-    int64_t prefetch_bytes;                        /* touch this much of the next matrix early (0: off) */
     const hc_layer *layers;                        /* [n_layers] */
 } hc_decoder;
 
 enum {
     HC_DEC_RMSNORM, HC_DEC_QUANTIZE, HC_DEC_CIM_QKV, HC_DEC_ROPE, HC_DEC_KV_STORE, HC_DEC_ATTENTION,
-    HC_DEC_CIM_O, HC_DEC_CIM_GATE_UP, HC_DEC_SILU_MUL, HC_DEC_CIM_DOWN, HC_DEC_ADD, HC_DEC_PREFETCH,
-    HC_DEC_OP_COUNT
+    HC_DEC_CIM_O, HC_DEC_CIM_GATE_UP, HC_DEC_SILU_MUL, HC_DEC_CIM_DOWN, HC_DEC_ADD, HC_DEC_OP_COUNT
 };
 /* Optional per-call record: where a failure happened, and (profile != 0) seconds and calls per op. */
 typedef struct {
     int profile;
     int64_t failed_layer, failed_op; /* -1 when the call succeeded */
-    double seconds;                  /* whole calls (kernels plus the glue between them) */
+    double seconds;                  /* whole calls (kernels plus the glue between them) ... */
+    int64_t calls;                   /* ... and how many */
     double op_seconds[HC_DEC_OP_COUNT];
     int64_t op_calls[HC_DEC_OP_COUNT];
 } hc_decoder_trace;

@@ -3,8 +3,8 @@ from hcemu._hcemu cimport (hc_layer, hc_decoder, hc_decoder_trace, hc_decoder_op
                            hc_decoder_layers, HC_DEC_OP_COUNT)
 from libc.string cimport memset
 
-if HC_DEC_OP_COUNT != 12:
-    raise ImportError(f"hcemu._core: hcemu.h has {HC_DEC_OP_COUNT} decoder ops, _hcemu.pxd 12")
+if HC_DEC_OP_COUNT != 11:
+    raise ImportError(f"hcemu._core: hcemu.h has {HC_DEC_OP_COUNT} decoder ops, _hcemu.pxd 11")
 
 DECODER_OPS = tuple(hc_decoder_op_name(i).decode() for i in range(HC_DEC_OP_COUNT))
 """The operations :class:`Decoder` times when profiling, in their C order."""
@@ -27,8 +27,7 @@ cdef class Decoder:
     ``layers``: one tuple per layer ``(attn_norm, ffn_norm, wq, wk, wv, wo, wg, wu, wd)`` with
     float32 (d_model,) norms and PackedWeights (or CimWeights) products; ``wk = wv = None`` when
     ``wq`` holds q, k, v stacked, ``wu = None`` when ``wg`` holds gate, up stacked. ``cos``, ``sin``:
-    float32 (kv capacity, head_dim / 2) RoPE tables. ``prefetch_bytes``: how much of each next
-    matrix to touch before its product starts (0: off).
+    float32 (kv capacity, head_dim / 2) RoPE tables.
     """
     cdef hc_decoder d
     cdef hc_layer *layers_
@@ -46,13 +45,11 @@ cdef class Decoder:
 
     def __init__(self, KVStore store, layers, *, Py_ssize_t d_model, Py_ssize_t n_heads, Py_ssize_t d_ff,
                  double norm_eps, Py_ssize_t act_group_d, Py_ssize_t act_group_q, Py_ssize_t act_group_f,
-                 cos, sin, Py_ssize_t prefetch_bytes=0):
+                 cos, sin):
         layers = list(layers)
         cdef Py_ssize_t n = len(layers), hd = store.head_dim, i
         if n != store.n_layers:
             raise ValueError(f"Decoder: {n} layers given, the KV cache has {store.n_layers}")
-        if prefetch_bytes < 0:
-            raise ValueError(f"Decoder: prefetch_bytes must be >= 0, got {prefetch_bytes}")
         for name, tab in (("cos", cos), ("sin", sin)):
             if not _plain_f32(tab, 2, False) or tab.shape != (store.capacity, hd // 2):
                 raise ValueError(f"Decoder: {name} must be C-contiguous float32 {(store.capacity, hd // 2)}, "
@@ -70,11 +67,7 @@ cdef class Decoder:
             L = &self.layers_[i]
             L.attn_norm = _f32_ptr(lay[0], d_model, f"layer {i} attn_norm")
             L.ffn_norm = _f32_ptr(lay[1], d_model, f"layer {i} ffn_norm")
-            prods = []
             cws = [None if pw is None else prepared(pw) for pw in lay[2:]]
-            for cw_ in cws:
-                if cw_ is not None:
-                    prods.append(cw_)
             if cws[0] is None or cws[3] is None or cws[4] is None or cws[6] is None:
                 raise ValueError(f"Decoder: layer {i} lacks wq, wo, wg or wd")
             cw = cws[0]; L.wq = &cw.w
@@ -93,7 +86,7 @@ cdef class Decoder:
             else:
                 L.k16, L.v16 = &store.k16[i, 0, 0, 0], &store.v16[i, 0, 0, 0]
             self.keep.append((lay[0], lay[1]))
-            self.products.append(prods)
+            self.products.append([cw_ for cw_ in cws if cw_ is not None])
         self.d.n_layers, self.d.d_model, self.d.n_heads = n, d_model, n_heads
         self.d.n_kv_heads, self.d.head_dim, self.d.d_ff = store.n_kv_heads, hd, d_ff
         self.d.norm_eps = <float>norm_eps
@@ -102,7 +95,6 @@ cdef class Decoder:
         self.d.kv_capacity = store.capacity
         self.d.rope_cos = <const float *>cnp.PyArray_DATA(<cnp.ndarray>cos)
         self.d.rope_sin = <const float *>cnp.PyArray_DATA(<cnp.ndarray>sin)
-        self.d.prefetch_bytes = prefetch_bytes
         self.d.layers = self.layers_
         if hc_decoder_check(&self.d) != 0:
             raise ValueError(
@@ -120,16 +112,6 @@ cdef class Decoder:
         def __set__(self, value):
             self.trace.profile = 1 if value else 0
 
-    property prefetch_bytes:
-        """Bytes of each next ROM matrix touched before its product starts (0: off)."""
-        def __get__(self):
-            return self.d.prefetch_bytes
-
-        def __set__(self, Py_ssize_t value):
-            if value < 0:
-                raise ValueError(f"Decoder: prefetch_bytes must be >= 0, got {value}")
-            self.d.prefetch_bytes = value
-
     def op_times(self):
         """``{op: (seconds, calls)}`` accumulated while profiling, in the order of DECODER_OPS."""
         return {DECODER_OPS[i]: (self.trace.op_seconds[i], self.trace.op_calls[i]) for i in range(HC_DEC_OP_COUNT)}
@@ -139,6 +121,11 @@ cdef class Decoder:
         """Seconds inside :meth:`forward`'s C call accumulated while profiling (kernels and the glue
         between them; ``seconds - sum(op_times)`` is the glue)."""
         return self.trace.seconds
+
+    @property
+    def calls(self):
+        """:meth:`forward` calls accumulated while profiling."""
+        return self.trace.calls
 
     def reset_op_times(self):
         cdef int p = self.trace.profile

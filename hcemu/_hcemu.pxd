@@ -84,15 +84,15 @@ cdef extern from "hcemu.h" nogil:
         int64_t kv_capacity
         const float *rope_cos
         const float *rope_sin
-        int64_t prefetch_bytes
         const hc_layer *layers
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile
         int64_t failed_layer, failed_op
         double seconds
-        double op_seconds[12]
-        int64_t op_calls[12]
+        int64_t calls
+        double op_seconds[11]
+        int64_t op_calls[11]
     const char *hc_decoder_op_name(int op)
     int hc_decoder_check(const hc_decoder *m)
     int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,

@@ -23,9 +23,6 @@ from hcemu.model.spec import LAYER_MATRICES
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
 
-PREFETCH_BYTES = 0
-"""Default ``Chip(prefetch_bytes=...)``: bytes of each next ROM matrix touched ahead of its product."""
-
 
 @dataclass
 class StepResult:
@@ -83,15 +80,14 @@ class Chip:
     (:class:`hcemu._core.Decoder`, csrc/hc_chip.c) instead of the interpreted loop of
     :meth:`_layers_interpreted`, which calls the same kernels in the same order from Python (the
     readable form of the dataflow; values and events are identical, tests hold them so).
-    prefetch_bytes: with ``compiled``, how many bytes of each next ROM matrix to touch before its
-    product starts, while the vector unit works (0: off). profile: time the compiled code
+    profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
     ``op_seconds()`` splits the compiled layers' time by operation).
     """
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
                  kv_format: str | None = None, n_threads: int = 1, profile: bool = False,
-                 fuse_products: bool = True, compiled: bool = True, prefetch_bytes: int = PREFETCH_BYTES):
+                 fuse_products: bool = True, compiled: bool = True):
         self.image = image
         self.spec = spec = image.spec
         plan = image.plan
@@ -115,7 +111,6 @@ class Chip:
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
-        self._layer_calls = 0
         self._k = self._kernels(profile)
         self._decoder = None
         if compiled:
@@ -126,7 +121,7 @@ class Chip:
                  for L in self._layers],
                 d_model=spec.d_model, n_heads=spec.n_heads, d_ff=spec.d_ff, norm_eps=spec.norm_eps,
                 act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
-                cos=self._cos, sin=self._sin, prefetch_bytes=prefetch_bytes)
+                cos=self._cos, sin=self._sin)
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
@@ -217,13 +212,12 @@ class Chip:
         if self._decoder is None:
             return {}
         out = self._decoder.op_times()
-        out["layers"] = (self._decoder.seconds, self._layer_calls)
+        out["layers"] = (self._decoder.seconds, self._decoder.calls)
         return out
 
     def reset_profile(self) -> None:
         """Zero ``kernel_seconds`` and the per-op times."""
         self.kernel_seconds = 0.0
-        self._layer_calls = 0
         if self._decoder is not None:
             self._decoder.reset_op_times()
 
@@ -291,7 +285,6 @@ class Chip:
         try:
             if self._decoder is not None:
                 self._run_layers(x, start, self.n_threads, ev)
-                self._layer_calls += 1
             else:
                 self._layers_interpreted(x, start, ev)
         except BaseException:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from types import SimpleNamespace
-
 from hcemu.formats import KV_FORMATS
 
 
@@ -81,7 +79,7 @@ def generate(args, prompt: str) -> dict:
     report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
     report["rom_bank_rows_read"] = int(gen.bank_rows.sum())
     # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
-    report["silicon"] = chip_figures_for_image(SimpleNamespace(spec=image.spec, plan=chip.plan), len(ids), len(gen.ids), args.context,
+    report["silicon"] = chip_figures_for_image(chip, len(ids), len(gen.ids), args.context,
                                                events=(gen.prefill_events, gen.decode_events))
     report["gpus"] = gpu_figures(image.spec, len(ids), max(len(gen.ids), 2))
     return report
