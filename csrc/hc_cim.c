@@ -193,6 +193,7 @@ typedef struct {
     const float *A;    /* [m][n_blocks] activation scale of each block */
     float *y;          /* [m][n] */
     int32_t *dots;     /* optional [m][n_row_tiles*16][n_blocks] */
+    int x_has_min;     /* some activation is -128 (the AVX2 int8 kernel's sign trick is exact without) */
 } cim_ctx;
 
 typedef void (*tiles_fn)(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc);
@@ -268,174 +269,194 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
 }
 
 /* ---- AVX2 path ------------------------------------------------------------------------------- */
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
+/* F16C converts the fp16 scales (every AVX2 CPU has it; hc_isa_supported() checks). */
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define AVX2_MC 2 /* tokens per pass over a row tile's blocks (int sums and float accumulators in registers) */
 
-static inline AVX2_TARGET __m256 half8_to_float_avx2(const uint16_t *p) {
-    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16);
-    __m256i em = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7fff)), 13);
-    __m256i exp = _mm256_and_si256(em, _mm256_set1_epi32(0x0f800000));
-    __m256i o = _mm256_add_epi32(em, _mm256_set1_epi32((127 - 15) << 23));
-    __m256i is_inf = _mm256_cmpeq_epi32(exp, _mm256_set1_epi32(0x0f800000));
-    o = _mm256_add_epi32(o, _mm256_and_si256(is_inf, _mm256_set1_epi32((128 - 16) << 23)));
-    __m256i is_sub = _mm256_cmpeq_epi32(exp, _mm256_setzero_si256());
-    __m256 sub = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(1 << 23))),
-                               _mm256_castsi256_ps(_mm256_set1_epi32(113 << 23)));
-    o = _mm256_blendv_epi8(o, _mm256_castps_si256(sub), is_sub);
-    return _mm256_castsi256_ps(_mm256_or_si256(o, sign));
+enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
+
+typedef int32_t __attribute__((may_alias, aligned(1))) i32u; /* unaligned, aliasing 4-byte load */
+
+static inline AVX2_TARGET __m256 half8_avx2(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* Epilogue of one block for one token; D0/D1 = rows 0-7 / 8-15 (corrected int32 sums). */
-static inline AVX2_TARGET void epilogue_avx2(float *acc, __m256i D0, __m256i D1, __m256 d0, __m256 d1,
-                                             const uint16_t *op, int32_t X, float a) {
-    __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(D0), d0);
-    __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(D1), d1);
-    if (op) {
-        __m256 xf = _mm256_set1_ps((float)X);
-        t0 = _mm256_add_ps(t0, _mm256_mul_ps(xf, half8_to_float_avx2(op)));
-        t1 = _mm256_add_ps(t1, _mm256_mul_ps(xf, half8_to_float_avx2(op + 8)));
+static inline AVX2_TARGET __m256i bcast4_avx2(const int8_t *p) { return _mm256_set1_epi32(*(const i32u *)p); }
+
+/* One row tile for R tokens (R <= AVX2_MC).  A 32-byte half of a code line holds 8 rows x 4 inputs
+ * (int8) or 8 rows x 8 inputs (int4), so vpmaddubsw + vpmaddwd(1) leave one int32 per row, in row
+ * order, with no horizontal adds.
+ *   int8: |w| (u8, <= 128) x sign(x, w) (s8) = w * x, exact when no activation is -128: each pair
+ *         sum is then <= 2 * 128 * 127 < 2^15 (vpmaddubsw saturates).  Calls whose activations hold
+ *         a -128 take tiles_i8x_avx2 below.
+ *   int4: nibbles are in [0, 15] after the sign flip (w + 8), so a vpmaddubsw pair is <= 3840 in
+ *         magnitude and 4 lines (8 pairs per int16 lane) sum to <= 30720 before widening.
+ * The float epilogue is the scalar path's, in its order (docs/numerics.md). */
+static inline __attribute__((always_inline)) AVX2_TARGET void
+tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F) {
+    const hc_weights *w = c->w;
+    const int i8 = F == F_I8 || F == F_I8CH, asym = F == F_I4A, pc = F == F_I8CH;
+    const int64_t nb = w->n_blocks, tk = pc ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
+    const int lines = (int)(i8 ? tk / 4 : tk / 8); /* a multiple of 4 */
+    const int64_t ldq = c->ldq;
+    const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
+    const __m256i flip = _mm256_set1_epi8(F == F_I4 ? (char)0x88 : 0);
+    const uint8_t *tile = w->codes + t * nb * tb;
+    const int8_t *xq = c->q + m0 * ldq;
+    const int32_t *XC = c->XC + m0 * nb;
+    const float *XF = c->XF + m0 * nb, *A = c->A + m0 * nb;
+    __m256 acc[AVX2_MC][2], d0 = _mm256_setzero_ps(), d1 = d0, o0 = d0, o1 = d0;
+    for (int u = 0; u < R; u++) acc[u][0] = acc[u][1] = _mm256_setzero_ps();
+    if (pc) {
+        d0 = half8_avx2(w->scales + t * TR);
+        d1 = half8_avx2(w->scales + t * TR + 8);
     }
-    __m256 av = _mm256_set1_ps(a);
-    t0 = _mm256_mul_ps(t0, av);
-    t1 = _mm256_mul_ps(t1, av);
-    _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_loadu_ps(acc), t0));
-    _mm256_storeu_ps(acc + 8, _mm256_add_ps(_mm256_loadu_ps(acc + 8), t1));
-}
-
-static inline AVX2_TARGET void finish_avx2(const cim_ctx *c, float *acc, __m256i D0, __m256i D1, __m256 d0,
-                                           __m256 d1, const uint16_t *op, int64_t mi, int64_t t, int64_t b) {
-    const int64_t nb = c->w->n_blocks;
-    if (c->dots) {
-        int32_t tmp[TR];
-        _mm256_storeu_si256((__m256i *)tmp, D0);
-        _mm256_storeu_si256((__m256i *)(tmp + 8), D1);
-        store_dots(c, mi, t, b, tmp);
-    }
-    epilogue_avx2(acc, D0, D1, d0, d1, op, c->X[mi * nb + b], c->A[mi * nb + b]);
-}
-
-/* int8: sign-extend weights to int16 and use vpmaddwd (exact for every int8 pair, -128 included). */
-static inline AVX2_TARGET __m256i bcast_act16(const int8_t *x) {
-    int32_t v;
-    memcpy(&v, x, 4);
-    return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(v)));
-}
-
-static inline AVX2_TARGET void dot_i8_avx2(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
-                                           __m256i *D0, __m256i *D1) {
-    __m256i acc[2][4];
-    for (int i = 0; i < r; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_si256();
-    for (int l = 0; l < lines; l++) {
-        __m256i wv[4];
-        for (int j = 0; j < 4; j++)
-            wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(tp + 64 * l + 16 * j)));
-        for (int i = 0; i < r; i++) {
-            __m256i av = bcast_act16(x + i * ldq + 4 * l);
-            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(wv[j], av));
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *tp = tile + b * tb;
+        for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+        if (!pc) {
+            const uint16_t *sp = w->scales + (t * nb + b) * TR;
+            _mm_prefetch((const char *)(sp + PF_META), _MM_HINT_T0);
+            d0 = half8_avx2(sp);
+            d1 = half8_avx2(sp + 8);
+            if (asym) {
+                const uint16_t *op = w->offsets + (t * nb + b) * TR;
+                _mm_prefetch((const char *)(op + PF_META), _MM_HINT_T0);
+                o0 = half8_avx2(op);
+                o1 = half8_avx2(op + 8);
+            }
+        }
+        __m256i D[AVX2_MC][2];
+        for (int u = 0; u < R; u++) D[u][0] = D[u][1] = _mm256_setzero_si256();
+        const int8_t *x = xq + b * tk;
+        if (i8) {
+            for (int l = 0; l < lines; l++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(tp + 64 * l));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32));
+                const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+                for (int u = 0; u < R; u++) {
+                    const __m256i xb = bcast4_avx2(x + u * ldq + 4 * l);
+                    D[u][0] = _mm256_add_epi32(D[u][0],
+                                               _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+                    D[u][1] = _mm256_add_epi32(D[u][1],
+                                               _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
+                }
+            }
+        } else {
+            for (int l0 = 0; l0 < lines; l0 += 4) {
+                __m256i S[AVX2_MC][2];
+                for (int u = 0; u < R; u++) S[u][0] = S[u][1] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+                for (int l = l0; l < l0 + 4; l++) {
+                    __m256i lo[2], hi[2];
+                    for (int h = 0; h < 2; h++) {
+                        __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h));
+                        if (!asym) raw = _mm256_xor_si256(raw, flip);
+                        lo[h] = _mm256_and_si256(raw, lo_mask);
+                        hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                    }
+                    for (int u = 0; u < R; u++) {
+                        const __m256i xl = bcast4_avx2(x + u * ldq + 8 * l), xh = bcast4_avx2(x + u * ldq + 8 * l + 4);
+                        for (int h = 0; h < 2; h++)
+                            S[u][h] = _mm256_add_epi16(S[u][h], _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xl),
+                                                                                 _mm256_maddubs_epi16(hi[h], xh)));
+                    }
+                }
+                for (int u = 0; u < R; u++)
+                    for (int h = 0; h < 2; h++) D[u][h] = _mm256_add_epi32(D[u][h], _mm256_madd_epi16(S[u][h], ones));
+            }
+        }
+        for (int u = 0; u < R; u++) {
+            __m256i Dv0 = D[u][0], Dv1 = D[u][1];
+            if (F == F_I4) { /* undo the +8 of the flipped nibbles */
+                const __m256i corr = _mm256_set1_epi32(XC[u * nb + b]);
+                Dv0 = _mm256_sub_epi32(Dv0, corr);
+                Dv1 = _mm256_sub_epi32(Dv1, corr);
+            }
+            if (c->dots) {
+                int32_t tmp[TR];
+                _mm256_storeu_si256((__m256i *)tmp, Dv0);
+                _mm256_storeu_si256((__m256i *)(tmp + 8), Dv1);
+                store_dots(c, m0 + u, t, b, tmp);
+            }
+            __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(Dv0), d0), t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(Dv1), d1);
+            if (asym) {
+                const __m256 xf = _mm256_set1_ps(XF[u * nb + b]);
+                t0 = _mm256_add_ps(t0, _mm256_mul_ps(xf, o0));
+                t1 = _mm256_add_ps(t1, _mm256_mul_ps(xf, o1));
+            }
+            const __m256 av = _mm256_set1_ps(A[u * nb + b]);
+            acc[u][0] = _mm256_add_ps(acc[u][0], _mm256_mul_ps(t0, av));
+            acc[u][1] = _mm256_add_ps(acc[u][1], _mm256_mul_ps(t1, av));
         }
     }
-    const __m256i perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-    for (int i = 0; i < r; i++) {
-        D0[i] = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[i][0], acc[i][1]), perm);
-        D1[i] = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[i][2], acc[i][3]), perm);
+    float out[AVX2_MC * TR];
+    for (int u = 0; u < R; u++) {
+        _mm256_storeu_ps(out + u * TR, acc[u][0]);
+        _mm256_storeu_ps(out + u * TR + 8, acc[u][1]);
     }
+    store_rows(c, t, m0, R, out);
 }
 
-static AVX2_TARGET void tiles_i8_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+/* int8 calls whose activations hold a -128: sign-extend the weights to int16 and use vpmaddwd (exact
+ * for every int8 pair).  A 16-byte quarter line (4 rows x 4 inputs) leaves 2 int32 per row, which
+ * one vphaddd per 8 rows folds. */
+static AVX2_TARGET void tiles_i8x_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tk = tile_k_of(w), tb = TR * tk;
     const int lines = (int)(tk / 4);
-    float acc[HC_CIM_M_CHUNK * TR];
-    for (int64_t t = t0; t < t1; t++) {
-        memset(acc, 0, sizeof(float) * TR * mc);
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;
-            _mm_prefetch((const char *)(tp + PF_CODES), _MM_HINT_T0);
-            const uint16_t *sp = meta_ptr(w, w->scales, t, b);
-            __m256 d0 = half8_to_float_avx2(sp), d1 = half8_to_float_avx2(sp + 8);
-            for (int64_t i = 0; i < mc; i += 2) {
-                __m256i D0[2], D1[2];
-                const int8_t *x = c->q + (m0 + i) * c->ldq + b * tk;
-                int r = mc - i >= 2 ? 2 : 1;
-                if (r == 2) dot_i8_avx2(tp, x, c->ldq, lines, 2, D0, D1);
-                else dot_i8_avx2(tp, x, c->ldq, lines, 1, D0, D1);
-                for (int u = 0; u < r; u++)
-                    finish_avx2(c, acc + (i + u) * TR, D0[u], D1[u], d0, d1, NULL, m0 + i + u, t, b);
+    const __m256i perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t i = m0; i < m0 + mc; i++) {
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *tp = w->codes + (t * nb + b) * tb;
+                const uint16_t *sp = meta_ptr(w, w->scales, t, b);
+                const int8_t *x = c->q + i * c->ldq + b * tk;
+                __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                                _mm256_setzero_si256()};
+                for (int l = 0; l < lines; l++) {
+                    const __m256i av = _mm256_cvtepi8_epi16(_mm_set1_epi32(*(const i32u *)(x + 4 * l)));
+                    for (int j = 0; j < 4; j++)
+                        s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(tp + 64 * l + 16 * j))), av));
+                }
+                const __m256i D0 = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(s[0], s[1]), perm);
+                const __m256i D1 = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(s[2], s[3]), perm);
+                if (c->dots) {
+                    int32_t tmp[TR];
+                    _mm256_storeu_si256((__m256i *)tmp, D0);
+                    _mm256_storeu_si256((__m256i *)(tmp + 8), D1);
+                    store_dots(c, i, t, b, tmp);
+                }
+                const __m256 av = _mm256_set1_ps(c->A[i * nb + b]);
+                acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(D0), half8_avx2(sp)), av));
+                acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(D1), half8_avx2(sp + 8)), av));
             }
+            float out[TR];
+            _mm256_storeu_ps(out, acc0);
+            _mm256_storeu_ps(out + 8, acc1);
+            store_rows(c, t, i, 1, out);
         }
-        store_rows(c, t, m0, mc, acc);
-    }
 }
 
-/* int4: nibbles are in [0, 15] after the sign flip, so vpmaddubsw (u8 x s8 pairs, |pair| <= 3840)
- * cannot saturate; up to 8 pair sums are added in int16 (<= 30720) before widening with vpmaddwd. */
-static inline AVX2_TARGET void dot_i4_avx2(const uint8_t *tp, const int8_t *x, int64_t ldq, int lines, int r,
-                                           __m256i flip, __m256i *D0, __m256i *D1) {
-    const __m256i lo_mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256i acc[2][2];
-    for (int i = 0; i < r; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-    for (int l0 = 0; l0 < lines; l0 += 4) {
-        __m256i s16[2][2];
-        for (int i = 0; i < r; i++) s16[i][0] = s16[i][1] = _mm256_setzero_si256();
-        for (int l = l0; l < l0 + 4; l++) {
-            __m256i lo[2], hi[2];
-            for (int h = 0; h < 2; h++) {
-                __m256i raw = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h)), flip);
-                lo[h] = _mm256_and_si256(raw, lo_mask);
-                hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
-            }
-            for (int i = 0; i < r; i++) {
-                int32_t vl, vh;
-                memcpy(&vl, x + i * ldq + 8 * l, 4);
-                memcpy(&vh, x + i * ldq + 8 * l + 4, 4);
-                __m256i al = _mm256_set1_epi32(vl), ah = _mm256_set1_epi32(vh);
-                for (int h = 0; h < 2; h++) {
-                    s16[i][h] = _mm256_add_epi16(s16[i][h], _mm256_maddubs_epi16(lo[h], al));
-                    s16[i][h] = _mm256_add_epi16(s16[i][h], _mm256_maddubs_epi16(hi[h], ah));
-                }
-            }
-        }
-        for (int i = 0; i < r; i++)
-            for (int h = 0; h < 2; h++) acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(s16[i][h], ones));
+#define AVX2_DRIVER(NAME, F)                                                                            \
+    static AVX2_TARGET void NAME(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {    \
+        if ((F == F_I8 || F == F_I8CH) && c->x_has_min) {                                               \
+            tiles_i8x_avx2(c, t0, t1, m0, mc);                                                          \
+            return;                                                                                     \
+        }                                                                                               \
+        for (int64_t t = t0; t < t1; t++)                                                               \
+            for (int64_t i = m0; i < m0 + mc; i += AVX2_MC) {                                           \
+                if (m0 + mc - i >= 2) tile_avx2(c, t, i, 2, F);                                         \
+                else tile_avx2(c, t, i, 1, F);                                                          \
+            }                                                                                           \
     }
-    for (int i = 0; i < r; i++) { D0[i] = acc[i][0]; D1[i] = acc[i][1]; }
-}
 
-static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
-    const hc_weights *w = c->w;
-    const int64_t nb = w->n_blocks, tk = w->group, tb = TR * tk / 2;
-    const int lines = (int)(tk / 8), asym = w->asymmetric;
-    const __m256i flip = _mm256_set1_epi8(asym ? 0 : (char)0x88);
-    float acc[HC_CIM_M_CHUNK * TR];
-    for (int64_t t = t0; t < t1; t++) {
-        memset(acc, 0, sizeof(float) * TR * mc);
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;
-            _mm_prefetch((const char *)(tp + PF_CODES), _MM_HINT_T0);
-            const uint16_t *sp = meta_ptr(w, w->scales, t, b);
-            const uint16_t *op = asym ? meta_ptr(w, w->offsets, t, b) : NULL;
-            __m256 d0 = half8_to_float_avx2(sp), d1 = half8_to_float_avx2(sp + 8);
-            for (int64_t i = 0; i < mc; i += 2) {
-                __m256i D0[2], D1[2];
-                const int8_t *x = c->q + (m0 + i) * c->ldq + b * tk;
-                int r = mc - i >= 2 ? 2 : 1;
-                if (r == 2) dot_i4_avx2(tp, x, c->ldq, lines, 2, flip, D0, D1);
-                else dot_i4_avx2(tp, x, c->ldq, lines, 1, flip, D0, D1);
-                for (int u = 0; u < r; u++) {
-                    const int64_t mi = m0 + i + u;
-                    if (!asym) {
-                        __m256i corr = _mm256_set1_epi32(8 * c->X[mi * nb + b]);
-                        D0[u] = _mm256_sub_epi32(D0[u], corr);
-                        D1[u] = _mm256_sub_epi32(D1[u], corr);
-                    }
-                    finish_avx2(c, acc + (i + u) * TR, D0[u], D1[u], d0, d1, op, mi, t, b);
-                }
-            }
-        }
-        store_rows(c, t, m0, mc, acc);
-    }
-}
+AVX2_DRIVER(tiles_i8_avx2, F_I8)
+AVX2_DRIVER(tiles_i8ch_avx2, F_I8CH)
+AVX2_DRIVER(tiles_i4_avx2, F_I4)
+AVX2_DRIVER(tiles_i4a_avx2, F_I4A)
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
 /* Loop order: row tile -> chunk of up to 8 tokens -> block.  The chunk's float accumulators and
@@ -444,10 +465,6 @@ static AVX2_TARGET void tiles_i4_avx2(const cim_ctx *c, int64_t t0, int64_t t1, 
  * token count) pair so that all register arrays are fully unrolled. */
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define VNNI_MC 8
-
-enum { F_I8 = 0, F_I8CH = 1, F_I4 = 2, F_I4A = 3 };
-
-typedef int32_t __attribute__((may_alias, aligned(1))) i32u; /* unaligned, aliasing 4-byte load */
 
 /* acc += dpbusd(w, broadcast of the 4 activation bytes at p), with the broadcast folded into the
  * instruction's memory operand ({1to16}); GCC does not fold _mm512_set1_epi32 into vpdpbusd. */
@@ -677,17 +694,21 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
         }
         qa = qp;
     }
+    int has_min = 0;
     for (int64_t i = 0; i < m; i++)
         for (int64_t b = 0; b < nb; b++) {
             const int8_t *x = qa + i * kp + b * tk;
             int32_t s = 0;
-            for (int64_t j = 0; j < tk; j++) s += x[j];
+            for (int64_t j = 0; j < tk; j++) {
+                s += x[j];
+                has_min |= x[j] == -128;
+            }
             X[i * nb + b] = s;
             XC[i * nb + b] = corr * s;
             XF[i * nb + b] = (float)s;
             A[i * nb + b] = act_scales[i * n_ag + (b * tk) / act_group];
         }
-    cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots};
+    cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots, has_min};
 
     /* weight bytes (codes, fp16 scales and offsets) of one row tile */
     const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
@@ -737,13 +758,13 @@ DEFINE_PATH(hc_gemm_i8_serial, 8, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, tiles_i8_avx2)
 DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, tiles_i8_vnni)
 DEFINE_PATH(hc_gemm_i8ch_serial, 8, 1, 0, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, tiles_i8_avx2)
+DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, tiles_i8ch_avx2)
 DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, tiles_i8ch_vnni)
 DEFINE_PATH(hc_gemm_i4_serial, 4, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, tiles_i4_avx2)
 DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, tiles_i4_vnni)
 DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, tiles_i4_avx2)
+DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, tiles_i4a_avx2)
 DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, tiles_i4a_vnni)
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {

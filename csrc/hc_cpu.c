@@ -8,7 +8,7 @@ unsigned hc_isa_supported(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* libgcc checks OS support of the register state (XCR0) before reporting these. */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         mask |= 1u << HC_ISA_AVX2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))

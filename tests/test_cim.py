@@ -93,6 +93,8 @@ def test_random_matches_oracle(fmt, n, k, m):
         q = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
         s = (rng.random((m, k // ag)) * 0.1).astype(np.float32)
         run_all_paths(q, s, pw, threads=(1, 2))
+        # without a -128 (as the quantizer's output): the AVX2 int8 kernel's |w| x sign(x, w) form
+        run_all_paths(np.maximum(q, -127), s, pw, threads=(1,))
 
 
 @pytest.mark.parametrize("fmt", [WeightFormat(8, 32), WeightFormat(8, 0)], ids=["int8_g32", "int8_ch"])
@@ -128,14 +130,18 @@ def test_per_channel_k_not_multiple_of_tile(k):
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=FMT_IDS)
-@pytest.mark.parametrize("extreme", ["low", "high", "mixed"])
+@pytest.mark.parametrize("extreme", ["low", "low127", "high", "mixed"])
 def test_adversarial_extremes(fmt, extreme):
-    """All -128 activations with the lowest codes (and all 127 / highest): exact, no saturation."""
+    """All -128 activations with the lowest codes (and all 127 / highest): exact, no saturation.
+    "low127" (-127 against the lowest codes) is the largest pair sum of the AVX2 int8 sign trick
+    (2 * 128 * 127), which runs only when no activation is -128."""
     rng = np.random.default_rng(7)
     lo, hi = code_range(fmt)
     n, k, m = 33, 256, 9
     if extreme == "low":
         codes, act = lo, -128
+    elif extreme == "low127":
+        codes, act = lo, -127
     elif extreme == "high":
         codes, act = hi, 127
     else:

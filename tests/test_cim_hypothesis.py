@@ -41,6 +41,8 @@ def test_any_shape_matches_oracle(problem):
     pw = pack(rng.integers(lo, hi + 1, size=(n, k)), rng.standard_normal(shape).astype(np.float16), fmt,
               rng.standard_normal(shape).astype(np.float16) if fmt.asymmetric else None)
     q = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    if seed % 2:  # no -128: the AVX2 int8 kernel's sign form (a -128 takes its sign-extending form)
+        q = np.maximum(q, -127)
     s = rng.random((m, k // ag)).astype(np.float32)
     ref = cim_ref.cim_matmul_ref(q, s, pw)
     D, _ = cim_ref.block_sums_ref(q, pw)
