@@ -217,22 +217,53 @@ static inline void store_rows(const cim_ctx *c, int64_t t, int64_t m0, int64_t m
 }
 
 /* ---- scalar path ----------------------------------------------------------------------------- */
+/* Portable C (the build adds no ISA flags), written so that compilers vectorize the 16 rows of a
+ * line: the path on CPUs without AVX2 and on other architectures (aarch64: NEON). */
 /* Float epilogue of one block for one token, 16 rows (docs/numerics.md order). */
-static inline void epilogue_serial(float *acc, const int32_t *D, const uint16_t *sp, const uint16_t *op,
-                                   int32_t X, float a) {
+static inline void epilogue_serial(float *acc, const int32_t *D, const float *sf, const float *of, int32_t X,
+                                   float a) {
     for (int r = 0; r < TR; r++) {
-        float t = (float)D[r] * half_to_float(sp[r]);
-        if (op) t = t + (float)X * half_to_float(op[r]);
+        float t = (float)D[r] * sf[r];
+        if (of) t = t + (float)X * of[r];
         t = t * a;
         acc[r] = acc[r] + t;
+    }
+}
+
+/* Exact int32 dot products of the 16 rows of one block with one token's activations. */
+static inline void dots_i8_serial(const uint8_t *tp, const int8_t *x, int64_t tk, int32_t *D) {
+    for (int r = 0; r < TR; r++) D[r] = 0;
+    for (int64_t kq = 0; kq < tk / 4; kq++) {
+        const int8_t *ln = (const int8_t *)tp + 64 * kq;
+        const int32_t x0 = x[4 * kq], x1 = x[4 * kq + 1], x2 = x[4 * kq + 2], x3 = x[4 * kq + 3];
+        for (int r = 0; r < TR; r++)
+            D[r] += ln[4 * r] * x0 + ln[4 * r + 1] * x1 + ln[4 * r + 2] * x2 + ln[4 * r + 3] * x3;
+    }
+}
+
+/* int4: nibble values as stored ([0, 15]; symmetric codes are w + 8 after the caller's flip, and
+ * the caller subtracts 8 X). */
+static inline void dots_i4_serial(const uint8_t *tp, const int8_t *x, int64_t tk, int flip, int32_t *D) {
+    for (int r = 0; r < TR; r++) D[r] = 0;
+    for (int64_t kq = 0; kq < tk / 8; kq++) {
+        const uint8_t *ln = tp + 64 * kq;
+        const int8_t *xx = x + 8 * kq;
+        for (int r = 0; r < TR; r++) {
+            int32_t s = 0;
+            for (int j = 0; j < 4; j++) {
+                const int32_t byte = ln[4 * r + j] ^ flip;
+                s += (byte & 15) * xx[j] + (byte >> 4) * xx[4 + j];
+            }
+            D[r] += s;
+        }
     }
 }
 
 static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tk = tile_k_of(w), tb = TR * tk * w->bits / 8;
-    const int sym4 = w->bits == 4 && !w->asymmetric;
-    float acc[HC_CIM_M_CHUNK * TR];
+    const int flip = w->bits == 4 && !w->asymmetric ? 0x88 : 0;
+    float acc[HC_CIM_M_CHUNK * TR], sf[TR], of[TR];
     int32_t D[TR];
     for (int64_t t = t0; t < t1; t++) {
         memset(acc, 0, sizeof(float) * TR * mc);
@@ -240,28 +271,22 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
             const uint8_t *tp = w->codes + (t * nb + b) * tb;
             const uint16_t *sp = meta_ptr(w, w->scales, t, b);
             const uint16_t *op = w->offsets ? meta_ptr(w, w->offsets, t, b) : NULL;
+            for (int r = 0; r < TR; r++) {
+                sf[r] = half_to_float(sp[r]);
+                if (op) of[r] = half_to_float(op[r]);
+            }
             for (int64_t i = 0; i < mc; i++) {
                 const int64_t mi = m0 + i;
                 const int8_t *x = c->q + mi * c->ldq + b * tk;
-                for (int r = 0; r < TR; r++) {
-                    int32_t s = 0;
-                    if (w->bits == 8) {
-                        for (int64_t kq = 0; kq < tk / 4; kq++)
-                            for (int j = 0; j < 4; j++)
-                                s += (int32_t)(int8_t)tp[64 * kq + 4 * r + j] * x[4 * kq + j];
-                    } else {
-                        for (int64_t kq = 0; kq < tk / 8; kq++)
-                            for (int j = 0; j < 4; j++) {
-                                int32_t byte = tp[64 * kq + 4 * r + j];
-                                int32_t lo = byte & 15, hi = byte >> 4;
-                                if (sym4) { lo = (lo ^ 8) - 8; hi = (hi ^ 8) - 8; }
-                                s += lo * x[8 * kq + j] + hi * x[8 * kq + 4 + j];
-                            }
-                    }
-                    D[r] = s;
+                if (w->bits == 8) {
+                    dots_i8_serial(tp, x, tk, D);
+                } else {
+                    dots_i4_serial(tp, x, tk, flip, D);
+                    if (flip)
+                        for (int r = 0; r < TR; r++) D[r] -= c->XC[mi * nb + b];
                 }
                 if (c->dots) store_dots(c, mi, t, b, D);
-                epilogue_serial(acc + i * TR, D, sp, op, c->X[mi * nb + b], c->A[mi * nb + b]);
+                epilogue_serial(acc + i * TR, D, sf, op ? of : NULL, c->X[mi * nb + b], c->A[mi * nb + b]);
             }
         }
         store_rows(c, t, m0, mc, acc);
