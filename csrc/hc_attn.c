@@ -65,20 +65,6 @@ HC_KV_STORE_I8(avx2, __attribute__((target("avx2,f16c"))))
 HC_KV_STORE_I8(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
 #endif
 
-int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, int64_t capacity,
-                   int8_t *codes, uint16_t *scales) {
-    if (t < 0 || n_kv_heads <= 0 || hd <= 0 || pos < 0 || capacity < 0) return HC_EINVAL;
-    if (pos + t > capacity) return HC_ECAPACITY;
-#if HC_X86
-    switch (hc_isa_active()) {
-    case HC_ISA_AVX512VNNI: return kv_store_i8_avx512(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
-    case HC_ISA_AVX2: return kv_store_i8_avx2(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
-    default: break;
-    }
-#endif
-    return kv_store_i8_scalar(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
-}
-
 int hc_kv_store_f16(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
                     int64_t capacity, uint16_t *values) {
     if (t < 0 || n_kv_heads <= 0 || hd <= 0 || pos < 0 || capacity < 0) return HC_EINVAL;
@@ -875,6 +861,8 @@ HC_GENERIC_KERNELS(avx512, T_AVX512)
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
 typedef struct {
+    int (*kv_store)(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, int64_t capacity,
+                    int8_t *codes, uint16_t *scales);
     cvt_f16_fn cvt;
     int (*quant)(const float *x, int64_t rows, int hd, int hdq, float c, int8_t *qq, int32_t *qsum,
                  float *qsc);
@@ -888,20 +876,23 @@ typedef struct {
 } kernels;
 
 #define HC_KERNELS(SUF, CVT) \
-    {CVT, quant_rows_##SUF, check_finite_##SUF, prep_k_##SUF, qk_rows_##SUF, rows_i8_##SUF, rows_f16_##SUF}
+    {kv_store_i8_##SUF, CVT, quant_rows_##SUF, check_finite_##SUF, prep_k_##SUF, qk_rows_##SUF, rows_i8_##SUF, rows_f16_##SUF}
 
 static kernels kernels_for(hc_isa isa) {
 #if HC_X86
-    if (isa == HC_ISA_AVX2) {
-        kernels k = HC_KERNELS(avx2, cvt_f16_avx2);
-        if (!__builtin_cpu_supports("f16c")) k.cvt = cvt_f16_scalar;
-        return k;
-    }
+    if (isa == HC_ISA_AVX2) return (kernels)HC_KERNELS(avx2, cvt_f16_avx2); /* AVX2 implies F16C here */
     if (isa == HC_ISA_AVX512VNNI) return (kernels)HC_KERNELS(avx512, cvt_f16_avx512);
 #else
     (void)isa;
 #endif
     return (kernels)HC_KERNELS(scalar, cvt_f16_scalar);
+}
+
+int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, int64_t capacity,
+                   int8_t *codes, uint16_t *scales) {
+    if (t < 0 || n_kv_heads <= 0 || hd <= 0 || pos < 0 || capacity < 0) return HC_EINVAL;
+    if (pos + t > capacity) return HC_ECAPACITY;
+    return kernels_for(hc_isa_active()).kv_store(x, t, n_kv_heads, hd, pos, capacity, codes, scales);
 }
 
 static void block_init(block *B, int hd, char *kx, float *kf, float *vbuf) {

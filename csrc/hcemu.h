@@ -29,7 +29,8 @@ extern "C" {
 /* ---- run-time ISA selection ------------------------------------------------------------------ */
 typedef enum { HC_ISA_SCALAR = 0, HC_ISA_AVX2 = 1, HC_ISA_AVX512VNNI = 2, HC_ISA_COUNT = 3 } hc_isa;
 
-/* Bit mask (1 << hc_isa) of the paths this CPU and OS can run. Scalar is always present. */
+/* Bit mask (1 << hc_isa) of the paths this CPU and OS can run. Scalar is always present; AVX2 needs
+ * AVX2, FMA and F16C; AVX512VNNI needs AVX-512 F, BW, VL and VNNI. */
 unsigned hc_isa_supported(void);
 /* The path kernels dispatch to now (the best supported one unless set). */
 hc_isa hc_isa_active(void);

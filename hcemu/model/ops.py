@@ -1,7 +1,9 @@
 """Float32 vector-unit math: RMSNorm, RoPE, SiLU, softmax.
 
-These functions are used by the float reference (:mod:`hcemu.model.reference`) and are the numpy
-oracle of the chip's vector unit, so they pin down one precise float32 recipe:
+These functions are the float reference's (:mod:`hcemu.model.reference`), the model the chip is
+measured against; the chip's vector unit has its own oracle (:mod:`hcemu.vector_ref`: lane-order
+sums and the unit's polynomial exp, bit for bit with csrc/hc_vec.c). They pin down one precise
+float32 recipe:
 
 * inputs and outputs are float32 (inputs of other dtypes are converted; NaN passes through);
 * reductions (sums of squares, softmax denominators) accumulate in float64 and round to float32
