@@ -11,11 +11,18 @@
  */
 #include "hcemu.h"
 
-#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HC_X86 1
+#define X86_FN(f) f
+#else /* other architectures build the scalar path only; hc_isa_supported() reports just that */
+#define HC_X86 0
+#define X86_FN(f) NULL
 #endif
 
 #define TR 16                 /* rows per tile */
@@ -102,6 +109,7 @@ static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *sca
     return 0;
 }
 
+#if HC_X86
 __attribute__((target("avx2,fma")))
 static int quant_group_avx2(const float *xs, int64_t n, int8_t *qs, float *scale) {
     const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
@@ -166,14 +174,18 @@ static int quant_group_avx512(const float *xs, int64_t n, int8_t *qs, float *sca
     return 0;
 }
 
+#endif /* HC_X86 */
+
 int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales) {
     if (!x || !q || !scales || m < 0 || k < 1 || group < 1 || k % group) return HC_EINVAL;
     int (*quant)(const float *, int64_t, int8_t *, float *) = quant_group_serial;
+#if HC_X86
     switch (hc_isa_active()) {
     case HC_ISA_AVX512VNNI: quant = quant_group_avx512; break;
     case HC_ISA_AVX2: quant = quant_group_avx2; break;
     default: break;
     }
+#endif
     const int64_t ng = k / group;
     int bad = 0;
     for (int64_t i = 0; i < m; i++)
@@ -293,6 +305,7 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
     }
 }
 
+#if HC_X86
 /* ---- AVX2 path ------------------------------------------------------------------------------- */
 /* F16C converts the fp16 scales (every AVX2 CPU has it; hc_isa_supported() checks). */
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -669,6 +682,8 @@ VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
 VNNI_DRIVER(tiles_i4_vnni, F_I4)
 VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
+#endif /* HC_X86 */
+
 /* ---- driver ---------------------------------------------------------------------------------- */
 #define SPLIT2_BYTES (1 << 20) /* chunk of the two-thread split (1 MiB beat 2 MiB on L3-resident weights) */
 /* Two threads share [0, n) from opposite ends: thread 0 claims chunks upward, thread 1 downward, so
@@ -780,17 +795,17 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     }
 
 DEFINE_PATH(hc_gemm_i8_serial, 8, 0, 0, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, tiles_i8_avx2)
-DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, tiles_i8_vnni)
+DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, X86_FN(tiles_i8_avx2))
+DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i8_vnni))
 DEFINE_PATH(hc_gemm_i8ch_serial, 8, 1, 0, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, tiles_i8ch_avx2)
-DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, tiles_i8ch_vnni)
+DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, X86_FN(tiles_i8ch_avx2))
+DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i8ch_vnni))
 DEFINE_PATH(hc_gemm_i4_serial, 4, 0, 0, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, tiles_i4_avx2)
-DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, tiles_i4_vnni)
+DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, X86_FN(tiles_i4_avx2))
+DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i4_vnni))
 DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
-DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, tiles_i4a_avx2)
-DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, tiles_i4a_vnni)
+DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, X86_FN(tiles_i4a_avx2))
+DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a_vnni))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
@@ -835,6 +850,7 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
 #define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the test VM */
 #define READ_PF 4096
 
+#if HC_X86
 static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
     __m512i acc[READ_STREAMS];
     for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm512_setzero_si512();
@@ -874,6 +890,8 @@ static AVX2_TARGET uint64_t read_range_avx2(const uint8_t *p, int64_t nbytes) {
     return sum;
 }
 
+#endif
+
 static uint64_t read_range_serial(const uint8_t *p, int64_t nbytes) {
     uint64_t sum = 0;
     int64_t i = 0;
@@ -887,9 +905,11 @@ static uint64_t read_range_serial(const uint8_t *p, int64_t nbytes) {
 }
 
 static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
-    hc_isa isa = hc_isa_active();
+#if HC_X86
+    const hc_isa isa = hc_isa_active();
     if (isa == HC_ISA_AVX512VNNI) return read_range_avx512(p, nbytes);
     if (isa == HC_ISA_AVX2) return read_range_avx2(p, nbytes);
+#endif
     return read_range_serial(p, nbytes);
 }
 

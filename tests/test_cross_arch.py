@@ -1,0 +1,63 @@
+"""The C core as another program and another architecture see it.
+
+``tests/cross/harness.c`` runs the quantizer, every CIM format, the vector unit, the KV stores and
+int8/fp16 attention on fixed pseudo-random inputs through one ISA path and writes every output's
+bytes. Built against ``hcemu.get_include()`` (as a simulator embedding the kernels would be), every
+path of this machine must write the same bytes; and the same harness cross-built for aarch64 (the
+portable path, which the compiler vectorizes for NEON) and run under qemu-user must write them too.
+The aarch64 half needs ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu,
+qemu-user) and is skipped without them.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import hcemu
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = sorted((ROOT / "csrc").glob("*.c"))
+HARNESS = ROOT / "tests" / "cross" / "harness.c"
+# the numerics-relevant flags of setup.py (no ISA flags: paths are chosen at run time)
+CFLAGS = ["-std=gnu11", "-ffp-contract=off", "-fno-fast-math", "-O3", "-fopenmp"]
+
+pytestmark = pytest.mark.skipif(not CSRC or not HARNESS.exists(), reason="needs the source tree (csrc/)")
+
+
+def build(cc: str, out: Path, extra=()) -> Path:
+    cmd = [cc, *CFLAGS, *extra, "-I", hcemu.get_include(), str(HARNESS), *map(str, CSRC), "-lm", "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def run(cmd) -> bytes:
+    res = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr.decode()
+    assert len(res.stdout) > 50_000  # every output was written
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    exe = build(cc, tmp_path_factory.mktemp("native") / "harness")
+    return {isa: run([str(exe), isa]) for isa in hcemu.capabilities()["supported"]}
+
+
+def test_every_path_writes_the_same_bytes(native):
+    ref = native["scalar"]
+    for isa, out in native.items():
+        assert out == ref, f"{isa} differs from scalar"
+
+
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+                    reason="needs aarch64-linux-gnu-gcc and qemu-aarch64")
+def test_aarch64_writes_the_same_bytes(native, tmp_path):
+    exe = build("aarch64-linux-gnu-gcc", tmp_path / "harness-aarch64", extra=["-static"])
+    assert run(["qemu-aarch64", str(exe), "scalar"]) == native["scalar"]
