@@ -3,12 +3,22 @@
 
 static int g_active = -1; /* -1: not chosen yet -> best supported */
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+/* F16C (CPUID.1:ECX bit 29) by cpuid: clang's __builtin_cpu_supports does not know "f16c". It
+ * uses the ymm state, which libgcc's "avx2" test below checks the OS saves. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 unsigned hc_isa_supported(void) {
     unsigned mask = 1u << HC_ISA_SCALAR;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* libgcc checks OS support of the register state (XCR0) before reporting these. */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
         mask |= 1u << HC_ISA_AVX2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))

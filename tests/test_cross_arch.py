@@ -4,9 +4,10 @@
 int8/fp16 attention on fixed pseudo-random inputs through one ISA path and writes every output's
 bytes. Built against ``hcemu.get_include()`` (as a simulator embedding the kernels would be), every
 path of this machine must write the same bytes; and the same harness cross-built for aarch64 (the
-portable path, which the compiler vectorizes for NEON) and run under qemu-user must write them too.
-The aarch64 half needs ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu,
-qemu-user) and is skipped without them.
+portable path, which the compiler vectorizes for NEON) and run under qemu-user must write them too,
+and so must a build by clang (the compiler of macOS users). The aarch64 check needs
+``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu, qemu-user), the clang
+check ``clang``; each is skipped without them.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ CFLAGS = ["-std=gnu11", "-ffp-contract=off", "-fno-fast-math", "-O3", "-fopenmp"
 pytestmark = pytest.mark.skipif(not CSRC or not HARNESS.exists(), reason="needs the source tree (csrc/)")
 
 
-def build(cc: str, out: Path, extra=()) -> Path:
-    cmd = [cc, *CFLAGS, *extra, "-I", hcemu.get_include(), str(HARNESS), *map(str, CSRC), "-lm", "-o", str(out)]
+def build(cc: str, out: Path, extra=(), flags=CFLAGS) -> Path:
+    cmd = [cc, *flags, *extra, "-I", hcemu.get_include(), str(HARNESS), *map(str, CSRC), "-lm", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return out
@@ -61,3 +62,12 @@ def test_every_path_writes_the_same_bytes(native):
 def test_aarch64_writes_the_same_bytes(native, tmp_path):
     exe = build("aarch64-linux-gnu-gcc", tmp_path / "harness-aarch64", extra=["-static"])
     assert run(["qemu-aarch64", str(exe), "scalar"]) == native["scalar"]
+
+
+@pytest.mark.skipif(not shutil.which("clang"), reason="needs clang")
+def test_clang_writes_the_same_bytes(native, tmp_path):
+    # without OpenMP: clang's needs libomp, which is often absent (the harness runs one thread)
+    flags = [f for f in CFLAGS if f != "-fopenmp"] + ["-Wno-unknown-pragmas"]
+    exe = build("clang", tmp_path / "harness-clang", flags=flags)
+    for isa in native:
+        assert run([str(exe), isa]) == native["scalar"], f"clang build, {isa}"
