@@ -50,7 +50,7 @@ TARGETS = [
      "bytes", None),
     ("int4 M=1 2 threads / plain read 2 threads (context)", ("hcemu", "int4", 1, 2), ("read", "int4", 1, 2),
      "bytes", None),
-    ("ceiling of int8 2 threads / 1 thread (context)", ("read", "int8", 1, 2), ("hcemu", "int8", 1, 1),
+    ("ceiling: plain read 2 threads / int8 M=1 1 thread (context)", ("read", "int8", 1, 2), ("hcemu", "int8", 1, 1),
      "bytes", None),
 ]
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         print(f"{label:34s} " + " ".join(f"{c:>12s}" for c in cells))
 
     print()
-    header = f"{'target':52s} {'geomean':>7s} " + " ".join(f"{f'{n}x{k}':>11s}" for n, k in shapes) + "  goal   holds"
+    header = f"{'target':58s} {'geomean':>7s} " + " ".join(f"{f'{n}x{k}':>11s}" for n, k in shapes) + "  goal   holds"
     print(header)
     results = []
     for label, num, den, quantity, goal in TARGETS:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         holds = None if total is None or goal is None else total >= goal
         results.append({"target": label, "ratio": total, "per_shape": per, "goal": goal, "holds": holds})
         fmt = lambda v: f"{v:7.2f}" if v is not None else "      -"  # noqa: E731
-        print(f"{label:52s} {fmt(total)} " + " ".join(f"{fmt(v):>11s}" for v in per)
+        print(f"{label:58s} {fmt(total)} " + " ".join(f"{fmt(v):>11s}" for v in per)
               + f"  {'' if goal is None else f'>={goal:g}':6s} {'' if holds is None else ('yes' if holds else 'NO')}")
     if args.json:
         from hcemu._io import write_json

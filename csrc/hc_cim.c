@@ -384,7 +384,7 @@ tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F) {
             for (int l0 = 0; l0 < lines; l0 += 4) {
                 __m256i S[AVX2_MC][2];
                 for (int u = 0; u < R; u++) S[u][0] = S[u][1] = _mm256_setzero_si256();
-#pragma GCC unroll 1
+#pragma GCC unroll 1 /* unrolled, GCC reassociates the int16 sums of the 4 lines and spills them */
                 for (int l = l0; l < l0 + 4; l++) {
                     __m256i lo[2], hi[2];
                     for (int h = 0; h < 2; h++) {
@@ -449,6 +449,7 @@ static AVX2_TARGET void tiles_i8x_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
             __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *tp = w->codes + (t * nb + b) * tb;
+                for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
                 const uint16_t *sp = meta_ptr(w, w->scales, t, b);
                 const int8_t *x = c->q + i * c->ldq + b * tk;
                 __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
