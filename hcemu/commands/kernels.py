@@ -1,5 +1,5 @@
-"""``hcemu kernels [--json] [--threads N] [--quick]``: measured throughput of the CIM kernels on
-Llama 3.1 8B layer shapes, beside a plain read of the same bytes, and which ISA path ran."""
+"""``hcemu kernels [--json] [--threads N] [--quick] [--isa NAME]``: measured throughput of the CIM
+kernels on Llama 3.1 8B layer shapes, beside a plain read of the same bytes, and which ISA path ran."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="threads per product (1..256; default 1); 1 is always measured too")
     p.add_argument("--quick", action="store_true", help="one shape (14336x4096), fewer rounds")
+    p.add_argument("--isa", metavar="NAME", help="kernel path to measure (scalar, avx2, avx512vnni; default: "
+                                                  "the best this CPU supports, or HCEMU_ISA)")
     p.set_defaults(func=run)
 
 
@@ -21,7 +23,9 @@ def run(args) -> int:
 
     if not 1 <= args.threads <= 256:
         raise ValueError(f"--threads must be in 1..256, got {args.threads}")
-    shapes = [(14336, 4096)] if args.quick else list(kb.LLAMA31_8B_SHAPES[:3])
+    if args.isa:
+        hcemu.set_isa(args.isa)  # an error naming the supported paths when this CPU lacks it
+    shapes = [kb.LLAMA31_8B_SHAPES[1]] if args.quick else list(kb.LLAMA31_8B_SHAPES[:3])  # quick: 14336x4096
     threads = sorted({1, args.threads})
     specs = [("hcemu", f, m, t) for f in ("int8", "int4") for m in (1, 8) for t in threads]
     specs += [("read", f, 1, t) for f in ("int8", "int4") for t in threads]
