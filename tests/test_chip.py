@@ -237,7 +237,9 @@ def test_compiled_layers_profile_every_op(images):
     assert calls["rmsnorm"] == calls["quantize"] == calls["rope"] == calls["kv_store"] == calls["add"] == 4 * L
     assert calls["cim_qkv"] == calls["attention"] == calls["cim_o"] == calls["cim_down"] == 2 * L
     assert all(sec >= 0 for sec, _ in ops.values()) and ops["cim_gate_up"][0] > 0
-    assert 0 < sum(sec for sec, _ in ops.values()) <= layers_s <= chip.kernel_seconds
+    assert 0 < sum(sec for sec, _ in ops.values()) <= layers_s <= chip.layers_call_seconds < chip.kernel_seconds
+    chip.reset_profile()
+    assert chip.kernel_seconds == chip.layers_call_seconds == 0 and chip.op_seconds()["layers"][1] == 0
 
 
 def test_compiled_layers_reject_bad_input(images):
@@ -300,3 +302,18 @@ def test_eval_cli_json(images, smollm2_gguf, capsys):
     rep16 = json.loads(capsys.readouterr().out)
     assert rep16["kv"] == "fp16" and rep16["ppl_reference"] == rep["ppl_reference"]
     assert rep16["kld_mean"] < rep["kld_mean"]
+
+
+def test_decode_profile_accounts_for_the_step(images):
+    """The profile behind chip_ratios.py's kernel-share target: its parts add up to the step."""
+    from hcemu._core import DECODER_OPS
+    from hcemu.chip.bench import decode_profile
+
+    p = decode_profile(images("int8"), context=24, steps=4)
+    ms = p["op_ms"]
+    assert set(ms) == set(DECODER_OPS) | {"glue", "head", "python"}
+    assert all(v >= 0 for v in ms.values()) and ms["cim_gate_up"] > 0 and ms["head"] > 0
+    assert sum(ms.values()) == pytest.approx(p["step_ms"], rel=1e-9)
+    compiled = sum(v for k, v in ms.items() if k != "python")
+    assert p["kernel_share"] == pytest.approx(compiled / p["step_ms"], rel=1e-9)
+    assert 0 < p["kernel_call_share"] == pytest.approx((compiled - ms["glue"]) / p["step_ms"], rel=1e-9)

@@ -82,7 +82,8 @@ class Chip:
     readable form of the dataflow; values and events are identical, tests hold them so).
     profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
-    ``op_seconds()`` splits the compiled layers' time by operation).
+    ``layers_call_seconds`` the part of it spent in the compiled layers' calls, their Python wrapper
+    included; ``op_seconds()`` splits the compiled layers' C time by operation).
     """
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
@@ -111,6 +112,7 @@ class Chip:
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
+        self.layers_call_seconds = 0.0  # the compiled layers' calls, wrapper included (profile only)
         self._k = self._kernels(profile)
         self._decoder = None
         if compiled:
@@ -123,7 +125,7 @@ class Chip:
                 act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
                 cos=self._cos, sin=self._sin)
             self._decoder.profile = profile
-            self._run_layers = self._timed(self._decoder.forward) if profile else self._decoder.forward
+            self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
             [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
@@ -149,7 +151,7 @@ class Chip:
             fns = {name: self._timed(fn) for name, fn in fns.items()}
         return _Kernels(**fns)
 
-    def _timed(self, fn):
+    def _timed(self, fn, layers: bool = False):
         clock = time.perf_counter
 
         def timed(*args, **kwargs):
@@ -157,7 +159,10 @@ class Chip:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.kernel_seconds += clock() - t0
+                dt = clock() - t0
+                self.kernel_seconds += dt
+                if layers:
+                    self.layers_call_seconds += dt
         return timed
 
     def _per_pass_counts(self):
@@ -216,8 +221,9 @@ class Chip:
         return out
 
     def reset_profile(self) -> None:
-        """Zero ``kernel_seconds`` and the per-op times."""
+        """Zero ``kernel_seconds``, ``layers_call_seconds`` and the per-op times."""
         self.kernel_seconds = 0.0
+        self.layers_call_seconds = 0.0
         if self._decoder is not None:
             self._decoder.reset_op_times()
 
