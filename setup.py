@@ -61,14 +61,16 @@ def extensions():
 
 
 class build_py_with_headers(build_py):
-    """Ship the public C headers of ``csrc/`` inside the package (``hcemu/include``)."""
+    """Ship the C core inside the package: headers in ``hcemu/include``, sources in ``hcemu/src``
+    (``hcemu.get_include()`` / ``hcemu.get_sources()``, for simulators that compile it in)."""
 
     def run(self):
         super().run()
-        dest = os.path.join(self.build_lib, "hcemu", "include")
-        os.makedirs(dest, exist_ok=True)
-        for header in glob(os.path.join("csrc", "*.h")):
-            self.copy_file(header, os.path.join(dest, os.path.basename(header)))
+        for pattern, sub in (("*.h", "include"), ("*.c", "src")):
+            dest = os.path.join(self.build_lib, "hcemu", sub)
+            os.makedirs(dest, exist_ok=True)
+            for path in glob(os.path.join("csrc", pattern)):
+                self.copy_file(path, os.path.join(dest, os.path.basename(path)))
 
 
 setup(

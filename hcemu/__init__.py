@@ -25,6 +25,25 @@ def get_include() -> str:
     raise FileNotFoundError("hcemu.h not found: the package was installed without its headers")
 
 
+C_FLAGS = ("-std=gnu11", "-ffp-contract=off", "-fno-fast-math", "-O3")
+"""Compiler flags the C core needs for its numerics (no fused multiply-add, no fast-math), as
+setup.py builds it; add ``-fopenmp`` for threads. Never ``-march=native``: paths are chosen at run
+time."""
+
+
+def get_sources() -> list[str]:
+    """Paths of the C core's sources (``hc_*.c``), to compile into another program beside
+    ``get_include()``'s header with :data:`C_FLAGS`; no Python is needed at run time."""
+    from glob import glob
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "src"), os.path.join(os.path.dirname(here), "csrc")):
+        found = sorted(glob(os.path.join(folder, "hc_*.c")))
+        if found:
+            return found
+    raise FileNotFoundError("the C sources were not found: the package was installed without them")
+
+
 def capabilities() -> dict:
     """Which instruction-set paths this machine supports and which one the kernels use now.
 

@@ -2,12 +2,12 @@
 
 ``tests/cross/harness.c`` runs the quantizer, every CIM format, the vector unit, the KV stores and
 int8/fp16 attention on fixed pseudo-random inputs through one ISA path and writes every output's
-bytes. Built against ``hcemu.get_include()`` (as a simulator embedding the kernels would be), every
-path of this machine must write the same bytes; and the same harness cross-built for aarch64 (the
-portable path, which the compiler vectorizes for NEON) and run under qemu-user must write them too,
-and so must a build by clang (the compiler of macOS users). The aarch64 check needs
-``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu, qemu-user), the clang
-check ``clang``; each is skipped without them.
+bytes. It is built from what the package hands a simulator that embeds the kernels
+(``hcemu.get_sources()``, the header in ``hcemu.get_include()``, ``hcemu.C_FLAGS``). Every path of
+this machine must write the same bytes; so must the harness cross-built for aarch64 (the portable
+path, which the compiler vectorizes for NEON) and run under qemu-user, and a build by clang (the
+compiler of macOS users). The aarch64 check needs ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64``
+(Debian: gcc-aarch64-linux-gnu, qemu-user), the clang check ``clang``; each is skipped without them.
 """
 from __future__ import annotations
 
@@ -19,17 +19,13 @@ import pytest
 
 import hcemu
 
-ROOT = Path(__file__).resolve().parents[1]
-CSRC = sorted((ROOT / "csrc").glob("*.c"))
-HARNESS = ROOT / "tests" / "cross" / "harness.c"
-# the numerics-relevant flags of setup.py (no ISA flags: paths are chosen at run time)
-CFLAGS = ["-std=gnu11", "-ffp-contract=off", "-fno-fast-math", "-O3", "-fopenmp"]
-
-pytestmark = pytest.mark.skipif(not CSRC or not HARNESS.exists(), reason="needs the source tree (csrc/)")
+HARNESS = Path(__file__).resolve().parent / "cross" / "harness.c"
+# what an embedding program gets from the package: the numerics flags, the header, the sources
+CFLAGS = [*hcemu.C_FLAGS, "-fopenmp"]
 
 
 def build(cc: str, out: Path, extra=(), flags=CFLAGS) -> Path:
-    cmd = [cc, *flags, *extra, "-I", hcemu.get_include(), str(HARNESS), *map(str, CSRC), "-lm", "-o", str(out)]
+    cmd = [cc, *flags, *extra, "-I", hcemu.get_include(), str(HARNESS), *hcemu.get_sources(), "-lm", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return out
