@@ -67,3 +67,13 @@ def test_clang_writes_the_same_bytes(native, tmp_path):
     exe = build("clang", tmp_path / "harness-clang", flags=flags)
     for isa in native:
         assert run([str(exe), isa]) == native["scalar"], f"clang build, {isa}"
+
+
+def test_c_flags_are_the_builds():
+    """hcemu.C_FLAGS (what embedders are told) are flags setup.py builds the extension with."""
+    setup_py = Path(__file__).resolve().parents[1] / "setup.py"
+    if not setup_py.exists():
+        pytest.skip("needs the source tree")
+    text = setup_py.read_text()
+    for flag in hcemu.C_FLAGS:
+        assert f'"{flag}"' in text, flag
