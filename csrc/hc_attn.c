@@ -880,7 +880,9 @@ typedef struct {
 
 static kernels kernels_for(hc_isa isa) {
 #if HC_X86
-    if (isa == HC_ISA_AVX2) return (kernels)HC_KERNELS(avx2, cvt_f16_avx2); /* AVX2 implies F16C here */
+    /* AVX2 implies F16C here; the AVX-VNNI path's attention is the AVX2 one (its int8 q.k runs on
+     * 16-bit products, not on vpdpbusd) */
+    if (isa == HC_ISA_AVX2 || isa == HC_ISA_AVXVNNI) return (kernels)HC_KERNELS(avx2, cvt_f16_avx2);
     if (isa == HC_ISA_AVX512VNNI) return (kernels)HC_KERNELS(avx512, cvt_f16_avx512);
 #else
     (void)isa;

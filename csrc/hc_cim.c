@@ -78,8 +78,8 @@ int hc_weights_check(const hc_weights *w) {
 
 /* ---- activation quantizer -------------------------------------------------------------------- */
 /* One group of n activations -> int8 codes and its scale (docs/numerics.md "Activations").
- * Returns 1 when the group holds NaN or infinity (nothing is written then). The three paths give
- * identical codes: max is order-independent, inv and the scale are scalar IEEE divisions, every
+ * Returns 1 when the group holds NaN or infinity (nothing is written then). The paths give
+ * identical codes (AVX-VNNI takes the AVX2 quantizer): max is order-independent, inv and the scale are scalar IEEE divisions, every
  * product is one IEEE multiply, and rounding is round-half-to-even in all of them. */
 static inline int8_t quant_one(float x, float inv) {
     float v = x * inv;
@@ -182,7 +182,7 @@ int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t 
 #if HC_X86
     switch (hc_isa_active()) {
     case HC_ISA_AVX512VNNI: quant = quant_group_avx512; break;
-    case HC_ISA_AVX2: quant = quant_group_avx2; break;
+    case HC_ISA_AVX2: case HC_ISA_AVXVNNI: quant = quant_group_avx2; break;
     default: break;
     }
 #endif
@@ -321,17 +321,28 @@ static inline AVX2_TARGET __m256 half8_avx2(const uint16_t *p) {
 
 static inline AVX2_TARGET __m256i bcast4_avx2(const int8_t *p) { return _mm256_set1_epi32(*(const i32u *)p); }
 
+/* acc += vpdpbusd(u, s) in its VEX form (AVX-VNNI), as inline asm so that the AVX2 tile below can
+ * be instantiated with it without an avxvnni target attribute; only the AVXVNNI path, which runs
+ * where hc_isa_supported() found AVX-VNNI, executes it. */
+static inline __attribute__((always_inline)) AVX2_TARGET __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) {
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+}
+
 /* One row tile for R tokens (R <= AVX2_MC).  A 32-byte half of a code line holds 8 rows x 4 inputs
- * (int8) or 8 rows x 8 inputs (int4), so vpmaddubsw + vpmaddwd(1) leave one int32 per row, in row
- * order, with no horizontal adds.
+ * (int8) or 8 rows x 8 inputs (int4), so vpmaddubsw + vpmaddwd(1) (or one vpdpbusd) leave one int32
+ * per row, in row order, with no horizontal adds.
  *   int8: |w| (u8, <= 128) x sign(x, w) (s8) = w * x, exact when no activation is -128: each pair
  *         sum is then <= 2 * 128 * 127 < 2^15 (vpmaddubsw saturates).  Calls whose activations hold
  *         a -128 take tiles_i8x_avx2 below.
  *   int4: nibbles are in [0, 15] after the sign flip (w + 8), so a vpmaddubsw pair is <= 3840 in
  *         magnitude and 4 lines (8 pairs per int16 lane) sum to <= 30720 before widening.
+ *   V (the AVXVNNI path): vpdpbusd sums u8 x s8 products in int32, exact for every input, on the
+ *         VNNI path's operands (int8 flipped to w + 128, minus 128 X; int4 nibbles as above), with
+ *         a second sum chain per token (odd lines; int4: the high nibbles) against its latency.
  * The float epilogue is the scalar path's, in its order (docs/numerics.md). */
 static inline __attribute__((always_inline)) AVX2_TARGET void
-tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F) {
+tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F, const int V) {
     const hc_weights *w = c->w;
     const int i8 = F == F_I8 || F == F_I8CH, asym = F == F_I4A, pc = F == F_I8CH;
     const int64_t nb = w->n_blocks, tk = pc ? 32 : w->group, tb = i8 ? TR * tk : TR * tk / 2;
@@ -367,7 +378,41 @@ tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F) {
         __m256i D[AVX2_MC][2];
         for (int u = 0; u < R; u++) D[u][0] = D[u][1] = _mm256_setzero_si256();
         const int8_t *x = xq + b * tk;
-        if (i8) {
+        if (V) {
+            const __m256i f80 = _mm256_set1_epi8((char)0x80);
+            __m256i E[AVX2_MC][2];
+            for (int u = 0; u < R; u++) E[u][0] = E[u][1] = _mm256_setzero_si256();
+            for (int l = 0; l < lines; l++) {
+                __m256i a[2], b2[2];
+                for (int h = 0; h < 2; h++) {
+                    __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h));
+                    if (i8) {
+                        a[h] = _mm256_xor_si256(raw, f80);
+                    } else {
+                        if (!asym) raw = _mm256_xor_si256(raw, flip);
+                        a[h] = _mm256_and_si256(raw, lo_mask);
+                        b2[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                    }
+                }
+                for (int u = 0; u < R; u++) {
+                    if (i8) {
+                        const __m256i xb = bcast4_avx2(x + u * ldq + 4 * l);
+                        for (int h = 0; h < 2; h++) {
+                            if (l & 1) E[u][h] = dpbusd_vex(E[u][h], a[h], xb);
+                            else D[u][h] = dpbusd_vex(D[u][h], a[h], xb);
+                        }
+                    } else {
+                        const __m256i xl = bcast4_avx2(x + u * ldq + 8 * l), xh = bcast4_avx2(x + u * ldq + 8 * l + 4);
+                        for (int h = 0; h < 2; h++) {
+                            D[u][h] = dpbusd_vex(D[u][h], a[h], xl);
+                            E[u][h] = dpbusd_vex(E[u][h], b2[h], xh);
+                        }
+                    }
+                }
+            }
+            for (int u = 0; u < R; u++)
+                for (int h = 0; h < 2; h++) D[u][h] = _mm256_add_epi32(D[u][h], E[u][h]);
+        } else if (i8) {
             for (int l = 0; l < lines; l++) {
                 const __m256i w0 = _mm256_loadu_si256((const __m256i *)(tp + 64 * l));
                 const __m256i w1 = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32));
@@ -406,7 +451,7 @@ tile_avx2(const cim_ctx *c, int64_t t, int64_t m0, const int R, const int F) {
         }
         for (int u = 0; u < R; u++) {
             __m256i Dv0 = D[u][0], Dv1 = D[u][1];
-            if (F == F_I4) { /* undo the +8 of the flipped nibbles */
+            if (F == F_I4 || (V && i8)) { /* undo the flip: + 8 per int4 nibble, + 128 per int8 code */
                 const __m256i corr = _mm256_set1_epi32(XC[u * nb + b]);
                 Dv0 = _mm256_sub_epi32(Dv0, corr);
                 Dv1 = _mm256_sub_epi32(Dv1, corr);
@@ -479,23 +524,27 @@ static AVX2_TARGET void tiles_i8x_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
         }
 }
 
-#define AVX2_DRIVER(NAME, F)                                                                            \
+#define AVX2_DRIVER(NAME, F, V)                                                                         \
     static AVX2_TARGET void NAME(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {    \
-        if ((F == F_I8 || F == F_I8CH) && c->x_has_min) {                                               \
+        if (!V && (F == F_I8 || F == F_I8CH) && c->x_has_min) {                                         \
             tiles_i8x_avx2(c, t0, t1, m0, mc);                                                          \
             return;                                                                                     \
         }                                                                                               \
         for (int64_t t = t0; t < t1; t++)                                                               \
             for (int64_t i = m0; i < m0 + mc; i += AVX2_MC) {                                           \
-                if (m0 + mc - i >= 2) tile_avx2(c, t, i, 2, F);                                         \
-                else tile_avx2(c, t, i, 1, F);                                                          \
+                if (m0 + mc - i >= 2) tile_avx2(c, t, i, 2, F, V);                                      \
+                else tile_avx2(c, t, i, 1, F, V);                                                       \
             }                                                                                           \
     }
 
-AVX2_DRIVER(tiles_i8_avx2, F_I8)
-AVX2_DRIVER(tiles_i8ch_avx2, F_I8CH)
-AVX2_DRIVER(tiles_i4_avx2, F_I4)
-AVX2_DRIVER(tiles_i4a_avx2, F_I4A)
+AVX2_DRIVER(tiles_i8_avx2, F_I8, 0)
+AVX2_DRIVER(tiles_i8ch_avx2, F_I8CH, 0)
+AVX2_DRIVER(tiles_i4_avx2, F_I4, 0)
+AVX2_DRIVER(tiles_i4a_avx2, F_I4A, 0)
+AVX2_DRIVER(tiles_i8_avxvnni, F_I8, 1)
+AVX2_DRIVER(tiles_i8ch_avxvnni, F_I8CH, 1)
+AVX2_DRIVER(tiles_i4_avxvnni, F_I4, 1)
+AVX2_DRIVER(tiles_i4a_avxvnni, F_I4A, 1)
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
 /* Loop order: row tile -> chunk of up to 8 tokens -> block.  The chunk's float accumulators and
@@ -797,23 +846,27 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
 
 DEFINE_PATH(hc_gemm_i8_serial, 8, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i8_avx2, 8, 0, 0, HC_ISA_AVX2, X86_FN(tiles_i8_avx2))
+DEFINE_PATH(hc_gemm_i8_avxvnni, 8, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_i8_avxvnni))
 DEFINE_PATH(hc_gemm_i8_avx512vnni, 8, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i8_vnni))
 DEFINE_PATH(hc_gemm_i8ch_serial, 8, 1, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i8ch_avx2, 8, 1, 0, HC_ISA_AVX2, X86_FN(tiles_i8ch_avx2))
+DEFINE_PATH(hc_gemm_i8ch_avxvnni, 8, 1, 0, HC_ISA_AVXVNNI, X86_FN(tiles_i8ch_avxvnni))
 DEFINE_PATH(hc_gemm_i8ch_avx512vnni, 8, 1, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i8ch_vnni))
 DEFINE_PATH(hc_gemm_i4_serial, 4, 0, 0, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4_avx2, 4, 0, 0, HC_ISA_AVX2, X86_FN(tiles_i4_avx2))
+DEFINE_PATH(hc_gemm_i4_avxvnni, 4, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_i4_avxvnni))
 DEFINE_PATH(hc_gemm_i4_avx512vnni, 4, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_i4_vnni))
 DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, X86_FN(tiles_i4a_avx2))
+DEFINE_PATH(hc_gemm_i4a_avxvnni, 4, 0, 1, HC_ISA_AVXVNNI, X86_FN(tiles_i4a_avxvnni))
 DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a_vnni))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
-        {hc_gemm_i8_serial, hc_gemm_i8_avx2, hc_gemm_i8_avx512vnni},
-        {hc_gemm_i8ch_serial, hc_gemm_i8ch_avx2, hc_gemm_i8ch_avx512vnni},
-        {hc_gemm_i4_serial, hc_gemm_i4_avx2, hc_gemm_i4_avx512vnni},
-        {hc_gemm_i4a_serial, hc_gemm_i4a_avx2, hc_gemm_i4a_avx512vnni},
+        {hc_gemm_i8_serial, hc_gemm_i8_avx2, hc_gemm_i8_avxvnni, hc_gemm_i8_avx512vnni},
+        {hc_gemm_i8ch_serial, hc_gemm_i8ch_avx2, hc_gemm_i8ch_avxvnni, hc_gemm_i8ch_avx512vnni},
+        {hc_gemm_i4_serial, hc_gemm_i4_avx2, hc_gemm_i4_avxvnni, hc_gemm_i4_avx512vnni},
+        {hc_gemm_i4a_serial, hc_gemm_i4a_avx2, hc_gemm_i4a_avxvnni, hc_gemm_i4a_avx512vnni},
     };
     if (!w || (int)isa < 0 || isa >= HC_ISA_COUNT) return NULL;
     int f;
@@ -909,7 +962,7 @@ static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
 #if HC_X86
     const hc_isa isa = hc_isa_active();
     if (isa == HC_ISA_AVX512VNNI) return read_range_avx512(p, nbytes);
-    if (isa == HC_ISA_AVX2) return read_range_avx2(p, nbytes);
+    if (isa == HC_ISA_AVX2 || isa == HC_ISA_AVXVNNI) return read_range_avx2(p, nbytes);
 #endif
     return read_range_serial(p, nbytes);
 }

@@ -11,6 +11,11 @@ static int cpu_has_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
+/* AVX-VNNI (VEX vpdpbusd on ymm): CPUID.(7,1):EAX bit 4, likewise on the AVX register state. */
+static int cpu_has_avxvnni(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+}
 #endif
 
 /* The CPU probe runs once: kernels check the mask on every call, and CPUID traps to the hypervisor
@@ -20,8 +25,10 @@ static unsigned probe_isas(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* libgcc checks OS support of the register state (XCR0) before reporting these. */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
         mask |= 1u << HC_ISA_AVX2;
+        if (cpu_has_avxvnni()) mask |= 1u << HC_ISA_AVXVNNI;
+    }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
         mask |= 1u << HC_ISA_AVX512VNNI;
@@ -62,6 +69,7 @@ const char *hc_isa_name(hc_isa isa) {
     switch (isa) {
     case HC_ISA_SCALAR: return "scalar";
     case HC_ISA_AVX2: return "avx2";
+    case HC_ISA_AVXVNNI: return "avxvnni";
     case HC_ISA_AVX512VNNI: return "avx512vnni";
     default: return "unknown";
     }

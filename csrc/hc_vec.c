@@ -52,7 +52,7 @@ HC_VEC_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
     do {                                                                                           \
         hc_isa isa_ = hc_isa_active();                                                             \
         if (isa_ == HC_ISA_AVX512VNNI) name##_avx512(__VA_ARGS__);                                 \
-        else if (isa_ == HC_ISA_AVX2) name##_avx2(__VA_ARGS__);                                    \
+        else if (isa_ == HC_ISA_AVX2 || isa_ == HC_ISA_AVXVNNI) name##_avx2(__VA_ARGS__);          \
         else name##_scalar(__VA_ARGS__);                                                           \
     } while (0)
 #else

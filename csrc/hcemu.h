@@ -4,7 +4,7 @@
  * Other simulators compile against this header (directory: `hcemu.get_include()`) and link the
  * sources in csrc/.  Everything here is plain C11: pointers, sizes and status codes.  The numerics
  * (formats, tile layout, nibble order, rounding, float evaluation order) are specified in
- * docs/numerics.md; every path (scalar, AVX2, AVX-512 VNNI) gives bit-identical results.
+ * docs/numerics.md; every path (scalar, AVX2, AVX-VNNI, AVX-512 VNNI) gives bit-identical results.
  *
  * Naming: hc_<op>_<format>_<isa>; the un-suffixed hc_<op>_<format> dispatches on the active ISA.
  */
@@ -27,16 +27,23 @@ extern "C" {
 #define HC_ECAPACITY -5    /* a fixed-capacity buffer (KV cache) is full */
 
 /* ---- run-time ISA selection ------------------------------------------------------------------ */
-typedef enum { HC_ISA_SCALAR = 0, HC_ISA_AVX2 = 1, HC_ISA_AVX512VNNI = 2, HC_ISA_COUNT = 3 } hc_isa;
+typedef enum {
+    HC_ISA_SCALAR = 0,
+    HC_ISA_AVX2 = 1,
+    HC_ISA_AVXVNNI = 2, /* AVX2 with the VEX-encoded vpdpbusd (Alder Lake and later client CPUs, Zen 5) */
+    HC_ISA_AVX512VNNI = 3,
+    HC_ISA_COUNT = 4
+} hc_isa;
 
 /* Bit mask (1 << hc_isa) of the paths this CPU and OS can run. Scalar is always present; AVX2 needs
- * AVX2, FMA and F16C; AVX512VNNI needs AVX-512 F, BW, VL and VNNI. */
+ * AVX2, FMA and F16C; AVXVNNI needs those and AVX-VNNI; AVX512VNNI needs AVX-512 F, BW, VL and VNNI.
+ * Paths are numbered in order of preference: the default is the highest supported. */
 unsigned hc_isa_supported(void);
 /* The path kernels dispatch to now (the best supported one unless set). */
 hc_isa hc_isa_active(void);
 /* Choose a path; HC_EUNSUPPORTED when this machine cannot run it. */
 int hc_isa_set(hc_isa isa);
-/* "scalar", "avx2", "avx512vnni". */
+/* "scalar", "avx2", "avxvnni", "avx512vnni". */
 const char *hc_isa_name(hc_isa isa);
 
 
@@ -167,15 +174,19 @@ typedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_
                          int64_t act_group, float *y, int32_t *dots, int n_threads);
 int hc_gemm_i8_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i8_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i8_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i8ch_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i8ch_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i8ch_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i8ch_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4a_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4a_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_i4a_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4a_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 
 /* The path for w's format and ISA `isa` (NULL for a bad format); HC_EUNSUPPORTED comes from the

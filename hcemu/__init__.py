@@ -10,7 +10,7 @@ import os
 __version__ = "0.1.0"
 
 ISA_ENV = "HCEMU_ISA"
-"""Environment variable forcing a kernel path: ``scalar``, ``avx2`` or ``avx512vnni``."""
+"""Environment variable forcing a kernel path: ``scalar``, ``avx2``, ``avxvnni`` or ``avx512vnni``."""
 
 
 def get_include() -> str:
@@ -60,7 +60,7 @@ def capabilities() -> dict:
 
 
 def set_isa(name: str) -> None:
-    """Force the kernel path for this process (``scalar``, ``avx2``, ``avx512vnni``)."""
+    """Force the kernel path for this process (``scalar``, ``avx2``, ``avxvnni``, ``avx512vnni``)."""
     from hcemu import _core
 
     _core.isa_set(name)

@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="threads per product (1..256; default 1); 1 is always measured too")
     p.add_argument("--quick", action="store_true", help="one shape (14336x4096), fewer rounds")
-    p.add_argument("--isa", metavar="NAME", help="kernel path to measure (scalar, avx2, avx512vnni; default: "
+    p.add_argument("--isa", metavar="NAME", help="kernel path to measure (scalar, avx2, avxvnni, avx512vnni; default: "
                                                   "the best this CPU supports, or HCEMU_ISA)")
     p.set_defaults(func=run)
 
