@@ -38,11 +38,7 @@
             for (int g = 0; g < n_kv_heads; ++g) {                                                 \
                 const float *xi = x + (i * n_kv_heads + g) * (int64_t)hd;                          \
                 const int64_t slot = (int64_t)g * capacity + pos + i;                              \
-                uint32_t mx = 0;                                                                   \
-                for (int d = 0; d < hd; ++d) {                                                     \
-                    const uint32_t u = hc__f2u(xi[d]) & 0x7fffffffu;                               \
-                    mx = u > mx ? u : mx;                                                          \
-                }                                                                                  \
+                const uint32_t mx = hc__absmax_bits(xi, hd);                                       \
                 if (mx >= 0x7f800000u) return HC_ENONFINITE;                                       \
                 const uint16_t h = hc__f32_to_f16(hc__u2f(mx) / 127.0f);                           \
                 if ((h & 0x7fff) == 0x7c00) return HC_ENONFINITE; /* scale overflows fp16 */       \
@@ -161,12 +157,7 @@ static void *scratch_get(size_t bytes, void **owned) {
 
 #define HC_GENERIC_KERNELS(SUF, ATTR)                                                              \
     ATTR static int check_finite_##SUF(const float *x, int64_t n) {                                \
-        uint32_t mx = 0;                                                                           \
-        for (int64_t i = 0; i < n; ++i) {                                                          \
-            const uint32_t u = hc__f2u(x[i]) & 0x7fffffffu;                                        \
-            mx = u > mx ? u : mx;                                                                  \
-        }                                                                                          \
-        return mx >= 0x7f800000u ? HC_ENONFINITE : HC_OK;                                          \
+        return hc__absmax_bits(x, n) >= 0x7f800000u ? HC_ENONFINITE : HC_OK;                       \
     }                                                                                              \
     /* R heads of one query (int8 codes qq, rows hdq apart) against block B of which the query     \
      * sees the first nb keys: scores, softmax step and P.V into the rows' state. */               \
@@ -215,11 +206,7 @@ static void *scratch_get(size_t bytes, void **owned) {
                                      int8_t *qq, int32_t *qsum, float *qsc) {                      \
         for (int64_t r = 0; r < rows; ++r) {                                                       \
             const float *xr = x + r * hd;                                                          \
-            uint32_t mx = 0;                                                                       \
-            for (int d = 0; d < hd; ++d) {                                                         \
-                const uint32_t u = hc__f2u(xr[d]) & 0x7fffffffu;                                   \
-                mx = u > mx ? u : mx;                                                              \
-            }                                                                                      \
+            const uint32_t mx = hc__absmax_bits(xr, hd);                                           \
             if (mx >= 0x7f800000u) return HC_ENONFINITE;                                           \
             const float amax = hc__u2f(mx);                                                        \
             const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;                                  \

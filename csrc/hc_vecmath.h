@@ -10,6 +10,18 @@
 static inline uint32_t hc__f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float hc__u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
+/* max |x| over n floats, as bits: for non-negative floats the uint32 order is the float order, and
+ * inf/NaN have the largest patterns (>= 0x7f800000).  Inlined into each ISA's copy of its caller,
+ * whose target the loop is vectorized for. */
+static inline __attribute__((always_inline)) uint32_t hc__absmax_bits(const float *x, int64_t n) {
+    uint32_t mx = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t u = hc__f2u(x[i]) & 0x7fffffffu;
+        mx = u > mx ? u : mx;
+    }
+    return mx;
+}
+
 /* exp(x) in float32: n = rne(x*log2e) (by the 1.5*2^23 trick), r = (x - n*C1) - n*C2,
  * p = ((((((P0*r + P1)*r + P2)*r + P3)*r + P4)*r + P5)*r*r + r) + 1, y = p * 2^n.
  * Branch-free selects so loops over it vectorize. */

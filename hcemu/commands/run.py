@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+
 from hcemu.formats import KV_FORMATS
 
 
