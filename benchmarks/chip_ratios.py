@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hcemu  # noqa: E402
 from hcemu._io import write_json  # noqa: E402
-from hcemu.chip.bench import chip_ratios  # noqa: E402
+from hcemu.bench.chip import chip_ratios  # noqa: E402
 
 TARGETS = (  # (key, comparison, bound, plans it is judged on)
     ("decode_over_read", "<=", 1.6, ("int8",)),

@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hcemu  # noqa: E402
-from hcemu import kernel_bench as kb  # noqa: E402
+from hcemu.bench import kernels as kb  # noqa: E402
 
 SPECS = [
     ("hcemu", "int8", 1, 1), ("hcemu", "int8", 8, 1), ("hcemu", "int8", 1, 2),

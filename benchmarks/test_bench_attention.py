@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hcemu import _core
-from hcemu.attention import KVCache, attention
+from hcemu.kernels.attention import KVCache, attention
 from hcemu.events import Events
 
 HEADS = {"smollm2": (9, 3, 64), "llama3.1-8b": (32, 8, 128)}

@@ -5,7 +5,7 @@ the target ratios. In the normal test run (--benchmark-disable) each runs once a
 """
 import pytest
 
-from hcemu import kernel_bench as kb
+from hcemu.bench import kernels as kb
 
 pytestmark = pytest.mark.model
 CONTEXT = 256
@@ -13,14 +13,14 @@ CONTEXT = 256
 
 @pytest.fixture(scope="module")
 def images(smollm2_gguf):
-    from hcemu.app import ensure_image
+    from hcemu.rom.cache import ensure_image
 
     return {plan: ensure_image("smollm2", plan, progress=False) for plan in ("int8", "int4")}
 
 
 @pytest.fixture(scope="module")
 def setups(images):
-    from hcemu.chip.bench import decode_setup
+    from hcemu.bench.chip import decode_setup
 
     return {plan: decode_setup(path, CONTEXT) for plan, path in images.items()}
 
@@ -31,7 +31,7 @@ def _info(benchmark, **kw):
 
 @pytest.mark.parametrize("plan", ["int8", "int4"])
 def test_decode_step(benchmark, setups, plan):
-    from hcemu.chip.bench import decode_runner
+    from hcemu.bench.chip import decode_runner
 
     benchmark.group = "chip decode, smollm2, context 256"
     s = setups[plan]
@@ -41,7 +41,7 @@ def test_decode_step(benchmark, setups, plan):
 
 def test_decode_step_interpreted(benchmark, images):
     """The same step through the interpreted layer loop (one Python call per kernel)."""
-    from hcemu.chip.bench import decode_runner, decode_setup
+    from hcemu.bench.chip import decode_runner, decode_setup
 
     benchmark.group = "chip decode, smollm2, context 256"
     s = decode_setup(images["int8"], CONTEXT, compiled=False)
@@ -58,7 +58,7 @@ def test_plain_read_of_step_bytes(benchmark, setups, plan):
 
 
 def test_reference_decode_step(benchmark, setups, smollm2_gguf):
-    from hcemu.chip.bench import reference_decode_runner
+    from hcemu.bench.chip import reference_decode_runner
 
     benchmark.group = "chip decode, smollm2, context 256"
     kb.set_blas_threads(1)
@@ -68,7 +68,7 @@ def test_reference_decode_step(benchmark, setups, smollm2_gguf):
 
 @pytest.mark.parametrize("plan", ["int8", "int4"])
 def test_prefill(benchmark, images, setups, plan):
-    from hcemu.chip.bench import prefill_runner
+    from hcemu.bench.chip import prefill_runner
 
     benchmark.group = "chip prefill, smollm2, 256 tokens"
     _info(benchmark, peer="hcemu", plan=plan, tokens=CONTEXT)

@@ -13,7 +13,7 @@ import gc
 import pytest
 
 import hcemu
-from hcemu import kernel_bench as kb
+from hcemu.bench import kernels as kb
 from hcemu.formats import INT4A_G32, INT8_G32
 
 FORMATS = {"int8": INT8_G32, "int4": INT4A_G32}

@@ -3,7 +3,8 @@ float32 peers in the same run. ``extra_info`` holds the element count."""
 import numpy as np
 import pytest
 
-from hcemu import _core, vector
+from hcemu import _core
+from hcemu.kernels import vector
 
 WIDTHS = {"smollm2": (576, 1536, 9, 64), "llama3.1-8b": (4096, 14336, 32, 128)}
 

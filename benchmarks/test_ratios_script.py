@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ratios  # noqa: E402
 
-from hcemu import kernel_bench as kb  # noqa: E402
+from hcemu.bench import kernels as kb  # noqa: E402
 
 
 def test_ratios_script_runs(tmp_path, monkeypatch, capsys):

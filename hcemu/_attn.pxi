@@ -1,5 +1,5 @@
 # SRAM KV cache stores and the streaming attention unit (csrc/hc_attn.c).
-# Rules: docs/numerics.md "KV cache" and "Attention". The Python objects are in hcemu.attention.
+# Rules: docs/numerics.md "KV cache" and "Attention". The Python objects are in hcemu.kernels.attention.
 from hcemu._hcemu cimport (hc_kv_store_i8, hc_kv_store_f16, hc_attn_i8, hc_attn_f16, hc_attn_qk_i8,
                            HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM)
 
@@ -118,7 +118,7 @@ cdef inline void _count_attention(int64_t *row, Py_ssize_t t, Py_ssize_t start, 
 
 
 cdef class KVStore:
-    """The arrays of one :class:`hcemu.attention.KVCache` with their typed views acquired once, so
+    """The arrays of one :class:`hcemu.kernels.attention.KVCache` with their typed views acquired once, so
     that a call per layer and token costs little Python time; tracks tokens written per layer.
 
     int8: ``KVStore(k_codes, v_codes, k_scales, v_scales)``; fp16: ``KVStore(k, v)`` (uint16 bits).
@@ -234,7 +234,7 @@ cdef class KVStore:
 
     def attend(self, q, Py_ssize_t layer, Py_ssize_t start, out=None, events=None, region=None):
         """Causal GQA attention of q float32 (t, n_heads, head_dim) over ``layer``; see
-        :func:`hcemu.attention.attention`."""
+        :func:`hcemu.kernels.attention.attention`."""
         self._layer_ok(layer, "attention")
         cdef Py_ssize_t t, nh, hd = self.head_dim
         cdef const float *qp = NULL

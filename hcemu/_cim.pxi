@@ -1,5 +1,5 @@
 # Compute-in-memory products (csrc/hc_cim.c): typed const-memoryview wrappers, validated before any
-# pointer is touched; every kernel call releases the GIL.  The public API is hcemu.cim.
+# pointer is touched; every kernel call releases the GIL.  The public API is hcemu.kernels.cim.
 import weakref as _weakref
 
 import numpy as _np

@@ -1,5 +1,5 @@
 # The chip's vector unit (csrc/hc_vec.c): float32 RMSNorm, RoPE, SiLU-gate product, residual add.
-# Rules: docs/numerics.md "Vector unit". Public names re-exported by hcemu.vector.
+# Rules: docs/numerics.md "Vector unit". Public names re-exported by hcemu.kernels.vector.
 import numpy as _np
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t
 from hcemu._hcemu cimport (hc_exp_f32_array, hc_f32_to_f16_array, hc_rmsnorm_f32, hc_rope_f32,

@@ -1,5 +1,5 @@
-"""KV cache and streaming attention (hcemu.attention) against the numpy oracle
-(hcemu.attention_ref): integer parts exact, float outputs bit-identical on every ISA path, close to
+"""KV cache and streaming attention (hcemu.kernels.attention) against the numpy oracle
+(hcemu.kernels.attention_ref): integer parts exact, float outputs bit-identical on every ISA path, close to
 float64 softmax attention within the quantization tolerance of docs/numerics.md."""
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ from hypothesis import given, settings, strategies as st
 
 import hcemu
 from hcemu import _core
-from hcemu.attention import (ATTN_BLOCK, ContextOverflowError, KVCache, attention,
+from hcemu.kernels.attention import (ATTN_BLOCK, ContextOverflowError, KVCache, attention,
                              kv_bytes_per_token_layer)
-from hcemu.attention_ref import (BLOCK, attention_float64, attention_ref, qk_ref, quantize_act_ref,
+from hcemu.kernels.attention_ref import (BLOCK, attention_float64, attention_ref, qk_ref, quantize_act_ref,
                                  quantize_kv_ref)
 from hcemu.events import Events
 

@@ -1,4 +1,4 @@
-"""The streaming attention driver's own corners, bit-exact against the oracle (hcemu.attention_ref)
+"""The streaming attention driver's own corners, bit-exact against the oracle (hcemu.kernels.attention_ref)
 on every ISA path: prefill chunks longer than the driver's 64-query chunk, GQA groups wider than the
 4 rows processed together, head_dim tails of every kernel, scratch beyond the per-thread buffer,
 calls from several threads at once, and queries whose 127/amax overflows float32."""
@@ -9,8 +9,8 @@ import pytest
 
 import hcemu
 from hcemu import _core
-from hcemu.attention import ATTN_BLOCK, KVCache, attention
-from hcemu.attention_ref import attention_ref
+from hcemu.kernels.attention import ATTN_BLOCK, KVCache, attention
+from hcemu.kernels.attention_ref import attention_ref
 
 ISAS = _core.isa_supported()
 

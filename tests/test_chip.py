@@ -10,7 +10,7 @@ pytestmark = pytest.mark.model
 @pytest.fixture(scope="session")
 def images(smollm2_gguf, tmp_path_factory):
     """Compiled SmolLM2 images, one per plan, built once per test session."""
-    from hcemu.app import ensure_image
+    from hcemu.rom.cache import ensure_image
 
     root = tmp_path_factory.mktemp("images")
     cache = {}
@@ -307,7 +307,7 @@ def test_eval_cli_json(images, smollm2_gguf, capsys):
 def test_decode_profile_accounts_for_the_step(images):
     """The profile behind chip_ratios.py's kernel-share target: its parts add up to the step."""
     from hcemu._core import DECODER_OPS
-    from hcemu.chip.bench import decode_profile
+    from hcemu.bench.chip import decode_profile
 
     p = decode_profile(images("int8"), context=24, steps=4)
     ms = p["op_ms"]

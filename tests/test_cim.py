@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import hcemu
-from hcemu import _core, cim, cim_ref
+from hcemu import _core
+from hcemu.kernels import cim, cim_ref
 from hcemu.events import Events
 from hcemu.formats import WeightFormat
 from hcemu.layout import pack
@@ -378,7 +379,7 @@ def test_capabilities_report_openmp():
 
 @pytest.mark.parametrize("name", ISAS)
 def test_env_forcing_in_subprocess(name):
-    code = ("import hcemu, numpy as np; from hcemu import cim; "
+    code = ("import hcemu, numpy as np; from hcemu.kernels import cim; "
             "print(hcemu.capabilities()['active'])")
     env = dict(os.environ, HCEMU_ISA=name, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(hcemu.__file__)))] + sys.path))

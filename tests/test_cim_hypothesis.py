@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 import hcemu
-from hcemu import _core, cim_ref
+from hcemu import _core
+from hcemu.kernels import cim_ref
 from hcemu.formats import WeightFormat
 from hcemu.layout import pack
 

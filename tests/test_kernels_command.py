@@ -7,7 +7,7 @@ import json
 import pytest
 
 import hcemu
-from hcemu import kernel_bench as kb
+from hcemu.bench import kernels as kb
 from hcemu.cli import main
 
 

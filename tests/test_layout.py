@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hcemu import cim
+from hcemu.kernels import cim
 from hcemu.formats import WeightFormat
 from hcemu.layout import dequantize, dequantize_rows, pack, stack_rows, unpack_codes, unpack_meta
 

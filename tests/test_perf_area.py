@@ -9,9 +9,10 @@ from hcemu.formats import get_plan
 from hcemu.model.gguf_source import GGUFSource
 from hcemu.model.spec import ModelSpec, get_preset
 from hcemu.model.synthetic import SyntheticSource
-from hcemu.perf.silicon import area_breakdown, chip_area_breakdown
+from hcemu.perf.area import area_breakdown, chip_area_breakdown, floorplan
+from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import HC1_PLAN, get_chip, sources
-from hcemu.rom import RomImage, compile_model, floorplan, rom_bits_for_model
+from hcemu.rom import RomImage, compile_model, rom_bits_for_model
 from hcemu.rom.geometry import RomGeometry
 
 SMALL = ModelSpec("area-small", 3, 128, 4, 2, 32, 256, 300)
@@ -102,7 +103,7 @@ def test_area_breakdown_equations():
 
 def test_density_parameters_have_one_home():
     """The area parameters are ChipSpec fields with sources; the floorplan module holds no numbers."""
-    import hcemu.rom.floorplan as fpm
+    import hcemu.perf.area as fpm
 
     src = sources("hc1")
     for f in ("rom_density_mbit_per_mm2", "rom_bits_per_transistor", "sram_density_mbit_per_mm2",
@@ -130,8 +131,8 @@ def test_floorplan_kv_tokens(small_images):
 
 def test_for_model_is_identity_for_the_reference():
     chip = get_chip("hc1")
-    assert chip.for_model(get_preset(chip.sized_for_model)) is chip
-    two = chip.for_model(get_preset("llama-3.1-8b"), HC1_PLAN, users=2, context_tokens=2048)
+    assert size_for_model(chip, get_preset(chip.sized_for_model)) is chip
+    two = size_for_model(chip, get_preset("llama-3.1-8b"), HC1_PLAN, users=2, context_tokens=2048)
     assert two.kv_sram_bytes == 2 * 2048 * (2 * 32 * 8 * (128 + 2))
     assert two.cim_macs_per_cycle_w4 == chip.cim_macs_per_cycle_w4 and two.static_power_w < chip.static_power_w
 
@@ -141,7 +142,7 @@ def test_for_model_sizes_a_small_chip():
     from hcemu.perf.silicon import SiliconModel
 
     chip, spec, plan = get_chip("hc1"), get_preset("smollm2-135m"), get_plan("int4")
-    small = chip.for_model(spec, plan)
+    small = size_for_model(chip, spec, plan)
     assert small.sized_for_model == spec.name and small.name == "hc1/smollm2-135m"
     # lanes in whole 2048-lane CIM units, at least the layer-weight share of the reference's
     assert small.cim_macs_per_cycle_w4 % 2048 == 0
@@ -160,9 +161,9 @@ def test_for_model_sizes_a_small_chip():
     assert 0.5 * 16960 < r.per_user_tok_s < 3 * 16960 and r.users >= 1
     assert r.power_w < chip.power_limit_w and small.static_power_w < chip.static_power_w
     with pytest.raises(ValueError, match="both users and context_tokens"):
-        chip.for_model(spec, plan, users=2)
+        size_for_model(chip, spec, plan, users=2)
     with pytest.raises(ValueError, match=">= 1"):
-        chip.for_model(spec, plan, users=0, context_tokens=10)
+        size_for_model(chip, spec, plan, users=0, context_tokens=10)
 
 
 def test_inspect_prints_both_floorplans(small_images, capsys):
@@ -175,7 +176,7 @@ def test_inspect_prints_both_floorplans(small_images, capsys):
     d = json.loads(capsys.readouterr().out)
     with RomImage.load(path) as img:
         assert d["floorplan"]["total_mm2"] == pytest.approx(floorplan(img).total_mm2)
-        sized = floorplan(img, get_chip("hc1").for_model(img.spec, img.plan))
+        sized = floorplan(img, size_for_model("hc1", img.spec, img.plan))
     assert d["floorplan_sized"]["total_mm2"] == pytest.approx(sized.total_mm2)
     assert sized.total_mm2 < d["floorplan"]["total_mm2"]
     assert d["floorplan_chip"]["rom_bits_per_transistor"] == get_chip("hc1").rom_bits_per_transistor

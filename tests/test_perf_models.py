@@ -14,7 +14,8 @@ from hcemu.model.spec import get_preset
 from hcemu.perf.analytic import decode_positions, events_from_shapes
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
-from hcemu.perf.silicon import (SiliconModel, chip_area_breakdown, chip_area_mm2, chip_arrays, decode_sweep)
+from hcemu.perf.area import chip_area_breakdown, chip_area_mm2
+from hcemu.perf.silicon import SiliconModel, chip_arrays, decode_sweep
 from hcemu.perf.specs import (CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec,
                               get_chip, get_cost, get_gpu, sources)
 

@@ -10,10 +10,10 @@ import pytest
 from hcemu.cli import main
 from hcemu.formats import get_plan
 from hcemu.model.spec import get_preset
-from hcemu.perf.report import ROW_KEYS, chip_figures_for_image, compare_rows, host_row, silicon_figures
+from hcemu.report import ROW_KEYS, chip_figures_for_image, compare_rows, host_row, silicon_figures
 from hcemu.perf.specs import HC1_PLAN
 
-HAVE_CIM = importlib.util.find_spec("hcemu.cim") is not None
+HAVE_CIM = importlib.util.find_spec("hcemu.kernels.cim") is not None
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 REQUIRED = {"system", "per_user_tok_s", "aggregate_tok_s", "latency_ms_per_token", "energy_mj_per_token",
             "power_w", "area_mm2", "cost_cents_per_mtok"}
@@ -53,14 +53,14 @@ def test_chip_row_when_kv_does_not_fit():
     assert "exceeds" in rows[0]["note"] and "never breaks even" in rows[1]["note"]
 
 
-@pytest.mark.skipif(HAVE_CIM, reason="hcemu.cim is importable: the measured row is tested instead")
+@pytest.mark.skipif(HAVE_CIM, reason="hcemu.kernels.cim is importable: the measured row is tested instead")
 def test_host_row_says_why_without_kernels():
     row = host_row(get_preset("smollm2-135m"), get_plan("int4"))
     assert row["system"] == "host" and row["per_user_tok_s"] is None
-    assert "hcemu.cim" in row["note"]
+    assert "hcemu.kernels.cim" in row["note"]
 
 
-@pytest.mark.skipif(not HAVE_CIM, reason="hcemu.cim (the CIM kernels) is not in this build yet")
+@pytest.mark.skipif(not HAVE_CIM, reason="hcemu.kernels.cim (the CIM kernels) is not in this build yet")
 def test_host_row_is_measured():
     row = host_row(get_preset("smollm2-135m"), get_plan("int4"), n_layers_timed=2)
     assert row["per_user_tok_s"] > 0 and "timed 2 of 30 layers" in row["note"]

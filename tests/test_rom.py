@@ -13,7 +13,8 @@ from hcemu.formats import INT8_G32, WeightFormat, get_plan
 from hcemu.layout import dequantize, pack
 from hcemu.model.source import ModelSource, RawTensor
 from hcemu.model.spec import ModelSpec
-from hcemu.rom import RomImage, RomImageError, compile_model, floorplan
+from hcemu.perf.area import floorplan
+from hcemu.rom import RomImage, RomImageError, compile_model
 from hcemu.rom.image import MAGIC, PREAMBLE_BYTES
 from hcemu.rom.quantize import ErrorStats, import_blocks, lossless_import, quantize_codes, represented
 

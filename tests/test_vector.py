@@ -1,12 +1,13 @@
-"""The vector unit (hcemu.vector) against its numpy oracle (hcemu.vector_ref): bit-exact on every
+"""The vector unit (hcemu.kernels.vector) against its numpy oracle (hcemu.kernels.vector_ref): bit-exact on every
 ISA path, close to float64 math, and clear errors on bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import hcemu
-from hcemu import _core, vector
-from hcemu.vector_ref import add_ref, exp_ref, lane_sum, rmsnorm_ref, rope_ref, silu_mul_ref
+from hcemu import _core
+from hcemu.kernels import vector
+from hcemu.kernels.vector_ref import add_ref, exp_ref, lane_sum, rmsnorm_ref, rope_ref, silu_mul_ref
 
 ISAS = _core.isa_supported()
 

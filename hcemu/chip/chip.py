@@ -1,8 +1,8 @@
 """The functional chip: runs a compiled ROM image token by token, as the silicon would.
 
-Every weight product goes through the compute-in-memory kernels (:mod:`hcemu.cim`) reading the
+Every weight product goes through the compute-in-memory kernels (:mod:`hcemu.kernels.cim`) reading the
 image's ROM tiles; nothing multiplies float weights. The KV cache lives in an SRAM model
-(:class:`hcemu.attention.KVCache`), the vector unit (:mod:`hcemu.vector`) does norms, RoPE, SiLU and
+(:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE, SiLU and
 residual adds in float32. Each step returns the logits and the :class:`~hcemu.events.Events` it spent,
 counted by the rules of ``docs/events.md``.
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hcemu import _core, cim, vector
-from hcemu.attention import KVCache, attention
+from hcemu import _core
+from hcemu.kernels import cim, vector
+from hcemu.kernels.attention import KVCache, attention
 from hcemu.events import FIELD_INDEX, FIELDS, Events
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables

@@ -28,7 +28,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from hcemu.formats import get_plan
     from hcemu.model.spec import get_preset
-    from hcemu.perf.report import compare_rows, rows_to_csv, rows_to_text
+    from hcemu.report import compare_rows, rows_to_csv, rows_to_text
     from hcemu.perf.specs import default_plan
 
     if args.context < 1:

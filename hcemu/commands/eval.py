@@ -26,7 +26,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from hcemu.app import ensure_image, load_tokenizer
+    from hcemu.model.tokenizer import load_tokenizer
+    from hcemu.rom.cache import ensure_image
     from hcemu.chip.evaluate import evaluate
     from hcemu.model import source_path
     from hcemu.model.texts import licence_text

@@ -17,8 +17,8 @@ def register(sub) -> None:
 
 
 def describe(img, chip: str = "hc1", kv_tokens: int | None = None) -> dict:
+    from hcemu.perf.area import floorplan
     from hcemu.perf.specs import get_chip
-    from hcemu.rom.floorplan import floorplan
 
     fp = floorplan(img, chip, kv_tokens)
     c = get_chip(chip)
@@ -38,11 +38,12 @@ def describe(img, chip: str = "hc1", kv_tokens: int | None = None) -> dict:
 def _sized_floorplan(img, chip, kv_tokens):
     """The floorplan in ``chip``'s technology sized for the image's model, or None when the preset is
     already sized for it."""
+    from hcemu.perf.area import floorplan
+    from hcemu.perf.sizing import size_for_model
     from hcemu.perf.specs import get_chip
-    from hcemu.rom.floorplan import floorplan
 
     base = get_chip(chip)
-    sized = base.for_model(img.spec, img.plan)
+    sized = size_for_model(base, img.spec, img.plan)
     return None if sized is base else floorplan(img, sized, kv_tokens)
 
 
@@ -50,7 +51,7 @@ def run(args) -> int:
     import json
 
     from hcemu.rom import RomImage
-    from hcemu.rom.floorplan import floorplan
+    from hcemu.perf.area import floorplan
 
     with RomImage.load(args.image, verify=not args.no_verify) as img:
         if args.json:
@@ -73,7 +74,7 @@ def run(args) -> int:
         sized = _sized_floorplan(img, args.floorplan, args.kv_tokens)
         if sized is not None:
             a = sized.area
-            print(f"  sized for this model (ChipSpec.for_model): {a.total_mm2:.1f} mm2 "
+            print(f"  sized for this model (size_for_model): {a.total_mm2:.1f} mm2 "
                   f"(ROM {a.rom_mm2:.1f}, SRAM {a.sram_mm2:.1f}, logic {a.logic_mm2:.1f}, "
                   f"other {a.overhead_mm2 + a.io_mm2:.1f}), {a.transistors / 1e9:.2f} G transistors")
     return 0

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import hcemu
-    from hcemu import kernel_bench as kb
+    from hcemu.bench import kernels as kb
 
     if not 1 <= args.threads <= 256:
         raise ValueError(f"--threads must be in 1..256, got {args.threads}")

@@ -37,10 +37,11 @@ def register(sub) -> None:
 
 def generate(args, prompt: str) -> dict:
     """Compile (cached), load, generate; returns the JSON-ready report."""
-    from hcemu.app import ensure_image, load_tokenizer
+    from hcemu.model.tokenizer import load_tokenizer
+    from hcemu.rom.cache import ensure_image
     from hcemu.chip.chip import Chip
     from hcemu.sampling import Sampler
-    from hcemu.perf.report import chip_figures_for_image
+    from hcemu.report import chip_figures_for_image
     from hcemu.rom.image import RomImage
 
     if not prompt:

@@ -1,7 +1,7 @@
 """Float32 vector-unit math: RMSNorm, RoPE, SiLU, softmax.
 
 These functions are the float reference's (:mod:`hcemu.model.reference`), the model the chip is
-measured against; the chip's vector unit has its own oracle (:mod:`hcemu.vector_ref`: lane-order
+measured against; the chip's vector unit has its own oracle (:mod:`hcemu.kernels.vector_ref`: lane-order
 sums and the unit's polynomial exp, bit for bit with csrc/hc_vec.c). They pin down one precise
 float32 recipe:
 

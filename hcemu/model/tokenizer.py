@@ -19,6 +19,7 @@ the file's Jinja ``tokenizer.chat_template`` the way Hugging Face ``transformers
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -169,3 +170,12 @@ class Tokenizer:
 def tokenizer_for(path) -> Tokenizer:
     """Shorthand for :meth:`Tokenizer.from_gguf` on a path."""
     return Tokenizer.from_gguf(Path(path))
+
+
+def load_tokenizer(image) -> "Tokenizer | None":
+    """The tokenizer of the GGUF a compiled image (anything with ``.spec.source``) was built from, or
+    None when there is none (synthetic weights, or the GGUF is no longer on disk)."""
+    src = image.spec.source
+    if src and src.endswith(".gguf") and os.path.exists(src):
+        return Tokenizer.from_gguf(src)
+    return None

@@ -16,7 +16,8 @@ from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import decode_positions, model_rom_bits
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
-from hcemu.perf.silicon import SiliconModel, decode_sweep, head_lane_scale
+from hcemu.perf.area import head_lane_scale
+from hcemu.perf.silicon import SiliconModel, decode_sweep
 from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
 
 

@@ -16,8 +16,8 @@ Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time)
   slowest-region pass times.
 
 Energy is the dot product of the events with the energies per event, plus activation broadcast
-wires; power = energy per token x tokens/s + static power. Area and transistors come from the ROM bits
-of the image, the KV SRAM and the lanes (:func:`chip_area_breakdown`).
+wires; power = energy per token x tokens/s + static power. Area and transistors come from
+:mod:`hcemu.perf.area` (the ROM bits of the image, the KV SRAM and the lanes).
 
 Every time component is a sum over passes of per-pass terms, and the two terms under each ``max``
 are proportional to each other across passes (both per key, or both per weight), so pricing the
@@ -32,9 +32,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from hcemu.events import FIELD_INDEX, Events
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import (decode_positions, events_from_shapes, kv_bytes_per_token,
                                  pass_coefficients)
+from hcemu.perf.area import chip_area_breakdown, head_lane_scale
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
@@ -77,15 +78,6 @@ def _energy_pj(counts, chip):
     return e
 
 
-def head_lane_scale(spec: ModelSpec, plan, chip) -> float:
-    """Lane multiplier of the output-head region: its weights over a layer's when ``head_balanced``."""
-    if not chip.head_balanced:
-        return 1.0
-    layer = sum(spec.matrix_shape(m)[0] * spec.matrix_shape(m)[1] for m in LAYER_MATRICES)
-    n, k = spec.matrix_shape("output")
-    return max(1.0, n * k / layer)
-
-
 def _events_head_scale(events: Events, chip) -> float:
     """The head's lane multiplier from counted events (MACs per pass, head over mean layer)."""
     if not chip.head_balanced:
@@ -118,100 +110,6 @@ class RegionTiming:
         """Mean cycles of one pass through each region (0 where the region saw no pass)."""
         return np.divide(self.total_cycles, self.tokens, out=np.zeros_like(self.total_cycles),
                          where=self.tokens > 0)
-
-
-@dataclass(frozen=True)
-class AreaBreakdown:
-    """Die area (mm2) and transistor count of a hard-coded chip, by block (see :func:`area_breakdown`).
-
-    rom_bits: bits held in mask ROM (physical code banks, scales/offsets, norm vectors); sram_bytes: KV
-    and adapter SRAM; cim_lanes: int4 MAC lanes over all regions (head lanes balanced).
-    """
-
-    chip: str
-    rom_bits: int
-    sram_bytes: int
-    cim_lanes: float
-    rom_mm2: float
-    sram_mm2: float
-    logic_mm2: float
-    overhead_mm2: float
-    io_mm2: float
-    rom_transistors: float
-    sram_transistors: float
-    logic_transistors: float
-
-    @property
-    def total_mm2(self) -> float:
-        return self.rom_mm2 + self.sram_mm2 + self.logic_mm2 + self.overhead_mm2 + self.io_mm2
-
-    @property
-    def transistors(self) -> float:
-        return self.rom_transistors + self.sram_transistors + self.logic_transistors
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "total_mm2": self.total_mm2, "transistors": self.transistors}
-
-
-def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_layers: int,
-                   head_lane_scale: float = 1.0) -> AreaBreakdown:
-    """THE die-area model: areas and transistors from counts.
-
-    rom_bits: bits held in ROM (every bank as fabricated, blank slots included, plus fp16 scales and
-    norm vectors); sram_bytes: KV (+ adapter) SRAM; n_layers: layer regions; head_lane_scale: the output
-    head region's lanes in units of a layer region's (:func:`head_lane_scale`).
-
-    ROM = rom_bits / rom density; SRAM = bits / SRAM density; logic = transistors of the CIM lanes
-    (``cim_macs_per_cycle_w4`` per layer region, x head_lane_scale for the head), the attention lanes
-    (per layer region) and the vector lanes and transcendental units (layers + head) / logic density;
-    overhead = ``core_overhead_fraction`` x (ROM + SRAM + logic); plus ``io_area_mm2``.
-    Transistors: ROM bits / ``rom_bits_per_transistor`` + SRAM bits x ``sram_transistors_per_bit`` + logic.
-    """
-    chip = get_chip(chip)
-    for name, v in (("rom_bits", rom_bits), ("sram_bytes", sram_bytes), ("n_layers", n_layers)):
-        if v < 0:
-            raise ValueError(f"area_breakdown: {name} must be >= 0, got {v}")
-    if not head_lane_scale > 0:
-        raise ValueError(f"area_breakdown: head_lane_scale must be > 0, got {head_lane_scale}")
-    cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale)
-    logic_tr = (cim_lanes * chip.cim_lane_transistors
-                + n_layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
-                + (n_layers + 1) * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
-                * chip.vec_lane_transistors)
-    sram_bits = 8 * int(sram_bytes)
-    rom_mm2 = rom_bits / (chip.rom_density_mbit_per_mm2 * 1e6)
-    sram_mm2 = sram_bits / (chip.sram_density_mbit_per_mm2 * 1e6)
-    logic_mm2 = logic_tr / (chip.logic_density_mtr_per_mm2 * 1e6)
-    return AreaBreakdown(
-        chip=chip.name, rom_bits=int(rom_bits), sram_bytes=int(sram_bytes), cim_lanes=float(cim_lanes),
-        rom_mm2=rom_mm2, sram_mm2=sram_mm2, logic_mm2=logic_mm2,
-        overhead_mm2=chip.core_overhead_fraction * (rom_mm2 + sram_mm2 + logic_mm2), io_mm2=chip.io_area_mm2,
-        rom_transistors=rom_bits / chip.rom_bits_per_transistor,
-        sram_transistors=sram_bits * chip.sram_transistors_per_bit, logic_transistors=logic_tr)
-
-
-def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None,
-                        geometry=None) -> AreaBreakdown:
-    """:func:`area_breakdown` of the chip hard-wiring ``model`` in ``plan``, counts from shapes alone.
-
-    ROM bits are those of the image :func:`hcemu.rom.compile_model` would write (bank padding of
-    ``geometry``, default :meth:`RomGeometry.for_model`; scales; norm vectors): see
-    :func:`hcemu.rom.image.rom_bits_for_model`. SRAM: ``kv_sram_bytes`` (default the chip's).
-    """
-    from hcemu.rom.image import rom_bits_for_model
-
-    chip = get_chip(chip)
-    sram_bytes = chip.kv_sram_bytes if kv_sram_bytes is None else int(kv_sram_bytes)
-    if sram_bytes < 0:
-        raise ValueError(f"kv_sram_bytes must be >= 0, got {sram_bytes}")
-    rom = rom_bits_for_model(model, plan, geometry)
-    return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes, n_layers=model.n_layers,
-                          head_lane_scale=head_lane_scale(model, plan, chip))
-
-
-def chip_area_mm2(spec: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
-    """Die area in mm2 of ``spec``'s technology hard-wiring ``model`` in ``plan`` (see :func:`chip_area_breakdown`)."""
-    return chip_area_breakdown(spec, model, plan, kv_sram_bytes).total_mm2
 
 
 @dataclass(frozen=True)

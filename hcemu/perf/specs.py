@@ -98,70 +98,6 @@ class ChipSpec:
     def replace(self, **changes) -> "ChipSpec":
         return replace(self, **changes)
 
-    def for_model(self, spec, plan=None, *, users: int | None = None,
-                  context_tokens: int | None = None) -> "ChipSpec":
-        """This technology with its per-region units, KV SRAM and leakage sized for ``spec`` (a ModelSpec)
-        instead of :attr:`sized_for_model` (a model preset name). Returns ``self`` for that model itself
-        when no ``users``/``context_tokens`` are asked.
-
-        Rules (docs/perf.md "Sizing a chip for its model"): a hard-wired chip's units are sized so each
-        region's pass takes the reference's cycles --
-
-        * CIM lanes (int4 and int8) scale with a layer's weights, rounded up to whole CIM units of
-          2,048 lanes (one 16x128 tile per cycle); the ROM read width with the same lane ratio, rounded
-          up to 512-bit words;
-        * attention lanes scale with the attention MACs per key (``n_heads x head_dim``), rounded up to
-          128; SRAM bandwidth with the KV bytes per key and layer, rounded up to 32-byte ports;
-        * vector lanes and transcendental units scale with ``d_model``, rounded up to 32 and 8;
-        * KV SRAM: ``users x context_tokens x`` KV bytes per token when both are given, else the
-          reference's SRAM scaled by the KV bytes per token (as many tokens of KV as the reference holds);
-        * static power scales with the die's transistors (leakage per transistor is technology).
-
-        Clock, energies per event, densities, transistors per lane, overhead, IO, power limit and card
-        price are technology and stay. plan: default :func:`default_plan`.
-        """
-        from hcemu.model.spec import LAYER_MATRICES, get_preset
-        from hcemu.perf.analytic import kv_bytes_per_key_head, kv_bytes_per_token
-
-        if (users is None) != (context_tokens is None):
-            raise ValueError("give both users and context_tokens (the KV SRAM they need) or neither")
-        if users is not None and (int(users) < 1 or int(context_tokens) < 1):
-            raise ValueError(f"users and context_tokens must be >= 1, got {users}, {context_tokens}")
-        ref = get_preset(self.sized_for_model)
-        plan = plan if plan is not None else default_plan(spec)
-        if spec == ref and users is None:
-            return self
-
-        def up(x, unit):
-            return max(unit, int(math.ceil(x / unit - 1e-9)) * unit)
-
-        layer = lambda m: sum(m.matrix_shape(k)[0] * m.matrix_shape(k)[1] for k in LAYER_MATRICES)  # noqa: E731
-        w4 = up(self.cim_macs_per_cycle_w4 * layer(spec) / layer(ref), 2048)
-        lane_ratio = w4 / self.cim_macs_per_cycle_w4
-        kv_key = (spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)
-                  / (ref.n_kv_heads * kv_bytes_per_key_head(ref, plan)))
-        attn = (spec.n_heads * spec.head_dim) / (ref.n_heads * ref.head_dim)
-        d = spec.d_model / ref.d_model
-        if users is not None:
-            kv_sram = int(users) * int(context_tokens) * kv_bytes_per_token(spec, plan)
-        else:
-            kv_sram = int(math.ceil(self.kv_sram_bytes * kv_bytes_per_token(spec, plan)
-                                    / kv_bytes_per_token(ref, plan)))
-        sized = self.replace(
-            name=f"{self.name}/{spec.name}", sized_for_model=spec.name,
-            cim_macs_per_cycle_w4=w4, cim_macs_per_cycle_w8=up(self.cim_macs_per_cycle_w8 * lane_ratio, 2048),
-            rom_read_bits_per_cycle=up(self.rom_read_bits_per_cycle * lane_ratio, 512),
-            attn_macs_per_cycle=up(self.attn_macs_per_cycle * attn, 128),
-            sram_read_bytes_per_cycle=up(self.sram_read_bytes_per_cycle * kv_key, 32),
-            vec_flops_per_cycle=up(self.vec_flops_per_cycle * d, 32),
-            vec_transcendentals_per_cycle=up(self.vec_transcendentals_per_cycle * d, 8),
-            kv_sram_bytes=kv_sram)
-        from hcemu.perf.silicon import chip_area_breakdown
-
-        t_ref = chip_area_breakdown(self, ref, plan).transistors
-        t_new = chip_area_breakdown(sized, spec, plan).transistors
-        return sized.replace(static_power_w=self.static_power_w * t_new / t_ref)
-
 
 CHIP_NON_NUMERIC = ("name", "process", "sized_for_model", "head_balanced")
 """ChipSpec fields that are not numbers (never swept)."""
@@ -206,7 +142,7 @@ _register(CHIP_PRESETS, ChipSpec(
 ), {
     "process": "[V] TSMC N6 (Next Platform 2026-02-19)",
     "sized_for_model": "[V] HC1 hard-wires Llama 3.1 8B; the unit counts, KV SRAM and static power below are "
-                       "sized for it (ChipSpec.for_model re-sizes them for another model)",
+                       "sized for it (hcemu.perf.sizing.size_for_model re-sizes them for another model)",
     "clock_ghz": _A + "1 GHz: HC1's clock is not published; a typical N6 ASIC datapath clock",
     "cim_macs_per_cycle_w4": _C + "lanes per layer region, tuned so Llama 3.1 8B at 1k/1k decodes at "
                              "16,960 tok/s/user [V] (= 88 CIM units x one 16x128 tile per cycle)",

@@ -30,16 +30,11 @@ import numpy as np
 
 from hcemu.formats import TILE_ROWS, WeightFormat
 from hcemu.layout import layout_shape, tile_bytes
-from hcemu.rom.geometry import RomGeometry
+from hcemu.rom.geometry import RomGeometry, stripe_rows
 
 # column layout of the int64 placement table passed to the Cython batch decoder
 T_REGION, T_N, T_K, T_BITS, T_TILE_K, T_NBLOCKS, T_WPT, T_BANKS, T_BASE_ROW, T_NTILES = range(10)
 TABLE_COLS = 10
-
-
-def stripe_rows(n_tiles: int, n_banks: int, words_per_tile: int) -> int:
-    """Rows (per bank) a matrix of ``n_tiles`` weight tiles takes in a region of ``n_banks`` banks."""
-    return -(-n_tiles // n_banks) * words_per_tile
 
 
 @dataclass(frozen=True)

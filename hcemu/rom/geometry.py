@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from hcemu.formats import TILE_ROWS, Plan
 from hcemu.layout import layout_shape, tile_bytes
+from hcemu.model.spec import LAYER_MATRICES
 
 MIN_WORD_BITS = 32      # one row's 4-byte share of a 64-byte line must sit inside one word
 MAX_WORD_BITS = 2048    # the smallest weight tile (int4, 16 x 32) has 2048 bits; a word must divide it
@@ -20,6 +21,11 @@ MAX_WORD_BITS = 2048    # the smallest weight tile (int4, 16 x 32) has 2048 bits
 
 def _is_pow2(x: int) -> bool:
     return x > 0 and (x & (x - 1)) == 0
+
+
+def stripe_rows(n_tiles: int, n_banks: int, words_per_tile: int) -> int:
+    """Rows (per bank) a matrix of ``n_tiles`` weight tiles takes in a region of ``n_banks`` banks."""
+    return -(-n_tiles // n_banks) * words_per_tile
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,6 @@ class RomGeometry:
     def for_model(cls, spec, plan: Plan, bank_rows: int = 2048, word_bits: int = 512,
                   banks_per_tile: int = 16) -> "RomGeometry":
         """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``."""
-        from hcemu.model.spec import LAYER_MATRICES
-        from hcemu.rom.address import stripe_rows
 
         probe = cls(bank_rows, word_bits, banks_per_tile, 1)
         fmt = plan.matrices

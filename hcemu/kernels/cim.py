@@ -2,7 +2,7 @@
 
 The functional chip calls exactly these. Shapes: activations ``(m, k)`` (m tokens), weights a
 :class:`hcemu.layout.PackedWeights` of ``n x k``, outputs float32 ``(m, n)``. Numerics (bit-exact on
-every ISA path, equal to :mod:`hcemu.cim_ref`): ``docs/numerics.md``. Event counts: ``docs/events.md``.
+every ISA path, equal to :mod:`hcemu.kernels.cim_ref`): ``docs/numerics.md``. Event counts: ``docs/events.md``.
 
 Each PackedWeights is prepared once (pointers and event increments; cached until it is garbage
 collected), so a call costs one small validation and one C call with the GIL released.

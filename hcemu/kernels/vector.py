@@ -2,7 +2,7 @@
 
 Every function takes C-contiguous float32 arrays and an optional ``out`` (which may be the input,
 for in-place use), releases the GIL, and follows docs/numerics.md "Vector unit" bit for bit; the
-numpy oracle is :mod:`hcemu.vector_ref`.
+numpy oracle is :mod:`hcemu.kernels.vector_ref`.
 
 - ``rmsnorm(x, w, eps, out=None)``: x (m, d), w (d,) -> (m, d)
 - ``rope(x, cos, sin, out=None)``: x (t, heads, head_dim), cos/sin (t, head_dim // 2); rotates

@@ -105,7 +105,8 @@ def _rotating(items, call):
 def cim_runner(fmt: WeightFormat, n: int, k: int, m: int, threads: int, cold: bool = True,
                act_group: int = 32) -> Runner:
     """hcemu's CIM product (the active ISA path) on synthetic weights, int8 activations per group."""
-    from hcemu import _core, cim
+    from hcemu import _core
+    from hcemu.kernels import cim
 
     one = synthetic_weights(fmt, n, k, 0)
     copies = n_copies(one.nbytes, cold)

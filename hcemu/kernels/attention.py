@@ -4,7 +4,7 @@ Numerics (docs/numerics.md "KV cache", "Attention"): an int8 cache holds K and V
 one fp16 scale per (token, kv head); an fp16 cache holds them as IEEE half. Attention streams the
 cache in blocks of :data:`ATTN_BLOCK` keys with an online softmax; with an int8 cache the query is
 quantized to int8 per (token, head) and q.k are exact int32 dot products. Events follow
-docs/events.md. The numpy oracle is :mod:`hcemu.attention_ref`.
+docs/events.md. The numpy oracle is :mod:`hcemu.kernels.attention_ref`.
 """
 from __future__ import annotations
 

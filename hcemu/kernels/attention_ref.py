@@ -1,4 +1,4 @@
-"""numpy oracle of the KV cache and the streaming attention unit (:mod:`hcemu.attention`).
+"""numpy oracle of the KV cache and the streaming attention unit (:mod:`hcemu.kernels.attention`).
 
 The same integer and float32 operations in the same order as csrc/hc_attn.c, so outputs agree bit
 for bit (docs/numerics.md "KV cache", "Attention"); plus a float64 textbook attention to measure
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hcemu.vector_ref import exp_ref, lane_sum
+from hcemu.kernels.vector_ref import exp_ref, lane_sum
 
 F32 = np.float32
-BLOCK = 64  # = hcemu.attention.ATTN_BLOCK (checked by the tests)
+BLOCK = 64  # = hcemu.kernels.attention.ATTN_BLOCK (checked by the tests)
 
 
 def quantize_act_ref(x):

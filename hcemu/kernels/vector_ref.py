@@ -1,4 +1,4 @@
-"""numpy oracle of the vector unit (:mod:`hcemu.vector`): the same float32 operations in the same
+"""numpy oracle of the vector unit (:mod:`hcemu.kernels.vector`): the same float32 operations in the same
 order as csrc/hc_vec.c, so results agree bit for bit (docs/numerics.md "Vector unit")."""
 from __future__ import annotations
 

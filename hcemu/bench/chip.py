@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu import kernel_bench as kb
+from hcemu.bench import kernels as kb
 
 
 @dataclass
@@ -37,7 +37,7 @@ def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile:
                  compiled: bool = True) -> DecodeSetup:
     """A chip holding ``context - 1`` prompt tokens, ready to decode at position ``context - 1``
     (``compiled=False``: the interpreted layer loop, for comparison)."""
-    from hcemu.app import load_tokenizer
+    from hcemu.model.tokenizer import load_tokenizer
     from hcemu.chip.chip import Chip
     from hcemu.rom.image import RomImage
 
@@ -126,7 +126,7 @@ def decode_profile(image_path: str, context: int = 256, threads: int = 1, steps:
 def chip_ratios(model: str = "smollm2", plans=("int8", "int4"), context: int = 256, threads: int = 1,
                 rounds: int = 5, min_time_s: float = 0.2) -> dict:
     """The issue-4 speed figures, interleaved in one process; returns a JSON-ready dict."""
-    from hcemu.app import ensure_image
+    from hcemu.rom.cache import ensure_image
     from hcemu.model import source_path
 
     src = source_path(model)

@@ -9,11 +9,12 @@ import csv
 import io
 import math
 
+from hcemu.bench.host import HostUnavailable, measure_host_decode
 from hcemu.model.spec import ModelSpec, get_preset
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
-from hcemu.perf.host import HostUnavailable, measure_host_decode
 from hcemu.perf.silicon import SiliconModel
+from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
 
 ROW_KEYS = ("system", "kind", "per_user_tok_s", "aggregate_tok_s", "concurrent_users", "latency_ms_per_token",
@@ -33,9 +34,9 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  gpus=tuple(GPU_PRESETS), cost="default", host: bool = True, host_layers: int = 1,
                  host_threads: int = 1) -> list[dict]:
     """One row per system: the chip (modeled, its technology sized for ``spec`` by
-    :meth:`ChipSpec.for_model`), each GPU (roofline), and the host emulator (measured)."""
+    :func:`hcemu.perf.sizing.size_for_model`), each GPU (roofline), and the host emulator (measured)."""
     spec = get_preset(spec) if isinstance(spec, str) else spec
-    chip = get_chip(chip).for_model(spec, plan)
+    chip = size_for_model(chip, spec, plan)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     fits = si.users > 0
@@ -109,7 +110,7 @@ def rows_to_text(rows: list[dict]) -> str:
 
 def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int | None = None,
                            chip="hc1", events=None) -> dict:
-    """Modeled figures of ``chip``'s technology, sized for the image's model (:meth:`ChipSpec.for_model`),
+    """Modeled figures of ``chip``'s technology, sized for the image's model (:func:`hcemu.perf.sizing.size_for_model`),
     hard-wiring the image's model and plan.
 
     image: anything with ``.spec`` (ModelSpec) and ``.plan`` (Plan). events: optional
@@ -134,11 +135,11 @@ def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip
     functional chip) those are priced; otherwise the analytical generator supplies them. Figures that
     do not exist (energy per token when not even one user's KV fits) are ``None``.
 
-    sized: price ``chip``'s technology sized for ``spec`` (:meth:`ChipSpec.for_model`: lanes, KV SRAM
+    sized: price ``chip``'s technology sized for ``spec`` (:func:`hcemu.perf.sizing.size_for_model`: lanes, KV SRAM
     and leakage follow the model the chip hard-wires); False prices the preset's units as they are."""
     chip = get_chip(chip)
     if sized:
-        chip = chip.for_model(spec, plan)
+        chip = size_for_model(chip, spec, plan)
     model = SiliconModel(chip)
     si = (model.price(spec, plan, n_prompt, n_generated, *events) if events is not None
           else model.evaluate(spec, plan, n_prompt, n_generated))

