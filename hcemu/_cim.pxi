@@ -17,7 +17,7 @@ OPENMP = bool(hc_openmp())
 MAX_THREADS = 256
 M_CHUNK = 64
 
-from hcemu.events import FIELD_INDEX as _FIELD_INDEX
+from hcemu.events import FIELD_INDEX as _FIELD_INDEX, product_counts
 
 cdef int _F_MACS_W8 = _FIELD_INDEX["macs_w8"]
 cdef int _F_MACS_W4 = _FIELD_INDEX["macs_w4"]
@@ -96,12 +96,12 @@ cdef class CimWeights:
         check(hc_weights_check(&self.w), "CimWeights")
         self.fmt = fmt
         self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = pw.n, pw.k, fmt.tile_k, nt, nb
-        self.macs = pw.n * pw.k
-        self.code_bits = nt * nb * tb * 8
-        per = nt * 16 * 16 if fmt.per_channel else nt * nb * 16 * 16
-        self.meta_bits = per * (2 if fmt.asymmetric else 1)
-        self.tiles = nt * nb
         self.mac_field = _F_MACS_W8 if fmt.bits == 8 else _F_MACS_W4
+        per_pass = product_counts(fmt, pw.n, pw.k)   # the one counting rule (hcemu.events)
+        self.macs = per_pass[self.mac_field]
+        self.code_bits = per_pass[_F_CODE]
+        self.meta_bits = per_pass[_F_META]
+        self.tiles = per_pass[_F_TILES]
 
     @property
     def nbytes(self):

@@ -1,7 +1,9 @@
 """Event counters: what the silicon would do, counted by the execution that computes the values.
 
 The functional chip (and the analytical generator in :mod:`hcemu.perf`) fill an :class:`Events`;
-the silicon, GPU and cost models only ever read one. Counters are kept per *region*: regions
+the silicon, GPU and cost models only ever read one. The counting rules of docs/events.md that are
+formulas of shapes (what one CIM product, one layer pass's vector work, one head pass, one embedding
+lookup and one attended key cost) are written once, here, and every counter and generator calls them. Counters are kept per *region*: regions
 ``0 .. n_layers-1`` are the transformer layers, then ``"head"`` (final norm + output projection)
 and ``"embed"`` (token-embedding lookup), so pipelined throughput can find its slowest stage.
 
@@ -25,6 +27,9 @@ vec_transcendentals        exp / rsqrt / sin-cos evaluations in the vector unit
 from __future__ import annotations
 
 import numpy as np
+
+from hcemu.formats import TILE_ROWS, kv_bytes_per_token_layer
+from hcemu.layout import layout_shape, tile_bytes
 
 FIELDS = (
     "tokens",
@@ -148,3 +153,76 @@ class Events:
         t = self.total()
         shown = ", ".join(f"{k}={v}" for k, v in t.items() if v)
         return f"Events(n_layers={self.n_layers}, {shown})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting rules (docs/events.md). ``spec`` is any object with a ModelSpec's dimensions.
+
+def _zeros() -> np.ndarray:
+    return np.zeros(len(FIELDS), np.int64)
+
+
+def product_counts(fmt, n: int, k: int) -> np.ndarray:
+    """Counts of one token pass through one ``n x k`` CIM product in format ``fmt``: MACs by weight
+    bits, ROM code bits (whole tiles, padding included), ROM metadata bits (fp16 scales, and offsets
+    when asymmetric: ``TILE_ROWS`` per block, or per row tile for per-channel formats) and tiles read."""
+    nt, nb = layout_shape(fmt, n, k)
+    c = _zeros()
+    c[FIELD_INDEX["macs_w8" if fmt.bits == 8 else "macs_w4"]] = n * k
+    c[FIELD_INDEX["rom_code_bits"]] = nt * nb * tile_bytes(fmt) * 8
+    per_array = nt * TILE_ROWS * 16 if fmt.per_channel else nt * nb * TILE_ROWS * 16
+    c[FIELD_INDEX["rom_meta_bits"]] = per_array * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX["rom_tiles"]] = nt * nb
+    return c
+
+
+def layer_vector_counts(spec) -> np.ndarray:
+    """What one layer pass costs besides its seven products and its attention: the token, the
+    activations quantized for the products (``2d + qd + F``), the position-independent vector work
+    (two RMSNorms, RoPE on q and k, SiLU-gate product, two residual adds) and its rsqrt/exp."""
+    d, qd, f, hd = spec.d_model, spec.q_dim, spec.d_ff, spec.head_dim
+    c = _zeros()
+    c[FIELD_INDEX["tokens"]] = 1
+    c[FIELD_INDEX["act_quant_elems"]] = 2 * d + qd + f
+    c[FIELD_INDEX["vec_flops"]] = 2 * 4 * d + 3 * (spec.n_heads + spec.n_kv_heads) * hd + 4 * f + 2 * d
+    c[FIELD_INDEX["vec_transcendentals"]] = 2 + f
+    return c
+
+
+def head_vector_counts(spec) -> np.ndarray:
+    """What one head pass costs besides the output product: the token, its quantized input, the
+    final RMSNorm and its rsqrt."""
+    d = spec.d_model
+    c = _zeros()
+    c[FIELD_INDEX["tokens"]] = 1
+    c[FIELD_INDEX["act_quant_elems"]] = d
+    c[FIELD_INDEX["vec_flops"]] = 4 * d
+    c[FIELD_INDEX["vec_transcendentals"]] = 1
+    return c
+
+
+def embed_counts(spec, fmt) -> np.ndarray:
+    """One embedding lookup: one row of the ``vocab x d`` table in format ``fmt`` read from ROM (its share
+    of each of the row's tiles, and its scales), scaled in the vector unit."""
+    _, nb = layout_shape(fmt, *spec.matrix_shape("embedding"))
+    c = _zeros()
+    c[FIELD_INDEX["tokens"]] = 1
+    c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.bits
+    c[FIELD_INDEX["rom_meta_bits"]] = 16 * (1 if fmt.per_channel else nb) * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX["rom_tiles"]] = nb
+    c[FIELD_INDEX["vec_flops"]] = spec.d_model
+    return c
+
+
+def attention_counts(spec, kv: str) -> tuple[np.ndarray, np.ndarray]:
+    """(per pass, per attended key) counts of one layer's attention with a ``kv`` cache: the token's K
+    and V appended; then, for every key, its K and V streamed once per KV head (shared by the group),
+    q.k and p.v MACs, and the online softmax (five flops and one exp per head)."""
+    kv_bytes = kv_bytes_per_token_layer(spec.n_kv_heads, spec.head_dim, kv)
+    per_pass, per_key = _zeros(), _zeros()
+    per_pass[FIELD_INDEX["sram_kv_bytes_written"]] = kv_bytes
+    per_key[FIELD_INDEX["sram_kv_bytes_read"]] = kv_bytes
+    per_key[FIELD_INDEX["attn_macs"]] = 2 * spec.n_heads * spec.head_dim
+    per_key[FIELD_INDEX["vec_flops"]] = 5 * spec.n_heads
+    per_key[FIELD_INDEX["vec_transcendentals"]] = spec.n_heads
+    return per_pass, per_key

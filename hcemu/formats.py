@@ -95,6 +95,17 @@ class ActFormat:
 
 KV_FORMATS = ("int8", "fp16")
 
+_KV_VALUE_BYTES = {"int8": 1, "fp16": 2}
+_KV_SCALE_BYTES = {"int8": 2, "fp16": 0}
+
+
+def kv_bytes_per_token_layer(n_kv_heads: int, head_dim: int, fmt: str = "int8") -> int:
+    """SRAM bytes one token occupies in one layer's KV cache: ``2 * Hkv * (hd * b + s)`` (K and V; int8:
+    b = 1 byte per value, s = 2 bytes of fp16 scale per KV head; fp16: b = 2, s = 0)."""
+    if fmt not in KV_FORMATS:
+        raise ValueError(f"kv format must be one of {KV_FORMATS}, got {fmt!r}")
+    return 2 * n_kv_heads * (head_dim * _KV_VALUE_BYTES[fmt] + _KV_SCALE_BYTES[fmt])
+
 
 @dataclass(frozen=True)
 class Plan:

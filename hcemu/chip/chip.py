@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hcemu import _core
+from hcemu.events import Events, embed_counts, head_vector_counts, layer_vector_counts
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
-from hcemu.events import FIELD_INDEX, FIELDS, Events
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
 from hcemu.model.spec import LAYER_MATRICES
@@ -167,32 +167,11 @@ class Chip:
         return timed
 
     def _per_pass_counts(self):
-        """The position-independent per-pass counts the chip itself adds (docs/events.md).
-
-        Products, KV traffic and the softmax are counted by the kernels as they run.
-        """
+        """The per-pass counts the chip adds itself, besides what its kernels count as they run
+        (products, KV traffic, attention): :mod:`hcemu.events`' rules for a layer's and the head's
+        vector work and for one embedding lookup (docs/events.md)."""
         s = self.spec
-        d, qd, f, hd = s.d_model, s.q_dim, s.d_ff, s.head_dim
-        layer = np.zeros(len(FIELDS), np.int64)
-        layer[FIELD_INDEX["tokens"]] = 1
-        layer[FIELD_INDEX["act_quant_elems"]] = 2 * d + qd + f
-        layer[FIELD_INDEX["vec_flops"]] = 2 * 4 * d + 3 * (s.n_heads + s.n_kv_heads) * hd + 4 * f + 2 * d
-        layer[FIELD_INDEX["vec_transcendentals"]] = 2 + f
-        head = np.zeros(len(FIELDS), np.int64)
-        head[FIELD_INDEX["tokens"]] = 1
-        head[FIELD_INDEX["act_quant_elems"]] = d
-        head[FIELD_INDEX["vec_flops"]] = 4 * d
-        head[FIELD_INDEX["vec_transcendentals"]] = 1
-        emb = self._embedding
-        fmt = emb.fmt
-        embed = np.zeros(len(FIELDS), np.int64)
-        embed[FIELD_INDEX["tokens"]] = 1
-        embed[FIELD_INDEX["rom_code_bits"]] = emb.k_padded * fmt.bits
-        scales_per_row = 1 if fmt.per_channel else emb.n_blocks
-        embed[FIELD_INDEX["rom_meta_bits"]] = 16 * scales_per_row * (2 if fmt.asymmetric else 1)
-        embed[FIELD_INDEX["rom_tiles"]] = emb.n_blocks
-        embed[FIELD_INDEX["vec_flops"]] = d
-        return layer, head, embed
+        return layer_vector_counts(s), head_vector_counts(s), embed_counts(s, self._embedding.fmt)
 
     def _bank_rows(self, names) -> np.ndarray:
         """ROM rows read per bank by one token pass through the named matrices."""

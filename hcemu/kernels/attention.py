@@ -11,22 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from hcemu import _core
-from hcemu.formats import KV_FORMATS
+from hcemu.formats import KV_FORMATS, kv_bytes_per_token_layer  # noqa: F401 (part of this API)
 
 ATTN_BLOCK = _core.ATTN_BLOCK
 """Keys per block streamed from SRAM (one online-softmax step)."""
-
-_VALUE_BYTES = {"int8": 1, "fp16": 2}
-_SCALE_BYTES = {"int8": 2, "fp16": 0}
-
-
-def kv_bytes_per_token_layer(n_kv_heads: int, head_dim: int, fmt: str = "int8") -> int:
-    """SRAM bytes one token occupies in one layer: ``2 * Hkv * (hd * b + s)`` (K and V; int8:
-    b = 1 byte per value, s = 2 bytes of fp16 scale per kv head; fp16: b = 2, s = 0)."""
-    if fmt not in KV_FORMATS:
-        raise ValueError(f"kv format must be one of {KV_FORMATS}, got {fmt!r}")
-    return 2 * n_kv_heads * (head_dim * _VALUE_BYTES[fmt] + _SCALE_BYTES[fmt])
-
 
 class ContextOverflowError(ValueError):
     """The context does not fit in the KV cache's SRAM."""

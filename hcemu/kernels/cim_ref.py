@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hcemu.events import FIELD_INDEX, product_counts
 from hcemu.formats import TILE_ROWS
 from hcemu.layout import PackedWeights, unpack_codes, unpack_meta
 
@@ -91,14 +92,8 @@ def cim_linear_ref(x: np.ndarray, act_group: int, pw: PackedWeights) -> np.ndarr
 
 
 def event_counts_ref(pw: PackedWeights, m: int) -> dict[str, int]:
-    """Per-product event increments of docs/events.md for ``m`` token passes."""
-    from hcemu.layout import layout_shape, tile_bytes
-
-    nt, nb = layout_shape(pw.fmt, pw.n, pw.k)
-    meta = (nt * 16 * 16 if pw.fmt.per_channel else nt * nb * 16 * 16) * (2 if pw.fmt.asymmetric else 1)
-    return {
-        "macs_w8" if pw.fmt.bits == 8 else "macs_w4": pw.n * pw.k * m,
-        "rom_code_bits": nt * nb * tile_bytes(pw.fmt) * 8 * m,
-        "rom_meta_bits": meta * m,
-        "rom_tiles": nt * nb * m,
-    }
+    """Per-product event increments for ``m`` token passes: :func:`hcemu.events.product_counts` (the one
+    counting rule) times ``m``, as a dict of the fields a product touches."""
+    c = product_counts(pw.fmt, pw.n, pw.k) * m
+    return {name: int(c[FIELD_INDEX[name]]) for name in
+            ("macs_w8" if pw.fmt.bits == 8 else "macs_w4", "rom_code_bits", "rom_meta_bits", "rom_tiles")}

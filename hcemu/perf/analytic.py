@@ -1,9 +1,10 @@
 """Event counts from shapes alone: the analytical twin of the functional chip's counters.
 
-Follows ``docs/events.md`` exactly. Every per-pass count is *affine in the number of keys* a pass
-attends (``p + 1`` at position ``p``): ``counts(p) = const + (p + 1) * per_key``. :func:`pass_coefficients`
-returns those two vectors per region kind, so totals over any set of positions need only the number of
-passes and the sum of ``p + 1`` — which is what makes the vectorized sweeps cheap.
+Composes the counting rules of :mod:`hcemu.events` (``docs/events.md``). Every per-pass count is
+*affine in the number of keys* a pass attends (``p + 1`` at position ``p``):
+``counts(p) = const + (p + 1) * per_key``. :func:`pass_coefficients` returns those two vectors per region
+kind, so totals over any set of positions need only the number of passes and the sum of ``p + 1`` —
+which is what makes the vectorized sweeps cheap.
 
 Pass accounting matches :meth:`hcemu.chip.Chip.generate`: a prompt of ``n_prompt`` tokens is
 ``n_prompt`` layer passes (positions ``0 .. n_prompt-1``) with the output head on the last one only;
@@ -17,51 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, FIELDS, Events
-from hcemu.formats import TILE_ROWS, Plan, WeightFormat
-from hcemu.layout import layout_shape, tile_bytes
+from hcemu.events import (Events, attention_counts, embed_counts, head_vector_counts, layer_vector_counts,
+                          product_counts)
+from hcemu.formats import Plan, WeightFormat, kv_bytes_per_token_layer
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
-
-_NF = len(FIELDS)
-_I = FIELD_INDEX
 
 
 def kv_bytes_per_key_head(spec: ModelSpec, plan: Plan) -> int:
     """SRAM bytes of one token's K and V for one KV head in one layer (values plus scales)."""
-    b, s = (1, 2) if plan.kv == "int8" else (2, 0)
-    return 2 * (spec.head_dim * b + s)
+    return kv_bytes_per_token_layer(1, spec.head_dim, plan.kv)
 
 
 def kv_bytes_per_token(spec: ModelSpec, plan: Plan) -> int:
     """SRAM bytes one token adds to the KV cache over all layers."""
-    return spec.n_layers * spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)
-
-
-def product_counts(fmt: WeightFormat, n: int, k: int) -> np.ndarray:
-    """Per-pass counts of one ``n x k`` CIM product in format ``fmt`` (docs/events.md)."""
-    nt, nb = layout_shape(fmt, n, k)
-    c = np.zeros(_NF, np.int64)
-    c[_I["macs_w8" if fmt.bits == 8 else "macs_w4"]] = n * k
-    c[_I["rom_code_bits"]] = nt * nb * tile_bytes(fmt) * 8
-    per_array = nt * TILE_ROWS * 16 if fmt.per_channel else nt * nb * TILE_ROWS * 16
-    c[_I["rom_meta_bits"]] = per_array * (2 if fmt.asymmetric else 1)
-    c[_I["rom_tiles"]] = nt * nb
-    return c
-
-
-def rom_bits(fmt: WeightFormat, n: int, k: int) -> int:
-    """Bits the ROM holds for one matrix (codes + metadata, tile padding included)."""
-    c = product_counts(fmt, n, k)
-    return int(c[_I["rom_code_bits"]] + c[_I["rom_meta_bits"]])
-
-
-def model_rom_bits(spec: ModelSpec, plan: Plan) -> int:
-    """ROM bits of the whole image: every layer matrix, the embedding table, the untied output matrix."""
-    total = spec.n_layers * sum(rom_bits(plan.matrices, *spec.matrix_shape(m)) for m in LAYER_MATRICES)
-    total += rom_bits(plan.embedding, *spec.matrix_shape("embedding"))
-    if not spec.tied_embeddings:
-        total += rom_bits(plan.output, *spec.matrix_shape("output"))
-    return total
+    return spec.n_layers * kv_bytes_per_token_layer(spec.n_kv_heads, spec.head_dim, plan.kv)
 
 
 def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
@@ -80,38 +50,13 @@ class PassCoefficients:
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
-    d, qd, f, hd = spec.d_model, spec.q_dim, spec.d_ff, spec.head_dim
-    H, Hkv = spec.n_heads, spec.n_kv_heads
-
-    layer = np.zeros(_NF, np.int64)
+    """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`."""
+    attn_pass, per_key = attention_counts(spec, plan.kv)
+    layer = layer_vector_counts(spec) + attn_pass
     for m in LAYER_MATRICES:
         layer += product_counts(plan.matrices, *spec.matrix_shape(m))
-    layer[_I["tokens"]] = 1
-    layer[_I["act_quant_elems"]] = 2 * d + qd + f
-    layer[_I["sram_kv_bytes_written"]] = Hkv * kv_bytes_per_key_head(spec, plan)
-    layer[_I["vec_flops"]] = 2 * 4 * d + 3 * (H + Hkv) * hd + 4 * f + 2 * d
-    layer[_I["vec_transcendentals"]] = 2 + f
-
-    per_key = np.zeros(_NF, np.int64)
-    per_key[_I["sram_kv_bytes_read"]] = Hkv * kv_bytes_per_key_head(spec, plan)
-    per_key[_I["attn_macs"]] = 2 * H * hd
-    per_key[_I["vec_flops"]] = 5 * H
-    per_key[_I["vec_transcendentals"]] = H
-
-    head = product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
-    head[_I["tokens"]] = 1
-    head[_I["act_quant_elems"]] = d
-    head[_I["vec_flops"]] = 4 * d
-    head[_I["vec_transcendentals"]] = 1
-
-    efmt = plan.embedding
-    _, nb = layout_shape(efmt, *spec.matrix_shape("embedding"))
-    embed = np.zeros(_NF, np.int64)
-    embed[_I["tokens"]] = 1
-    embed[_I["rom_code_bits"]] = nb * efmt.tile_k * efmt.bits
-    embed[_I["rom_meta_bits"]] = 16 * (1 if efmt.per_channel else nb) * (2 if efmt.asymmetric else 1)
-    embed[_I["rom_tiles"]] = nb
-    embed[_I["vec_flops"]] = d
+    head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
+    embed = embed_counts(spec, plan.embedding)
     for a in (layer, per_key, head, embed):
         a.flags.writeable = False
     return PassCoefficients(layer, per_key, head, embed)

@@ -13,10 +13,10 @@ import numpy as np
 
 from hcemu._io import atomic_write
 from hcemu.model.spec import ModelSpec
-from hcemu.perf.analytic import decode_positions, model_rom_bits
+from hcemu.perf.analytic import decode_positions, events_from_shapes
+from hcemu.perf.area import head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
-from hcemu.perf.area import head_lane_scale
 from hcemu.perf.silicon import SiliconModel, decode_sweep
 from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
 
@@ -116,7 +116,8 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     bw = chip.rom_read_bits_per_cycle / 8 * regions * hz
     line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", lw=2, label=f"{chip.name} roof (ROM read, CIM)")
     flops = 2.0 * spec.n_params
-    rom_bytes = model_rom_bits(spec, plan) / 8
+    step = events_from_shapes(spec, plan, positions=[n_prompt])   # ROM bytes one decode step reads
+    rom_bytes = (step.rom_code_bits + step.rom_meta_bits) / 8
     for n, mk in ((1, "o"), (si.users, "^")):
         tps = min(n * si.per_user_tok_s, si.aggregate_tok_s) if n > 1 else si.per_user_tok_s
         ax.plot([flops / rom_bytes], [flops * tps], mk, ms=9, color=line.get_color())

@@ -33,8 +33,7 @@ import numpy as np
 
 from hcemu.events import FIELD_INDEX, Events
 from hcemu.model.spec import ModelSpec
-from hcemu.perf.analytic import (decode_positions, events_from_shapes, kv_bytes_per_token,
-                                 pass_coefficients)
+from hcemu.perf.analytic import decode_positions, events_from_shapes, kv_bytes_per_token, pass_coefficients
 from hcemu.perf.area import chip_area_breakdown, head_lane_scale
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 

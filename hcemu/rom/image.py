@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hcemu.events import FIELD_INDEX, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
 from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
@@ -173,12 +174,6 @@ def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None 
     return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
 
 
-def _meta_bits(fmt: WeightFormat, n: int, k: int) -> int:
-    nt, nb = layout_shape(fmt, n, k)
-    per_array = nt * 16 if fmt.per_channel else nt * nb * 16
-    return per_array * 16 * (2 if fmt.asymmetric else 1)
-
-
 def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None) -> RomBits:
     """The :class:`RomBits` of the image :func:`compile_model` would write, from shapes alone (equal to
     :meth:`RomImage.rom_bits` of that image; weights' values do not change sizes)."""
@@ -193,9 +188,9 @@ def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry 
 def _rom_bits_cached(spec, plan, geometry):
     amap = model_address_map(spec, plan, geometry)
     matrices, _ = _image_matrices(spec, plan)
-    used = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
-               for *_, fmt, (n, k) in matrices)
-    meta = sum(_meta_bits(fmt, n, k) for *_, fmt, (n, k) in matrices)
+    per_matrix = sum(product_counts(fmt, n, k) for *_, fmt, (n, k) in matrices)
+    used = int(per_matrix[FIELD_INDEX["rom_code_bits"]])   # the bits one pass reads are the bits held
+    meta = int(per_matrix[FIELD_INDEX["rom_meta_bits"]])
     vector = sum(length for _nm, _l, length in spec.norms()) * 32
     return RomBits(used, amap.physical_bits, meta, vector, amap.n_banks)
 
