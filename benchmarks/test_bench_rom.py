@@ -21,7 +21,6 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_T
 @pytest.mark.model
 @pytest.mark.parametrize("plan", ["int4", "int8"])
 def test_bench_compile_smollm2(benchmark, smollm2_gguf, tmp_path, plan):
-    pytest.importorskip("hcemu.model.gguf_source")
     from hcemu.model.gguf_source import GGUFSource
     from hcemu.rom import RomImage, compile_model
 
@@ -41,48 +40,17 @@ def test_bench_compile_smollm2(benchmark, smollm2_gguf, tmp_path, plan):
 
 # The child process: compile, then print wall time and peak RSS as JSON on its last line.
 _CHILD = textwrap.dedent(r"""
-    import json, resource, sys, time, zlib
-    import numpy as np
+    import json, resource, sys, time
     from hcemu.model.spec import get_preset
+    from hcemu.model.synthetic import SyntheticSource
     from hcemu.rom import compile_model
-    spec = get_preset(sys.argv[1])
-    try:
-        from hcemu.model.synthetic import SyntheticSource
-        src = SyntheticSource(spec, seed=0)
-        generator = "hcemu.model.synthetic.SyntheticSource"
-    except ImportError:
-        from hcemu.model.source import ModelSource, RawTensor
-
-        class MinimalSeededSource(ModelSource):
-            # Stand-in used only by this benchmark when hcemu.model.synthetic is absent: uniform float32
-            # weights with std 1/sqrt(n_in) (0.02 for embeddings), seeded per tensor name.
-            def __init__(self, spec, seed=0):
-                self.spec, self.seed = spec, seed
-                self.shapes = {n: s for n, _k, _l, s in spec.matrices()}
-                self.shapes.update({n: (d,) for n, _l, d in spec.norms()})
-            def tensor_names(self):
-                return list(self.shapes)
-            def float32(self, name):
-                shape = self.shapes[name]
-                rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-                if len(shape) == 1:
-                    return (1.0 + 0.05 * (rng.random(shape, dtype=np.float32) - 0.5)).astype(np.float32)
-                std = 0.02 if name in ("token_embd.weight", "output.weight") else shape[1] ** -0.5
-                a = rng.random(shape, dtype=np.float32)
-                a -= np.float32(0.5)
-                a *= np.float32(2 * 3 ** 0.5 * std)
-                return a
-            def raw(self, name):
-                return RawTensor(name, "F32", self.shapes[name], self.float32(name))
-
-        src = MinimalSeededSource(spec, 0)
-        generator = "benchmark MinimalSeededSource"
+    src = SyntheticSource(get_preset(sys.argv[1]), seed=0)
     t0 = time.perf_counter()
     rep = compile_model(src, sys.argv[2], sys.argv[3], progress=sys.argv[4] == "1")
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": wall, "peak_rss_bytes": peak, "file_bytes": rep.file_bytes,
-                      "weights": rep.totals["count"], "sqnr_db": rep.totals["sqnr_db"], "generator": generator}))
+                      "weights": rep.totals["count"], "sqnr_db": rep.totals["sqnr_db"]}))
 """)
 
 

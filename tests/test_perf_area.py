@@ -102,15 +102,23 @@ def test_area_breakdown_equations():
 
 
 def test_density_parameters_have_one_home():
-    """The area parameters are ChipSpec fields with sources; the floorplan module holds no numbers."""
-    import hcemu.perf.area as fpm
-
+    """The area parameters are ChipSpec fields with sources, and the area model reads them (changing one
+    moves its block's area in proportion)."""
     src = sources("hc1")
+    chip = get_chip("hc1")
     for f in ("rom_density_mbit_per_mm2", "rom_bits_per_transistor", "sram_density_mbit_per_mm2",
               "sram_transistors_per_bit", "logic_density_mtr_per_mm2", "cim_lane_transistors",
               "core_overhead_fraction", "io_area_mm2"):
-        assert f in {x.name for x in dataclasses.fields(get_chip("hc1"))} and src[f]
-    assert not hasattr(fpm, "FloorplanParams") and not hasattr(fpm, "SRAM_CELL_UM2_N6")
+        assert f in {x.name for x in dataclasses.fields(chip)} and src[f]
+    base = area_breakdown(chip, rom_bits=10**9, sram_bytes=10**8, n_layers=4)
+    dense = area_breakdown(chip.replace(rom_density_mbit_per_mm2=2 * chip.rom_density_mbit_per_mm2,
+                                        sram_density_mbit_per_mm2=4 * chip.sram_density_mbit_per_mm2,
+                                        logic_density_mtr_per_mm2=8 * chip.logic_density_mtr_per_mm2),
+                           rom_bits=10**9, sram_bytes=10**8, n_layers=4)
+    assert dense.rom_mm2 == pytest.approx(base.rom_mm2 / 2)
+    assert dense.sram_mm2 == pytest.approx(base.sram_mm2 / 4)
+    assert dense.logic_mm2 == pytest.approx(base.logic_mm2 / 8)
+    assert dense.io_mm2 == base.io_mm2 == chip.io_area_mm2
 
 
 def test_floorplan_kv_tokens(small_images):
