@@ -1,4 +1,4 @@
-"""Issue-4 speed targets of the functional chip, as ratios against peers run in the same process.
+"""Speed targets of the functional chip, as ratios against peers run in the same process.
 
     python benchmarks/chip_ratios.py [--threads N] [--context N] [--json PATH]
 
@@ -27,7 +27,7 @@ TARGETS = (  # (key, comparison, bound, plans it is judged on)
     ("speedup_vs_reference", ">=", 4.0, ("int8", "int4")),
     ("prefill_speedup_per_token", ">=", 5.0, ("int8",)),
 )
-# The issue states its speed targets for plan int8; int4 figures are printed beside them. (int4's
+# The speed targets are stated for plan int8; int4 figures are printed beside them. (int4's
 # decode streams 2/3 of int8's bytes while its prefill is compute-bound like int8's, so its
 # prefill/decode ratio sits lower, about 5-6x.)
 

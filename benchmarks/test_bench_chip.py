@@ -1,4 +1,4 @@
-"""Benchmarks of the functional chip on SmolLM2-135M (issue 4), with their peers in the same run.
+"""Benchmarks of the functional chip on SmolLM2-135M, with their peers in the same run.
 
 Read GB/s off ``extra_info['rom_bytes_per_step']`` / mean time; `benchmarks/chip_ratios.py` prints
 the target ratios. In the normal test run (--benchmark-disable) each runs once as a smoke test.

@@ -901,7 +901,7 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
 }
 
 /* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
-#define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the test VM */
+#define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the 2-core development VM (AMD EPYC, AVX-512) */
 #define READ_PF 4096
 
 #if HC_X86

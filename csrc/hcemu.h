@@ -128,7 +128,7 @@ int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int h
  * (OpenMP when built with it, else serial; two threads claim 1 MiB chunks from opposite ends, so
  * that one that starts late leaves its share to the other); the results do not depend on n_threads.  At most one
  * thread runs per HC_CIM_BYTES_PER_THREAD of weights (codes and scales): waking a sleeping OpenMP
- * worker (hcemu sets OMP_WAIT_POLICY=PASSIVE) costs about 50 us on the 2-core test VM, the time to
+ * worker (hcemu sets OMP_WAIT_POLICY=PASSIVE) costs about 50 us on the 2-core development VM, the time to
  * stream ~2 MiB, so smaller products run faster on fewer threads.  The dots hook is exempt.
  * All functions return HC_OK or a negative status (HC_EINVAL for bad sizes/groups/threads,
  * HC_ENOMEM, HC_EUNSUPPORTED for an ISA path this CPU lacks, HC_ENONFINITE for NaN/inf input).

@@ -148,7 +148,7 @@ def licence_tokens(tokenizer):
     return ids[:1024]
 
 
-ACCURACY = {  # plan: (max kld_mean, min same_top1) from issue 4
+ACCURACY = {  # plan: (max kld_mean, min same_top1) the chip is held to against the float reference
     "int4": (0.01, 0.94),
     "int8": (0.015, 0.93),
 }

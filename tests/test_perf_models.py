@@ -1,7 +1,7 @@
 """Calibration bands, sensitivities and validation of the silicon, GPU and cost models.
 
 The calibration tests compute everything from the presets' parameters; the published figures appear
-only as targets with the tolerance the issue sets.
+only as targets with a stated tolerance.
 """
 import dataclasses
 import math

@@ -125,7 +125,8 @@ def decode_profile(image_path: str, context: int = 256, threads: int = 1, steps:
 
 def chip_ratios(model: str = "smollm2", plans=("int8", "int4"), context: int = 256, threads: int = 1,
                 rounds: int = 5, min_time_s: float = 0.2) -> dict:
-    """The issue-4 speed figures, interleaved in one process; returns a JSON-ready dict."""
+    """The functional chip's speed figures (decode and prefill against the plain read and the float
+    reference), interleaved in one process; returns a JSON-ready dict."""
     from hcemu.rom.cache import ensure_image
     from hcemu.model import source_path
 
