@@ -1,4 +1,5 @@
-"""Build hcemu: every ``hcemu/**/*.pyx`` becomes an extension linked with the C kernels in ``csrc/``.
+"""Build hcemu: one extension, ``hcemu._core`` (``hcemu/_core.pyx`` and the ``hcemu/_*.pxi`` it includes),
+linked with the C kernels in ``csrc/``.
 
 Environment switches
 --------------------
