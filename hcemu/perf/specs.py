@@ -245,13 +245,15 @@ class GpuSpec:
 
     def peak_tflops(self, dtype: str) -> float:
         return {"bf16": self.bf16_tflops, "fp16": self.bf16_tflops, "fp8": self.fp8_tflops,
-                "fp4": self.fp4_tflops}[dtype]
+                "fp4": self.fp4_tflops, "nvfp4": self.fp4_tflops}[dtype]
 
     def replace(self, **changes) -> "GpuSpec":
         return replace(self, **changes)
 
 
-DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
+DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5, "nvfp4": 0.5 + 1 / 16}
+"""Bytes per value as a GPU stores it; ``nvfp4`` adds its FP8 (E4M3) scale per block of 16 values
+(NVIDIA's NVFP4 layout, hcemu.perf.deploy documents the precisions)."""
 
 GPU_PRESETS: dict[str, GpuSpec] = {}
 
