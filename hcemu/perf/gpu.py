@@ -45,6 +45,18 @@ class GpuWork:
 
 
 @dataclass(frozen=True)
+class StepCoefficients:
+    """Seconds per unit of one step's roofline terms (see :meth:`GpuModel.step_coefficients`)."""
+
+    mem_s: float                 # the weights, read once per step
+    mem_s_per_token: float       # embedding row per token in the step
+    mem_s_per_kv_key: float      # one key's K/V read by one sequence (KV efficiency applied)
+    comp_s_per_token: float      # weight products of one token
+    comp_s_per_attn_key: float   # q.k and p.v of one token against one key
+    launch_s: float              # kernel launches of one step
+
+
+@dataclass(frozen=True)
 class GpuResult:
     gpu: str
     model: str
@@ -100,15 +112,26 @@ class GpuModel:
         once). The roofline of the module docstring with ``B * FLOP`` and ``B * bytes`` replaced by
         these totals; a decode-only step is :meth:`step_seconds`.
         """
-        g, w = self.gpu, GpuWork.of(spec, self.gpu)
+        c = self.step_coefficients(spec)
         tokens = np.asarray(decode_tokens, dtype=np.float64) + np.asarray(prefill_tokens, dtype=np.float64)
         kv_read = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_kv_keys, dtype=np.float64)
         attn = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_attn_keys, dtype=np.float64)
-        mem = (w.weight_bytes + tokens * w.per_user_bytes + kv_read * w.kv_bytes_per_key / self.kv_efficiency) / (
-            g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency)
-        comp = (tokens * w.flops + attn * w.flops_per_key) / (
-            g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency)
-        return np.maximum(mem, comp) + self.launch_seconds(spec)
+        mem = c.mem_s + tokens * c.mem_s_per_token + kv_read * c.mem_s_per_kv_key
+        comp = tokens * c.comp_s_per_token + attn * c.comp_s_per_attn_key
+        return np.maximum(mem, comp) + c.launch_s
+
+    def step_coefficients(self, spec: ModelSpec) -> "StepCoefficients":
+        """The step roofline as plain numbers (seconds per unit), for callers that price millions of steps
+        one at a time (the serving simulator): :meth:`mixed_step_seconds` is
+        ``max(mem_s + tokens * mem_s_per_token + kv_keys * mem_s_per_kv_key,
+        tokens * comp_s_per_token + attn_keys * comp_s_per_attn_key) + launch_s``."""
+        g, w = self.gpu, GpuWork.of(spec, self.gpu)
+        bw = g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency
+        peak = g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency
+        return StepCoefficients(mem_s=w.weight_bytes / bw, mem_s_per_token=w.per_user_bytes / bw,
+                                mem_s_per_kv_key=w.kv_bytes_per_key / (bw * self.kv_efficiency),
+                                comp_s_per_token=w.flops / peak, comp_s_per_attn_key=w.flops_per_key / peak,
+                                launch_s=self.launch_seconds(spec))
 
     def launch_seconds(self, spec: ModelSpec) -> float:
         """Fixed kernel-launch time of one step (``kernels_per_layer * n_layers + kernels_head`` launches)."""
@@ -128,8 +151,8 @@ class GpuModel:
         (every request ``n_prompt`` in, ``n_generated`` out), the setting of offline max-throughput
         benchmarks. Closed form (docs/serving.md):
 
-        * resident sequences ``B = min(max_num_seqs, KV tokens // (n_prompt + n_generated))`` (each
-          request's KV reserved whole at admission, as the serving simulator does);
+        * resident sequences ``B = min(max_num_seqs, KV tokens // (n_prompt + n_generated - 1))`` (each
+          request's whole context reserved at admission, as the serving simulator does);
         * flow balance: a request finishes every ``n_generated - 1`` decode steps of its sequence and
           needs ``n_prompt`` prefill tokens, so a step carries ``d`` decode tokens and ``c = d * n_prompt /
           (n_generated - 1)`` prefill tokens, with ``d + c <= max_num_batched_tokens`` and ``d <= B``;
@@ -148,9 +171,9 @@ class GpuModel:
         eng = self.engine
         if n_prompt < 1 or n_generated < 2:
             raise ValueError(f"need n_prompt >= 1 and n_generated >= 2, got {n_prompt}, {n_generated}")
-        kv_seqs = self.kv_capacity_tokens(spec, eng.kv_memory_fraction) // (n_prompt + n_generated)
+        kv_seqs = self.kv_capacity_tokens(spec, eng.kv_memory_fraction) // (n_prompt + n_generated - 1)
         if kv_seqs < 1:
-            raise ValueError(f"{spec.name} with one {n_prompt + n_generated}-token sequence does not fit in "
+            raise ValueError(f"{spec.name} with one {n_prompt + n_generated - 1}-token sequence does not fit in "
                              f"{self.gpu.name}'s {self.gpu.memory_gb:g} GB")
         resident = min(eng.max_num_seqs, kv_seqs)
         ratio = n_prompt / (n_generated - 1)

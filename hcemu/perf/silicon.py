@@ -275,6 +275,7 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
     users = np.minimum(np.minimum(users_kv, users_power), spec.n_layers + 2)
     aggregate = np.minimum(users * per_user, 1.0 / slowest)
     out = {"latency_s_per_token": latency, "per_user_tok_s": per_user, "dynamic_energy_j_per_token": energy,
-           "users": users, "aggregate_tok_s": aggregate, "power_w": energy * aggregate + chip.static_power_w}
+           "users": users, "aggregate_tok_s": aggregate, "power_w": energy * aggregate + chip.static_power_w,
+           "slowest_region_s": slowest}
     shape = np.broadcast_shapes(*(np.shape(v) for v in out.values()))
     return {k: np.broadcast_to(v, shape) for k, v in out.items()}
