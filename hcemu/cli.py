@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # module names under hcemu.commands, in the order `hcemu --help` lists them
-COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "serve-sim", "kernels")
+COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "serve-sim", "economics",
+            "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,3 +138,28 @@ def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> li
             plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
             plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
                           **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]
+
+
+def plot_economics(path, chip, gpus, econ, demand_tok_s: float) -> str:
+    """Left: hard-coded cards needed to break even vs model lifetime, per GPU. Right: lifetime cost per
+    Mtok vs model lifetime at ``demand_tok_s``, chip (GPU-bridged) and GPUs, with the crossover marked.
+    chip, gpus: :class:`hcemu.perf.economics.System`; econ: :class:`hcemu.perf.economics.Economics`."""
+    plt = _pyplot()
+    L = np.linspace(0.1, 5.0, 120)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for g in gpus:
+        a.plot(L, econ.break_even_cards(chip, g, L), label=f"{chip.name} vs {g.name}")
+        line, = b.plot(L, econ.lifetime_cents_per_mtok(g, demand_tok_s, L), "--", label=g.name)
+        w = econ.gpu_wins_below_years(chip, g, demand_tok_s)
+        if 0 < w < L[-1]:
+            b.axvline(w, color=line.get_color(), ls=":", alpha=0.7)
+    b.plot(L, econ.lifetime_cents_per_mtok(chip, demand_tok_s, L, gpus[0] if gpus else None), "k-",
+           label=f"{chip.name} (NRE, cards scrapped with the model)")
+    a.set(yscale="log", xlabel="model lifetime (years)", ylabel="cards deployed to break even",
+          title="Break-even volume vs model lifetime")
+    b.set(yscale="log", xlabel="model lifetime (years)", ylabel="cents per Mtok over the life",
+          title=f"Lifetime cost at {demand_tok_s:,.0f} tok/s (dotted: GPUs win below)")
+    for ax in (a, b):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
