@@ -8,7 +8,7 @@ import sys
 
 # module names under hcemu.commands, in the order `hcemu --help` lists them
 COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "serve-sim", "economics",
-            "kernels")
+            "validate", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:
