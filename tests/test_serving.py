@@ -194,3 +194,14 @@ def test_serve_sim_command(capsys, tmp_path):
     rc = main(["serve-sim", "--fleet", "hc1:1", "--rate", "2", "--duration", "10", "--no-progress"])
     assert rc == 0 and "TTFT p50 ms" in capsys.readouterr().out
     assert main(["serve-sim", "--fleet", "warp:3"]) == 1
+
+
+def test_sweep_on_a_dask_local_cluster():
+    distributed = pytest.importorskip("distributed")
+    fleets = [parse_fleet("hc1:2"), parse_fleet("h200:1")]
+    kw = dict(duration_s=15.0, prompt_mean=512, output_mean=64, seed=9)
+    serial = sweep(fleets, [3.0, 12.0], LLAMA, **kw)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            rows = sweep(fleets, [3.0, 12.0], LLAMA, executor=client.get_executor(), **kw)
+    assert rows == serial

@@ -56,6 +56,7 @@ class Outcome:
     busy_power_w: float              # per card, GPU: board power while busy (0 for chips: dynamic is per event)
     events: int                      # events the loop processed (arrivals, card events)
     pipeline_busy_s: np.ndarray = field(default=None)  # per card, chips: injection-slot seconds used
+    gpu_steps: int = 0               # GPU batching steps priced (decode runs summed in closed form)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,11 +136,9 @@ class ChipCard:
             i = self.prefill.popleft()
             first = t + self.fill[i]
             self.res_first[i] = first
-            if self.G[i] > 1:
-                heapq.heappush(self.decoders, (first + (self.G[i] - 1) * self.lat[i], i))
-                self.share_dec += self.share[i]
-            else:
-                self._release(i, first)
+            # decoding (or, with one output token, the last prompt token's trip to the head) until release
+            heapq.heappush(self.decoders, (first + (self.G[i] - 1) * self.lat[i], i))
+            self.share_dec += self.share[i]
             if self.prefill:
                 self.active_rem, self.t_last = self.inject[self.prefill[0]], t
         else:
@@ -393,4 +392,5 @@ def simulate(fleet: FleetSpec, workload: Workload, spec: ModelSpec, *, plan=None
     else:
         dynamic, pipe = 0.0, None
     return Outcome(fleet, workload, np.asarray(first), np.asarray(finish), rejected, card_a,
-                   np.asarray([c.busy_s for c in cards]), dynamic, static_w, busy_w, events, pipe)
+                   np.asarray([c.busy_s for c in cards]), dynamic, static_w, busy_w, events, pipe,
+                   sum(c.steps for c in cards) if fleet.kind == "gpu" else 0)
