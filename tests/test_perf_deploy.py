@@ -49,7 +49,7 @@ def test_precisions_the_gpu_lacks_are_refused():
             gpu_at_precision(g, "fp8", "nvfp4")
     with pytest.raises(ValueError, match="unknown GPU precision"):
         get_precision("int3")
-    with pytest.raises(ValueError, match="unknown serving engine"):
+    with pytest.raises(ValueError, match="unknown serving engine preset"):
         get_engine("tgi")
     with pytest.raises(ValueError, match="kv_read_efficiency"):
         EngineSpec("x", 8, 512, 0.9, 1.5)

@@ -11,21 +11,17 @@ published source), and ``docs/serving.md`` tabulates them.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 
-from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, get_gpu
+from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, _check_positive, _lookup, get_gpu
 
 
 def _check(obj, names, fractions=()):
-    for f in names:
-        v = getattr(obj, f)
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{type(obj).__name__}.{f} must be a finite number > 0, got {v!r}")
-        if f in fractions and v > 1:
-            raise ValueError(f"{type(obj).__name__}.{f} is a fraction in (0, 1], got {v}")
+    _check_positive(obj, names)
+    for f in fractions:
+        if getattr(obj, f) > 1:
+            raise ValueError(f"{type(obj).__name__}.{f} is a fraction in (0, 1], got {getattr(obj, f)}")
 
 
 @dataclass(frozen=True)
@@ -143,12 +139,7 @@ def get_precision(name) -> Precision:
 
 
 def get_engine(name="vllm") -> EngineSpec:
-    if isinstance(name, EngineSpec):
-        return name
-    try:
-        return ENGINES[str(name).lower()]
-    except KeyError:
-        raise ValueError(f"unknown serving engine {name!r}; known: {', '.join(sorted(ENGINES))}") from None
+    return name if isinstance(name, EngineSpec) else _lookup(ENGINES, "serving engine", name)
 
 
 def supports(gpu: GpuSpec | str, precision) -> bool:

@@ -34,7 +34,7 @@ from types import MappingProxyType
 import numpy as np
 
 from hcemu.perf.cost import HOURS_PER_YEAR
-from hcemu.perf.specs import ChipSpec, CostSpec, GpuSpec, _check_positive, get_cost
+from hcemu.perf.specs import ChipSpec, CostSpec, GpuSpec, _check_positive, _lookup, get_cost
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,7 @@ _register(EconomicsSpec(
 
 
 def get_economics(name="default") -> EconomicsSpec:
-    if isinstance(name, EconomicsSpec):
-        return name
-    try:
-        return ECONOMICS_PRESETS[str(name).lower()]
-    except KeyError:
-        raise ValueError(f"unknown economics preset {name!r}; known: {', '.join(sorted(ECONOMICS_PRESETS))}") from None
+    return name if isinstance(name, EconomicsSpec) else _lookup(ECONOMICS_PRESETS, "economics", name)
 
 
 def economics_sources(name="default") -> dict[str, str]:
