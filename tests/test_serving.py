@@ -205,3 +205,12 @@ def test_sweep_on_a_dask_local_cluster():
         with distributed.Client(cluster) as client:
             rows = sweep(fleets, [3.0, 12.0], LLAMA, executor=client.get_executor(), **kw)
     assert rows == serial
+
+
+def test_serve_sim_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "s.png"
+    assert main(["serve-sim", "--fleet", "hc1:1", "--fleet", "h100-fp8:1", "--rate", "2", "--duration", "5",
+                 "--no-progress", "--plot", str(out)]) == 0
+    assert out.stat().st_size > 10000 and (tmp_path / "s-goodput.png").stat().st_size > 10000
+    assert "goodput" in capsys.readouterr().out

@@ -22,7 +22,7 @@ import numpy as np
 
 from hcemu.perf.cost import CostModel
 from hcemu.perf.specs import get_cost
-from hcemu.serving.fleet import chip_for
+from hcemu.serving.fleet import chip_for, gpu_model
 from hcemu.serving.params import Slo
 from hcemu.serving.sim import Outcome
 
@@ -72,8 +72,6 @@ def summarize(o: Outcome, spec, slo: Slo = Slo(), cost="default", plan=None) -> 
         per_card = cm.chip(chip, 1.0, 0.0)
         hw_hourly = per_card.hardware_usd_per_hour + per_card.nre_usd_per_hour
     else:
-        from hcemu.serving.fleet import gpu_model
-
         hw_hourly = cm.gpu(gpu_model(fleet).gpu, 1.0).hardware_usd_per_hour
     hourly = fleet.count * hw_hourly + cm.energy_usd_per_hour(power)
     cents = hourly / (tok_s * 3600.0) * 1e6 * 100.0 if tok_s > 0 else float("inf")
