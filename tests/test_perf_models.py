@@ -165,6 +165,19 @@ def test_pricing_counted_events_equals_evaluate(hc1):
     assert SiliconModel("hc1").price(LLAMA, HC1_PLAN, 1024, 1024, prefill, decode) == hc1
 
 
+SWEEP_FIELDS = ("latency_s_per_token", "per_user_tok_s", "dynamic_energy_j_per_token", "slowest_region_s",
+                "aggregate_tok_s", "power_w")
+
+
+def _assert_sweep_equals_evaluate(chip, sw, index, n_prompt, n_generated, **fields):
+    r = SiliconModel(chip.replace(**fields)).evaluate(LLAMA, HC1_PLAN, n_prompt, n_generated)
+    for k in SWEEP_FIELDS:
+        assert sw[k][index] == pytest.approx(getattr(r, k), rel=1e-12), (k, fields, n_prompt)
+    for k in ("users", "users_kv_limit", "users_power_limit"):
+        assert sw[k][index] == getattr(r, k), (k, fields, n_prompt)
+    return r
+
+
 def test_vectorized_path_equals_scalar_path():
     chip = get_chip("hc1")
     clocks = np.array([0.5, 1.0, 1.7])
@@ -172,12 +185,55 @@ def test_vectorized_path_equals_scalar_path():
     sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, clock_ghz=clocks), ctx, ctx + 7)
     for i, c in enumerate(ctx[:, 0]):
         for j, clk in enumerate(clocks):
-            r = SiliconModel(chip.replace(clock_ghz=float(clk))).evaluate(LLAMA, HC1_PLAN, int(c), int(c) + 7)
-            assert sw["per_user_tok_s"][i, j] == pytest.approx(r.per_user_tok_s, rel=1e-12)
-            assert sw["dynamic_energy_j_per_token"][i, j] == pytest.approx(r.dynamic_energy_j_per_token, rel=1e-12)
-            assert sw["users"][i, j] == r.users
-            assert sw["aggregate_tok_s"][i, j] == pytest.approx(r.aggregate_tok_s, rel=1e-12)
-            assert sw["power_w"][i, j] == pytest.approx(r.power_w, rel=1e-12)
+            _assert_sweep_equals_evaluate(chip, sw, (i, j), int(c), int(c) + 7, clock_ghz=float(clk))
+
+
+@pytest.mark.parametrize("head_balanced", [True, False])
+def test_vectorized_path_equals_scalar_path_on_every_serving_branch(head_balanced):
+    """One serving rule: power limit binding or not (below and at pipeline saturation), KV capacity binding
+    or not (down to zero users), pipeline depth binding, the head or a layer the slowest region."""
+    chip = get_chip("hc1").replace(head_balanced=head_balanced)
+    kv = np.array([2**20, 288 * 2**20, 2**36])[:, None, None]
+    limit = np.array([20.0, 150.0, 350.0, 1000.0, 3550.0, 1e6])[None, :, None]
+    ctx = np.array([256, 1024])[None, None, :]
+    sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, kv_sram_bytes=kv, power_limit_w=limit), ctx, ctx)
+    seen = set()
+    for i in range(kv.shape[0]):
+        for j in range(limit.shape[1]):
+            for k in range(ctx.shape[2]):
+                r = _assert_sweep_equals_evaluate(chip, sw, (i, j, k), int(ctx[0, 0, k]), int(ctx[0, 0, k]),
+                                                  kv_sram_bytes=int(kv[i, 0, 0]), power_limit_w=float(limit[0, j, 0]))
+                n_regions = LLAMA.n_layers + 2
+                saturated = r.users * r.per_user_tok_s >= 1 / r.slowest_region_s
+                seen.add(("kv binds" if r.users == r.users_kv_limit < min(r.users_power_limit, n_regions) else
+                          "power binds" if r.users == r.users_power_limit < min(r.users_kv_limit, n_regions) else
+                          "depth binds" if r.users == n_regions else "other") + (", saturated" if saturated else ""))
+                seen.add("no user" if r.users == 0 else "users")
+    assert {"kv binds", "power binds", "depth binds, saturated", "no user", "users"} <= seen, seen
+    # the issue's case: power limit 3,550 W with 64 GiB of KV SRAM lets the saturated pipeline fill
+    if head_balanced:
+        assert sw["users"][2, 4, 1] == LLAMA.n_layers + 2
+    # which region is slowest: a layer with balanced head lanes, the head with a layer's lanes
+    r = SiliconModel(chip).evaluate(LLAMA, HC1_PLAN, 1024, 1024)
+    head_pass = SiliconModel(chip).timing(events_from_shapes(
+        LLAMA, HC1_PLAN, positions=decode_positions(1024, 1024))).cycles_per_pass[LLAMA.n_layers]
+    is_head = head_pass / (chip.clock_ghz * 1e9) == pytest.approx(r.slowest_region_s)
+    assert is_head != head_balanced
+
+
+def test_serving_rule_without_dynamic_energy():
+    """Zero energies per event: power never grows with users, so only KV and depth bound them (or the
+    static power alone exceeds the limit and no user is served)."""
+    energies = {f: 0.0 for f in ("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj",
+                                 "sram_read_pj_per_byte", "sram_write_pj_per_byte", "act_quant_pj_per_elem",
+                                 "vec_flop_pj", "vec_transcendental_pj", "wire_pj_per_bit_mm")}
+    chip = get_chip("hc1").replace(kv_sram_bytes=2**36, **energies)
+    limit = np.array([20.0, 30.0, 350.0])
+    with np.errstate(all="raise"):
+        sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, power_limit_w=limit), 1024, 1024)
+    for j, lim in enumerate(limit):
+        r = _assert_sweep_equals_evaluate(chip, sw, j, 1024, 1024, power_limit_w=float(lim))
+        assert r.users == (0 if lim < chip.static_power_w else LLAMA.n_layers + 2)
 
 
 def test_prefill_pipelines_tokens():
