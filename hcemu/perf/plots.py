@@ -1,5 +1,8 @@
 """Plots of the models (matplotlib, optional extra ``plot``); every figure is written atomically as PNG.
 
+The chip in every plot is ``chip``'s technology sized for the plotted model
+(:func:`hcemu.perf.sizing.size_for_model`), the chip ``hcemu compare``'s table prices.
+
 * :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
 * :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
 * :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
@@ -18,7 +21,8 @@ from hcemu.perf.area import head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
 from hcemu.perf.silicon import SiliconModel, decode_sweep
-from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
+from hcemu.perf.sizing import size_for_model
+from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_cost, get_gpu
 
 
 def _pyplot():
@@ -46,7 +50,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
     ctx = np.asarray(contexts if contexts is not None else 2 ** np.arange(7, 17), dtype=np.float64)
     ctx = ctx[2 * ctx <= spec.max_context + 1]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     sw = decode_sweep(spec, plan, chip, ctx, ctx)
     line, = ax.plot(ctx, sw["per_user_tok_s"], "o-", label=f"{chip.name} (modeled)")
     over = sw["users"] < 1
@@ -67,7 +71,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
 def plot_cost_volume(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                      gpus=tuple(GPU_PRESETS), cost="default") -> str:
     plt = _pyplot()
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     if si.aggregate_tok_s <= 0:
@@ -108,7 +112,7 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
             t = float(m.step_seconds(spec, b, keys))
             ax.plot([m.arithmetic_intensity(spec, b, keys)], [b * (w.flops + keys * w.flops_per_key) / t], mk,
                     color=line.get_color())
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
     regions = spec.n_layers + head_lane_scale(spec, plan, chip)
