@@ -19,7 +19,7 @@ def test_every_preset_field_has_a_source():
         for name, obj in registry.items():
             src = deploy_sources(name)
             assert {f.name for f in dataclasses.fields(obj)} - {"name"} <= set(src)
-            assert all(v.strip() for v in src.values())
+            assert all(v.text.strip() for v in src.values())
     with pytest.raises(ValueError, match="unknown deployment preset"):
         deploy_sources("tpu")
 

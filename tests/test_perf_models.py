@@ -1,7 +1,7 @@
-"""Calibration bands, sensitivities and validation of the silicon, GPU and cost models.
+"""Consistency, sensitivities and the scalar/vectorized agreement of the silicon, GPU and cost models.
 
-The calibration tests compute everything from the presets' parameters; the published figures appear
-only as targets with a stated tolerance.
+The figures the presets were calibrated to (regression pins) and those they are validated against are
+tested in ``tests/test_perf_figures.py``; this file holds what follows from the equations.
 """
 import dataclasses
 import math
@@ -16,8 +16,8 @@ from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
 from hcemu.perf.area import chip_area_breakdown, chip_area_mm2
 from hcemu.perf.silicon import SiliconModel, chip_arrays, decode_sweep
-from hcemu.perf.specs import (CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec,
-                              get_chip, get_cost, get_gpu, sources)
+from hcemu.perf.specs import (GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec, get_chip, get_cost, get_gpu,
+                              sources)
 
 LLAMA = get_preset("llama-3.1-8b")
 
@@ -32,43 +32,35 @@ def gpus():
     return {g: GpuModel(g).evaluate(LLAMA, 1024, 1024) for g in GPU_PRESETS}
 
 
-def within(x, target, tol):
-    return abs(x / target - 1) <= tol
-
-
-# ---------------------------------------------------------------- calibration
-def test_hc1_per_user_decode(hc1):
-    assert within(hc1.per_user_tok_s, 16960, 0.10), hc1.per_user_tok_s
-
-
-def test_hc1_power(hc1):
-    assert within(hc1.power_w, 250, 0.15), hc1.power_w
+# ---------------------------------------------------------------- consistency of the 1k/1k figures
+def test_hc1_power_stays_within_its_limit(hc1):
     assert hc1.power_w <= get_chip("hc1").power_limit_w
+    assert hc1.power_w == pytest.approx(hc1.dynamic_energy_j_per_token * hc1.aggregate_tok_s
+                                        + get_chip("hc1").static_power_w)
 
 
-def test_hc1_area_and_transistors():
+def test_hc1_area_is_the_area_model(hc1):
     a = chip_area_breakdown("hc1", LLAMA, HC1_PLAN)
-    assert within(a.total_mm2, 815, 0.25), a
-    assert within(a.transistors, 53e9, 0.25), a.transistors
-    assert chip_area_mm2(get_chip("hc1"), LLAMA, HC1_PLAN) == a.total_mm2
+    assert chip_area_mm2(get_chip("hc1"), LLAMA, HC1_PLAN) == a.total_mm2 == hc1.area_mm2
+    assert a.transistors == hc1.transistors
     # ~33 Gbit of ROM: 8.03 B weights at 4 bits + fp16 scale per 128, plus blank bank slots and norm vectors
     assert LLAMA.n_params * 4.125 < a.rom_bits < 1.03 * LLAMA.n_params * 4.125
 
 
-def test_gpu_per_user(gpus, hc1):
-    assert within(gpus["b200"].per_user_tok_s, 353, 0.15), gpus["b200"].per_user_tok_s
-    assert within(gpus["h200"].per_user_tok_s, 230, 0.20), gpus["h200"].per_user_tok_s
+def test_regression_pin_hc1_to_b200_ratio(gpus, hc1):
+    """Regression pin: both ends are calibrated (16,960 and 353 tok/s/user, the brief's 48x)."""
     assert 40 <= hc1.per_user_tok_s / gpus["b200"].per_user_tok_s <= 56
-    # batch-1 decode is bandwidth bound: below the datasheet roofline (silicon-facts: 498 and 299 BF16)
-    assert gpus["b200"].per_user_tok_s < 8e12 / gpus["b200"].weight_bytes
 
 
-def test_cost_per_million_tokens(hc1, gpus):
-    cm = CostModel()
-    chip = cm.chip(get_chip("hc1"), hc1.aggregate_tok_s, hc1.power_w)
-    b200 = cm.gpu(get_gpu("b200"), gpus["b200"].aggregate_tok_s)
-    assert within(chip.cents_per_mtok, 0.75, 0.20), chip
-    assert within(b200.cents_per_mtok, 3.79, 0.20), b200
+def test_gpu_batch1_decode_is_below_the_bandwidth_roofline(gpus):
+    # silicon-facts: BF16 rooflines 498 (B200), 299 (H200), 209 (H100) tok/s for 8B
+    for g in GPU_PRESETS:
+        spec = get_gpu(g)
+        assert gpus[g].per_user_tok_s < spec.mem_bandwidth_tb_s * 1e12 / gpus[g].weight_bytes
+
+
+def test_cost_parts_add_up(hc1):
+    chip = CostModel().chip(get_chip("hc1"), hc1.aggregate_tok_s, hc1.power_w)
     assert chip.hourly_usd == pytest.approx(chip.hardware_usd_per_hour + chip.nre_usd_per_hour
                                             + chip.energy_usd_per_hour)
 
@@ -249,16 +241,7 @@ def test_smollm2_on_hc1_technology_is_priced():
     assert r.per_user_tok_s > 16960 and r.area_mm2 > 0 and r.users >= 1
 
 
-# ---------------------------------------------------------------- presets and validation
-@pytest.mark.parametrize("name", sorted(CHIP_PRESETS) + sorted(GPU_PRESETS) + sorted(COST_PRESETS))
-def test_every_preset_field_has_a_source(name):
-    src = sources(name)
-    spec = {**CHIP_PRESETS, **GPU_PRESETS, **COST_PRESETS}[name]
-    for f in dataclasses.fields(spec):
-        if f.name != "name":
-            assert src.get(f.name, "").strip(), f"{name}.{f.name} has no source"
-
-
+# ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("make, match", [
     (lambda: get_chip("hc1").replace(clock_ghz=-1.0), "clock_ghz"),
     (lambda: get_chip("hc1").replace(cim_macs_per_cycle_w4=0), "cim_macs_per_cycle_w4"),

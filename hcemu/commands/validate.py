@@ -14,35 +14,28 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _num(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 1e3 and abs(x) < 1e12 else f"{x:.4g}"
-
-
 def run(args) -> int:
-    from hcemu.perf.validation import error_summary, validation_rows
+    from hcemu.perf.validation import (error_summary, figure_checks, figures_markdown, fmt_figure, summary_lines,
+                                       validation_rows)
 
-    rows = validation_rows()
+    checks = figure_checks()
+    rows = validation_rows(checks)
     summary = error_summary(rows)
     if args.json:
         print(json.dumps({"rows": rows, "summary": summary}, indent=2))
         return 0
-    sources = list(dict.fromkeys(r["source"] for r in rows))
     if args.markdown:
-        print("| figure | kind | use | published | hcemu | error | source |")
-        print("|---|---|---|---:|---:|---:|---|")
-        for r in rows:
-            print(f"| {r['figure']} | {r['kind']} | {r['use']} | {_num(r['published'])} {r['unit']} | "
-                  f"{_num(r['hcemu'])} | {r['error']:+.1%} | [{sources.index(r['source']) + 1}] |")
-    else:
-        w = max(len(r["figure"]) for r in rows)
-        print(f"{'figure':<{w}}  {'published':>12}  {'hcemu':>12}  {'error':>7}  use  [source]")
-        for r in rows:
-            print(f"{r['figure']:<{w}}  {_num(r['published']):>12}  {_num(r['hcemu']):>12}  {r['error']:>+7.1%}  "
-                  f"{r['use']}  [{sources.index(r['source']) + 1}]")
+        print(figures_markdown(checks, summary=True))
+        return 0
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    w = max(len(r["figure"]) for r in rows)
+    print(f"{'figure':<{w}}  {'published':>18}  {'hcemu':>10}  {'error':>7}  use  [source]")
+    for c, r in zip(checks, rows):
+        print(f"{r['figure']:<{w}}  {c.figure.stated:>18}  {fmt_figure(c.modeled, c.figure.unit):>10}  "
+              f"{r['error']:>+7.1%}  {r['use']}  [{sources.index(r['source']) + 1}]")
     print()
-    for k, s in summary.items():
-        print(f"{k}: {s['n']} figures, mean |error| {s['mean_abs_error']:.1%}, max {s['max_abs_error']:.1%}")
-    if args.sources or args.markdown:
+    print("\n".join(summary_lines(summary)))
+    if args.sources:
         print()
         for i, s in enumerate(sources, 1):
             print(f"[{i}] {s}")

@@ -5,16 +5,17 @@ that precision's dense tensor peak its GEMMs reach; :func:`gpu_at_precision` tur
 :class:`~hcemu.perf.specs.GpuSpec` preset into the same card serving at that precision (BF16 on every
 GPU, FP8 on H100/H200/B200, NVFP4 on B200). An :class:`EngineSpec` holds the continuous-batching
 engine's limits (concurrent sequences, the token budget of one step that chunked prefill fills, the
-share of HBM given to weights and KV). Every preset value has a source in :data:`DEPLOY_SOURCES`, tagged
-like ``hcemu.perf.specs`` (``assumption:``, ``calibrated:`` with the figure it was tuned to, or a
-published source), and ``docs/serving.md`` tabulates them.
+share of HBM given to weights and KV). Every preset value has a :class:`hcemu.perf.specs.Source` in
+:data:`DEPLOY_SOURCES` (derived, assumed, or calibrated to a figure of :data:`hcemu.perf.figures.FIGURES`;
+the text states the value), and ``docs/serving.md`` tabulates them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, _check_positive, _lookup, get_gpu
+from hcemu.perf.specs import (DTYPE_BYTES, GpuSpec, Source, _assumed, _calibrated, _check_positive, _derived, _lookup,
+                              _register, get_gpu)
 
 
 def _check(obj, names, fractions=()):
@@ -69,61 +70,56 @@ class EngineSpec:
 
 PRECISIONS: dict[str, Precision] = {}
 ENGINES: dict[str, EngineSpec] = {}
-DEPLOY_SOURCES: dict[str, dict[str, str]] = {}
-
-_A = "assumption: "
-_C = "calibrated: "
+DEPLOY_SOURCES: dict[str, MappingProxyType] = {}
 
 
-def _register(registry, obj, sources):
-    missing = [f.name for f in fields(obj) if f.name not in sources and f.name != "name"]
-    if missing:
-        raise AssertionError(f"preset {obj.name} lacks sources for {missing}")
-    registry[obj.name] = obj
-    DEPLOY_SOURCES[obj.name] = MappingProxyType(dict(sources))
-    return obj
+def _deploy(registry, obj, sources: dict[str, Source]):
+    return _register(registry, obj, sources, DEPLOY_SOURCES)
 
 
-_register(PRECISIONS, Precision("bf16", "bf16", "bf16", 0.60), {
-    "weight_dtype": "BF16 weights, 2 bytes (the model's released precision)",
-    "kv_dtype": "BF16 KV cache (serving engines' default)",
-    "compute_efficiency": _A + "0.60 of the dense BF16 peak (the GpuSpec presets' compute_efficiency)",
+_deploy(PRECISIONS, Precision("bf16", "bf16", "bf16", 0.60), {
+    "weight_dtype": _derived("BF16 weights, 2 bytes (the model's released precision)"),
+    "kv_dtype": _assumed("BF16 KV cache (serving engines' default)"),
+    "compute_efficiency": _assumed("0.60 of the dense BF16 peak (the GpuSpec presets' compute_efficiency)"),
 })
-_register(PRECISIONS, Precision("fp8", "fp8", "fp8", 0.47), {
-    "weight_dtype": "FP8 (E4M3) weights, 1 byte, per-tensor scales (NVIDIA ModelOpt checkpoints, e.g. "
-                    "nvidia/Llama-3.1-8B-Instruct-FP8, as benchmarked in TensorRT-LLM's perf overview)",
-    "kv_dtype": "FP8 KV cache, 1 byte per value (TensorRT-LLM's FP8 checkpoints quantize the KV cache too)",
-    "compute_efficiency": _C + "0.47 of the dense FP8 peak, tuned to TensorRT-LLM's measured Llama 3.1 8B "
-                          "FP8 on H200 at ISL/OSL 2048/128 (3,538 tok/s, prefill-bound); hcemu validate "
-                          "lists the held-out points",
+_deploy(PRECISIONS, Precision("fp8", "fp8", "fp8", 0.47), {
+    "weight_dtype": _derived("FP8 (E4M3) weights, 1 byte, per-tensor scales (NVIDIA ModelOpt checkpoints, e.g. "
+                             "nvidia/Llama-3.1-8B-Instruct-FP8, as benchmarked in TensorRT-LLM's perf overview)"),
+    "kv_dtype": _derived("FP8 KV cache, 1 byte per value (TensorRT-LLM's FP8 checkpoints quantize the KV cache "
+                         "too)"),
+    "compute_efficiency": _calibrated("trtllm-llama-3.1-8b-h200-fp8-2048-128", (
+        "0.47 of the dense FP8 peak, tuned to TensorRT-LLM's measured Llama 3.1 8B FP8 on H200 at ISL/OSL "
+        "2048/128 (3,538 tok/s, prefill-bound); hcemu validate lists the held-out points")),
 })
-_register(PRECISIONS, Precision("nvfp4", "nvfp4", "fp8", 0.47), {
-    "weight_dtype": "NVFP4 weights: 4-bit E2M1 values with an FP8 (E4M3) scale per block of 16 = 4.5 "
-                    "bits/weight (NVIDIA's NVFP4 format; Blackwell only)",
-    "kv_dtype": "FP8 KV cache with NVFP4 weights (TensorRT-LLM's FP4 checkpoints keep an FP8 KV cache; "
-                "--gpu-kv-precision nvfp4 selects a 4.5-bit KV cache instead)",
-    "compute_efficiency": _A + "0.47 of the dense FP4 peak: FP8's calibrated value carried over (no "
-                          "Llama 3.1 8B FP4 measurement was found to tune it; the B200 70B FP4 figures "
-                          "in hcemu validate are held out)",
+_deploy(PRECISIONS, Precision("nvfp4", "nvfp4", "fp8", 0.47), {
+    "weight_dtype": _derived("NVFP4 weights: 4-bit E2M1 values with an FP8 (E4M3) scale per block of 16 = 4.5 "
+                             "bits/weight (NVIDIA's NVFP4 format; Blackwell only)"),
+    "kv_dtype": _derived("FP8 KV cache with NVFP4 weights (TensorRT-LLM's FP4 checkpoints keep an FP8 KV cache; "
+                         "--gpu-kv-precision nvfp4 selects a 4.5-bit KV cache instead)"),
+    "compute_efficiency": _assumed("0.47 of the dense FP4 peak: FP8's calibrated value carried over (no Llama "
+                                   "3.1 8B FP4 measurement was found to tune it; the B200 70B FP4 figures in "
+                                   "hcemu validate are held out)"),
 })
 PRECISION_ALIASES = {"fp4": "nvfp4", "fp16": "bf16"}
 
 _KV_EFF = 0.55
-_register(ENGINES, EngineSpec("vllm", 256, 8192, 0.90, _KV_EFF), {
-    "max_num_seqs": "vLLM's default max_num_seqs, 256",
-    "max_num_batched_tokens": _A + "8,192 tokens per step: vLLM V1's chunked-prefill budget on "
-                              "data-center GPUs (older releases used 512-2,048)",
-    "kv_memory_fraction": "vLLM's default gpu_memory_utilization, 0.9 (vLLM optimization docs)",
-    "kv_read_efficiency": _A + "TensorRT-LLM's calibrated value carried over (no vLLM figure was tuned to)",
+_deploy(ENGINES, EngineSpec("vllm", 256, 8192, 0.90, _KV_EFF), {
+    "max_num_seqs": _derived("256: vLLM's default max_num_seqs"),
+    "max_num_batched_tokens": _assumed("8,192 tokens per step: vLLM V1's chunked-prefill budget on data-center "
+                                       "GPUs (older releases used 512-2,048)"),
+    "kv_memory_fraction": _derived("0.9: vLLM's default gpu_memory_utilization (vLLM optimization docs)"),
+    "kv_read_efficiency": _assumed("0.55: TensorRT-LLM's calibrated value carried over (no vLLM figure was "
+                                   "tuned to)"),
 })
-_register(ENGINES, EngineSpec("trtllm", 2048, 8192, 0.95, _KV_EFF), {
-    "max_num_seqs": _A + "2,048: TensorRT-LLM's default max_batch_size (its benchmark's CUDA graphs are "
-                    "captured up to 8,192)",
-    "max_num_batched_tokens": _A + "8,192: TensorRT-LLM's default max_num_tokens",
-    "kv_memory_fraction": "0.95: TensorRT-LLM's perf overview runs kv_cache_free_gpu_mem_fraction 0.95 "
-                          "where it fits (default 0.90)",
-    "kv_read_efficiency": _C + "tuned to TensorRT-LLM's measured Llama 3.1 8B FP8 on H200 at ISL/OSL "
-                          "128/2048 (26,221 tok/s, KV-stream bound); the other points are held out",
+_deploy(ENGINES, EngineSpec("trtllm", 2048, 8192, 0.95, _KV_EFF), {
+    "max_num_seqs": _assumed("2,048: TensorRT-LLM's default max_batch_size (its benchmark's CUDA graphs are "
+                             "captured up to 8,192)"),
+    "max_num_batched_tokens": _assumed("8,192: TensorRT-LLM's default max_num_tokens"),
+    "kv_memory_fraction": _derived("0.95: TensorRT-LLM's perf overview runs kv_cache_free_gpu_mem_fraction 0.95 "
+                                   "where it fits (default 0.90)"),
+    "kv_read_efficiency": _calibrated("trtllm-llama-3.1-8b-h200-fp8-128-2048", (
+        "0.55 of the weight GEMMs' bandwidth, tuned to TensorRT-LLM's measured Llama 3.1 8B FP8 on H200 at "
+        "ISL/OSL 128/2048 (26,221 tok/s, KV-stream bound); the other points are held out")),
 })
 
 
@@ -164,8 +160,8 @@ def gpu_at_precision(gpu: GpuSpec | str, precision="bf16", kv_precision=None) ->
     return g.replace(name=name, weight_dtype=p.weight_dtype, kv_dtype=kv, compute_efficiency=p.compute_efficiency)
 
 
-def deploy_sources(name: str) -> dict[str, str]:
-    """Source or assumption of every field of the named precision or engine preset."""
+def deploy_sources(name: str) -> dict[str, Source]:
+    """The :class:`~hcemu.perf.specs.Source` of every field of the named precision or engine preset."""
     if name not in DEPLOY_SOURCES:
         raise ValueError(f"unknown deployment preset {name!r}; known: {', '.join(sorted(DEPLOY_SOURCES))}")
     return dict(DEPLOY_SOURCES[name])

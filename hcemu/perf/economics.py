@@ -23,7 +23,8 @@ break-even demand is ``NRE / (GPU cost per unit demand - hard-coded cost per uni
 when the chip is not cheaper per unit), and for a given demand the lifetime below which GPUs win is
 found by bisection. Parameters: :class:`EconomicsSpec` (new) and :class:`hcemu.perf.specs.CostSpec`
 (electricity, utilization, GPU depreciation life, per-model masks and design), sources in
-:data:`ECONOMICS_SOURCES` and docs/economics.md.
+:data:`ECONOMICS_SOURCES` (:class:`hcemu.perf.specs.Source`: derived or assumed, the text stating the
+value) and docs/economics.md.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from types import MappingProxyType
 import numpy as np
 
 from hcemu.perf.cost import HOURS_PER_YEAR
-from hcemu.perf.specs import ChipSpec, CostSpec, GpuSpec, _check_positive, _lookup, get_cost
+from hcemu.perf.specs import (ChipSpec, CostSpec, GpuSpec, Source, _assumed, _check_positive, _derived, _lookup,
+                              _register, get_cost)
 
 
 @dataclass(frozen=True)
@@ -77,62 +79,54 @@ class EconomicsSpec:
 
 ECONOMICS_PRESETS: dict[str, EconomicsSpec] = {}
 ECONOMICS_SOURCES: dict[str, MappingProxyType] = {}
-_A = "assumption: "
 
-
-def _register(spec: EconomicsSpec, sources: dict[str, str]) -> EconomicsSpec:
-    missing = [f.name for f in fields(spec) if f.name != "name" and f.name not in sources]
-    if missing:
-        raise AssertionError(f"economics preset {spec.name} lacks sources for {missing}")
-    ECONOMICS_PRESETS[spec.name] = spec
-    ECONOMICS_SOURCES[spec.name] = MappingProxyType(dict(sources))
-    return spec
-
-
-_register(EconomicsSpec(
+_register(ECONOMICS_PRESETS, EconomicsSpec(
     name="default", platform_design_usd=47e6, full_mask_set_usd=12.5e6, models_per_platform=4,
     model_to_silicon_years=2 / 12, wafer_usd=9346.0, wafer_diameter_mm=300.0, defect_density_per_cm2=0.1,
     package_test_usd=150.0, card_board_usd=800.0, vendor_gross_margin=0.6, host_server_usd=25_000.0,
     cards_per_server=10, gpu_server_usd_per_gpu=12_500.0, air_pue=1.4, liquid_pue=1.15,
     liquid_cooling_above_w=900.0, liquid_cooling_usd_per_kw=2_000.0, facility_usd_per_kw_month=150.0,
 ), {
-    "platform_design_usd": _A + "$47 M: architecture, RTL, verification, IP and bring-up of the first chip; with "
-                           "the full mask set it makes $59.5 M, the low end of the HNLPU paper's NRE estimate "
-                           "for a hard-wired LLM chip ($59.5-123.5 M [I], arXiv 2508.16151)",
-    "full_mask_set_usd": _A + "$12.5 M, the midpoint of $10-15 M quoted for an N7/N6 mask set (the first chip "
-                         "needs every layer)",
-    "models_per_platform": _A + "4 models hard-wired on one platform (base layers, first chip's design) before "
-                           "it is redesigned",
-    "model_to_silicon_years": "[V] ~2 months from model to silicon (Taalas' target, EE Times / agent-wars; "
-                              "not a track record)",
-    "wafer_usd": "[S] $9,346 per 300 mm 7 nm-class wafer (CSET, 'AI Chips: What They Are and Why They Matter', "
-                 "2020); N6 is a 7 nm-class node",
-    "wafer_diameter_mm": "300 mm wafers (standard)",
-    "defect_density_per_cm2": _A + "0.1 defects/cm2, a mature 7 nm-class process (TSMC has reported ~0.09 for "
-                              "N7, press); Murphy's yield model, no repair of ROM arrays",
-    "package_test_usd": _A + "$150: organic flip-chip package and test of a large die; no HBM, no interposer [V]",
-    "card_board_usd": _A + "$800: PCIe board, power stages, heatsink for a ~250 W air-cooled card",
-    "vendor_gross_margin": _A + "60% gross margin of the card vendor (price = cost / (1 - margin))",
-    "host_server_usd": _A + "$25,000 for the two-socket x86 host, chassis, network and power supplies",
-    "cards_per_server": "[V] 10 cards in a two-socket x86 server (Next Platform)",
-    "gpu_server_usd_per_gpu": _A + "$12,500 per GPU of an 8-GPU server's chassis, CPUs, NICs and NVLink "
-                              "switches (~$100 k per server beside the GPUs)",
-    "air_pue": _A + "1.4 for an air-cooled hall",
-    "liquid_pue": _A + "1.15 for direct liquid cooling",
-    "liquid_cooling_above_w": _A + "devices drawing more than 900 W (B200's 1,000 W) are liquid cooled; "
-                              "HC1 is air cooled [V]",
-    "liquid_cooling_usd_per_kw": _A + "$2,000 per kW of liquid-cooled IT load (CDUs, manifolds, cold plates)",
-    "facility_usd_per_kw_month": _A + "$150 per kW of IT load per month: data-centre space, power "
-                                 "provisioning and cooling plant (colocation rates $120-200/kW-month), "
-                                 "energy excluded",
-})
+    "platform_design_usd": _assumed(
+        "$47 M: architecture, RTL, verification, IP and bring-up of the first chip; with the full mask set it "
+        "makes $59.5 M, the low end of the HNLPU paper's NRE estimate for a hard-wired LLM chip ($59.5-123.5 M "
+        "[I], arXiv 2508.16151)"),
+    "full_mask_set_usd": _assumed("$12.5 M, the midpoint of $10-15 M quoted for an N7/N6 mask set (the first "
+                                  "chip needs every layer)"),
+    "models_per_platform": _assumed("4 models hard-wired on one platform (base layers, first chip's design) "
+                                    "before it is redesigned"),
+    "model_to_silicon_years": _derived("[V] 2 months from model to silicon (Taalas' target, EE Times / "
+                                       "agent-wars; not a track record)"),
+    "wafer_usd": _derived("[S] $9,346 per 300 mm 7 nm-class wafer (CSET, 'AI Chips: What They Are and Why They "
+                          "Matter', 2020); N6 is a 7 nm-class node"),
+    "wafer_diameter_mm": _derived("300 mm wafers (standard)"),
+    "defect_density_per_cm2": _assumed("0.1 defects/cm2, a mature 7 nm-class process (TSMC has reported ~0.09 for "
+                                       "N7, press); Murphy's yield model, no repair of ROM arrays"),
+    "package_test_usd": _assumed("$150: organic flip-chip package and test of a large die; no HBM, no interposer "
+                                 "[V]"),
+    "card_board_usd": _assumed("$800: PCIe board, power stages, heatsink for a ~250 W air-cooled card"),
+    "vendor_gross_margin": _assumed("60% gross margin of the card vendor (price = cost / (1 - margin))"),
+    "host_server_usd": _assumed("$25,000 for the two-socket x86 host, chassis, network and power supplies"),
+    "cards_per_server": _derived("[V] 10 cards in a two-socket x86 server (Next Platform)"),
+    "gpu_server_usd_per_gpu": _assumed("$12,500 per GPU of an 8-GPU server's chassis, CPUs, NICs and NVLink "
+                                       "switches (~$100 k per server beside the GPUs)"),
+    "air_pue": _assumed("1.4 for an air-cooled hall"),
+    "liquid_pue": _assumed("1.15 for direct liquid cooling"),
+    "liquid_cooling_above_w": _assumed("900 W: devices drawing more (B200's 1,000 W) are liquid cooled; HC1 is "
+                                       "air cooled [V]"),
+    "liquid_cooling_usd_per_kw": _assumed("$2,000 per kW of liquid-cooled IT load (CDUs, manifolds, cold "
+                                          "plates)"),
+    "facility_usd_per_kw_month": _assumed("$150 per kW of IT load per month: data-centre space, power "
+                                          "provisioning and cooling plant (colocation rates $120-200/kW-month), "
+                                          "energy excluded"),
+}, ECONOMICS_SOURCES)
 
 
 def get_economics(name="default") -> EconomicsSpec:
     return name if isinstance(name, EconomicsSpec) else _lookup(ECONOMICS_PRESETS, "economics", name)
 
 
-def economics_sources(name="default") -> dict[str, str]:
+def economics_sources(name="default") -> dict[str, Source]:
     if name not in ECONOMICS_SOURCES:
         raise ValueError(f"unknown economics preset {name!r}; known: {', '.join(sorted(ECONOMICS_SOURCES))}")
     return dict(ECONOMICS_SOURCES[name])
