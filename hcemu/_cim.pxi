@@ -8,8 +8,8 @@ cimport numpy as cnp
 cnp.import_array()
 
 from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel, hc_cim_linear,
-                           hc_stream_read, hc_openmp)
-from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
+                           hc_openmp)
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
 
 OPENMP = bool(hc_openmp())
 """True when the kernels were built with OpenMP (n_threads > 1 runs in parallel)."""
@@ -313,16 +313,3 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
             _count(cw, events, region, m)
     return out
 
-
-def stream_read(buf, int n_threads=1):
-    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum.
-
-    The bandwidth peer of the benchmarks: ``n_threads`` splits the bytes as the kernels split row
-    tiles (at most one thread per 4 MiB)."""
-    cdef const uint8_t[::1] b = buf
-    _check_threads(n_threads)
-    cdef uint64_t s = 0
-    if b.shape[0]:
-        with nogil:
-            s = hc_stream_read(&b[0], b.shape[0], n_threads)
-    return s
