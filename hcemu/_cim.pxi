@@ -159,17 +159,8 @@ cdef int _check_threads(int n_threads) except -1:
 
 
 cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
-    """Add the per-product increments times m to ``events.counts[region]`` (int64, C-contiguous)."""
-    counts = events.counts
-    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
-            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
-            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
-        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
-    cdef Py_ssize_t ri = events.region_index(region)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
-    if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
-        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
-    _count_product(<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols, cw, m)
+    """Add the per-product increments times m to ``events.counts[region]``."""
+    _count_product(_event_row(events, region), cw, m)
     return 0
 
 

@@ -6,6 +6,7 @@ process-wide ISA choice exist once.
 """
 include "_cpu.pxi"
 include "_vec.pxi"
+include "_events.pxi"
 include "_attn.pxi"
 include "_cim.pxi"
 include "_bench.pxi"
