@@ -1,5 +1,6 @@
-/* Compute-in-memory products over ROM tiles: activation quantizer, scalar / AVX2 / AVX-512 VNNI
- * paths for int8 (per block, per channel) and int4 (symmetric, asymmetric) weights.
+/* Compute-in-memory products over ROM tiles: the activation quantizer's entry (its rule and ISA
+ * forms in hc_quant.h), scalar / AVX2 / AVX-VNNI / AVX-512 VNNI paths for int8 (per block, per
+ * channel) and int4 (symmetric, asymmetric) weights.
  *
  * Numerics: docs/numerics.md.  Every path computes the same exact int32 block sums D and runs the
  * same float32 epilogue, in the same order, with separate multiplies and adds (the build uses
@@ -10,6 +11,9 @@
  * tile driver for its contiguous tile range, token chunk by token chunk.
  */
 #include "hcemu.h"
+#include "hc_quant.h"
+#include "hc_split.h"
+#include "hc_vecmath.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -41,23 +45,6 @@ int hc_openmp(void) {
 #endif
 }
 
-/* ---- fp16 -> fp32 (exact; integer method, so every path agrees with vcvtph2ps) ---------------- */
-static inline float half_to_float(uint16_t h) {
-    union { uint32_t u; float f; } o, magic;
-    magic.u = 113u << 23;
-    uint32_t em = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t exp = em & 0x0f800000u;
-    o.u = em + ((127u - 15u) << 23);
-    if (exp == 0x0f800000u) {
-        o.u += (128u - 16u) << 23; /* inf / nan */
-    } else if (exp == 0) {
-        o.u += 1u << 23; /* zero / subnormal: renormalize exactly */
-        o.f -= magic.f;
-    }
-    o.u |= (uint32_t)(h & 0x8000) << 16;
-    return o.f;
-}
-
 /* ---- validation ------------------------------------------------------------------------------ */
 static inline int64_t tile_k_of(const hc_weights *w) { return w->group ? w->group : 32; }
 
@@ -76,122 +63,35 @@ int hc_weights_check(const hc_weights *w) {
     return HC_OK;
 }
 
-/* ---- activation quantizer -------------------------------------------------------------------- */
-/* One group of n activations -> int8 codes and its scale (docs/numerics.md "Activations").
- * Returns 1 when the group holds NaN or infinity (nothing is written then). The paths give
- * identical codes (AVX-VNNI takes the AVX2 quantizer): max is order-independent, inv and the scale are scalar IEEE divisions, every
- * product is one IEEE multiply, and rounding is round-half-to-even in all of them. */
-static inline int8_t quant_one(float x, float inv) {
-    float v = x * inv;
-    /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
-     * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
-    v = v > 127.0f ? 127.0f : v;
-    v = v < -127.0f ? -127.0f : v;
-    v = v == v ? v : 0.0f;
-    /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
-    v = (v + 12582912.0f) - 12582912.0f;
-    return (int8_t)(int)v;
-}
-
-static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    float amax = 0.0f;
-    int nonfinite = 0;
-    for (int64_t j = 0; j < n; j++) {
-        float v = xs[j];
-        float a = v < 0 ? -v : v;
-        nonfinite |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
-        amax = a > amax ? a : amax;
+/* ---- activation quantizer (the rule and its per-ISA forms: hc_quant.h) ------------------------ */
+#define QUANT_ACT(SUF, ATTR, ROW)                                                                     \
+    ATTR static int quant_act_##SUF(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q,   \
+                                    float *scales) {                                                  \
+        const int64_t ng = k / group;                                                                 \
+        for (int64_t i = 0; i < m; i++)                                                               \
+            for (int64_t g = 0; g < ng; g++) {                                                        \
+                const int64_t at = i * k + g * group;                                                 \
+                if (ROW(x + at, group, group, q + at, scales + i * ng + g, NULL)) return HC_ENONFINITE; \
+            }                                                                                         \
+        return HC_OK;                                                                                 \
     }
-    if (nonfinite) return 1;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    for (int64_t j = 0; j < n; j++) qs[j] = quant_one(xs[j], inv);
-    return 0;
-}
 
+QUANT_ACT(serial, , hc__quant_row)
 #if HC_X86
-__attribute__((target("avx2,fma")))
-static int quant_group_avx2(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
-    __m256 vmax = _mm256_setzero_ps();
-    int bad = 0;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j));
-        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ));
-        vmax = _mm256_max_ps(vmax, a);
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    float amax = _mm_cvtss_f32(m4);
-    for (int64_t t = j; t < n; t++) {
-        float a = xs[t] < 0 ? -xs[t] : xs[t];
-        bad |= !(a <= 3.4028234663852886e38f);
-        amax = a > amax ? a : amax;
-    }
-    if (bad) return 1;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
-    for (j = 0; j + 8 <= n; j += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv);
-        __m256 ordered = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
-        v = _mm256_max_ps(_mm256_min_ps(v, hi), lo);
-        v = _mm256_and_ps(v, ordered); /* NaN (0 * inf) -> 0 */
-        __m256i i32 = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-        _mm_storel_epi64((__m128i *)(qs + j), _mm_packs_epi16(i16, i16));
-    }
-    for (; j < n; j++) qs[j] = quant_one(xs[j], inv);
-    return 0;
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static int quant_group_avx512(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    const __m512 big = _mm512_set1_ps(3.4028234663852886e38f);
-    __m512 vmax = _mm512_setzero_ps();
-    __mmask16 bad = 0;
-    for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
-        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, xs + j));
-        bad |= _mm512_mask_cmp_ps_mask(live, a, big, _CMP_NLE_UQ);
-        vmax = _mm512_max_ps(vmax, a);
-    }
-    if (bad) return 1;
-    const float amax = _mm512_reduce_max_ps(vmax);
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
-    for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, xs + j), vinv);
-        const __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
-        v = _mm512_maskz_mov_ps(ordered, _mm512_max_ps(_mm512_min_ps(v, hi), lo)); /* NaN -> 0 */
-        __m512i i32 = _mm512_cvtps_epi32(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        _mm512_mask_cvtepi32_storeu_epi8(qs + j, live, i32);
-    }
-    return 0;
-}
-
-#endif /* HC_X86 */
+QUANT_ACT(avx2, __attribute__((target("avx2"))), hc__quant_row_avx2) /* also the AVX-VNNI path's */
+QUANT_ACT(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))), hc__quant_row_avx512)
+#endif
 
 int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales) {
     if (!x || !q || !scales || m < 0 || k < 1 || group < 1 || k % group) return HC_EINVAL;
-    int (*quant)(const float *, int64_t, int8_t *, float *) = quant_group_serial;
 #if HC_X86
     switch (hc_isa_active()) {
-    case HC_ISA_AVX512VNNI: quant = quant_group_avx512; break;
-    case HC_ISA_AVX2: case HC_ISA_AVXVNNI: quant = quant_group_avx2; break;
+    case HC_ISA_AVX512VNNI: return quant_act_avx512(x, m, k, group, q, scales);
+    case HC_ISA_AVX2: case HC_ISA_AVXVNNI: return quant_act_avx2(x, m, k, group, q, scales);
     default: break;
     }
 #endif
-    const int64_t ng = k / group;
-    int bad = 0;
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t g = 0; g < ng; g++)
-            bad |= quant(x + i * k + g * group, group, q + i * k + g * group, scales + i * ng + g);
-    return bad ? HC_ENONFINITE : HC_OK;
+    return quant_act_serial(x, m, k, group, q, scales);
 }
 
 /* ---- per-call context ------------------------------------------------------------------------ */
@@ -284,8 +184,8 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
             const uint16_t *sp = meta_ptr(w, w->scales, t, b);
             const uint16_t *op = w->offsets ? meta_ptr(w, w->offsets, t, b) : NULL;
             for (int r = 0; r < TR; r++) {
-                sf[r] = half_to_float(sp[r]);
-                if (op) of[r] = half_to_float(op[r]);
+                sf[r] = hc__f16_to_f32(sp[r]);
+                if (op) of[r] = hc__f16_to_f32(op[r]);
             }
             for (int64_t i = 0; i < mc; i++) {
                 const int64_t mi = m0 + i;
@@ -735,24 +635,6 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 #endif /* HC_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
-#define SPLIT2_BYTES (1 << 20) /* chunk of the two-thread split (1 MiB beat 2 MiB on L3-resident weights) */
-/* Two threads share [0, n) from opposite ends: thread 0 claims chunks upward, thread 1 downward, so
- * each streams one contiguous run, and when one starts late (a sleeping OpenMP worker takes ~50 us
- * to wake here) the other takes over its share instead of waiting: on 8192x2048 int8 weights held
- * in L3 (so memory bandwidth does not cap it) 2 threads went from 1.3x to 1.5-1.6x the 1-thread
- * rate.  *range packs (hi << 32) | lo.  Returns 0 when nothing is left. */
-static inline int claim2(uint64_t *range, int top, int64_t chunk, int64_t *a, int64_t *b) {
-    uint64_t cur = __atomic_load_n(range, __ATOMIC_RELAXED), nxt;
-    for (;;) {
-        const int64_t lo = (int64_t)(uint32_t)cur, hi = (int64_t)(cur >> 32);
-        if (lo >= hi) return 0;
-        const int64_t take = hi - lo < chunk ? hi - lo : chunk;
-        if (top) { *a = hi - take; *b = hi; nxt = ((uint64_t)*a << 32) | (uint64_t)lo; }
-        else { *a = lo; *b = lo + take; nxt = ((uint64_t)hi << 32) | (uint64_t)*b; }
-        if (__atomic_compare_exchange_n(range, &cur, nxt, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return 1;
-    }
-}
-
 static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
                    float *y, int32_t *dots, int n_threads, int bits, int per_channel, int asym, hc_isa isa,
                    tiles_fn fn) {
@@ -803,20 +685,18 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     /* weight bytes (codes, fp16 scales and offsets) of one row tile */
     const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
     int threads = n_threads < nt ? n_threads : (int)nt;
-    if (!dots) { /* the dots hook (tests) keeps every thread, so that the split stays tested */
-        const int64_t cap = nt * row_bytes / HC_CIM_BYTES_PER_THREAD;
-        if (threads > cap) threads = cap > 1 ? (int)cap : 1;
-    }
+    /* the dots hook (tests) keeps every thread, so that the split stays tested */
+    if (!dots) threads = hc__threads_for_bytes(threads, nt * row_bytes);
     (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads == 2 && nt < ((int64_t)1 << 31)) {
-        const int64_t chunk = SPLIT2_BYTES / row_bytes > 2 * MS_STREAMS ? SPLIT2_BYTES / row_bytes : 2 * MS_STREAMS;
+        const int64_t chunk = HC_SPLIT2_BYTES / row_bytes > 2 * MS_STREAMS ? HC_SPLIT2_BYTES / row_bytes : 2 * MS_STREAMS;
         uint64_t range = (uint64_t)nt << 32;
 #pragma omp parallel num_threads(2)
         {
             const int top = omp_get_thread_num() == 1;
             int64_t t0, t1;
-            while (claim2(&range, top, chunk, &t0, &t1))
+            while (hc__claim2(&range, top, chunk, &t0, &t1))
                 for (int64_t m0 = 0; m0 < m; m0 += HC_CIM_M_CHUNK)
                     fn(&c, t0, t1, m0, m - m0 < HC_CIM_M_CHUNK ? m - m0 : HC_CIM_M_CHUNK);
         }
@@ -898,105 +778,4 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
     if (rc == HC_OK) rc = hc_cim_matmul(w, q, scales, m, act_group, y, n_threads);
     if (buf != stack_buf) free(buf);
     return rc;
-}
-
-/* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
-#define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the 2-core development VM (AMD EPYC, AVX-512) */
-#define READ_PF 4096
-
-#if HC_X86
-static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
-    __m512i acc[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm512_setzero_si512();
-    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
-    const uint8_t *base[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
-    for (int64_t l = 0; l < per; l++)
-        for (int s = 0; s < READ_STREAMS; s++) {
-            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
-            acc[s] = _mm512_add_epi64(acc[s], _mm512_loadu_si512(base[s] + l * 64));
-        }
-    uint64_t sum = 0;
-    for (int s = 0; s < READ_STREAMS; s++) sum += (uint64_t)_mm512_reduce_add_epi64(acc[s]);
-    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-static AVX2_TARGET uint64_t read_range_avx2(const uint8_t *p, int64_t nbytes) {
-    __m256i acc[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm256_setzero_si256();
-    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
-    const uint8_t *base[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
-    for (int64_t l = 0; l < per; l++)
-        for (int s = 0; s < READ_STREAMS; s++) {
-            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
-            __m256i v = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(base[s] + l * 64)),
-                                         _mm256_loadu_si256((const __m256i *)(base[s] + l * 64 + 32)));
-            acc[s] = _mm256_add_epi64(acc[s], v);
-        }
-    uint64_t sum = 0, tmp[4];
-    for (int s = 0; s < READ_STREAMS; s++) {
-        _mm256_storeu_si256((__m256i *)tmp, acc[s]);
-        sum += tmp[0] + tmp[1] + tmp[2] + tmp[3];
-    }
-    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-#endif
-
-static uint64_t read_range_serial(const uint8_t *p, int64_t nbytes) {
-    uint64_t sum = 0;
-    int64_t i = 0;
-    for (; i + 8 <= nbytes; i += 8) {
-        uint64_t v;
-        memcpy(&v, p + i, 8);
-        sum += v;
-    }
-    for (; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
-#if HC_X86
-    const hc_isa isa = hc_isa_active();
-    if (isa == HC_ISA_AVX512VNNI) return read_range_avx512(p, nbytes);
-    if (isa == HC_ISA_AVX2 || isa == HC_ISA_AVXVNNI) return read_range_avx2(p, nbytes);
-#endif
-    return read_range_serial(p, nbytes);
-}
-
-uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
-    if (!p || nbytes <= 0) return 0;
-    if (n_threads < 1) n_threads = 1;
-    const int64_t cap = nbytes / HC_CIM_BYTES_PER_THREAD; /* the kernels' rule (hcemu.h) */
-    if (n_threads > cap) n_threads = cap > 1 ? (int)cap : 1;
-#ifdef _OPENMP
-    if (n_threads == 2 && nbytes / 64 < ((int64_t)1 << 31)) { /* the kernels' two-ended split */
-        uint64_t sum = 0, range = (uint64_t)(nbytes / 64) << 32;
-        const int64_t lines = nbytes / 64;
-#pragma omp parallel num_threads(2) reduction(+ : sum)
-        {
-            const int top = omp_get_thread_num() == 1;
-            int64_t l0, l1;
-            while (claim2(&range, top, SPLIT2_BYTES / 64, &l0, &l1))
-                sum += read_range(p + l0 * 64, (l1 == lines ? nbytes : l1 * 64) - l0 * 64);
-        }
-        return sum;
-    }
-    if (n_threads > 1) {
-        uint64_t sum = 0;
-        const int64_t lines = nbytes / 64;
-#pragma omp parallel num_threads(n_threads) reduction(+ : sum)
-        {
-            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-            int64_t l0 = lines * tid / nth, l1 = lines * (tid + 1) / nth;
-            int64_t end = tid == nth - 1 ? nbytes : l1 * 64;
-            sum += read_range(p + l0 * 64, end - l0 * 64);
-        }
-        return sum;
-    }
-#endif
-    return read_range(p, nbytes);
 }

@@ -193,13 +193,15 @@ int hc_gemm_i4a_avx512vnni(const hc_weights *, const int8_t *, const float *, in
  * call if the CPU lacks the ISA. */
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa);
 
-/* A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
- * over n_threads (at most one per HC_CIM_BYTES_PER_THREAD, as the kernels): the bandwidth peer of
- * the benchmarks.  Returns a checksum so it cannot be elided. */
-uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
-
 /* 1 when built with OpenMP. */
 int hc_openmp(void);
+
+/* ==== the benchmarks' bandwidth peer (csrc/hc_bench.c) — not a chip kernel ====================
+ * A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
+ * over n_threads as the CIM products split their bytes (at most one thread per
+ * HC_CIM_BYTES_PER_THREAD; two threads from opposite ends).  Returns a checksum so that it cannot
+ * be elided. */
+uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 
 /* ==== decoder layers (csrc/hc_chip.c) ==========================================================
  * The transformer layers of a Llama-family model as one compiled pass: for t tokens at positions

@@ -8,8 +8,8 @@ cimport numpy as cnp
 cnp.import_array()
 
 from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel, hc_cim_linear,
-                           hc_stream_read, hc_openmp)
-from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
+                           hc_openmp)
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
 
 OPENMP = bool(hc_openmp())
 """True when the kernels were built with OpenMP (n_threads > 1 runs in parallel)."""
@@ -159,17 +159,8 @@ cdef int _check_threads(int n_threads) except -1:
 
 
 cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
-    """Add the per-product increments times m to ``events.counts[region]`` (int64, C-contiguous)."""
-    counts = events.counts
-    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
-            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
-            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
-        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
-    cdef Py_ssize_t ri = events.region_index(region)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
-    if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
-        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
-    _count_product(<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols, cw, m)
+    """Add the per-product increments times m to ``events.counts[region]``."""
+    _count_product(_event_row(events, region), cw, m)
     return 0
 
 
@@ -313,16 +304,3 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
             _count(cw, events, region, m)
     return out
 
-
-def stream_read(buf, int n_threads=1):
-    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum.
-
-    The bandwidth peer of the benchmarks: ``n_threads`` splits the bytes as the kernels split row
-    tiles (at most one thread per 4 MiB)."""
-    cdef const uint8_t[::1] b = buf
-    _check_threads(n_threads)
-    cdef uint64_t s = 0
-    if b.shape[0]:
-        with nogil:
-            s = hc_stream_read(&b[0], b.shape[0], n_threads)
-    return s

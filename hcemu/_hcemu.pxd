@@ -56,8 +56,10 @@ cdef extern from "hcemu.h" nogil:
     int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y,
                       int n_threads)
     hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
-    uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
     int hc_openmp()
+# ---- the benchmarks' bandwidth peer (csrc/hc_bench.c)
+cdef extern from "hcemu.h" nogil:
+    uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
 # ---- decoder layers as one compiled pass (csrc/hc_chip.c)
 cdef extern from "hcemu.h" nogil:
     ctypedef struct hc_layer:
