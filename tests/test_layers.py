@@ -27,6 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("hcemu.chip",),
     # 5 performance models: price events (silicon, GPU roofline, cost, area, sizing, sweeps, plots)
     ("hcemu.perf",),
+    # 5b the timed step API: the functional chip stepped and priced by the silicon model, for embedding
+    ("hcemu.step",),
     # 6 request-level serving simulation: consumes per-request and per-step prices from perf
     ("hcemu.serving",),
     # 7 measurement harnesses of the emulator itself, with their peers

@@ -192,7 +192,11 @@ class SiliconModel:
 
     def energy_j(self, events: Events) -> float:
         """Dynamic energy (J) of the events."""
-        return float(_energy_pj(events.counts, self.chip).sum()) * 1e-12
+        return float(self.energy_j_per_region(events).sum())
+
+    def energy_j_per_region(self, events: Events) -> np.ndarray:
+        """Dynamic energy (J) of each region's events, float64 (n_layers + 2,) in Events' region order."""
+        return _energy_pj(events.counts, self.chip) * 1e-12
 
     def prefill_seconds(self, events: Events, n_tokens: int) -> float:
         """Prefill of ``n_tokens`` pipelined through the regions: first token's latency + (t-1) slowest passes."""
