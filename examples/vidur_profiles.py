@@ -49,7 +49,7 @@ def layer_coefficients(image, chip="hc1"):
     st = ChipStepper(image, chip=chip, kv_capacity_tokens=2)
     u = st.open_user()
     a, b = (st.step([(u, [0])]).items[0] for _ in range(2))     # positions 0 and 1: 1 and 2 keys
-    layers = lambda it, f: np.mean([getattr(s, f) for s in it.timeline if s.region.isdigit()])  # noqa: E731
+    layers = lambda it, f: np.mean([getattr(s, f) for s in it.timeline if s.region.isdigit()])
     vec_per_key = layers(b, "vector_cycles") - layers(a, "vector_cycles")  # softmax: attention's share
     macs = {}
     for _name, kind, layer, (n, k) in spec.matrices():

@@ -131,7 +131,7 @@ class StepResult:
     def to_dict(self, logits: bool = False) -> dict:
         """JSON-ready: ``version``, ``clock_ghz``, cycles, ``energy_j``, ``regions`` and ``items`` (each
         with its ``events`` per region, ``bank_rows`` and ``timeline``; ``logits`` as lists if asked)."""
-        span = lambda s: {f.name: getattr(s, f.name) for f in fields(RegionSpan)}  # noqa: E731
+        span = lambda s: {f.name: getattr(s, f.name) for f in fields(RegionSpan)}
         items = []
         for it in self.items:
             d = {"user": it.user, "kind": it.kind, "position": it.position, "n_tokens": it.n_tokens,
@@ -254,7 +254,7 @@ class ChipStepper:
         for r, name in enumerate(self.names):
             spans = [it.timeline[r] for it in items]
             used = [s for s in spans if s.tokens] or spans
-            total = lambda f: float(sum(getattr(s, f) for s in spans))  # noqa: E731
+            total = lambda f, spans=spans: float(sum(getattr(s, f) for s in spans))
             regions.append(RegionSpan(
                 name, min(s.start_cycle for s in used), max(s.end_cycle for s in used), total("busy_cycles"),
                 total("energy_j"), int(sum(s.tokens for s in spans)), total("cim_cycles"),

@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from model_helpers import TINY_SPEC
 
 from hcemu.chip import Chip
 from hcemu.model.synthetic import SyntheticSource
 from hcemu.perf.silicon import SiliconModel
 from hcemu.rom import RomImage, compile_model
-from model_helpers import TINY_SPEC
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from model_helpers import TINY_SPEC
 
 from hcemu.chip import Chip
 from hcemu.events import Events
@@ -12,7 +13,6 @@ from hcemu.perf.silicon import SiliconModel
 from hcemu.perf.specs import get_chip
 from hcemu.rom import RomImage, compile_model
 from hcemu.step import STEP_API_VERSION, ChipStepper, region_names
-from model_helpers import TINY_SPEC
 
 ROWS = [TINY_SPEC.n_layers + 1] + list(range(TINY_SPEC.n_layers)) + [TINY_SPEC.n_layers]  # pipeline order
 
