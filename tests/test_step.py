@@ -147,3 +147,22 @@ def test_bad_input(image):
     st.open_user(), st.open_user()
     with pytest.raises(ValueError, match="KV SRAM"):
         st.open_user()
+
+
+def test_separate_steppers_run_in_threads(image):
+    """The documented threading rule: steppers that share only the (read-only) image may be stepped
+    from different threads at once and compute what they compute alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(seed):
+        st = ChipStepper(image, kv_capacity_tokens=64)
+        u = st.open_user()
+        out = [st.step([(u, _prompt(20, seed))]).items[0]]
+        for _ in range(6):
+            out.append(st.step([(u, [int(np.argmax(out[-1].logits[-1]))])]).items[0])
+        return [(it.logits.tobytes(), it.events.counts.tobytes(), it.end_cycle) for it in out]
+
+    alone = [run(s) for s in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(4)))
+    assert together == alone
