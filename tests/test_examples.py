@@ -9,9 +9,7 @@ import pytest
 from model_helpers import TINY_SPEC
 
 from hcemu.chip import Chip
-from hcemu.model.synthetic import SyntheticSource
 from hcemu.perf.silicon import SiliconModel
-from hcemu.rom import RomImage, compile_model
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -24,13 +22,9 @@ def load(name):
     return mod
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("examples") / "tiny.hcrom"
-    compile_model(SyntheticSource(TINY_SPEC, seed=5), "int8", path, progress=False)
-    img = RomImage.load(path)
-    yield img
-    img.close()
+@pytest.fixture
+def image(tiny_image):
+    return tiny_image
 
 
 def test_simpy_serving(image):

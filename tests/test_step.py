@@ -8,22 +8,16 @@ from model_helpers import TINY_SPEC
 
 from hcemu.chip import Chip
 from hcemu.events import Events
-from hcemu.model.synthetic import SyntheticSource
 from hcemu.perf.silicon import SiliconModel
 from hcemu.perf.specs import get_chip
-from hcemu.rom import RomImage, compile_model
 from hcemu.step import STEP_API_VERSION, ChipStepper, region_names
 
 ROWS = [TINY_SPEC.n_layers + 1] + list(range(TINY_SPEC.n_layers)) + [TINY_SPEC.n_layers]  # pipeline order
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("step") / "tiny.hcrom"
-    compile_model(SyntheticSource(TINY_SPEC, seed=3), "int8", path, progress=False)
-    img = RomImage.load(path)
-    yield img
-    img.close()
+@pytest.fixture
+def image(tiny_image):
+    return tiny_image
 
 
 def _prompt(n, seed):
