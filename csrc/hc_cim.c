@@ -48,8 +48,27 @@ int hc_openmp(void) {
 /* ---- validation ------------------------------------------------------------------------------ */
 static inline int64_t tile_k_of(const hc_weights *w) { return w->group ? w->group : 32; }
 
+static int block_check(const hc_weights *w) {
+    if (w->bits != 4 && w->bits != 8) return HC_EINVAL;
+    if (w->group != 32 || w->asymmetric || w->n < 1 || w->k < 1) return HC_EINVAL;
+    if (w->super_k != 32 && w->super_k != 64 && w->super_k != 256) return HC_EINVAL;
+    if ((w->sub_k != 16 && w->sub_k != 32) || w->super_k % w->sub_k || w->k % w->super_k) return HC_EINVAL;
+    if (w->bias < 0 || w->bias > 63) return HC_EINVAL;
+    if (w->n_row_tiles != (w->n + TR - 1) / TR || w->n_blocks != w->k / 32) return HC_EINVAL;
+    if (w->scale_kind == 0 ? !w->scales : (w->scale_kind == 1 || w->scale_kind == 2) ? !w->scale_bytes : 1)
+        return HC_EINVAL;
+    if (w->offset_kind == 1 ? (!w->offsets || !w->submins) : w->offset_kind == 2 ? !w->offsets : w->offset_kind != 0)
+        return HC_EINVAL;
+    if (w->scale_kind == 2 && w->subscales) return HC_EINVAL; /* float sub-scales only */
+    if (w->lut && w->bits != 4) return HC_EINVAL;
+    if (!(w->tensor_scale == w->tensor_scale) || w->tensor_scale <= 0.0f) return HC_EINVAL;
+    return HC_OK;
+}
+
 int hc_weights_check(const hc_weights *w) {
-    if (!w || !w->codes || !w->scales) return HC_EINVAL;
+    if (!w || !w->codes) return HC_EINVAL;
+    if (w->block) return block_check(w);
+    if (!w->scales) return HC_EINVAL;
     if (w->bits != 8 && w->bits != 4) return HC_EINVAL;
     if (w->group != 0 && w->group != 32 && w->group != 64 && w->group != 128) return HC_EINVAL;
     if (w->group == 0 && w->bits != 8) return HC_EINVAL;
@@ -204,6 +223,123 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
         store_rows(c, t, m0, mc, acc);
     }
 }
+
+/* ---- block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4) ------------------------------------------
+ * docs/numerics.md "Block formats".  Per row tile, block of 32 inputs and token, for each sub-block j
+ * (1 or 2 per block, ascending): P_j = sum u * x (u in [0, 63]: exact, |P_j| <= 63 * 128 * 32),
+ * D_j = P_j - bias * X_j; then, integer sub-scales: S = sum_j sc_j D_j (int32, exact: |S| < 2^24),
+ * M = sum_j mn_j X_j (mn = 1 for offset_kind 2), and the float epilogue
+ *   t = (float)S * d;  t = t + (float)M * o  (offset kinds; o = -dmin or m);  t = t * a;  acc += t
+ * or, float sub-scales (NVFP4): t = (float)D_0 * s_0;  t = t + (float)D_1 * s_1;  t = t * a;  acc += t.
+ * After the last block y = acc, times tensor_scale when it is not 1.  One body, compiled for each
+ * ISA (the compiler vectorizes the 16 rows; -ffp-contract=off keeps every float operation separate). */
+static inline float e8m0_to_float(uint8_t e) {
+    union { uint32_t u; float f; } o;
+    o.u = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23; /* 2^(e - 128), GGUF's half scale */
+    return o.f;
+}
+
+static inline float ue4m3_to_float(uint8_t x) {
+    union { uint32_t u; float f; } o;
+    const uint32_t e = (x >> 3) & 15, m = x & 7;
+    if ((x & 0x7f) == 0x7f) return 0.0f;
+    if (e == 0) { /* m * 2^-10: exact through an int -> float conversion and a power-of-two multiply */
+        o.u = (127u - 10u) << 23;
+        return (float)m * o.f;
+    }
+    o.u = (e + 127u - 11u) << 23; /* (8 + m) * 2^(e - 11) */
+    return (float)(8 + m) * o.f;
+}
+
+#define BLK_BODY                                                                                      \
+    const hc_weights *w = c->w;                                                                       \
+    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;                                       \
+    const int nsub = 32 / w->sub_k, sw = w->sub_k, bps = w->super_k / 32;                             \
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;                                    \
+    const int fsc = w->scale_kind == 2, bias = w->bias;                                               \
+    float acc[HC_CIM_M_CHUNK * TR];                                                                   \
+    uint8_t U[TR * 32];                                                                               \
+    float d[TR], o[TR], s2[2][TR];                                                                    \
+    int32_t sc[2][TR], mn[2][TR];                                                                     \
+    for (int64_t t = t0; t < t1; t++) {                                                               \
+        memset(acc, 0, sizeof(float) * TR * mc);                                                      \
+        for (int64_t b = 0; b < nb; b++) {                                                            \
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;                                         \
+            if (w->bits == 8) {                                                                       \
+                for (int kq = 0; kq < 8; kq++)                                                        \
+                    for (int r = 0; r < TR; r++)                                                      \
+                        for (int j = 0; j < 4; j++) U[r * 32 + 4 * kq + j] = tp[64 * kq + 4 * r + j]; \
+            } else {                                                                                  \
+                for (int kq = 0; kq < 4; kq++)                                                        \
+                    for (int r = 0; r < TR; r++)                                                      \
+                        for (int j = 0; j < 4; j++) {                                                 \
+                            const uint8_t byte = tp[64 * kq + 4 * r + j];                             \
+                            U[r * 32 + 8 * kq + j] = byte & 15;                                       \
+                            U[r * 32 + 8 * kq + 4 + j] = byte >> 4;                                   \
+                        }                                                                             \
+                if (w->lut)                                                                           \
+                    for (int i = 0; i < TR * 32; i++) U[i] = w->lut[U[i]];                            \
+            }                                                                                         \
+            const int64_t sup = t * nsup + b / bps;                                                   \
+            for (int r = 0; r < TR; r++) {                                                            \
+                if (w->scale_kind == 0) d[r] = half_to_float(w->scales[sup * TR + r]);                \
+                else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]); \
+                if (w->offset_kind == 1) o[r] = -half_to_float(w->offsets[sup * TR + r]);             \
+                else if (w->offset_kind == 2) o[r] = half_to_float(w->offsets[(t * nb + b) * TR + r]); \
+                for (int j = 0; j < nsub; j++) {                                                      \
+                    const int64_t su = (t * nsu + b * nsub + j) * TR + r;                             \
+                    if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);                           \
+                    sc[j][r] = w->subscales ? w->subscales[su] : 1;                                   \
+                    mn[j][r] = w->submins ? w->submins[su] : 1;                                       \
+                }                                                                                     \
+            }                                                                                         \
+            for (int64_t i = 0; i < mc; i++) {                                                        \
+                const int64_t mi = m0 + i;                                                            \
+                const int8_t *x = c->q + mi * c->ldq + b * 32;                                        \
+                int32_t X[2] = {0, 0}, S[TR], M[TR];                                                  \
+                float tf[TR] = {0};                                                                   \
+                for (int j = 0; j < nsub; j++)                                                        \
+                    for (int e = 0; e < sw; e++) X[j] += x[j * sw + e];                               \
+                for (int r = 0; r < TR; r++) { S[r] = 0; M[r] = 0; }                                  \
+                for (int j = 0; j < nsub; j++) {                                                      \
+                    int32_t D[TR];                                                                    \
+                    for (int r = 0; r < TR; r++) {                                                    \
+                        int32_t p = 0;                                                                \
+                        for (int e = 0; e < sw; e++) p += (int32_t)U[r * 32 + j * sw + e] * x[j * sw + e]; \
+                        D[r] = p - bias * X[j];                                                       \
+                    }                                                                                 \
+                    if (fsc) {                                                                        \
+                        for (int r = 0; r < TR; r++) {                                                \
+                            const float v = (float)D[r] * s2[j][r];                                   \
+                            tf[r] = j ? tf[r] + v : v;                                                \
+                            S[r] += D[r];                                                             \
+                        }                                                                             \
+                    } else {                                                                          \
+                        for (int r = 0; r < TR; r++) {                                                \
+                            S[r] += sc[j][r] * D[r];                                                  \
+                            M[r] += mn[j][r] * X[j];                                                  \
+                        }                                                                             \
+                    }                                                                                 \
+                }                                                                                     \
+                if (c->dots) store_dots(c, mi, t, b, S);                                              \
+                const float a = c->A[mi * nb + b];                                                    \
+                float *ac = acc + i * TR;                                                             \
+                if (!fsc) {                                                                           \
+                    for (int r = 0; r < TR; r++) {                                                    \
+                        float v = (float)S[r] * d[r];                                                 \
+                        if (w->offset_kind) v = v + (float)M[r] * o[r];                               \
+                        tf[r] = v;                                                                    \
+                    }                                                                                 \
+                }                                                                                     \
+                for (int r = 0; r < TR; r++) ac[r] = ac[r] + tf[r] * a;                               \
+            }                                                                                         \
+        }                                                                                             \
+        if (w->tensor_scale != 1.0f)                                                                  \
+            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;                  \
+        store_rows(c, t, m0, mc, acc);                                                                \
+    }
+
+static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
 
 #if HC_X86
 /* ---- AVX2 path ------------------------------------------------------------------------------- */
@@ -632,6 +768,10 @@ VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
 VNNI_DRIVER(tiles_i4_vnni, F_I4)
 VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
+/* block formats: the scalar body compiled for each ISA (bit-identical: the same operations in the same order) */
+static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
+static VNNI_TARGET void tiles_blk_avx512(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
+
 #endif /* HC_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
@@ -641,7 +781,9 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     if (!(hc_isa_supported() & (1u << isa))) return HC_EUNSUPPORTED;
     int rc = hc_weights_check(w);
     if (rc) return rc;
-    if (w->bits != bits || (w->group == 0) != per_channel || (w->asymmetric != 0) != asym) return HC_EINVAL;
+    if (bits == 0 ? !w->block
+                  : (w->block || w->bits != bits || (w->group == 0) != per_channel || (w->asymmetric != 0) != asym))
+        return HC_EINVAL; /* bits == 0: the block-format path */
     if (m < 1 || !q || !act_scales || !y || n_threads < 1 || n_threads > HC_MAX_THREADS) return HC_EINVAL;
     const int64_t k = w->k, tk = tile_k_of(w), nb = w->n_blocks, kp = nb * tk, nt = w->n_row_tiles;
     if (act_group < 1 || k % act_group || (act_group != k && act_group % tk)) return HC_EINVAL;
@@ -683,7 +825,7 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots, has_min};
 
     /* weight bytes (codes, fp16 scales and offsets) of one row tile */
-    const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
+    const int64_t row_bytes = nb * (TR * tk * w->bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
     int threads = n_threads < nt ? n_threads : (int)nt;
     /* the dots hook (tests) keeps every thread, so that the split stays tested */
     if (!dots) threads = hc__threads_for_bytes(threads, nt * row_bytes);
@@ -740,6 +882,10 @@ DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, X86_FN(tiles_i4a_avx2))
 DEFINE_PATH(hc_gemm_i4a_avxvnni, 4, 0, 1, HC_ISA_AVXVNNI, X86_FN(tiles_i4a_avxvnni))
 DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a_vnni))
+DEFINE_PATH(hc_gemm_blk_serial, 0, 0, 0, HC_ISA_SCALAR, tiles_blk_serial)
+DEFINE_PATH(hc_gemm_blk_avx2, 0, 0, 0, HC_ISA_AVX2, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_avx512))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
@@ -748,7 +894,10 @@ hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
         {hc_gemm_i4_serial, hc_gemm_i4_avx2, hc_gemm_i4_avxvnni, hc_gemm_i4_avx512vnni},
         {hc_gemm_i4a_serial, hc_gemm_i4a_avx2, hc_gemm_i4a_avxvnni, hc_gemm_i4a_avx512vnni},
     };
+    static const hc_cim_fn blk[HC_ISA_COUNT] = {hc_gemm_blk_serial, hc_gemm_blk_avx2, hc_gemm_blk_avxvnni,
+                                                hc_gemm_blk_avx512vnni};
     if (!w || (int)isa < 0 || isa >= HC_ISA_COUNT) return NULL;
+    if (w->block) return blk[isa];
     int f;
     if (w->bits == 8) f = w->group ? 0 : 1;
     else if (w->bits == 4) f = w->asymmetric ? 3 : 2;

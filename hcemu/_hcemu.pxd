@@ -47,6 +47,16 @@ cdef extern from "hcemu.h" nogil:
         const uint8_t *codes
         const uint16_t *scales
         const uint16_t *offsets
+        int block
+        int super_k, sub_k
+        int bias
+        int scale_kind
+        int offset_kind
+        const uint8_t *lut
+        const int8_t *subscales
+        const uint8_t *submins
+        const uint8_t *scale_bytes
+        float tensor_scale
     ctypedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
                               int64_t act_group, float *y, int32_t *dots, int n_threads)
     int hc_weights_check(const hc_weights *w)
