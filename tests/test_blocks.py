@@ -256,5 +256,13 @@ def test_block_plans_run_on_the_chip(kq_gguf, tmp_path, plan):
         chip = Chip(img, kv_capacity_tokens=32, compiled=compiled, fuse_products=fuse)
         outs.append(chip.prefill(ids, all_logits=True).logits)
     np.testing.assert_array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
+    # events: what the chip counts == the analytical generator (per-tensor formats); ROM bits by shapes
+    from hcemu.perf.analytic import events_from_shapes
+    from hcemu.rom.image import rom_bits_for_model
+
+    gen = Chip(img, kv_capacity_tokens=32).generate(list(ids[:5]), 3)
+    want_ev = events_from_shapes(img.spec, img.plan, n_prompt=5, n_generated=len(gen.ids))
+    assert gen.prefill_events + gen.decode_events == want_ev
+    assert rom_bits_for_model(img.spec, img.plan) == img.rom_bits
     err = np.abs(outs[0] - want).max() / np.abs(want).max()
     assert err < (0.05 if plan == "gguf" else 0.6), err  # this random model: int8 0.035, int4 0.23

@@ -155,9 +155,11 @@ def _image_matrices(spec: ModelSpec, plan: Plan):
 class RomBits:
     """What the mask ROM of one image holds, in bits (the counts the die-area model prices).
 
-    code_used: weight codes of every matrix (weight-tile padding included);
-    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated);
-    meta: fp16 scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
+    code_used: weight codes of every matrix (weight-tile padding included), ``code_bits`` per weight;
+    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated),
+    scaled by code_used / slot bits where block formats hold narrower codes than their 4-/8-bit host
+    slots (:func:`dense_physical_bits`: a dense ROM packs Q3_K's 3-bit codes, not 4-bit slots);
+    meta: every level of scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
     """
 
     code_used: int
@@ -246,7 +248,16 @@ def _rom_bits_cached(spec, plan, geometry):
     used = int(per_matrix[FIELD_INDEX["rom_code_bits"]])   # the bits one pass reads are the bits held
     meta = int(per_matrix[FIELD_INDEX["rom_meta_bits"]])
     vector = sum(length for _nm, _l, length in spec.norms()) * 32
-    return RomBits(used, amap.physical_bits, meta, vector, amap.n_banks)
+    slots = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
+                for *_, fmt, (n, k) in matrices)
+    return RomBits(used, dense_physical_bits(amap.physical_bits, used, slots), meta, vector, amap.n_banks)
+
+
+def dense_physical_bits(physical_bits: int, code_bits: int, slot_bits: int) -> int:
+    """Fabricated code bits of a ROM whose banks (``physical_bits``, laid out with 4-/8-bit host slots
+    holding ``slot_bits``) store ``code_bits`` of codes packed densely: physical x code / slot, rounded
+    down (equal to ``physical_bits`` for the integer formats, whose codes fill their slots)."""
+    return physical_bits if code_bits == slot_bits else physical_bits * code_bits // slot_bits
 
 
 def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
@@ -369,6 +380,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 totals.merge(stats)
                 p = amap.by_name[name]
                 row = {"name": name, "kind": kind, "layer": layer, "region": region, "format": fmt.name,
+                       "bits_per_weight": fmt.bits_per_weight(k),
                        "fmt": _fmt_to_dict(fmt),
                        "n": n, "k": k, "source_type": gtype, "method": method, **err,
                        "bank_base_row": p.base_row, "banks": p.n_banks}
@@ -569,8 +581,9 @@ class RomImage:
         """What this image's ROM holds, read from its directory and address map (see :class:`RomBits`)."""
         used = sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_code_bits"]])
                    for t in self.directory["tensors"])
-        return RomBits(used, self.address_map.physical_bits, self.meta_bits, self.vector_bits,
-                       self.address_map.n_banks)
+        slots = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
+        return RomBits(used, dense_physical_bits(self.address_map.physical_bits, used, slots), self.meta_bits,
+                       self.vector_bits, self.address_map.n_banks)
 
     def close(self) -> None:
         self._cache.clear()
