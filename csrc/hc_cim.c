@@ -768,9 +768,129 @@ VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
 VNNI_DRIVER(tiles_i4_vnni, F_I4)
 VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
-/* block formats: the scalar body compiled for each ISA (bit-identical: the same operations in the same order) */
-static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
-static VNNI_TARGET void tiles_blk_avx512(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
+/* Block formats, AVX2 (also run by the AVX-VNNI and AVX-512 paths): the scalar body's integer sums and
+ * float epilogue, 8 rows per register.  Both slot layouts give 8 "quads" per tile: quad q holds, for
+ * every row, the 4 codes of inputs 4q..4q+3 (int8 slots: line q; nibble slots: the low (q even) or
+ * high (q odd) nibbles of line q/2), so one vpmaddubsw (u in [0, 63] unsigned x int8 activations:
+ * pair sums <= 2 * 63 * 128, exact) + vpmaddwd(1) leaves one int32 per row and quad. */
+static inline AVX2_TARGET __m256 blk_load8(const float *p) { return _mm256_loadu_ps(p); }
+
+static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;
+    const int nsub = 32 / w->sub_k, bps = w->super_k / 32, qps = 8 / nsub; /* quads per sub-block */
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = w->scale_kind == 2, i8 = w->bits == 8, offk = w->offset_kind;
+    const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
+    const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
+                               : _mm256_setzero_si256();
+    float acc[HC_CIM_M_CHUNK * TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            __m256i U[8][2];
+            if (i8) {
+                for (int q = 0; q < 8; q++)
+                    for (int h = 0; h < 2; h++) U[q][h] = _mm256_loadu_si256((const __m256i *)(tp + 64 * q + 32 * h));
+            } else {
+                for (int l = 0; l < 4; l++)
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h));
+                        __m256i lo = _mm256_and_si256(raw, lo_mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                        if (w->lut) {
+                            lo = _mm256_shuffle_epi8(lut, lo);
+                            hi = _mm256_shuffle_epi8(lut, hi);
+                        }
+                        U[2 * l][h] = lo;
+                        U[2 * l + 1][h] = hi;
+                    }
+            }
+            /* per-row scales of this tile (the scalar path's conversions) */
+            const int64_t sup = t * nsup + b / bps;
+            __m256 d[2], o[2], s2[2][2];
+            __m256i sc[2][2], mn[2][2];
+            for (int h = 0; h < 2; h++) {
+                if (w->scale_kind == 0) {
+                    d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales + sup * TR + 8 * h)));
+                } else if (w->scale_kind == 1) {
+                    float tmp[8];
+                    for (int r = 0; r < 8; r++) tmp[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + 8 * h + r]);
+                    d[h] = blk_load8(tmp);
+                } else {
+                    d[h] = _mm256_setzero_ps();
+                }
+                if (offk == 1)
+                    o[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + sup * TR + 8 * h))),
+                                         _mm256_set1_ps(-0.0f));
+                else if (offk == 2)
+                    o[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + (t * nb + b) * TR + 8 * h)));
+                else
+                    o[h] = _mm256_setzero_ps();
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = (t * nsu + b * nsub + j) * TR + 8 * h;
+                    if (fsc) {
+                        float tmp[8];
+                        for (int r = 0; r < 8; r++) tmp[r] = ue4m3_to_float(w->scale_bytes[su + r]);
+                        s2[j][h] = blk_load8(tmp);
+                    }
+                    sc[j][h] = w->subscales ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
+                                            : _mm256_set1_epi32(1);
+                    mn[j][h] = w->submins ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
+                                          : _mm256_set1_epi32(1);
+                }
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                __m256i S[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, M[2] = {S[0], S[1]};
+                __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int j = 0; j < nsub; j++) {
+                    __m256i P[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+                    int32_t Xj = 0;
+                    for (int e = 0; e < w->sub_k; e++) Xj += x[j * w->sub_k + e];
+                    for (int q = j * qps; q < (j + 1) * qps; q++) {
+                        const __m256i xb = bcast4_avx2(x + 4 * q);
+                        for (int h = 0; h < 2; h++)
+                            P[h] = _mm256_add_epi32(P[h], _mm256_madd_epi16(_mm256_maddubs_epi16(U[q][h], xb), ones));
+                    }
+                    const __m256i bx = _mm256_set1_epi32(w->bias * Xj), xj = _mm256_set1_epi32(Xj);
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i D = _mm256_sub_epi32(P[h], bx);
+                        if (fsc) {
+                            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), s2[j][h]);
+                            tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
+                            S[h] = _mm256_add_epi32(S[h], D);
+                        } else {
+                            S[h] = _mm256_add_epi32(S[h], _mm256_mullo_epi32(sc[j][h], D));
+                            M[h] = _mm256_add_epi32(M[h], _mm256_mullo_epi32(mn[j][h], xj));
+                        }
+                    }
+                }
+                if (c->dots) {
+                    int32_t tmp[TR];
+                    _mm256_storeu_si256((__m256i *)tmp, S[0]);
+                    _mm256_storeu_si256((__m256i *)(tmp + 8), S[1]);
+                    store_dots(c, mi, t, b, tmp);
+                }
+                const __m256 av = _mm256_set1_ps(c->A[mi * nb + b]);
+                for (int h = 0; h < 2; h++) {
+                    __m256 v = tf[h];
+                    if (!fsc) {
+                        v = _mm256_mul_ps(_mm256_cvtepi32_ps(S[h]), d[h]);
+                        if (offk) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(M[h]), o[h]));
+                    }
+                    float *ac = acc + i * TR + 8 * h;
+                    _mm256_storeu_ps(ac, _mm256_add_ps(_mm256_loadu_ps(ac), _mm256_mul_ps(v, av)));
+                }
+            }
+        }
+        if (w->tensor_scale != 1.0f)
+            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;
+        store_rows(c, t, m0, mc, acc);
+    }
+}
 
 #endif /* HC_X86 */
 
@@ -885,7 +1005,7 @@ DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a
 DEFINE_PATH(hc_gemm_blk_serial, 0, 0, 0, HC_ISA_SCALAR, tiles_blk_serial)
 DEFINE_PATH(hc_gemm_blk_avx2, 0, 0, 0, HC_ISA_AVX2, X86_FN(tiles_blk_avx2))
 DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avx2))
-DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_avx512))
+DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_avx2))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
