@@ -231,8 +231,8 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
  * M = sum_j mn_j X_j (mn = 1 for offset_kind 2), and the float epilogue
  *   t = (float)S * d;  t = t + (float)M * o  (offset kinds; o = -dmin or m);  t = t * a;  acc += t
  * or, float sub-scales (NVFP4): t = (float)D_0 * s_0;  t = t + (float)D_1 * s_1;  t = t * a;  acc += t.
- * After the last block y = acc, times tensor_scale when it is not 1.  One body, compiled for each
- * ISA (the compiler vectorizes the 16 rows; -ffp-contract=off keeps every float operation separate). */
+ * After the last block y = acc, times tensor_scale when it is not 1.  The vectorized tiles below do
+ * the same operations in the same order (-ffp-contract=off keeps every float operation separate). */
 static inline float e8m0_to_float(uint8_t e) {
     union { uint32_t u; float f; } o;
     o.u = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23; /* 2^(e - 128), GGUF's half scale */
@@ -251,95 +251,95 @@ static inline float ue4m3_to_float(uint8_t x) {
     return (float)(8 + m) * o.f;
 }
 
-#define BLK_BODY                                                                                      \
-    const hc_weights *w = c->w;                                                                       \
-    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;                                       \
-    const int nsub = 32 / w->sub_k, sw = w->sub_k, bps = w->super_k / 32;                             \
-    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;                                    \
-    const int fsc = w->scale_kind == 2, bias = w->bias;                                               \
-    float acc[HC_CIM_M_CHUNK * TR];                                                                   \
-    uint8_t U[TR * 32];                                                                               \
-    float d[TR], o[TR], s2[2][TR];                                                                    \
-    int32_t sc[2][TR], mn[2][TR];                                                                     \
-    for (int64_t t = t0; t < t1; t++) {                                                               \
-        memset(acc, 0, sizeof(float) * TR * mc);                                                      \
-        for (int64_t b = 0; b < nb; b++) {                                                            \
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;                                         \
-            if (w->bits == 8) {                                                                       \
-                for (int kq = 0; kq < 8; kq++)                                                        \
-                    for (int r = 0; r < TR; r++)                                                      \
-                        for (int j = 0; j < 4; j++) U[r * 32 + 4 * kq + j] = tp[64 * kq + 4 * r + j]; \
-            } else {                                                                                  \
-                for (int kq = 0; kq < 4; kq++)                                                        \
-                    for (int r = 0; r < TR; r++)                                                      \
-                        for (int j = 0; j < 4; j++) {                                                 \
-                            const uint8_t byte = tp[64 * kq + 4 * r + j];                             \
-                            U[r * 32 + 8 * kq + j] = byte & 15;                                       \
-                            U[r * 32 + 8 * kq + 4 + j] = byte >> 4;                                   \
-                        }                                                                             \
-                if (w->lut)                                                                           \
-                    for (int i = 0; i < TR * 32; i++) U[i] = w->lut[U[i]];                            \
-            }                                                                                         \
-            const int64_t sup = t * nsup + b / bps;                                                   \
-            for (int r = 0; r < TR; r++) {                                                            \
-                if (w->scale_kind == 0) d[r] = half_to_float(w->scales[sup * TR + r]);                \
-                else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]); \
-                if (w->offset_kind == 1) o[r] = -half_to_float(w->offsets[sup * TR + r]);             \
-                else if (w->offset_kind == 2) o[r] = half_to_float(w->offsets[(t * nb + b) * TR + r]); \
-                for (int j = 0; j < nsub; j++) {                                                      \
-                    const int64_t su = (t * nsu + b * nsub + j) * TR + r;                             \
-                    if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);                           \
-                    sc[j][r] = w->subscales ? w->subscales[su] : 1;                                   \
-                    mn[j][r] = w->submins ? w->submins[su] : 1;                                       \
-                }                                                                                     \
-            }                                                                                         \
-            for (int64_t i = 0; i < mc; i++) {                                                        \
-                const int64_t mi = m0 + i;                                                            \
-                const int8_t *x = c->q + mi * c->ldq + b * 32;                                        \
-                int32_t X[2] = {0, 0}, S[TR], M[TR];                                                  \
-                float tf[TR] = {0};                                                                   \
-                for (int j = 0; j < nsub; j++)                                                        \
-                    for (int e = 0; e < sw; e++) X[j] += x[j * sw + e];                               \
-                for (int r = 0; r < TR; r++) { S[r] = 0; M[r] = 0; }                                  \
-                for (int j = 0; j < nsub; j++) {                                                      \
-                    int32_t D[TR];                                                                    \
-                    for (int r = 0; r < TR; r++) {                                                    \
-                        int32_t p = 0;                                                                \
-                        for (int e = 0; e < sw; e++) p += (int32_t)U[r * 32 + j * sw + e] * x[j * sw + e]; \
-                        D[r] = p - bias * X[j];                                                       \
-                    }                                                                                 \
-                    if (fsc) {                                                                        \
-                        for (int r = 0; r < TR; r++) {                                                \
-                            const float v = (float)D[r] * s2[j][r];                                   \
-                            tf[r] = j ? tf[r] + v : v;                                                \
-                            S[r] += D[r];                                                             \
-                        }                                                                             \
-                    } else {                                                                          \
-                        for (int r = 0; r < TR; r++) {                                                \
-                            S[r] += sc[j][r] * D[r];                                                  \
-                            M[r] += mn[j][r] * X[j];                                                  \
-                        }                                                                             \
-                    }                                                                                 \
-                }                                                                                     \
-                if (c->dots) store_dots(c, mi, t, b, S);                                              \
-                const float a = c->A[mi * nb + b];                                                    \
-                float *ac = acc + i * TR;                                                             \
-                if (!fsc) {                                                                           \
-                    for (int r = 0; r < TR; r++) {                                                    \
-                        float v = (float)S[r] * d[r];                                                 \
-                        if (w->offset_kind) v = v + (float)M[r] * o[r];                               \
-                        tf[r] = v;                                                                    \
-                    }                                                                                 \
-                }                                                                                     \
-                for (int r = 0; r < TR; r++) ac[r] = ac[r] + tf[r] * a;                               \
-            }                                                                                         \
-        }                                                                                             \
-        if (w->tensor_scale != 1.0f)                                                                  \
-            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;                  \
-        store_rows(c, t, m0, mc, acc);                                                                \
+static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;
+    const int nsub = 32 / w->sub_k, sw = w->sub_k, bps = w->super_k / 32;
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = w->scale_kind == 2, bias = w->bias;
+    float acc[HC_CIM_M_CHUNK * TR];
+    uint8_t U[TR * 32];
+    float d[TR], o[TR], s2[2][TR];
+    int32_t sc[2][TR], mn[2][TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            if (w->bits == 8) {
+                for (int kq = 0; kq < 8; kq++)
+                    for (int r = 0; r < TR; r++)
+                        for (int j = 0; j < 4; j++) U[r * 32 + 4 * kq + j] = tp[64 * kq + 4 * r + j];
+            } else {
+                for (int kq = 0; kq < 4; kq++)
+                    for (int r = 0; r < TR; r++)
+                        for (int j = 0; j < 4; j++) {
+                            const uint8_t byte = tp[64 * kq + 4 * r + j];
+                            U[r * 32 + 8 * kq + j] = byte & 15;
+                            U[r * 32 + 8 * kq + 4 + j] = byte >> 4;
+                        }
+                if (w->lut)
+                    for (int i = 0; i < TR * 32; i++) U[i] = w->lut[U[i]];
+            }
+            const int64_t sup = t * nsup + b / bps;
+            for (int r = 0; r < TR; r++) {
+                if (w->scale_kind == 0) d[r] = half_to_float(w->scales[sup * TR + r]);
+                else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]);
+                if (w->offset_kind == 1) o[r] = -half_to_float(w->offsets[sup * TR + r]);
+                else if (w->offset_kind == 2) o[r] = half_to_float(w->offsets[(t * nb + b) * TR + r]);
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = (t * nsu + b * nsub + j) * TR + r;
+                    if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);
+                    sc[j][r] = w->subscales ? w->subscales[su] : 1;
+                    mn[j][r] = w->submins ? w->submins[su] : 1;
+                }
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                int32_t X[2] = {0, 0}, S[TR], M[TR];
+                float tf[TR] = {0};
+                for (int j = 0; j < nsub; j++)
+                    for (int e = 0; e < sw; e++) X[j] += x[j * sw + e];
+                for (int r = 0; r < TR; r++) { S[r] = 0; M[r] = 0; }
+                for (int j = 0; j < nsub; j++) {
+                    int32_t D[TR];
+                    for (int r = 0; r < TR; r++) {
+                        int32_t p = 0;
+                        for (int e = 0; e < sw; e++) p += (int32_t)U[r * 32 + j * sw + e] * x[j * sw + e];
+                        D[r] = p - bias * X[j];
+                    }
+                    if (fsc) {
+                        for (int r = 0; r < TR; r++) {
+                            const float v = (float)D[r] * s2[j][r];
+                            tf[r] = j ? tf[r] + v : v;
+                            S[r] += D[r];
+                        }
+                    } else {
+                        for (int r = 0; r < TR; r++) {
+                            S[r] += sc[j][r] * D[r];
+                            M[r] += mn[j][r] * X[j];
+                        }
+                    }
+                }
+                if (c->dots) store_dots(c, mi, t, b, S);
+                const float a = c->A[mi * nb + b];
+                float *ac = acc + i * TR;
+                if (!fsc) {
+                    for (int r = 0; r < TR; r++) {
+                        float v = (float)S[r] * d[r];
+                        if (w->offset_kind) v = v + (float)M[r] * o[r];
+                        tf[r] = v;
+                    }
+                }
+                for (int r = 0; r < TR; r++) ac[r] = ac[r] + tf[r] * a;
+            }
+        }
+        if (w->tensor_scale != 1.0f)
+            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;
+        store_rows(c, t, m0, mc, acc);
     }
+}
 
-static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) { BLK_BODY }
 
 #if HC_X86
 /* ---- AVX2 path ------------------------------------------------------------------------------- */
@@ -768,22 +768,72 @@ VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
 VNNI_DRIVER(tiles_i4_vnni, F_I4)
 VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
-/* Block formats, AVX2 (also run by the AVX-VNNI and AVX-512 paths): the scalar body's integer sums and
- * float epilogue, 8 rows per register.  Both slot layouts give 8 "quads" per tile: quad q holds, for
- * every row, the 4 codes of inputs 4q..4q+3 (int8 slots: line q; nibble slots: the low (q even) or
- * high (q odd) nibbles of line q/2), so one vpmaddubsw (u in [0, 63] unsigned x int8 activations:
- * pair sums <= 2 * 63 * 128, exact) + vpmaddwd(1) leaves one int32 per row and quad. */
-static inline AVX2_TARGET __m256 blk_load8(const float *p) { return _mm256_loadu_ps(p); }
+/* Block formats, vectorized.  Both slot layouts give 8 "quads" per tile: quad q holds, for every row,
+ * the 4 codes of inputs 4q..4q+3 (int8 slots: line q; nibble slots: the low (q even) or high (q odd)
+ * nibbles of line q/2), so a product of the unsigned codes u in [0, 63] with the int8 activations
+ * leaves one int32 per row and quad: vpmaddubsw (pair sums <= 2 * 63 * 128, exact) + vpmaddwd(1) on
+ * AVX2 (8 rows per register; the AVX-VNNI path runs it too), vpdpbusd on AVX-512 (16 rows).  The
+ * integer sums and the float epilogue are the scalar body's, operation for operation. */
 
-static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+/* The format's structure as compile-time constants (loops unroll, U stays in registers, no per-tile
+ * branches): one instance per combination the block kinds use, and a generic one for any other. */
+#define BLK_SHAPE(w) (((w)->bits == 8) | ((32 / (w)->sub_k == 2) << 1) | ((w)->scale_kind << 2) | \
+                      ((w)->offset_kind << 4) | (((w)->subscales != NULL) << 6) | (((w)->submins != NULL) << 7))
+#define BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn) ((i8) | (((nsub) == 2) << 1) | ((sk) << 2) | ((offk) << 4) | ((sc) << 6) | ((mn) << 7))
+#define BLK_CASE(fn, i8, nsub, sk, offk, sc, mn) \
+    case BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn): fn(c, t0, t1, m0, mc, i8, nsub, sk, offk, sc, mn); break;
+#define BLK_DISPATCH(fn)                                                                               \
+    switch (BLK_SHAPE(c->w)) {                                                                         \
+        BLK_CASE(fn, 0, 2, 0, 1, 1, 1) /* Q2_K */                                                     \
+        BLK_CASE(fn, 0, 2, 0, 0, 1, 0) /* Q3_K */                                                     \
+        BLK_CASE(fn, 0, 1, 0, 1, 1, 1) /* Q4_K */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 1, 1, 1) /* Q5_K */                                                     \
+        BLK_CASE(fn, 1, 2, 0, 0, 1, 0) /* Q6_K */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 0, 0, 0) /* Q5_0 */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 2, 0, 0) /* Q5_1 */                                                     \
+        BLK_CASE(fn, 0, 1, 1, 0, 0, 0) /* MXFP4 */                                                    \
+        BLK_CASE(fn, 0, 2, 2, 0, 0, 0) /* NVFP4 */                                                    \
+    default:                                                                                           \
+        fn(c, t0, t1, m0, mc, c->w->bits == 8, 32 / c->w->sub_k, c->w->scale_kind, c->w->offset_kind,  \
+           c->w->subscales != NULL, c->w->submins != NULL);                                            \
+    }
+
+/* X_j of every sub-block of tokens m0..m0+mc-1: xs[(i * nb + b) * 2 + j]. */
+static void blk_xsums(const cim_ctx *c, int64_t m0, int64_t mc, int32_t *xs) {
     const hc_weights *w = c->w;
-    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;
-    const int nsub = 32 / w->sub_k, bps = w->super_k / 32, qps = 8 / nsub; /* quads per sub-block */
+    const int64_t nb = w->n_blocks;
+    const int nsub = 32 / w->sub_k, sw = w->sub_k;
+    for (int64_t i = 0; i < mc; i++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *x = c->q + (m0 + i) * c->ldq + b * 32;
+            for (int j = 0; j < 2; j++) {
+                int32_t sum = 0;
+                if (j < nsub)
+                    for (int e = 0; e < sw; e++) sum += x[j * sw + e];
+                xs[(i * nb + b) * 2 + j] = sum;
+            }
+        }
+}
+
+#define BLK_XS_STACK 4096
+static inline __attribute__((always_inline)) AVX2_TARGET void
+tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
+                 const int sk, const int offk, const int has_sc, const int has_mn) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
+    const int bps = w->super_k / 32, qps = 8 / nsub; /* quads per sub-block */
     const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
-    const int fsc = w->scale_kind == 2, i8 = w->bits == 8, offk = w->offset_kind;
+    const int fsc = sk == 2;
     const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
     const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
                                : _mm256_setzero_si256();
+    int32_t xs_stack[BLK_XS_STACK];
+    int32_t *xs = mc * nb * 2 <= BLK_XS_STACK ? xs_stack : malloc(sizeof(int32_t) * mc * nb * 2);
+    if (!xs) { /* out of memory for the side table: the scalar body needs none (same results) */
+        tiles_blk_serial(c, t0, t1, m0, mc);
+        return;
+    }
+    blk_xsums(c, m0, mc, xs);
     float acc[HC_CIM_M_CHUNK * TR];
     for (int64_t t = t0; t < t1; t++) {
         memset(acc, 0, sizeof(float) * TR * mc);
@@ -807,17 +857,19 @@ static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
                         U[2 * l + 1][h] = hi;
                     }
             }
-            /* per-row scales of this tile (the scalar path's conversions) */
+            /* per-row scales of this tile (exact conversions, as the scalar path's) */
             const int64_t sup = t * nsup + b / bps;
             __m256 d[2], o[2], s2[2][2];
             __m256i sc[2][2], mn[2][2];
             for (int h = 0; h < 2; h++) {
-                if (w->scale_kind == 0) {
+                if (sk == 0) {
                     d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales + sup * TR + 8 * h)));
-                } else if (w->scale_kind == 1) {
-                    float tmp[8];
-                    for (int r = 0; r < 8; r++) tmp[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + 8 * h + r]);
-                    d[h] = blk_load8(tmp);
+                } else if (sk == 1) {
+                    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + (t * nb + b) * TR + 8 * h)));
+                    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+                    const __m256i nrm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+                    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+                    d[h] = _mm256_castsi256_ps(_mm256_blendv_epi8(nrm, sub, small));
                 } else {
                     d[h] = _mm256_setzero_ps();
                 }
@@ -830,32 +882,40 @@ static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
                     o[h] = _mm256_setzero_ps();
                 for (int j = 0; j < nsub; j++) {
                     const int64_t su = (t * nsu + b * nsub + j) * TR + 8 * h;
-                    if (fsc) {
-                        float tmp[8];
-                        for (int r = 0; r < 8; r++) tmp[r] = ue4m3_to_float(w->scale_bytes[su + r]);
-                        s2[j][h] = blk_load8(tmp);
+                    if (fsc) { /* ue4m3: (8 + m) 2^(e - 11), or m 2^-10 when e = 0; 0x7F -> 0 */
+                        const __m256i x8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + su)));
+                        const __m256i e = _mm256_and_si256(_mm256_srli_epi32(x8, 3), _mm256_set1_epi32(15));
+                        const __m256i m = _mm256_and_si256(x8, _mm256_set1_epi32(7));
+                        const __m256i ez = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+                        const __m256i sig = _mm256_blendv_epi8(_mm256_add_epi32(m, _mm256_set1_epi32(8)), m, ez);
+                        const __m256i ex = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127 - 11)),
+                                                              _mm256_set1_epi32(127 - 10), ez);
+                        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sig), _mm256_castsi256_ps(_mm256_slli_epi32(ex, 23)));
+                        const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(x8, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
+                        s2[j][h] = _mm256_andnot_ps(_mm256_castsi256_ps(nan), v);
                     }
-                    sc[j][h] = w->subscales ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
-                                            : _mm256_set1_epi32(1);
-                    mn[j][h] = w->submins ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
-                                          : _mm256_set1_epi32(1);
+                    sc[j][h] = has_sc ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
+                                      : _mm256_set1_epi32(1);
+                    mn[j][h] = has_mn ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
+                                      : _mm256_set1_epi32(1);
                 }
             }
             for (int64_t i = 0; i < mc; i++) {
                 const int64_t mi = m0 + i;
                 const int8_t *x = c->q + mi * c->ldq + b * 32;
+                const int32_t *X = xs + (i * nb + b) * 2;
                 __m256i S[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, M[2] = {S[0], S[1]};
                 __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
                 for (int j = 0; j < nsub; j++) {
                     __m256i P[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-                    int32_t Xj = 0;
-                    for (int e = 0; e < w->sub_k; e++) Xj += x[j * w->sub_k + e];
-                    for (int q = j * qps; q < (j + 1) * qps; q++) {
-                        const __m256i xb = bcast4_avx2(x + 4 * q);
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) { /* two quads' int16 pairs add exactly */
+                        const __m256i xb = bcast4_avx2(x + 4 * q), xc = bcast4_avx2(x + 4 * q + 4);
                         for (int h = 0; h < 2; h++)
-                            P[h] = _mm256_add_epi32(P[h], _mm256_madd_epi16(_mm256_maddubs_epi16(U[q][h], xb), ones));
+                            P[h] = _mm256_add_epi32(P[h], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(U[q][h], xb),
+                                                                                              _mm256_maddubs_epi16(U[q + 1][h], xc)),
+                                                                             ones));
                     }
-                    const __m256i bx = _mm256_set1_epi32(w->bias * Xj), xj = _mm256_set1_epi32(Xj);
+                    const __m256i bx = _mm256_set1_epi32(w->bias * X[j]), xj = _mm256_set1_epi32(X[j]);
                     for (int h = 0; h < 2; h++) {
                         const __m256i D = _mm256_sub_epi32(P[h], bx);
                         if (fsc) {
@@ -863,8 +923,8 @@ static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
                             tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
                             S[h] = _mm256_add_epi32(S[h], D);
                         } else {
-                            S[h] = _mm256_add_epi32(S[h], _mm256_mullo_epi32(sc[j][h], D));
-                            M[h] = _mm256_add_epi32(M[h], _mm256_mullo_epi32(mn[j][h], xj));
+                            S[h] = _mm256_add_epi32(S[h], has_sc ? _mm256_mullo_epi32(sc[j][h], D) : D);
+                            if (offk) M[h] = _mm256_add_epi32(M[h], has_mn ? _mm256_mullo_epi32(mn[j][h], xj) : xj);
                         }
                     }
                 }
@@ -890,6 +950,142 @@ static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1,
             for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;
         store_rows(c, t, m0, mc, acc);
     }
+    if (xs != xs_stack) free(xs);
+}
+
+static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    BLK_DISPATCH(tiles_blk_avx2_t)
+}
+
+/* AVX-512 VNNI: one 64-byte quad is 16 rows x 4 codes, so one vpdpbusd per quad and token covers
+ * the whole tile; scales and the epilogue in one register of 16 rows. */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
+                 const int sk, const int offk, const int has_sc, const int has_mn) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
+    const int bps = w->super_k / 32, qps = 8 / nsub;
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = sk == 2;
+    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
+    const __m512i lut = w->lut ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w->lut)) : _mm512_setzero_si512();
+    int32_t xs_stack[BLK_XS_STACK];
+    int32_t *xs = mc * nb * 2 <= BLK_XS_STACK ? xs_stack : malloc(sizeof(int32_t) * mc * nb * 2);
+    if (!xs) {
+        tiles_blk_serial(c, t0, t1, m0, mc);
+        return;
+    }
+    blk_xsums(c, m0, mc, xs);
+    __m512 acc[HC_CIM_M_CHUNK];
+    for (int64_t t = t0; t < t1; t++) {
+        for (int64_t i = 0; i < mc; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            __m512i U[8];
+            if (i8) {
+                for (int q = 0; q < 8; q++) U[q] = _mm512_loadu_si512(tp + 64 * q);
+            } else {
+                for (int l = 0; l < 4; l++) {
+                    const __m512i raw = _mm512_loadu_si512(tp + 64 * l);
+                    __m512i lo = _mm512_and_si512(raw, lo_mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
+                    if (w->lut) {
+                        lo = _mm512_shuffle_epi8(lut, lo);
+                        hi = _mm512_shuffle_epi8(lut, hi);
+                    }
+                    U[2 * l] = lo;
+                    U[2 * l + 1] = hi;
+                }
+            }
+            const int64_t sup = t * nsup + b / bps;
+            __m512 d = _mm512_setzero_ps(), o = _mm512_setzero_ps(), s2[2];
+            __m512i sc[2], mn[2];
+            if (sk == 0) {
+                d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + sup * TR)));
+            } else if (sk == 1) {
+                const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + (t * nb + b) * TR)));
+                const __mmask16 small = _mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(2));
+                const __m512i nrm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+                const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+                d = _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, nrm, sub));
+            }
+            if (offk == 1)
+                o = _mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + sup * TR)))),
+                    _mm512_set1_epi32((int)0x80000000u)));
+            else if (offk == 2)
+                o = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + (t * nb + b) * TR)));
+            for (int j = 0; j < nsub; j++) {
+                const int64_t su = (t * nsu + b * nsub + j) * TR;
+                if (fsc) {
+                    const __m512i x8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + su)));
+                    const __m512i e = _mm512_and_si512(_mm512_srli_epi32(x8, 3), _mm512_set1_epi32(15));
+                    const __m512i m = _mm512_and_si512(x8, _mm512_set1_epi32(7));
+                    const __mmask16 ez = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
+                    const __m512i sig = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(m, _mm512_set1_epi32(8)), m);
+                    const __m512i ex = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(e, _mm512_set1_epi32(127 - 11)),
+                                                               _mm512_set1_epi32(127 - 10));
+                    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sig), _mm512_castsi512_ps(_mm512_slli_epi32(ex, 23)));
+                    const __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x8, _mm512_set1_epi32(0x7f)),
+                                                                  _mm512_set1_epi32(0x7f));
+                    s2[j] = _mm512_maskz_mov_ps((__mmask16)~nan, v);
+                }
+                sc[j] = has_sc ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w->subscales + su))) : _mm512_set1_epi32(1);
+                mn[j] = has_mn ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->submins + su))) : _mm512_set1_epi32(1);
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                const int32_t *X = xs + (i * nb + b) * 2;
+                __m512i S = _mm512_setzero_si512(), M = _mm512_setzero_si512();
+                __m512 tf = _mm512_setzero_ps();
+                for (int j = 0; j < nsub; j++) {
+                    __m512i P = _mm512_setzero_si512(), P2 = _mm512_setzero_si512(); /* two chains (exact) */
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) {
+                        P = _mm512_dpbusd_epi32(P, U[q], _mm512_set1_epi32(*(const i32u *)(x + 4 * q)));
+                        P2 = _mm512_dpbusd_epi32(P2, U[q + 1], _mm512_set1_epi32(*(const i32u *)(x + 4 * q + 4)));
+                    }
+                    P = _mm512_add_epi32(P, P2);
+                    const __m512i D = _mm512_sub_epi32(P, _mm512_set1_epi32(w->bias * X[j]));
+                    if (fsc) {
+                        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), s2[j]);
+                        tf = j ? _mm512_add_ps(tf, v) : v;
+                        S = _mm512_add_epi32(S, D);
+                    } else {
+                        S = _mm512_add_epi32(S, has_sc ? _mm512_mullo_epi32(sc[j], D) : D);
+                        if (offk) {
+                            const __m512i xj = _mm512_set1_epi32(X[j]);
+                            M = _mm512_add_epi32(M, has_mn ? _mm512_mullo_epi32(mn[j], xj) : xj);
+                        }
+                    }
+                }
+                if (c->dots) {
+                    int32_t tmp[TR];
+                    _mm512_storeu_si512(tmp, S);
+                    store_dots(c, mi, t, b, tmp);
+                }
+                __m512 v = tf;
+                if (!fsc) {
+                    v = _mm512_mul_ps(_mm512_cvtepi32_ps(S), d);
+                    if (offk) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(M), o));
+                }
+                acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(v, _mm512_set1_ps(c->A[mi * nb + b])));
+            }
+        }
+        float out[HC_CIM_M_CHUNK * TR];
+        for (int64_t i = 0; i < mc; i++) {
+            __m512 a = acc[i];
+            if (w->tensor_scale != 1.0f) a = _mm512_mul_ps(a, _mm512_set1_ps(w->tensor_scale));
+            _mm512_storeu_ps(out + i * TR, a);
+        }
+        store_rows(c, t, m0, mc, out);
+    }
+    if (xs != xs_stack) free(xs);
+}
+
+/* the slot width and sub-blocks per tile as compile-time constants (the quad loops unroll, U stays in registers) */
+static VNNI_TARGET void tiles_blk_vnni(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    BLK_DISPATCH(tiles_blk_vnni_t)
 }
 
 #endif /* HC_X86 */
@@ -1005,7 +1201,7 @@ DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a
 DEFINE_PATH(hc_gemm_blk_serial, 0, 0, 0, HC_ISA_SCALAR, tiles_blk_serial)
 DEFINE_PATH(hc_gemm_blk_avx2, 0, 0, 0, HC_ISA_AVX2, X86_FN(tiles_blk_avx2))
 DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avx2))
-DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_vnni))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {

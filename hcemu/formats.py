@@ -333,8 +333,9 @@ Q2K, Q3K, Q4K, Q5K, Q6K = (WeightFormat.of_kind(k) for k in ("q2_k", "q3_k", "q4
 MXFP4, NVFP4 = WeightFormat.of_kind("mxfp4"), WeightFormat.of_kind("nvfp4")
 BLOCK32 = ActFormat("block", 32)
 MIX_SENSITIVE = ("attn_v", "ffn_down")
-"""The projections a 3-bit/6-bit mix keeps at 6 bits (llama.cpp's Q3_K_M choice; docs/formats.md
-gives the measured per-projection sensitivity on SmolLM2 that backs it)."""
+"""The projections a 3-bit/6-bit mix keeps at 6 bits: llama.cpp's Q3_K_M choice (attn_v and ffn_down
+carry the largest quantization error into the residual stream). Adopted, not re-measured here:
+SmolLM2's 576-wide projections fall back to Q4_0 under Q3_K, so only its ffn_down is 3-bit."""
 
 register_plan(Plan("q6k", Q6K, Q6K, Q6K, BLOCK32, "int8",
                    "GGUF Q6_K (6.5625 bits per weight) for every matrix, embedding and head; Q8_0 where a row "

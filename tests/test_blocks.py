@@ -234,6 +234,11 @@ def test_gguf_plan_imports_every_tensor_exactly(kq_gguf, tmp_path):
         assert t["format"] == B.kind_of(KQ_TYPES[kind]).name
         np.testing.assert_array_equal(dequantize(img.matrix(t["name"])), stored[t["name"]])
     assert img.plan.format_for("attn_q", "blk.1.attn_q.weight").kind == "q3_k"
+    from hcemu.commands.inspect import describe
+
+    rows = {t["name"]: t for t in describe(img)["report"]["tensors"]}
+    assert rows["blk.0.ffn_gate.weight"]["format"] == "mxfp4" and rows["blk.0.ffn_gate.weight"]["exact"]
+    assert rows["blk.0.attn_k.weight"]["bits_per_weight"] == 2.625
 
 
 @pytest.mark.parametrize("plan", ["gguf", "q3k-mix", "nvfp4"])
@@ -266,3 +271,26 @@ def test_block_plans_run_on_the_chip(kq_gguf, tmp_path, plan):
     assert rom_bits_for_model(img.spec, img.plan) == img.rom_bits
     err = np.abs(outs[0] - want).max() / np.abs(want).max()
     assert err < (0.05 if plan == "gguf" else 0.6), err  # this random model: int8 0.035, int4 0.23
+
+
+def test_corrupt_block_in_a_file_is_a_compile_time_error(kq_gguf, tmp_path):
+    """A bit flip that makes a Q4_K super-scale NaN: the compiler names the tensor and leaves no image."""
+    import os
+    import shutil
+
+    import gguf
+
+    from hcemu.model.gguf_source import GGUFSource
+    from hcemu.rom.image import compile_model
+
+    path, _ = kq_gguf
+    bad = tmp_path / "bad.gguf"
+    shutil.copy(path, bad)
+    t = next(t for t in gguf.GGUFReader(str(bad)).tensors if t.name == "blk.1.attn_output.weight")
+    with open(bad, "r+b") as f:
+        f.seek(int(t.data_offset) + 144 * 3)  # K = 256: row 3, its fp16 d
+        f.write(bytes([0x00, 0x7E]))
+    with GGUFSource(bad) as src, pytest.raises(B.CorruptBlockError, match=r"blk\.1\.attn_output\.weight.*row 3, "
+                                                                            r"weights 0\.\.255.*nan"):
+        compile_model(src, "gguf", tmp_path / "x.hcrom", progress=False)
+    assert not os.path.exists(tmp_path / "x.hcrom")
