@@ -58,6 +58,7 @@ cdef class CimWeights:
     cdef readonly object fmt
     cdef readonly int64_t n, k, tile_k, n_row_tiles, n_blocks
     cdef readonly int64_t macs, code_bits, meta_bits, tiles
+    cdef int64_t _nbytes
     cdef int mac_field
 
     def __init__(self, pw):
@@ -71,6 +72,8 @@ cdef class CimWeights:
                              f"got {getattr(codes, 'dtype', type(codes))} {getattr(codes, 'shape', '')}")
         if not codes.flags.c_contiguous:
             raise ValueError("codes must be C-contiguous")
+        self._nbytes = sum(a.nbytes for a in (codes, pw.scales, pw.offsets, getattr(pw, "subscales", None),
+                                              getattr(pw, "submins", None)) if a is not None)
         if fmt.block is not None:
             self._init_block(pw, nt, nb, tb)
             return
@@ -184,8 +187,10 @@ cdef class CimWeights:
 
     @property
     def nbytes(self):
-        """Bytes one product streams: codes, scales and offsets."""
-        return (self.code_bits + self.meta_bits) // 8
+        """Bytes one product streams: codes, scales and offsets as the host holds them (block formats:
+        codes in their 4-/8-bit slots and every scale array; the ROM counts are ``code_bits`` /
+        ``meta_bits``)."""
+        return self._nbytes
 
     def __repr__(self):
         return f"CimWeights({self.fmt.name}, n={self.n}, k={self.k})"

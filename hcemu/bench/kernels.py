@@ -67,7 +67,10 @@ def filler(shape, seed: int = 0) -> np.ndarray:
 
 
 def synthetic_weights(fmt: WeightFormat, n: int, k: int, seed: int = 0) -> PackedWeights:
-    """A PackedWeights of random codes (any byte is a valid code in every format) and fp16 scales."""
+    """A PackedWeights of random codes (any byte is a valid code in every format) and fp16 scales;
+    block formats: random codes in their range, sub-scales, sub-mins and scale bytes."""
+    if fmt.block is not None:
+        return _synthetic_block(fmt, n, k, seed)
     nt, nb = layout_shape(fmt, n, k)
     codes = filler((nt, nb, tile_bytes(fmt)), seed)
     meta = (nt, 16) if fmt.per_channel else (nt, nb, 16)
@@ -75,6 +78,32 @@ def synthetic_weights(fmt: WeightFormat, n: int, k: int, seed: int = 0) -> Packe
     scales = (rng.random(meta, dtype=np.float32) * 0.01).astype(np.float16)
     offsets = (rng.random(meta, dtype=np.float32) * -0.1).astype(np.float16) if fmt.asymmetric else None
     return PackedWeights(fmt, n, k, codes, scales, offsets)
+
+
+def _synthetic_block(fmt: WeightFormat, n: int, k: int, seed: int) -> PackedWeights:
+    bk = fmt.block
+    nt, nb = layout_shape(fmt, n, k)
+    codes = filler((nt, nb, tile_bytes(fmt)), seed)
+    lim = (1 << bk.code_bits) - 1
+    codes &= np.uint8(lim if fmt.bits == 8 else lim | (lim << 4))  # codes in range, every slot
+    rng = np.random.default_rng(seed)
+    nsub = k // bk.sub_k
+
+    def units(u, dtype, lo, hi):
+        return rng.integers(lo, hi, (nt, u, 16)).astype(dtype)
+
+    if bk.scale == "f16":
+        scales = (rng.random((nt, k // bk.super_k, 16), dtype=np.float32) * 0.01).astype(np.float16)
+    else:
+        scales = units(k // 32 if bk.scale == "e8m0" else nsub, np.uint8, 100 if bk.scale == "e8m0" else 1,
+                       130 if bk.scale == "e8m0" else 0x7F)
+    offsets = None
+    if bk.offset != "none":
+        offsets = (rng.random((nt, k // (bk.super_k if bk.offset == "dmin" else 32), 16), dtype=np.float32)
+                   * 0.01).astype(np.float16)
+    sub = units(nsub, np.int8, -32, 32) if bk.has_subscales else None
+    mins = units(nsub, np.uint8, 0, 16) if bk.has_submins else None
+    return PackedWeights(fmt, n, k, codes, scales, offsets, sub, mins)
 
 
 @dataclass(frozen=True)
