@@ -78,7 +78,7 @@ def write_tiny_gguf(path, spec: ModelSpec = TINY_SPEC, types: dict | None = None
             qt = gguf.GGMLQuantizationType[ty]
             if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "NVFP4"):  # gguf has no quantizer for these
                 from hcemu.rom import blocks
-                q = blocks.encode(blocks.quantize(arr, ty), ty)
+                q = blocks.encode(blocks.quantize(arr, ty, tensor_scale=1.0 if ty == "NVFP4" else None), ty)
             elif ty == "IQ4_NL":  # a type hcemu does not read (for the error tests): valid zero blocks
                 q = np.zeros((arr.shape[0], arr.shape[1] // 32 * 18), np.uint8)
             else:

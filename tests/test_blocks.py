@@ -294,3 +294,27 @@ def test_corrupt_block_in_a_file_is_a_compile_time_error(kq_gguf, tmp_path):
                                                                             r"weights 0\.\.255.*nan"):
         compile_model(src, "gguf", tmp_path / "x.hcrom", progress=False)
     assert not os.path.exists(tmp_path / "x.hcrom")
+
+
+@pytest.mark.parametrize("ggml_type", ["Q4_K", "Q3_K", "Q6_K", "MXFP4", "NVFP4", "Q5_1"])
+def test_requantized_gguf_imports_losslessly(tmp_path, ggml_type):
+    """requantize_gguf writes a valid GGUF (metadata kept) whose matrices the gguf plan imports exactly;
+    rows that are not a multiple of the super-block fall back as llama.cpp does."""
+    from model_helpers import TINY_SPEC, write_tiny_gguf
+
+    from hcemu.model.gguf_source import GGUFSource
+    from hcemu.rom.image import compile_model
+    from hcemu.rom.requantize import requantize_gguf, type_for
+
+    src = tmp_path / "f32.gguf"
+    write_tiny_gguf(src, spec=KQ_SPEC, types={}, tokenizer=True)
+    out = tmp_path / "q.gguf"
+    written = requantize_gguf(src, out, ggml_type)
+    assert set(written.values()) == {ggml_type, "F32"}
+    with GGUFSource(src) as a, GGUFSource(out) as b:
+        assert a.spec == b.spec.__class__(**{**b.spec.__dict__, "source": a.spec.source})
+        assert b.metadata["tokenizer.ggml.tokens"] == a.metadata["tokenizer.ggml.tokens"]
+        rep = compile_model(b, "gguf", tmp_path / "q.hcrom", progress=False)
+    assert all(t["exact"] and t["method"] == "import" for t in rep.tensors)
+    assert type_for("Q4_K", TINY_SPEC.d_model) == "Q5_0" and type_for("Q6_K", 576) == "Q8_0"
+    assert type_for("Q3_K", 576) == "Q4_0" and type_for("MXFP4", 576) == "MXFP4"
