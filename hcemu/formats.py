@@ -343,14 +343,13 @@ register_plan(Plan("q6k", Q6K, Q6K, Q6K, BLOCK32, "int8",
 register_plan(Plan("q4k", Q4K, Q6K, Q6K, BLOCK32, "int8",
                    "GGUF Q4_K (4.5 bits per weight) for the projections, Q6_K embedding and head (Q5_0 / Q8_0 "
                    "where a row is not a multiple of 256); int8 activations per block of 32, int8 KV"))
-register_plan(Plan("q3k-mix", Q3K, Q6K, Q6K, BLOCK32, "int8",
-                   "3-bit base + 6-bit for the sensitive tensors: GGUF Q3_K (3.4375 bits per weight) for "
-                   "attn_q/k/output and ffn_gate/up, Q6_K (6.5625) for attn_v, ffn_down, embedding and head "
-                   "(Q4_0 / Q8_0 where a row is not a multiple of 256); int8 activations per block of 32, int8 KV",
-                   overrides=tuple((m, Q6K) for m in MIX_SENSITIVE)))
-register_plan(Plan("hc1", Q3K, Q6K, Q6K, BLOCK32, "int8",
-                   "HC1-like 3-bit/6-bit mix (\"custom 3-bit base + 6-bit parameters\"): plan q3k-mix",
-                   overrides=tuple((m, Q6K) for m in MIX_SENSITIVE)))
+_MIX = register_plan(Plan("q3k-mix", Q3K, Q6K, Q6K, BLOCK32, "int8",
+                          "3-bit base + 6-bit for the sensitive tensors: GGUF Q3_K (3.4375 bits per weight) for "
+                          "attn_q/k/output and ffn_gate/up, Q6_K (6.5625) for attn_v, ffn_down, embedding and head "
+                          "(Q4_0 / Q8_0 where a row is not a multiple of 256); int8 activations per block of 32, "
+                          "int8 KV", overrides=tuple((m, Q6K) for m in MIX_SENSITIVE)))
+register_plan(replace(_MIX, name="hc1", description="HC1-like 3-bit/6-bit mix (\"custom 3-bit base + 6-bit "
+                                                    "parameters\"): plan q3k-mix"))
 register_plan(Plan("mxfp4", MXFP4, INT8_G32, INT8_G32, BLOCK32, "int8",
                    "MXFP4 (e2m1 codes, e8m0 scale per 32: 4.25 bits per weight) for the projections, int8 "
                    "embedding and head, int8 activations per block of 32, int8 KV"))
