@@ -220,6 +220,28 @@ def test_system_errors_and_rollback(smollm2, monkeypatch):
     assert np.array_equal(system.decode(3).logits, chip.decode(3).logits)
 
 
+def test_counted_events_price_as_the_shapes(smollm2):
+    """The system's counted events and link events equal the analytical ones, and price the same."""
+    from hcemu.perf.analytic import decode_positions, events_from_shapes
+    from hcemu.perf.system import SystemModel, link_events_from_shapes
+    from hcemu.rom.manifest import load_manifest
+
+    _, systems = smollm2
+    manifest = load_manifest(systems["3"])
+    system = _system(systems["3"], "int8")
+    gen = system.generate(PROMPT[:30], 8)
+    spec, plan = system.spec, system.plan
+    assert gen.decode_steps == 7
+    assert gen.prefill_link_events == link_events_from_shapes(spec, 2, "int8", 30)
+    assert gen.decode_link_events == link_events_from_shapes(spec, 2, "int8", 7)
+    assert gen.prefill_events == events_from_shapes(spec, plan, 30, 0)
+    assert gen.decode_events == events_from_shapes(spec, plan, positions=decode_positions(30, 8))
+    sm = SystemModel("hc1", "ucie-2d", "int8")
+    counted = sm.price(spec, plan, manifest.partition, 30, 8, gen.prefill_events, gen.decode_events,
+                       gen.decode_link_events)
+    assert counted == sm.evaluate(spec, plan, manifest.partition, 30, 8)
+
+
 def test_eval_command_on_a_system(smollm2, smollm2_gguf, capsys):
     import json
 

@@ -86,6 +86,11 @@ class SystemManifest:
     def path(self) -> str:
         return os.path.join(self.folder, MANIFEST_NAME)
 
+    @property
+    def partition(self) -> Partition:
+        """The :class:`~hcemu.rom.partition.Partition` the manifest describes."""
+        return Partition(self.spec, self.plan, self.geometry, tuple(e.die for e in self.dies), self.balance)
+
     def image_paths(self) -> list[str]:
         return [os.path.join(self.folder, d.image) for d in self.dies]
 
