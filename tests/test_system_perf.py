@@ -212,3 +212,33 @@ def test_compare_command_options(capsys):
                      (["--link-format", "fp8"], "unknown link format")):
         assert main(["compare", "--model", "llama-3.1-70b", "--no-host", *bad]) == 1
         assert msg in capsys.readouterr().err
+
+
+def test_system_sweep_and_plot(tmp_path):
+    from hcemu.perf.system import system_sweep
+
+    sw = system_sweep(L70, HC1_PLAN, dies=(1, 4, 10, 40, 81), bandwidths_gb_s=(4.0, 63.0, 1024.0))
+    assert list(sw["n_dies"]) == [1, 4, 10, 40]            # 81 > 80 layers is dropped
+    assert sw["per_user_tok_s"].shape == (4, 3)
+    # more hops cost per-user speed, faster links win it back; one die has no hop
+    assert np.all(np.diff(sw["per_user_tok_s"], axis=0) < 0)
+    assert np.all(np.diff(sw["per_user_tok_s"][1:], axis=1) > 0)
+    assert np.ptp(sw["per_user_tok_s"][0]) == 0
+    assert np.all(np.diff(sw["die_rom_gbit"]) < 0) and np.all(np.diff(sw["largest_die_mm2"]) < 0)
+    assert np.isnan(sw["cost_cents_per_mtok"][0]).all()      # one 70B die serves no user (power)
+    assert np.all(sw["cost_cents_per_mtok"][1:] > 0)
+    with pytest.raises(ValueError):
+        system_sweep(L70, HC1_PLAN, dies=(100,))
+    pytest.importorskip("matplotlib")
+    from hcemu.perf.plots import plot_system_sweep
+
+    out = plot_system_sweep(tmp_path / "sweep.png", L70, sweep=sw)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000 and out.endswith("sweep.png")
+
+
+def test_compare_plot_for_a_multi_die_model(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    stem = tmp_path / "c70.png"
+    assert main(["compare", "--model", "llama-3.1-70b", "--no-host", "--plot", str(stem)]) == 0
+    assert (tmp_path / "c70.png").exists() and (tmp_path / "c70-system.png").exists()
+    assert not (tmp_path / "c70-cost.png").exists()

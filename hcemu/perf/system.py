@@ -275,3 +275,45 @@ class SystemModel:
         en = cm.energy_usd_per_hour(result.power_w)
         return CostResult(f"{result.chip} x{result.n_dies}", hw + nre + en, hw, nre, en, result.aggregate_tok_s,
                           float(cm.cents_per_mtok(hw + nre + en, result.aggregate_tok_s)))
+
+
+SWEEP_DIES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 27, 40, 80)
+SWEEP_BANDWIDTHS_GB_S = (4.0, 16.0, 63.0, 256.0, 1024.0)
+
+
+def system_sweep(spec: ModelSpec, plan, *, dies=SWEEP_DIES, bandwidths_gb_s=SWEEP_BANDWIDTHS_GB_S, chip="hc1",
+                 link: LinkSpec | str = DEFAULT_LINK, link_format="fp32", n_prompt: int = 1024,
+                 n_generated: int = 1024, cost="default", kv_sram_bytes_per_die: int | None = None) -> dict:
+    """Figures of ``spec`` split over each die count in ``dies`` (balanced by ROM bits; counts above
+    ``n_layers`` are dropped) with ``link``'s latency and energy at each bandwidth.
+
+    Returns ``{"n_dies": (D,), "die_rom_gbit": (D,) largest die's ROM, "largest_die_mm2": (D,),
+    "bandwidth_gb_s": (B,)}`` and, as (D, B) float arrays, ``per_user_tok_s``, ``aggregate_tok_s``,
+    ``users``, ``cost_cents_per_mtok`` (NaN where no user fits), ``power_w``, ``area_mm2``.
+    """
+    link = get_link(link)
+    counts = [int(n) for n in dies if 1 <= int(n) <= spec.n_layers]
+    bws = [float(b) for b in bandwidths_gb_s]
+    if not counts or not bws or min(bws) <= 0:
+        raise ValueError(f"need die counts within 1..{spec.n_layers} and bandwidths > 0")
+    shape = (len(counts), len(bws))
+    out = {k: np.full(shape, np.nan) for k in ("per_user_tok_s", "aggregate_tok_s", "users", "cost_cents_per_mtok",
+                                                "power_w", "area_mm2")}
+    rom, largest = [], []
+    for i, n in enumerate(counts):
+        part = partition_model(spec, plan, n)
+        rom.append(max(b.total for b in part.die_rom_bits()) / 1e9)
+        for j, bw in enumerate(bws):
+            sm = SystemModel(chip, link.replace(bandwidth_gb_s=bw), link_format, kv_sram_bytes_per_die)
+            r = sm.evaluate(spec, plan, part, n_prompt, n_generated)
+            out["per_user_tok_s"][i, j] = r.per_user_tok_s
+            out["aggregate_tok_s"][i, j] = r.aggregate_tok_s
+            out["users"][i, j] = r.users
+            out["power_w"][i, j] = r.power_w
+            out["area_mm2"][i, j] = r.area_mm2
+            if r.users:
+                out["cost_cents_per_mtok"][i, j] = sm.cost(r, cost).cents_per_mtok
+        largest.append(r.largest_die_mm2)
+    out.update(n_dies=np.array(counts), die_rom_gbit=np.array(rom), largest_die_mm2=np.array(largest),
+               bandwidth_gb_s=np.array(bws))
+    return out
