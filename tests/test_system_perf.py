@@ -14,11 +14,11 @@ from hcemu.model.spec import get_preset
 from hcemu.perf.area import area_breakdown, chip_area_breakdown
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
-from hcemu.perf.links import LINK_PRESETS, TP_PRESETS, LinkSpec, get_link, get_tp
+from hcemu.perf.links import LINK_PRESETS, TP_PRESETS, LinkSpec, get_link, get_tp, link_sources
 from hcemu.perf.multigpu import TensorParallelGpuModel, cheapest_tensor_parallel, tensor_parallel_degree
 from hcemu.perf.silicon import SiliconModel
 from hcemu.perf.sizing import size_for_model
-from hcemu.perf.specs import HC1_PLAN, sources
+from hcemu.perf.specs import HC1_PLAN
 from hcemu.perf.system import (RETICLE_MM2, SystemModel, link_events_from_shapes, reference_die_rom_bits)
 from hcemu.report import ROW_KEYS, compare_rows
 from hcemu.rom import rom_bits_for_model
@@ -30,12 +30,13 @@ SMOL = get_preset("smollm2-135m")
 
 
 @pytest.mark.parametrize("name", sorted(LINK_PRESETS) + sorted(TP_PRESETS))
-def test_every_link_field_has_a_source(name):
-    src = sources(name)
+def test_every_link_field_has_a_source_that_is_not_calibrated(name):
+    src = link_sources(name)
     spec = {**LINK_PRESETS, **TP_PRESETS}[name]
-    for f in dataclasses.fields(spec):
-        if f.name != "name":
-            assert src.get(f.name, "").strip(), f"{name}.{f.name} has no source"
+    assert set(src) == {f.name for f in dataclasses.fields(spec)} - {"name"}
+    assert all(s.kind in ("derived", "assumed") and s.text.strip() for s in src.values())
+    with pytest.raises(ValueError, match="unknown link preset"):
+        link_sources("smoke-signals")
 
 
 def test_link_arithmetic_and_validation():

@@ -7,8 +7,9 @@ style) and of every user's KV cache (KV heads split); one decode step of a batch
     t = max((W / tp + B (row + keys KV / tp)) / (BW eta_mem), B FLOP(keys) / tp / (peak eta_compute))
         + launches + allreduces_per_layer x n_layers x allreduce(B x d_model x dtype bytes)
 
-with the roofline terms of :class:`hcemu.perf.gpu.GpuModel` (its :class:`~hcemu.perf.gpu.GpuWork`) and
-the all-reduce of :class:`hcemu.perf.links.TensorParallelSpec`. Power and price are ``tp`` GPUs'.
+with the roofline coefficients of :meth:`hcemu.perf.gpu.GpuModel.step_coefficients` (the weight, KV and
+FLOP terms divided by ``tp``, the embedding row and the launches not) and the all-reduce of
+:class:`hcemu.perf.links.TensorParallelSpec`. Power and price are ``tp`` GPUs'.
 """
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ class TensorParallelGpuModel(GpuModel):
     """:class:`GpuModel` over ``tp`` GPUs joined by NVLink (``interconnect``: a
     :class:`TensorParallelSpec` or preset name; default the GPU's in :data:`GPU_TP_PRESET`)."""
 
-    def __init__(self, gpu: GpuSpec | str = "b200", tp: int = 2, interconnect: TensorParallelSpec | str | None = None):
-        super().__init__(gpu)
+    def __init__(self, gpu: GpuSpec | str = "b200", tp: int = 2, interconnect: TensorParallelSpec | str | None = None,
+                 engine=None):
+        super().__init__(gpu, engine)
         if isinstance(tp, bool) or int(tp) != tp or tp < 1:
             raise ValueError(f"tp must be a positive integer, got {tp!r}")
         self.tp = int(tp)
-        self.interconnect = get_tp(interconnect or GPU_TP_PRESET.get(self.gpu.name, "nvlink4-tp"))
+        base = self.gpu.name.split("-")[0]   # a deployment variant ("b200-fp8") keeps its board's NVLink
+        self.interconnect = get_tp(interconnect or GPU_TP_PRESET.get(base, "nvlink4-tp"))
 
     def weight_bytes(self, spec: ModelSpec) -> float:
         """Weight bytes one GPU reads per decode step (its 1 / tp share)."""
@@ -50,16 +53,15 @@ class TensorParallelGpuModel(GpuModel):
         return ic.allreduces_per_layer * spec.n_layers * np.vectorize(lambda b: ic.allreduce_s(self.tp, b))(nbytes)
 
     def step_seconds(self, spec: ModelSpec, batch, keys) -> np.ndarray:
-        g, w, tp = self.gpu, GpuWork.of(spec, self.gpu), self.tp
+        """Seconds of one decode step of ``batch`` users at ``keys`` keys on each of the ``tp`` GPUs."""
         batch = np.asarray(batch, dtype=np.float64)
         keys = np.asarray(keys, dtype=np.float64)
         if np.any(batch < 1):
             raise ValueError(f"batch must be >= 1, got {batch.min()}")
-        mem = (w.weight_bytes / tp + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key / tp)) / (
-            g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency)
-        comp = batch * (w.flops + keys * w.flops_per_key) / tp / (g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency)
-        launches = (g.kernels_per_layer * spec.n_layers + g.kernels_head) * g.kernel_launch_us * 1e-6
-        return np.maximum(mem, comp) + launches + self.allreduce_seconds(spec, batch)
+        c, tp = self.step_coefficients(spec), self.tp
+        mem = c.mem_s / tp + batch * c.mem_s_per_token + batch * keys * c.mem_s_per_kv_key / tp
+        comp = batch * (c.comp_s_per_token + keys * c.comp_s_per_attn_key) / tp
+        return np.maximum(mem, comp) + c.launch_s + self.allreduce_seconds(spec, batch)
 
     def max_batch(self, spec: ModelSpec, context: int) -> int:
         """Users whose KV share at ``context`` tokens fits beside the weight share in each GPU."""

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hcemu.events import Events, LinkEvents
-from hcemu.formats import get_link_format
+from hcemu.formats import get_link_format, kv_bytes_per_token_layer
 from hcemu.model.spec import ModelSpec, get_preset
-from hcemu.perf.analytic import decode_positions, events_from_shapes, kv_bytes_per_token
+from hcemu.perf.analytic import decode_positions, events_from_shapes
 from hcemu.perf.area import area_breakdown, chip_area_breakdown, head_lane_scale
 from hcemu.perf.cost import HOURS_PER_YEAR, CostModel, CostResult
 from hcemu.perf.links import LinkSpec, get_link
@@ -201,7 +201,7 @@ class SystemModel:
         slowest = max(slow_region, slow_hop)
         stage = "link serialization" if slow_hop > slow_region else "a die region"
         context = n_prompt + n_generated - 1
-        kv_layer_token = kv_bytes_per_token(spec, plan) // L
+        kv_layer_token = kv_bytes_per_token_layer(spec.n_kv_heads, spec.head_dim, plan.kv)
         hscale = head_lane_scale(spec, plan, chip)
         whole_tr = chip_area_breakdown(chip, spec, plan).transistors
         link_power_each = self.link.power_w
