@@ -11,9 +11,10 @@ Every counter is an exact integer. Field meanings (all per region, summed over t
 
 =========================  ======================================================================
 tokens                     token passes through the region (prefill and decode tokens alike)
-macs_w8, macs_w4           compute-in-memory multiply-accumulates with int8 activations, by weight bits
+macs_w8, macs_w4           compute-in-memory multiply-accumulates with int8 activations, by weight code
+                           width (codes of up to 4 bits on the 4-bit lanes: :func:`mac_field`)
 rom_code_bits              bits of weight codes read from ROM (padding included: the silicon reads it)
-rom_meta_bits              bits of fp16 scales and offsets read from ROM
+rom_meta_bits              bits of scales and offsets read from ROM (block formats: every level)
 rom_tiles                  ROM tile reads (one tile = 16 rows x tile_k inputs, read once per pass)
 sram_kv_bytes_read         KV-cache bytes streamed from SRAM by attention (values and scales)
 sram_kv_bytes_written      KV-cache bytes appended to SRAM
