@@ -98,7 +98,7 @@ def test_area_breakdown_equations():
     with pytest.raises(ValueError, match="rom_bits"):
         area_breakdown(chip, rom_bits=-1, sram_bytes=0, n_layers=1)
     with pytest.raises(ValueError, match="head_lane_scale"):
-        area_breakdown(chip, rom_bits=1, sram_bytes=0, n_layers=1, head_lane_scale=0)
+        area_breakdown(chip, rom_bits=1, sram_bytes=0, n_layers=1, head_lane_scale=-1.0)   # 0: a die without the head
 
 
 def test_density_parameters_have_one_home():
