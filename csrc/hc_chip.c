@@ -1,11 +1,13 @@
 /*
- * hc_chip.c — the transformer layers of a Llama-family decoder as one compiled pass.
+ * hc_chip.c — the transformer layers of a decoder as one compiled pass.
  *
  * Runs, for t tokens at positions [start, start+t), every layer's dataflow through the same kernels
  * and in the same order as the interpreted chip (hcemu/chip/chip.py, Chip._layers_interpreted):
- *   h = rmsnorm(x); (q8, s) = quantize(h); q|k|v = CIM(q8, s); rope(q), rope(k); store k, v in
- *   the SRAM KV cache; a = attention(q); x += CIM_linear(a); h = rmsnorm(x); (q8, s) = quantize(h);
- *   g|u = CIM(q8, s); g = silu(g) * u; x += CIM_linear(g).
+ *   h = rmsnorm(x); (q8, s) = quantize(h); q|k|v = CIM(q8, s) [+ biases] [q, k = rmsnorm(q), rmsnorm(k)];
+ *   rope(q), rope(k); store k, v in the SRAM KV cache; a = attention(q); o = CIM_linear(a)
+ *   [o = rmsnorm(o)]; x += o; h = rmsnorm(x); (q8, s) = quantize(h); g|u = CIM(q8, s);
+ *   g = act(g) * u; o = CIM_linear(g) [o = rmsnorm(o)]; x += o.
+ * (bracketed steps: the block kinds a layer has, docs/chip.md "Block kinds").
  * Each operation is one call of the kernel the interpreted path calls, so values are bit-identical
  * to it.  What this adds is only that no Python runs between the kernels (at decode a SmolLM2 step is
  * about 450 kernel calls, and the interpreter between them cost 15-20% of the step).
@@ -61,7 +63,11 @@ int hc_decoder_check(const hc_decoder *m) {
             return HC_EINVAL;
         if (m->kv_int8 ? (!L->k_codes || !L->v_codes || !L->k_scales || !L->v_scales) : (!L->k16 || !L->v16))
             return HC_EINVAL;
+        if ((!L->bq) != (!L->bk) || (!L->bq) != (!L->bv) || (!L->q_norm) != (!L->k_norm) ||
+            (!L->rope_cos) != (!L->rope_sin) || L->window < 0)
+            return HC_EINVAL;
     }
+    if (!(m->attn_scale >= 0.0f) || !(m->attn_softcap >= 0.0f)) return HC_EINVAL;
     return HC_OK;
 }
 
@@ -102,11 +108,13 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
           *vs = ks + t * kvd, *att = vs + t * kvd, *o = att + t * qd, *gu = o + t * d, *gs = gu + t * 2 * f,
           *us = gs + t * f, *sc = us + t * f;
     int8_t *q8 = (int8_t *)(sc + t * d);
-    const float *cos_t = m->rope_cos + start * (hd / 2), *sin_t = m->rope_sin + start * (hd / 2);
     int64_t i = 0;
     for (i = 0; i < m->n_layers; i++) {
         const hc_layer *L = &m->layers[i];
         float *q = qs, *k = ks, *v = vs, *g = gs, *u = us;
+        const float *cos_t = (L->rope_cos ? L->rope_cos : m->rope_cos) + start * (hd / 2),
+                    *sin_t = (L->rope_sin ? L->rope_sin : m->rope_sin) + start * (hd / 2);
+        const hc_attn_opts opts = {m->attn_scale, m->attn_softcap, L->window};
         /* attention block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->attn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
@@ -126,22 +134,34 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wk, q8, sc, t, m->act_group_d, k, n_threads));
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wv, q8, sc, t, m->act_group_d, v, n_threads));
         }
-        TIMED(HC_DEC_ROPE, hc_rope_f32(q, cos_t, sin_t, t, H, hd, q));
-        TIMED(HC_DEC_ROPE, hc_rope_f32(k, cos_t, sin_t, t, Hkv, hd, k));
+        if (L->bq) {
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(q, L->bq, t, qd));
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(k, L->bk, t, kvd));
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(v, L->bv, t, kvd));
+        }
+        if (L->q_norm) {
+            const int64_t rq = m->qk_norm_full ? t : t * H, rk = m->qk_norm_full ? t : t * Hkv;
+            TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(q, L->q_norm, rq, t * qd / rq, m->norm_eps, q));
+            TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(k, L->k_norm, rk, t * kvd / rk, m->norm_eps, k));
+        }
+        TIMED(HC_DEC_ROPE, hc_rope_style_f32(q, cos_t, sin_t, t, H, hd, m->rope_neox, q));
+        TIMED(HC_DEC_ROPE, hc_rope_style_f32(k, cos_t, sin_t, t, Hkv, hd, m->rope_neox, k));
         if (m->kv_int8) {
             TIMED(HC_DEC_KV_STORE, hc_kv_store_i8(k, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->k_codes,
                                                   L->k_scales));
             TIMED(HC_DEC_KV_STORE, hc_kv_store_i8(v, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->v_codes,
                                                   L->v_scales));
-            TIMED(HC_DEC_ATTENTION, hc_attn_i8(q, t, (int)H, (int)Hkv, (int)hd, start, L->k_codes, L->k_scales,
-                                               L->v_codes, L->v_scales, m->kv_capacity, att));
+            TIMED(HC_DEC_ATTENTION, hc_attn_i8_opts(q, t, (int)H, (int)Hkv, (int)hd, start, L->k_codes,
+                                                    L->k_scales, L->v_codes, L->v_scales, m->kv_capacity, &opts,
+                                                    att));
         } else {
             TIMED(HC_DEC_KV_STORE, hc_kv_store_f16(k, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->k16));
             TIMED(HC_DEC_KV_STORE, hc_kv_store_f16(v, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->v16));
-            TIMED(HC_DEC_ATTENTION, hc_attn_f16(q, t, (int)H, (int)Hkv, (int)hd, start, L->k16, L->v16,
-                                                m->kv_capacity, att));
+            TIMED(HC_DEC_ATTENTION, hc_attn_f16_opts(q, t, (int)H, (int)Hkv, (int)hd, start, L->k16, L->v16,
+                                                     m->kv_capacity, &opts, att));
         }
         TIMED(HC_DEC_CIM_O, hc_cim_linear(L->wo, att, t, m->act_group_q, o, n_threads));
+        if (L->attn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->attn_post_norm, t, d, m->norm_eps, o));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
         /* feed-forward block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->ffn_norm, t, d, m->norm_eps, h));
@@ -159,8 +179,9 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wg, q8, sc, t, m->act_group_d, g, n_threads));
             TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wu, q8, sc, t, m->act_group_d, u, n_threads));
         }
-        TIMED(HC_DEC_SILU_MUL, hc_silu_mul_f32(g, u, t * f, g));
+        TIMED(HC_DEC_SILU_MUL, m->ffn_gelu ? hc_gelu_mul_f32(g, u, t * f, g) : hc_silu_mul_f32(g, u, t * f, g));
         TIMED(HC_DEC_CIM_DOWN, hc_cim_linear(L->wd, g, t, m->act_group_f, o, n_threads));
+        if (L->ffn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->ffn_post_norm, t, d, m->norm_eps, o));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
     }
 done:

@@ -42,6 +42,12 @@ void hc_exp_f32_array(const float *x, int64_t n, float *out) {
             float e = hc__exp(-gi);                                                                \
             y[i] = (gi / (1.0f + e)) * u[i];                                                       \
         }                                                                                          \
+    }                                                                                              \
+    ATTR static void gelu_mul_##SUF(const float *g, const float *u, int64_t n, float *y) {         \
+        _Pragma("GCC ivdep") for (int64_t i = 0; i < n; ++i) y[i] = hc__gelu(g[i]) * u[i];         \
+    }                                                                                              \
+    ATTR static void softcap_##SUF(float *x, int64_t n, float cap, float icap) {                   \
+        _Pragma("GCC ivdep") for (int64_t i = 0; i < n; ++i) x[i] = hc__tanh(x[i] * icap) * cap;  \
     }
 
 HC_VEC_KERNELS(scalar, )
@@ -67,8 +73,29 @@ int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float e
 
 int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
                 int64_t hd, float *y) {
+    return hc_rope_style_f32(x, cos_t, sin_t, t, heads, hd, 0, y);
+}
+
+int hc_rope_style_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                      int64_t hd, int neox, float *y) {
     if (t < 0 || heads < 0 || hd <= 0 || hd % 2) return HC_EINVAL;
     const int64_t half = hd / 2;
+    if (neox) { /* pairs (j, j + hd/2) */
+        for (int64_t i = 0; i < t; ++i) {
+            const float *c = cos_t + i * half, *s = sin_t + i * half;
+            for (int64_t h = 0; h < heads; ++h) {
+                const float *xh = x + (i * heads + h) * hd;
+                float *yh = y + (i * heads + h) * hd;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < half; ++j) {
+                    float x0 = xh[j], x1 = xh[j + half];
+                    yh[j] = x0 * c[j] - x1 * s[j];
+                    yh[j + half] = x0 * s[j] + x1 * c[j];
+                }
+            }
+        }
+        return HC_OK;
+    }
     for (int64_t i = 0; i < t; ++i) {
         const float *c = cos_t + i * half, *s = sin_t + i * half;
         for (int64_t h = 0; h < heads; ++h) {
@@ -95,5 +122,35 @@ int hc_add_f32(float *x, const float *y, int64_t n) {
     if (n < 0) return HC_EINVAL;
 #pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) x[i] = x[i] + y[i];
+    return HC_OK;
+}
+
+int hc_gelu_mul_f32(const float *g, const float *u, int64_t n, float *y) {
+    if (n < 0) return HC_EINVAL;
+    HC_VEC_DISPATCH(gelu_mul, g, u, n, y);
+    return HC_OK;
+}
+
+int hc_add_rows_f32(float *x, const float *b, int64_t m, int64_t n) {
+    if (m < 0 || n < 0) return HC_EINVAL;
+    for (int64_t i = 0; i < m; ++i) {
+        float *xi = x + i * n;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) xi[j] = xi[j] + b[j];
+    }
+    return HC_OK;
+}
+
+int hc_scale_f32(float *x, float s, int64_t n) {
+    if (n < 0) return HC_EINVAL;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] * s;
+    return HC_OK;
+}
+
+int hc_softcap_f32(float *x, float cap, int64_t n) {
+    if (n < 0 || !(cap > 0.0f)) return HC_EINVAL;
+    const float icap = 1.0f / cap;
+    HC_VEC_DISPATCH(softcap, x, n, cap, icap);
     return HC_OK;
 }

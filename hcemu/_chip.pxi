@@ -28,6 +28,13 @@ cdef class Decoder:
     float32 (d_model,) norms and PackedWeights (or CimWeights) products; ``wk = wv = None`` when
     ``wq`` holds q, k, v stacked, ``wu = None`` when ``wg`` holds gate, up stacked. ``cos``, ``sin``:
     float32 (kv capacity, head_dim / 2) RoPE tables.
+
+    Block kinds beyond Llama (docs/chip.md): ``extras``, one dict per layer with any of ``bq``, ``bk``,
+    ``bv`` (float32 biases), ``q_norm``, ``k_norm`` (float32 RMSNorm weights of one head, or of the
+    whole q / k with ``qk_norm_full``), ``attn_post_norm``, ``ffn_post_norm`` (float32 (d_model,)),
+    ``rope_cos``, ``rope_sin`` (the layer's own tables), ``window`` (sliding window in keys);
+    ``rope_neox`` (NeoX RoPE pairs), ``ffn_gelu`` (GeGLU), ``attn_scale`` (0: 1/sqrt(head_dim)),
+    ``attn_softcap`` (0: none).
     """
     cdef hc_decoder d
     cdef hc_layer *layers_
@@ -45,8 +52,12 @@ cdef class Decoder:
 
     def __init__(self, KVStore store, layers, *, Py_ssize_t d_model, Py_ssize_t n_heads, Py_ssize_t d_ff,
                  double norm_eps, Py_ssize_t act_group_d, Py_ssize_t act_group_q, Py_ssize_t act_group_f,
-                 cos, sin):
+                 cos, sin, extras=None, bint rope_neox=False, bint ffn_gelu=False, bint qk_norm_full=False,
+                 double attn_scale=0.0, double attn_softcap=0.0):
         layers = list(layers)
+        extras = [{}] * len(layers) if extras is None else list(extras)
+        if len(extras) != len(layers):
+            raise ValueError(f"Decoder: {len(extras)} extras for {len(layers)} layers")
         cdef Py_ssize_t n = len(layers), hd = store.head_dim, i
         if n != store.n_layers:
             raise ValueError(f"Decoder: {n} layers given, the KV cache has {store.n_layers}")
@@ -87,6 +98,7 @@ cdef class Decoder:
                 L.k16, L.v16 = &store.k16[i, 0, 0, 0], &store.v16[i, 0, 0, 0]
             self.keep.append((lay[0], lay[1]))
             self.products.append([cw_ for cw_ in cws if cw_ is not None])
+            self._set_extras(i, L, dict(extras[i]), d_model, n_heads, hd, store, qk_norm_full)
         self.d.n_layers, self.d.d_model, self.d.n_heads = n, d_model, n_heads
         self.d.n_kv_heads, self.d.head_dim, self.d.d_ff = store.n_kv_heads, hd, d_ff
         self.d.norm_eps = <float>norm_eps
@@ -96,6 +108,10 @@ cdef class Decoder:
         self.d.rope_cos = <const float *>cnp.PyArray_DATA(<cnp.ndarray>cos)
         self.d.rope_sin = <const float *>cnp.PyArray_DATA(<cnp.ndarray>sin)
         self.d.layers = self.layers_
+        self.d.rope_neox, self.d.ffn_gelu, self.d.qk_norm_full = rope_neox, ffn_gelu, qk_norm_full
+        if not (attn_scale >= 0 and attn_softcap >= 0):
+            raise ValueError(f"Decoder: attn_scale {attn_scale} and attn_softcap {attn_softcap} must be >= 0")
+        self.d.attn_scale, self.d.attn_softcap = <float>attn_scale, <float>attn_softcap
         if hc_decoder_check(&self.d) != 0:
             raise ValueError(
                 f"Decoder: inconsistent model description (d_model {d_model}, heads {n_heads}/{store.n_kv_heads}"
@@ -103,6 +119,43 @@ cdef class Decoder:
                 f"shape or group does not fit")
         self.n_layers, self.n_heads, self.head_dim = n, n_heads, hd
         memset(&self.trace, 0, sizeof(hc_decoder_trace))
+
+    cdef int _set_extras(self, Py_ssize_t i, hc_layer *L, dict ex, Py_ssize_t d, Py_ssize_t nh, Py_ssize_t hd,
+                         KVStore store, bint qk_full) except -1:
+        """Point layer i's optional block-kind fields at the arrays of ``ex`` (kept alive here)."""
+        cdef Py_ssize_t qd = nh * hd, kvd = store.n_kv_heads * hd
+        sizes = {"bq": qd, "bk": kvd, "bv": kvd, "q_norm": qd if qk_full else hd, "k_norm": kvd if qk_full else hd,
+                 "attn_post_norm": d, "ffn_post_norm": d}
+        unknown = set(ex) - set(sizes) - {"rope_cos", "rope_sin", "window"}
+        if unknown:
+            raise ValueError(f"Decoder: layer {i} extras {sorted(unknown)} are not block kinds")
+        for key, n in sizes.items():
+            a = ex.get(key)
+            if a is None:
+                continue
+            ptr = _f32_ptr(a, n, f"layer {i} {key}")
+            if key == "bq": L.bq = ptr
+            elif key == "bk": L.bk = ptr
+            elif key == "bv": L.bv = ptr
+            elif key == "q_norm": L.q_norm = ptr
+            elif key == "k_norm": L.k_norm = ptr
+            elif key == "attn_post_norm": L.attn_post_norm = ptr
+            else: L.ffn_post_norm = ptr
+            self.keep.append(a)
+        if ex.get("rope_cos") is not None or ex.get("rope_sin") is not None:
+            for name in ("rope_cos", "rope_sin"):
+                tab = ex.get(name)
+                if not _plain_f32(tab, 2, False) or tab.shape != (store.capacity, hd // 2):
+                    raise ValueError(f"Decoder: layer {i} {name} must be C-contiguous float32 "
+                                     f"{(store.capacity, hd // 2)}, got {getattr(tab, 'dtype', type(tab))} "
+                                     f"{getattr(tab, 'shape', '')}")
+                self.keep.append(tab)
+            L.rope_cos = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ex["rope_cos"])
+            L.rope_sin = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ex["rope_sin"])
+        L.window = int(ex.get("window", 0) or 0)
+        if L.window < 0:
+            raise ValueError(f"Decoder: layer {i} window must be >= 0, got {L.window}")
+        return 0
 
     property profile:
         """When true, every op's seconds and calls accumulate (see :meth:`op_times`)."""
@@ -179,5 +232,6 @@ cdef class Decoder:
                 for cw in self.products[i]:
                     _count_product(row, <CimWeights>cw, t)
                 _count_kv_write(row, t, self.store.bytes_per_token_layer)
-                _count_attention(row, t, start, self.n_heads, self.head_dim, self.store.bytes_per_token_layer)
+                _count_attention(row, t, start, self.n_heads, self.head_dim, self.store.bytes_per_token_layer,
+                                 self.layers_[i].window, self.d.attn_softcap > 0)
         return x

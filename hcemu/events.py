@@ -176,53 +176,87 @@ def product_counts(fmt, n: int, k: int) -> np.ndarray:
     return c
 
 
+GATE_FLOPS = {"silu": 4, "gelu": 13}
+"""Vector-unit flops per element of the gate product ``act(g) * u`` (besides one exp each): SiLU
+``g / (1 + exp(-g)) * u``; GELU's tanh form (docs/numerics.md) 13."""
+SOFTCAP_FLOPS = 6
+"""Flops of one soft-capped value ``tanh(x / c) * c`` (besides its exp)."""
+
+
 def layer_vector_counts(spec) -> np.ndarray:
-    """What one layer pass costs besides its seven products and its attention: the token, the
-    activations quantized for the products (``2d + qd + F``), the position-independent vector work
-    (two RMSNorms, RoPE on q and k, SiLU-gate product, two residual adds) and its rsqrt/exp."""
+    """What one layer pass costs besides its products and its attention: the token, the activations
+    quantized for the products (``2d + qd + F``), the position-independent vector work (two RMSNorms,
+    RoPE on q and k, the gate product, two residual adds) and its rsqrt/exp; plus the block kinds the
+    spec has: Q/K/V biases, Q/K RMSNorms (an rsqrt per head, or per vector), two post-norms."""
     d, qd, f, hd = spec.d_model, spec.q_dim, spec.d_ff, spec.head_dim
+    kvd = spec.n_kv_heads * hd
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["act_quant_elems"]] = 2 * d + qd + f
-    c[FIELD_INDEX["vec_flops"]] = 2 * 4 * d + 3 * (spec.n_heads + spec.n_kv_heads) * hd + 4 * f + 2 * d
-    c[FIELD_INDEX["vec_transcendentals"]] = 2 + f
+    flops = 2 * 4 * d + 3 * (spec.n_heads + spec.n_kv_heads) * hd + GATE_FLOPS[getattr(spec, "ffn_act", "silu")] * f \
+        + 2 * d
+    trans = 2 + f
+    if getattr(spec, "qkv_bias", False):
+        flops += qd + 2 * kvd
+    qk_norm = getattr(spec, "qk_norm", "none")
+    if qk_norm != "none":
+        flops += 4 * (qd + kvd)
+        trans += spec.n_heads + spec.n_kv_heads if qk_norm == "head" else 2
+    if getattr(spec, "post_norms", False):
+        flops += 2 * 4 * d
+        trans += 2
+    c[FIELD_INDEX["vec_flops"]] = flops
+    c[FIELD_INDEX["vec_transcendentals"]] = trans
     return c
 
 
 def head_vector_counts(spec) -> np.ndarray:
     """What one head pass costs besides the output product: the token, its quantized input, the
-    final RMSNorm and its rsqrt."""
+    final RMSNorm and its rsqrt (and, with final soft-capping, a soft-cap per logit)."""
     d = spec.d_model
+    cap = bool(getattr(spec, "final_softcap", 0))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["act_quant_elems"]] = d
-    c[FIELD_INDEX["vec_flops"]] = 4 * d
-    c[FIELD_INDEX["vec_transcendentals"]] = 1
+    c[FIELD_INDEX["vec_flops"]] = 4 * d + (SOFTCAP_FLOPS * spec.vocab_size if cap else 0)
+    c[FIELD_INDEX["vec_transcendentals"]] = 1 + (spec.vocab_size if cap else 0)
     return c
 
 
 def embed_counts(spec, fmt) -> np.ndarray:
     """One embedding lookup: one row of the ``vocab x d`` table in format ``fmt`` read from ROM (its share
-    of each of the row's tiles, and its scales), scaled in the vector unit."""
+    of each of the row's tiles, and its scales), scaled in the vector unit (twice with an embedding
+    scale)."""
     _, nb = layout_shape(fmt, *spec.matrix_shape("embedding"))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.bits
     c[FIELD_INDEX["rom_meta_bits"]] = 16 * (1 if fmt.per_channel else nb) * (2 if fmt.asymmetric else 1)
     c[FIELD_INDEX["rom_tiles"]] = nb
-    c[FIELD_INDEX["vec_flops"]] = spec.d_model
+    c[FIELD_INDEX["vec_flops"]] = spec.d_model * (2 if getattr(spec, "embed_scale", 1.0) != 1.0 else 1)
     return c
 
 
 def attention_counts(spec, kv: str) -> tuple[np.ndarray, np.ndarray]:
     """(per pass, per attended key) counts of one layer's attention with a ``kv`` cache: the token's K
     and V appended; then, for every key, its K and V streamed once per KV head (shared by the group),
-    q.k and p.v MACs, and the online softmax (five flops and one exp per head)."""
+    q.k and p.v MACs, and the online softmax (five flops and one exp per head; a soft-capped score
+    adds six flops and a tanh per head). Which keys a pass attends: :func:`attended_keys`."""
     kv_bytes = kv_bytes_per_token_layer(spec.n_kv_heads, spec.head_dim, kv)
+    cap = bool(getattr(spec, "attn_softcap", 0))
     per_pass, per_key = _zeros(), _zeros()
     per_pass[FIELD_INDEX["sram_kv_bytes_written"]] = kv_bytes
     per_key[FIELD_INDEX["sram_kv_bytes_read"]] = kv_bytes
     per_key[FIELD_INDEX["attn_macs"]] = 2 * spec.n_heads * spec.head_dim
-    per_key[FIELD_INDEX["vec_flops"]] = 5 * spec.n_heads
-    per_key[FIELD_INDEX["vec_transcendentals"]] = spec.n_heads
+    per_key[FIELD_INDEX["vec_flops"]] = (11 if cap else 5) * spec.n_heads
+    per_key[FIELD_INDEX["vec_transcendentals"]] = (2 if cap else 1) * spec.n_heads
     return per_pass, per_key
+
+
+def attended_keys(positions, window: int = 0) -> int:
+    """Keys the passes at ``positions`` attend together: ``sum(min(p + 1, window))`` (window 0: ``p + 1``,
+    every earlier key and its own; a sliding-window layer attends the last ``window``)."""
+    keys = np.asarray(positions, dtype=np.int64) + 1
+    if window:
+        keys = np.minimum(keys, window)
+    return int(keys.sum())

@@ -2,9 +2,11 @@
 
 Every weight product goes through the compute-in-memory kernels (:mod:`hcemu.kernels.cim`) reading the
 image's ROM tiles; nothing multiplies float weights. The KV cache lives in an SRAM model
-(:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE, SiLU and
-residual adds in float32. Each step returns the logits and the :class:`~hcemu.events.Events` it spent,
-counted by the rules of ``docs/events.md``.
+(:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE,
+SiLU/GELU, biases, soft-caps and residual adds in float32. The layers are built from the block kinds of
+the model's spec (:meth:`hcemu.model.spec.ModelSpec.block`; docs/chip.md "Block kinds"). Each step
+returns the logits and the :class:`~hcemu.events.Events` it spent, counted by the rules of
+``docs/events.md``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
-from hcemu.model.spec import LAYER_MATRICES
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
@@ -50,6 +51,10 @@ class _Kernels:
     add: object
     attention: object
     kv_append: object
+    gelu_mul: object
+    add_rows: object
+    scale: object
+    softcap: object
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class _Layer:
     wd: object
     wqkv: object      # q, k, v stacked (None: run them apart)
     wgate_up: object  # gate, up stacked (None: run them apart)
+    extras: dict      # block kinds: float32 vectors bq, bk, bv, q_norm, k_norm, attn_post_norm, ffn_post_norm
+    window: int       # sliding window in keys (0: full causal)
+    local_rope: bool  # the layer rotates with the local (sliding-window) RoPE table
 
 
 class Chip:
@@ -111,6 +119,10 @@ class Chip:
         self._output = image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
         self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
+        self._cos_local = self._sin_local = None
+        if any(L.local_rope for L in self._layers):
+            self._cos_local, self._sin_local = (np.ascontiguousarray(a, dtype=np.float32) for a in rope_tables(
+                spec, np.arange(self.kv.capacity_tokens), local=True))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
         self.layers_call_seconds = 0.0  # the compiled layers' calls, wrapper included (profile only)
@@ -124,30 +136,44 @@ class Chip:
                  for L in self._layers],
                 d_model=spec.d_model, n_heads=spec.n_heads, d_ff=spec.d_ff, norm_eps=spec.norm_eps,
                 act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
-                cos=self._cos, sin=self._sin)
+                cos=self._cos, sin=self._sin,
+                extras=[{**L.extras, "window": L.window,
+                         **({"rope_cos": self._cos_local, "rope_sin": self._sin_local} if L.local_rope else {})}
+                        for L in self._layers],
+                rope_neox=spec.rope_style == "neox", ffn_gelu=spec.ffn_act == "gelu",
+                qk_norm_full=spec.qk_norm == "full", attn_scale=spec.attn_scale, attn_softcap=spec.attn_softcap)
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
-            [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
+            [name for i in range(spec.n_layers) for name, _kind, _shape in spec.layer_matrices(i)])
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
 
     # ------------------------------------------------------------------ setup
+    _EXTRA_VECTORS = {"attn_q_bias": "bq", "attn_k_bias": "bk", "attn_v_bias": "bv", "attn_q_norm": "q_norm",
+                      "attn_k_norm": "k_norm", "attn_post_norm": "attn_post_norm", "ffn_post_norm": "ffn_post_norm"}
+
     def _load_layer(self, i: int, fuse: bool) -> _Layer:
-        img = self.image
-        m = {kind: img.matrix(f"blk.{i}.{kind}.weight") for kind in LAYER_MATRICES}
-        norm = lambda kind: np.ascontiguousarray(img.vector(f"blk.{i}.{kind}.weight"), dtype=np.float32)  # noqa: E731
+        img, spec = self.image, self.spec
+        m = {kind: img.matrix(name) for name, kind, _shape in spec.layer_matrices(i)}
+        vec = {kind: np.ascontiguousarray(img.vector(name), dtype=np.float32)
+               for name, kind, _n in spec.layer_vectors(i)}
         qkv = stack_rows([m["attn_q"], m["attn_k"], m["attn_v"]]) if fuse else None
         gate_up = stack_rows([m["ffn_gate"], m["ffn_up"]]) if fuse else None
-        return _Layer(norm("attn_norm"), norm("ffn_norm"), m["attn_q"], m["attn_k"], m["attn_v"],
-                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up)
+        extras = {key: vec[kind] for kind, key in self._EXTRA_VECTORS.items() if kind in vec}
+        blk = spec.block(i)
+        return _Layer(vec["attn_norm"], vec["ffn_norm"], m["attn_q"], m["attn_k"], m["attn_v"],
+                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up, extras,
+                      blk.window, blk.rope == "local")
 
     def _kernels(self, profile: bool) -> _Kernels:
         """The compiled entry points _forward calls; wrapped in timers when profiling."""
         fns = {"quantize": cim.quantize_activations, "matmul": cim.cim_matmul, "linear": cim.cim_linear,
                "rmsnorm": vector.rmsnorm, "rope": vector.rope, "silu_mul": vector.silu_mul,
-               "add": vector.add_, "attention": attention, "kv_append": self.kv.append}
+               "add": vector.add_, "attention": attention, "kv_append": self.kv.append,
+               "gelu_mul": vector.gelu_mul, "add_rows": vector.add_rows_, "scale": vector.scale_,
+               "softcap": vector.softcap_}
         if profile:
             fns = {name: self._timed(fn) for name, fn in fns.items()}
         return _Kernels(**fns)
@@ -267,6 +293,8 @@ class Chip:
         counts = ev.counts
         # embedding: one ROM row per token, scaled in the vector unit
         x = dequantize_rows(self._embedding, tokens)
+        if self.spec.embed_scale != 1.0:
+            self._k.scale(x, self.spec.embed_scale)
         counts[ev.embed] += t * self._embed_const
         try:
             if self._decoder is not None:
@@ -283,23 +311,30 @@ class Chip:
             return None
         counts[ev.head] += len(x) * self._head_const
         h = self._k.rmsnorm(np.ascontiguousarray(x), self._out_norm, self.spec.norm_eps)
-        return self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=ev, region="head")
+        logits = self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=ev, region="head")
+        if self.spec.final_softcap:
+            self._k.softcap(logits, self.spec.final_softcap)
+        return logits
 
     def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events) -> None:
         """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time."""
         s = self.spec
         t = len(x)
         nt = self.n_threads
-        cos = self._cos[start:start + t]
-        sin = self._sin[start:start + t]
+        tables = {False: (self._cos[start:start + t], self._sin[start:start + t])}
+        if self._cos_local is not None:
+            tables[True] = (self._cos_local[start:start + t], self._sin_local[start:start + t])
         g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
         H, Hkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
         qd, kvd, f = s.q_dim, s.kv_dim, s.d_ff
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
-        rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
-        kv, eps = self.kv, s.norm_eps
+        rope, add, attend, kv_append = k_.rope, k_.add, k_.attention, k_.kv_append
+        gate_mul = k_.gelu_mul if s.ffn_act == "gelu" else k_.silu_mul
+        kv, eps, style = self.kv, s.norm_eps, s.rope_style
+        qk_rows = (t, t) if s.qk_norm == "full" else (t * H, t * Hkv)
         for i, L in enumerate(self._layers):
+            ex = L.extras
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wqkv is not None:
@@ -311,11 +346,24 @@ class Chip:
                 q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
                 k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
                 v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
-            rope(q, cos, sin, out=q)
-            rope(k, cos, sin, out=k)
+            if "bq" in ex:
+                k_.add_rows(q.reshape(t, qd), ex["bq"])
+                k_.add_rows(k.reshape(t, kvd), ex["bk"])
+                k_.add_rows(v.reshape(t, kvd), ex["bv"])
+            if "q_norm" in ex:
+                qn, kn = q.reshape(qk_rows[0], -1), k.reshape(qk_rows[1], -1)
+                rmsnorm(qn, ex["q_norm"], eps, out=qn)
+                rmsnorm(kn, ex["k_norm"], eps, out=kn)
+            cos, sin = tables[L.local_rope]
+            rope(q, cos, sin, out=q, style=style)
+            rope(k, cos, sin, out=k, style=style)
             kv_append(i, k, v, events=ev, region=i)
-            a = attend(q, kv, i, start, events=ev, region=i)
-            add(x, linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
+            a = attend(q, kv, i, start, events=ev, region=i, scale=s.attn_scale, softcap=s.attn_softcap,
+                       window=L.window)
+            o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
+            if "attn_post_norm" in ex:
+                rmsnorm(o, ex["attn_post_norm"], eps, out=o)
+            add(x, o)
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wgate_up is not None:
@@ -325,8 +373,11 @@ class Chip:
             else:
                 g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
                 u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
-            silu_mul(g, u, out=g)
-            add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
+            gate_mul(g, u, out=g)
+            o = linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i)
+            if "ffn_post_norm" in ex:
+                rmsnorm(o, ex["ffn_post_norm"], eps, out=o)
+            add(x, o)
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):

@@ -1,10 +1,10 @@
 """Event counts from shapes alone: the analytical twin of the functional chip's counters.
 
 Composes the counting rules of :mod:`hcemu.events` (``docs/events.md``). Every per-pass count is
-*affine in the number of keys* a pass attends (``p + 1`` at position ``p``):
-``counts(p) = const + (p + 1) * per_key``. :func:`pass_coefficients` returns those two vectors per region
-kind, so totals over any set of positions need only the number of passes and the sum of ``p + 1`` —
-which is what makes the vectorized sweeps cheap.
+*affine in the number of keys* a pass attends (``p + 1`` at position ``p``, ``min(p + 1, window)`` in a
+sliding-window layer): ``counts(p) = const + keys(p) * per_key``. :func:`pass_coefficients` returns
+those two vectors per region kind, so totals over any set of positions need only the number of passes
+and the sum of the keys — which is what makes the vectorized sweeps cheap.
 
 Pass accounting matches :meth:`hcemu.chip.Chip.generate`: a prompt of ``n_prompt`` tokens is
 ``n_prompt`` layer passes (positions ``0 .. n_prompt-1``) with the output head on the last one only;
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import (Events, attention_counts, embed_counts, head_vector_counts, layer_vector_counts,
-                          product_counts)
+from hcemu.events import (Events, attended_keys, attention_counts, embed_counts, head_vector_counts,
+                          layer_vector_counts, product_counts)
 from hcemu.formats import Plan, WeightFormat, kv_bytes_per_token_layer
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 
 
 def kv_bytes_per_key_head(spec: ModelSpec, plan: Plan) -> int:
@@ -41,25 +41,28 @@ def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
 
 @dataclass(frozen=True)
 class PassCoefficients:
-    """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS."""
+    """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS.
+
+    windows: each layer's sliding window (0: full causal), which decides the keys its passes attend."""
 
     layer_const: np.ndarray
     layer_per_key: np.ndarray
     head_const: np.ndarray
     embed_const: np.ndarray
+    windows: tuple = ()
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
     """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`."""
     attn_pass, per_key = attention_counts(spec, plan.kv)
     layer = layer_vector_counts(spec) + attn_pass
-    for m in LAYER_MATRICES:
-        layer += product_counts(plan.matrices, *spec.matrix_shape(m))
+    for _name, _kind, shape in spec.layer_matrices(0):
+        layer += product_counts(plan.matrices, *shape)
     head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
     embed = embed_counts(spec, plan.embedding)
     for a in (layer, per_key, head, embed):
         a.flags.writeable = False
-    return PassCoefficients(layer, per_key, head, embed)
+    return PassCoefficients(layer, per_key, head, embed, tuple(spec.block(i).window for i in range(spec.n_layers)))
 
 
 def _check_count(name: str, value) -> int:
@@ -83,12 +86,27 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     if heads > n:
         raise ValueError(f"head_passes {heads} exceeds the number of passes {n}")
     co = pass_coefficients(spec, plan)
-    keys = int((pos + 1).sum())
     ev = Events(spec.n_layers)
-    ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * keys
+    keys = {w: attended_keys(pos, w) for w in set(co.windows)}
+    ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * np.array(
+        [keys[w] for w in co.windows], np.int64)[:, None]
     ev.counts[ev.head] = co.head_const * heads
     ev.counts[ev.embed] = co.embed_const * n
     return ev
+
+
+def decode_keys(n_prompt, steps, window: int = 0):
+    """Keys attended by ``steps`` decode passes at positions ``n_prompt .. n_prompt + steps - 1`` (the
+    sum of ``min(p + 1, window)``, window 0: ``p + 1``), for float arrays of prompts and steps (the
+    vectorized sweeps; :func:`hcemu.events.attended_keys` for one set of positions)."""
+    n_prompt = np.asarray(n_prompt, dtype=np.float64)
+    steps = np.asarray(steps, dtype=np.float64)
+    full = steps * n_prompt + steps * (steps + 1) / 2    # sum of p + 1 = n_prompt + 1 .. n_prompt + steps
+    if not window:
+        return full
+    lo, hi = n_prompt + 1, n_prompt + steps              # the values of p + 1
+    below = np.clip(window - lo + 1, 0, steps)            # passes that see fewer than `window` keys
+    return np.where(hi <= window, full, below * lo + below * (below - 1) / 2 + (steps - below) * window)
 
 
 def decode_positions(n_prompt: int, n_generated: int) -> np.ndarray:

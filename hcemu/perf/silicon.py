@@ -33,7 +33,8 @@ import numpy as np
 
 from hcemu.events import FIELD_INDEX, Events
 from hcemu.model.spec import ModelSpec
-from hcemu.perf.analytic import decode_positions, events_from_shapes, kv_bytes_per_token, pass_coefficients
+from hcemu.perf.analytic import (decode_keys, decode_positions, events_from_shapes, kv_bytes_per_token,
+                                 pass_coefficients)
 from hcemu.perf.area import chip_area_breakdown, head_lane_scale
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
@@ -249,10 +250,11 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
         raise ValueError("need n_prompt >= 1 and n_generated >= 2 everywhere")
     co = pass_coefficients(spec, plan)
     steps = n_generated - 1
-    # sum of (p + 1) over decode positions n_prompt .. n_prompt + steps - 1
-    keys = steps * n_prompt + steps * (steps + 1) / 2
-    s, k = steps[..., None], keys[..., None]
-    layer = co.layer_const * s + co.layer_per_key * k
+    s = steps[..., None]
+    # the layers, grouped by sliding window: keys over decode positions n_prompt .. n_prompt + steps - 1
+    windows = {w: co.windows.count(w) for w in sorted(set(co.windows))}
+    layers = [(co.layer_const * s + co.layer_per_key * decode_keys(n_prompt, steps, w)[..., None], n)
+              for w, n in windows.items()]
     head = co.head_const * s
     embed = co.embed_const * s
     hscale = head_lane_scale(spec, plan, chip) if np.ndim(chip.head_balanced) == 0 else None
@@ -260,14 +262,14 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
         raise ValueError("head_balanced must be a single bool in a sweep")
     hz = chip.clock_ghz * 1e9
     parts = []
-    for counts, scale, mult in ((layer, 1.0, spec.n_layers), (head, hscale, 1), (embed, 1.0, 1)):
+    for counts, scale, mult in [(c, 1.0, n) for c, n in layers] + [(head, hscale, 1), (embed, 1.0, 1)]:
         cyc = sum(_region_cycles(counts, chip, scale))
         parts.append((cyc, mult))
     total = sum(c * m for c, m in parts)
     latency = total / hz / steps
-    per_pass = [c / steps for c, _ in parts]
-    slowest = np.maximum(np.maximum(per_pass[0], per_pass[1]), per_pass[2]) / hz
-    energy = (spec.n_layers * _energy_pj(layer, chip) + _energy_pj(head, chip) + _energy_pj(embed, chip)) * 1e-12 / steps
+    slowest = np.maximum.reduce([c / steps for c, _ in parts]) / hz
+    energy = (sum(n * _energy_pj(c, chip) for c, n in layers) + _energy_pj(head, chip)
+              + _energy_pj(embed, chip)) * 1e-12 / steps
     per_user = 1.0 / latency
     context = n_prompt + n_generated - 1
     users_kv = np.floor(chip.kv_sram_bytes / (kv_bytes_per_token(spec, plan) * context))
