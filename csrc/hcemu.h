@@ -87,6 +87,17 @@ int hc_add_rows_f32(float *x, const float *b, int64_t m, int64_t n);
 int hc_scale_f32(float *x, float s, int64_t n);
 /* Soft-capping x = tanh(x * (1/cap)) * cap over n values (1/cap rounded to float32 once); cap > 0. */
 int hc_softcap_f32(float *x, float cap, int64_t n);
+/* Mixture-of-experts routing of t tokens, logits (t, n_experts) float32: per token the k largest
+ * logits in descending order, the lower expert first on ties -> sel (t, k); their probabilities
+ * exp(l - m) / s (m the largest logit, s the 16-lane sum of exp(l - m) over every expert) -> w (t, k);
+ * norm != 0: w_i = w_i / (w_0 + w_1 + ...) summed in slot order; scale != 1: w_i = w_i * scale.
+ * HC_ENONFINITE for a non-finite logit. */
+int hc_moe_route_f32(const float *logits, int64_t t, int64_t n_experts, int k, int norm, float scale,
+                     int32_t *sel, float *w);
+/* y[i, :] = y[i, :] + x[i, :] * w[i] over m rows of n values (an expert's weighted output). */
+int hc_axpy_rows_f32(float *y, const float *x, const float *w, int64_t m, int64_t n);
+/* x = 1 / (1 + exp(-x)) over n values (the shared expert's gate). */
+int hc_sigmoid_f32(float *x, int64_t n);
 
 /* ==== SRAM KV cache and streaming attention (csrc/hc_attn.c) ==================================
  * Exact rules: docs/numerics.md "KV cache" and "Attention".
@@ -236,7 +247,9 @@ int hc_openmp(void);
  * RoPE -> KV store -> attention -> CIM o (-> post-norm) (+ residual) -> rmsnorm -> quantize ->
  * CIM gate|up -> act(gate)*up -> CIM down (-> post-norm) (+ residual), each step one call of the
  * kernel above, in the order of the interpreted chip (hcemu.chip.Chip), so the values are
- * bit-identical to it.  The caller owns every array.                                            */
+ * bit-identical to it.  A mixture-of-experts layer replaces the FFN by: CIM router -> routing ->
+ * per fired expert (ascending) its gate|up, act, down on the rows routed to it -> weighted sum in
+ * routing order (+ the shared expert, gated).  The caller owns every array.                     */
 typedef struct {
     const float *attn_norm, *ffn_norm; /* (d_model,) */
     const hc_weights *wq, *wk, *wv;    /* wk == wv == NULL: wq holds q, k, v stacked (q_dim + 2 kv_dim rows) */
@@ -253,6 +266,12 @@ typedef struct {
     const float *attn_post_norm, *ffn_post_norm; /* RMSNorm of the attention / FFN output (d_model) */
     const float *rope_cos, *rope_sin;            /* this layer's RoPE tables; NULL: the decoder's */
     int64_t window;                              /* sliding window in keys; 0: full causal */
+    /* mixture of experts (the decoder's n_experts > 0): wg/wu/wd are then the shared expert's, or NULL */
+    const hc_weights *router;                    /* (n_experts x d_model) */
+    const hc_weights *const *exp_gate;           /* [n_experts]: gate, or gate|up stacked when exp_up is NULL */
+    const hc_weights *const *exp_up;             /* [n_experts], or NULL */
+    const hc_weights *const *exp_down;           /* [n_experts] (d_model x d_ff_expert) */
+    const hc_weights *shared_gate;               /* (1 x d_model): the shared expert's sigmoid gate, or NULL */
 } hc_layer;
 
 typedef struct {
@@ -268,6 +287,12 @@ typedef struct {
     int ffn_gelu;                                  /* 1: GeGLU (tanh GELU), 0: SwiGLU */
     int qk_norm_full;                              /* 1: q_norm/k_norm span the whole q/k, 0: one head */
     float attn_scale, attn_softcap;                /* score scale (0: 1/sqrt(hd)); soft-cap (0: none) */
+    /* mixture of experts (0: dense FFN layers) */
+    int64_t n_experts, n_experts_used, d_ff_expert, d_ff_shared;
+    int64_t act_group_fe, act_group_fs;            /* activation groups of the experts' and shared down inputs */
+    int expert_norm;                               /* renormalize the top-k weights */
+    float expert_scale;                            /* routing weights times this */
+    int32_t *routes;                               /* out: (t, n_layers, n_experts_used) experts per token */
 } hc_decoder;
 
 enum {

@@ -28,6 +28,10 @@ cdef extern from "hcemu.h" nogil:
     int hc_add_rows_f32(float *x, const float *b, int64_t m, int64_t n)
     int hc_scale_f32(float *x, float s, int64_t n)
     int hc_softcap_f32(float *x, float cap, int64_t n)
+    int hc_moe_route_f32(const float *logits, int64_t t, int64_t n_experts, int k, int norm, float scale,
+                         int32_t *sel, float *w)
+    int hc_axpy_rows_f32(float *y, const float *x, const float *w, int64_t m, int64_t n)
+    int hc_sigmoid_f32(float *x, int64_t n)
 
     int HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM
     int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
@@ -102,6 +106,11 @@ cdef extern from "hcemu.h" nogil:
         const float *rope_cos
         const float *rope_sin
         int64_t window
+        const hc_weights *router
+        const hc_weights *const *exp_gate
+        const hc_weights *const *exp_up
+        const hc_weights *const *exp_down
+        const hc_weights *shared_gate
     ctypedef struct hc_decoder:
         int64_t n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff
         float norm_eps
@@ -115,6 +124,11 @@ cdef extern from "hcemu.h" nogil:
         int ffn_gelu
         int qk_norm_full
         float attn_scale, attn_softcap
+        int64_t n_experts, n_experts_used, d_ff_expert, d_ff_shared
+        int64_t act_group_fe, act_group_fs
+        int expert_norm
+        float expert_scale
+        int32_t *routes
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile

@@ -4,7 +4,7 @@ import numpy as _np
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t
 from hcemu._hcemu cimport (hc_exp_f32_array, hc_f32_to_f16_array, hc_rmsnorm_f32, hc_rope_f32,
                            hc_silu_mul_f32, hc_add_f32, hc_rope_style_f32, hc_gelu_mul_f32, hc_add_rows_f32,
-                           hc_scale_f32, hc_softcap_f32)
+                           hc_scale_f32, hc_softcap_f32, hc_moe_route_f32, hc_axpy_rows_f32, hc_sigmoid_f32)
 
 
 _BUF_ERRORS = (TypeError, ValueError, BufferError)
@@ -239,6 +239,74 @@ def softcap_(x, double cap):
         with nogil:
             rc = hc_softcap_f32(&xv[0], fc, xv.shape[0])
         check(rc, "softcap_")
+    return x
+
+
+def moe_route(logits, int k, bint norm=False, double scale=1.0):
+    """Mixture-of-experts routing (docs/numerics.md): logits float32 (t, n_experts) -> (experts int32
+    (t, k), weights float32 (t, k)): the k largest logits, descending, the lower expert first on ties;
+    their softmax probabilities, renormalized to sum 1 when ``norm``, times ``scale``."""
+    cdef const float[:, ::1] lv
+    try:
+        lv = logits
+    except _BUF_ERRORS:
+        raise _arg_error("moe_route", "logits", logits, _np.float32, 2) from None
+    cdef Py_ssize_t t = lv.shape[0], E = lv.shape[1]
+    if not 1 <= k <= E:
+        raise ValueError(f"moe_route: k must be in 1..{E} (the experts), got {k}")
+    if not scale > 0:
+        raise ValueError(f"moe_route: scale must be positive, got {scale}")
+    sel = _np.empty((t, k), _np.int32)
+    w = _np.empty((t, k), _np.float32)
+    cdef int32_t[:, ::1] sv = sel
+    cdef float[:, ::1] wv = w
+    cdef float fs = <float>scale
+    cdef int rc = 0
+    if t:
+        with nogil:
+            rc = hc_moe_route_f32(&lv[0, 0], t, E, k, 1 if norm else 0, fs, &sv[0, 0], &wv[0, 0])
+        check(rc, "moe_route (router logits must be finite)")
+    return sel, w
+
+
+def axpy_rows_(y, x, w):
+    """``y[i, :] += x[i, :] * w[i]`` in place; y, x float32 (m, n), w float32 (m,). Returns ``y``."""
+    cdef float[:, ::1] yv
+    cdef const float[:, ::1] xv
+    cdef const float[::1] wv
+    try:
+        yv = y
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "y", y, _np.float32, 2, True) from None
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "x", x, _np.float32, 2) from None
+    try:
+        wv = w
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "w", w, _np.float32, 1) from None
+    if xv.shape[0] != yv.shape[0] or xv.shape[1] != yv.shape[1]:
+        raise _shape_error("axpy_rows_", "x", x.shape, y.shape)
+    if wv.shape[0] != yv.shape[0]:
+        raise _shape_error("axpy_rows_", "w", w.shape, (yv.shape[0],))
+    cdef int rc = 0
+    if yv.shape[0] and yv.shape[1]:
+        with nogil:
+            rc = hc_axpy_rows_f32(&yv[0, 0], &xv[0, 0], &wv[0], yv.shape[0], yv.shape[1])
+        check(rc, "axpy_rows_")
+    return y
+
+
+def sigmoid_(x):
+    """``x = 1 / (1 + exp(-x))`` in place (the unit's exp); x float32, C-contiguous. Returns ``x``."""
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise TypeError(f"sigmoid_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+                        f" {getattr(x, 'dtype', '')}")
+    cdef float[::1] xv = x.reshape(-1)
+    if xv.shape[0]:
+        with nogil:
+            hc_sigmoid_f32(&xv[0], xv.shape[0])
     return x
 
 

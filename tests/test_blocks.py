@@ -20,6 +20,7 @@ from arch_models import ARCH_SPECS, arch_weights, write_arch_gguf
 
 ISAS = _core.isa_supported()
 DENSE = [n for n, s in ARCH_SPECS.items() if not s.is_moe]
+MOE = [n for n, s in ARCH_SPECS.items() if s.is_moe]
 pytestmark = pytest.mark.usefixtures("restore_isa")
 
 
@@ -182,7 +183,15 @@ def run(chip, toks, split):
     return np.concatenate(logits), ev, rows
 
 
-@pytest.mark.parametrize("name", DENSE)
+def run_routes(chip, toks, split):
+    res = chip.prefill(toks[:split], all_logits=True)
+    routes = [res.routes]
+    for tok in toks[split:]:
+        routes.append(chip.decode(int(tok)).routes)
+    return np.concatenate(routes)
+
+
+@pytest.mark.parametrize("name", DENSE + MOE)
 def test_compiled_pass_equals_interpreted(name, images):
     from hcemu.chip.chip import Chip
 
@@ -194,6 +203,9 @@ def test_compiled_pass_equals_interpreted(name, images):
             chip = Chip(img, compiled=compiled, kv_format=kv, fuse_products=fuse)
             outs.append(run(chip, toks, 70) + (chip.kv,))      # a two-chunk prefill, then decode
         (la, ea, ra, ka), (lb, eb, rb, kb) = outs
+        if name in MOE:
+            chips = [Chip(img, compiled=c, kv_format=kv, fuse_products=fuse) for c in (False, True)]
+            np.testing.assert_array_equal(*[run_routes(c, toks, 70) for c in chips])
         np.testing.assert_array_equal(la, lb)
         assert ea == eb
         np.testing.assert_array_equal(ra, rb)
@@ -218,3 +230,64 @@ def test_chip_events_equal_analytic_and_logits_close_to_reference(name, images):
     lp = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)  # noqa: E731
     p, q = lp(ref.astype(np.float64)), lp(logits.astype(np.float64))
     assert (np.exp(p) * (p - q)).sum(-1).mean() < 0.02
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_routes_match_reference_and_expert_events_add_up(name, images):
+    """The chip routes every token to the float reference's experts except at near-ties of the
+    reference's router (the k-th and (k+1)-th logits within 5% of the router logits' spread) and
+    downstream of one (a later layer of that token or of a later token: a swapped expert changes the
+    hidden state, and attention carries it on); each
+    expert region's counts are its passes times one expert pass; per layer the passes are k per token;
+    the other regions equal the analytical generator's."""
+    from hcemu.chip.chip import Chip
+    from hcemu.events import FIELD_INDEX, expert_vector_counts, product_counts
+    from hcemu.model.reference import FloatLlama
+    from hcemu.perf.analytic import events_from_shapes
+
+    src, img = images(name)
+    spec = img.spec
+    k, E, L = spec.n_experts_used, spec.n_experts, spec.n_layers
+    toks = np.random.default_rng(6).integers(0, 512, 48)
+    ref = FloatLlama(src)
+    ref.logits(toks)
+    chip = Chip(img)
+    res = chip.prefill(toks, all_logits=True)
+    assert res.routes.shape == (48, L, k)
+    ours, theirs = np.sort(res.routes, -1), np.sort(ref.routes, -1)
+    differ = (ours != theirs).any(-1)                                  # (tokens, layers)
+    logits = np.sort(ref.router_logits, -1)[..., ::-1]
+    gap = (logits[..., k - 1] - logits[..., k]) / ref.router_logits.std()
+    tie = differ & (gap < 0.05)
+    downstream = np.zeros_like(differ)
+    for r, j in zip(*np.nonzero(tie)):
+        downstream[r:, j + 1:] = True
+    assert not (differ & ~tie & ~downstream).any(), (np.nonzero(differ & ~tie & ~downstream), gap[differ])
+    assert differ[:, 0].mean() < 0.1 and (~differ[~downstream]).mean() > 0.9
+    # the reference's own routes are its top-k, in descending order
+    assert (np.take_along_axis(ref.router_logits, ref.routes, -1) == logits[..., :k]).all()
+    ev = res.events
+    fired = ev.experts()[:, :, FIELD_INDEX["tokens"]]
+    for i in range(L):
+        np.testing.assert_array_equal(fired[i], np.bincount(res.routes[:, i].ravel(), minlength=E))
+    assert (fired.sum(axis=1) == k * 48).all()
+    one_pass = expert_vector_counts(spec) + sum(product_counts(img.plan.matrices, *shape)
+                                                for _n, _k, shape in spec.expert_matrices(0, 0))
+    np.testing.assert_array_equal(ev.experts(), fired[..., None] * one_pass)
+    want = events_from_shapes(spec, img.plan, positions=np.arange(48))
+    want.counts[L:L + 1] = ev.counts[L:L + 1]   # the head ran on every position here
+    np.testing.assert_array_equal(ev.counts[:L + 2], want.counts[:L + 2])
+    assert ev.total()["tokens"] == want.total()["tokens"]   # balanced or not, k passes per token
+    # a decode step's events count the experts its token fired
+    step = chip.decode(int(toks[0]))
+    for i in range(L):
+        assert sorted(np.nonzero(step.events.experts()[i, :, 0])[0]) == sorted(step.routes[0, i])
+    # bank rows: each pass reads its layers' and head's rows, and every expert pass its expert's
+    def rows_of(names):
+        return sum(int(img.tensor_banks(n)[1].sum()) for n in names)
+    layers = rows_of(n for i in range(L) for n, *_ in spec.layer_matrices(i))
+    head = rows_of(["token_embd.weight" if spec.tied_embeddings else "output.weight"])
+    embed = sum(int(img.row_banks("token_embd.weight", int(tk))[1].sum()) for tk in toks)
+    experts = sum(int(fired[i, e]) * rows_of(n for n, *_ in spec.expert_matrices(i, e))
+                  for i in range(L) for e in range(E))
+    assert res.bank_rows.sum() == 48 * layers + 48 * head + embed + experts

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hcemu import _core
-from hcemu.events import Events, embed_counts, head_vector_counts, layer_vector_counts
+from hcemu.events import Events, embed_counts, expert_vector_counts, head_vector_counts, layer_vector_counts
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
 from hcemu.layout import dequantize_rows, stack_rows
@@ -32,12 +32,15 @@ class StepResult:
 
     logits: float32 (t, vocab) — all positions of the step if asked, else only the last (1, vocab).
     events: the events of this step alone. bank_rows: ROM rows read per bank in this step (int64,
-    indexed by the image's chip-wide bank id).
+    indexed by the image's chip-wide bank id). routes: for a mixture-of-experts model, the experts
+    each token of the step was routed to, int32 (t, n_layers, n_experts_used) in routing order
+    (None for a dense model).
     """
 
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
+    routes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class _Kernels:
     add_rows: object
     scale: object
     softcap: object
+    moe_route: object
+    axpy_rows: object
+    sigmoid: object
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,15 @@ class _Layer:
     extras: dict      # block kinds: float32 vectors bq, bk, bv, q_norm, k_norm, attn_post_norm, ffn_post_norm
     window: int       # sliding window in keys (0: full causal)
     local_rope: bool  # the layer rotates with the local (sliding-window) RoPE table
+    moe: object = None  # _MoE of a mixture-of-experts layer (wg, wu, wd, wgate_up are then None)
+
+
+@dataclass(frozen=True)
+class _MoE:
+    router: object       # (n_experts, d_model)
+    experts: list        # per expert: (gate|up stacked or None, gate, up, down)
+    shared: tuple        # the shared expert's (gate|up or None, gate, up, down), or None
+    shared_gate: object  # (1, d_model): the shared expert's sigmoid gate, or None
 
 
 class Chip:
@@ -113,6 +128,8 @@ class Chip:
         self._g_d = act.group_for(spec.d_model)
         self._g_q = act.group_for(spec.q_dim)
         self._g_f = act.group_for(spec.d_ff)
+        self._g_fe = act.group_for(spec.expert_ff) if spec.is_moe else 0
+        self._g_fs = act.group_for(spec.d_ff_shared) if spec.d_ff_shared else 0
         self._layers = [self._load_layer(i, fuse_products) for i in range(spec.n_layers)]
         self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
         self._embedding = image.matrix("token_embd.weight")
@@ -132,20 +149,28 @@ class Chip:
             self._decoder = _core.Decoder(
                 self.kv._store,
                 [(L.attn_norm, L.ffn_norm) + ((L.wqkv, None, None) if L.wqkv is not None else (L.wq, L.wk, L.wv))
-                 + (L.wo,) + ((L.wgate_up, None) if L.wgate_up is not None else (L.wg, L.wu)) + (L.wd,)
-                 for L in self._layers],
+                 + (L.wo,) + self._compiled_ffn(L) for L in self._layers],
                 d_model=spec.d_model, n_heads=spec.n_heads, d_ff=spec.d_ff, norm_eps=spec.norm_eps,
                 act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
                 cos=self._cos, sin=self._sin,
                 extras=[{**L.extras, "window": L.window,
-                         **({"rope_cos": self._cos_local, "rope_sin": self._sin_local} if L.local_rope else {})}
+                         **({"rope_cos": self._cos_local, "rope_sin": self._sin_local} if L.local_rope else {}),
+                         **(self._compiled_moe(L.moe) if L.moe is not None else {})}
                         for L in self._layers],
                 rope_neox=spec.rope_style == "neox", ffn_gelu=spec.ffn_act == "gelu",
-                qk_norm_full=spec.qk_norm == "full", attn_scale=spec.attn_scale, attn_softcap=spec.attn_softcap)
+                qk_norm_full=spec.qk_norm == "full", attn_scale=spec.attn_scale, attn_softcap=spec.attn_softcap,
+                n_experts=spec.n_experts, n_experts_used=spec.n_experts_used, d_ff_expert=spec.expert_ff,
+                d_ff_shared=spec.d_ff_shared, act_group_fe=self._g_fe, act_group_fs=self._g_fs,
+                expert_norm=spec.expert_weights_norm, expert_scale=spec.expert_weights_scale)
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
             [name for i in range(spec.n_layers) for name, _kind, _shape in spec.layer_matrices(i)])
+        # per expert region: (bank ids, rows) one token pass through that expert reads
+        self._expert_bank_rows = [
+            [tuple(np.concatenate(a) for a in zip(*[image.tensor_banks(name)
+                                                  for name, _k, _s in spec.expert_matrices(i, e)]))
+             for e in range(spec.n_experts)] for i in range(spec.n_layers)]
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
@@ -160,12 +185,42 @@ class Chip:
         vec = {kind: np.ascontiguousarray(img.vector(name), dtype=np.float32)
                for name, kind, _n in spec.layer_vectors(i)}
         qkv = stack_rows([m["attn_q"], m["attn_k"], m["attn_v"]]) if fuse else None
-        gate_up = stack_rows([m["ffn_gate"], m["ffn_up"]]) if fuse else None
         extras = {key: vec[kind] for kind, key in self._EXTRA_VECTORS.items() if kind in vec}
         blk = spec.block(i)
+        moe = None
+        if blk.moe:
+            def ffn(gate, up, down):
+                return (stack_rows([gate, up]) if fuse else None, gate, up, down)
+            experts = []
+            for e in range(spec.n_experts):
+                x = {kind: img.matrix(name) for name, kind, _shape in spec.expert_matrices(i, e)}
+                experts.append(ffn(x["ffn_gate_exps"], x["ffn_up_exps"], x["ffn_down_exps"]))
+            shared = (ffn(m["ffn_gate_shexp"], m["ffn_up_shexp"], m["ffn_down_shexp"]) if spec.d_ff_shared
+                      else None)
+            moe = _MoE(m["ffn_gate_inp"], experts, shared, m.get("ffn_gate_inp_shexp"))
+            return _Layer(vec["attn_norm"], vec["ffn_norm"], m["attn_q"], m["attn_k"], m["attn_v"],
+                          m["attn_output"], None, None, None, qkv, None, extras, blk.window,
+                          blk.rope == "local", moe)
+        gate_up = stack_rows([m["ffn_gate"], m["ffn_up"]]) if fuse else None
         return _Layer(vec["attn_norm"], vec["ffn_norm"], m["attn_q"], m["attn_k"], m["attn_v"],
                       m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up, extras,
                       blk.window, blk.rope == "local")
+
+    @staticmethod
+    def _gate_up_down(ffn) -> tuple:
+        """(gate, up, down) of an FFN as the compiled pass takes it: up None when gate holds gate|up."""
+        gate_up, gate, up, down = ffn
+        return (gate_up, None, down) if gate_up is not None else (gate, up, down)
+
+    def _compiled_ffn(self, L: _Layer) -> tuple:
+        """The (wg, wu, wd) of a layer for the compiled pass: its FFN's, its shared expert's, or Nones."""
+        if L.moe is None:
+            return self._gate_up_down((L.wgate_up, L.wg, L.wu, L.wd))
+        return self._gate_up_down(L.moe.shared) if L.moe.shared is not None else (None, None, None)
+
+    def _compiled_moe(self, M: _MoE) -> dict:
+        return {"router": M.router, "experts": [self._gate_up_down(e) for e in M.experts],
+                "shared_gate": M.shared_gate}
 
     def _kernels(self, profile: bool) -> _Kernels:
         """The compiled entry points _forward calls; wrapped in timers when profiling."""
@@ -173,7 +228,8 @@ class Chip:
                "rmsnorm": vector.rmsnorm, "rope": vector.rope, "silu_mul": vector.silu_mul,
                "add": vector.add_, "attention": attention, "kv_append": self.kv.append,
                "gelu_mul": vector.gelu_mul, "add_rows": vector.add_rows_, "scale": vector.scale_,
-               "softcap": vector.softcap_}
+               "softcap": vector.softcap_, "moe_route": vector.moe_route, "axpy_rows": vector.axpy_rows_,
+               "sigmoid": vector.sigmoid_}
         if profile:
             fns = {name: self._timed(fn) for name, fn in fns.items()}
         return _Kernels(**fns)
@@ -197,6 +253,7 @@ class Chip:
         (products, KV traffic, attention): :mod:`hcemu.events`' rules for a layer's and the head's
         vector work and for one embedding lookup (docs/events.md)."""
         s = self.spec
+        self._expert_const = expert_vector_counts(s) if s.is_moe else None
         return layer_vector_counts(s), head_vector_counts(s), embed_counts(s, self._embedding.fmt)
 
     def _bank_rows(self, names) -> np.ndarray:
@@ -241,24 +298,26 @@ class Chip:
         token when ``all_logits`` (evaluation).
         """
         tokens = self._check_tokens(tokens)
-        ev = Events(self.spec.n_layers)
-        outs = []
+        ev = Events.for_spec(self.spec)
+        outs, routes = [], []
         for c in range(0, len(tokens), MAX_CHUNK):
             chunk = tokens[c:c + MAX_CHUNK]
             last_chunk = c + MAX_CHUNK >= len(tokens)
             head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
-            logits = self._forward(chunk, ev, head_rows)
+            logits = self._forward(chunk, ev, head_rows, routes)
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)))
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev),
+                          np.concatenate(routes) if routes else None)
 
     def decode(self, token: int) -> StepResult:
         """One decode step: the token at the current position; logits of the next."""
         tokens = self._check_tokens([token])
-        ev = Events(self.spec.n_layers)
-        logits = self._forward(tokens, ev, slice(None))
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1))
+        ev = Events.for_spec(self.spec)
+        routes = []
+        logits = self._forward(tokens, ev, slice(None), routes)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev), routes[0] if routes else None)
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -277,7 +336,7 @@ class Chip:
                 f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
         return arr.astype(np.int64)
 
-    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray:
+    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int, ev: Events) -> np.ndarray:
         rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
         cache = self._embed_bank_rows
         for tok in tokens.tolist():
@@ -285,10 +344,16 @@ class Chip:
             if hit is None:
                 hit = cache[tok] = self.image.row_banks("token_embd.weight", tok)
             np.add.at(rows, *hit)
+        if ev.n_experts:  # every pass routed to an expert reads its matrices' rows
+            fired = ev.experts()[:, :, 0]   # the expert regions' tokens
+            for i, e in zip(*np.nonzero(fired)):
+                ids, per_pass = self._expert_bank_rows[i][e]
+                np.add.at(rows, ids, per_pass * int(fired[i, e]))
         return rows
 
-    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
-        """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty)."""
+    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice, routes: list) -> np.ndarray | None:
+        """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty).
+        A mixture-of-experts model appends the chunk's routes (t, n_layers, k) to ``routes``."""
         t, start = len(tokens), self.kv.length
         counts = ev.counts
         # embedding: one ROM row per token, scaled in the vector unit
@@ -296,15 +361,23 @@ class Chip:
         if self.spec.embed_scale != 1.0:
             self._k.scale(x, self.spec.embed_scale)
         counts[ev.embed] += t * self._embed_const
+        sel = np.empty((t, self.spec.n_layers, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
         try:
             if self._decoder is not None:
                 self._run_layers(x, start, self.n_threads, ev)
+                if sel is not None:
+                    sel[:] = self._decoder.last_routes
             else:
-                self._layers_interpreted(x, start, ev)
+                self._layers_interpreted(x, start, ev, sel)
         except BaseException:
             self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
             raise
         counts[:self.spec.n_layers] += t * self._layer_const
+        if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
+            routes.append(sel)
+            E = self.spec.n_experts
+            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(self.spec.n_layers)])
+            counts[self.spec.n_layers + 2:] += fired.reshape(-1, 1) * self._expert_const
         self.kv.commit(t)
         x = x[head_rows]
         if not len(x):
@@ -316,8 +389,9 @@ class Chip:
             self._k.softcap(logits, self.spec.final_softcap)
         return logits
 
-    def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events) -> None:
-        """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time."""
+    def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events, sel: np.ndarray | None = None) -> None:
+        """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time;
+        a mixture-of-experts layer writes its routes into ``sel`` (t, n_layers, k)."""
         s = self.spec
         t = len(x)
         nt = self.n_threads
@@ -330,7 +404,6 @@ class Chip:
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
         rope, add, attend, kv_append = k_.rope, k_.add, k_.attention, k_.kv_append
-        gate_mul = k_.gelu_mul if s.ffn_act == "gelu" else k_.silu_mul
         kv, eps, style = self.kv, s.norm_eps, s.rope_style
         qk_rows = (t, t) if s.qk_norm == "full" else (t * H, t * Hkv)
         for i, L in enumerate(self._layers):
@@ -366,18 +439,55 @@ class Chip:
             add(x, o)
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
-            if L.wgate_up is not None:
-                gu = matmul(q8, sc, L.wgate_up, n_threads=nt, events=ev, region=i)
-                g = np.ascontiguousarray(gu[:, :f])
-                u = np.ascontiguousarray(gu[:, f:])
+            if L.moe is not None:
+                o = self._moe_interpreted(i, L.moe, q8, sc, ev, sel)
             else:
-                g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
-                u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
-            gate_mul(g, u, out=g)
-            o = linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i)
+                o = self._ffn(L.wgate_up, L.wg, L.wu, L.wd, q8, sc, f, g_f, ev, i)
             if "ffn_post_norm" in ex:
                 rmsnorm(o, ex["ffn_post_norm"], eps, out=o)
             add(x, o)
+
+    def _ffn(self, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events, region):
+        """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d)."""
+        k_, nt = self._k, self.n_threads
+        if w_gate_up is not None:
+            gu = k_.matmul(q8, sc, w_gate_up, n_threads=nt, events=ev, region=region)
+            g = np.ascontiguousarray(gu[:, :f])
+            u = np.ascontiguousarray(gu[:, f:])
+        else:
+            g = k_.matmul(q8, sc, w_gate, n_threads=nt, events=ev, region=region)
+            u = k_.matmul(q8, sc, w_up, n_threads=nt, events=ev, region=region)
+        (k_.gelu_mul if self.spec.ffn_act == "gelu" else k_.silu_mul)(g, u, out=g)
+        return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
+
+    def _moe_interpreted(self, i: int, M: _MoE, q8, sc, ev: Events, sel: np.ndarray) -> np.ndarray:
+        """Mixture-of-experts FFN of layer i on its quantized input: the router's product, routing
+        (``moe_route``), each fired expert on the rows routed to it (in its own region, experts in
+        ascending order), their outputs weighted and summed in routing order, the shared expert added
+        (gated); float32 (t, d). Routes go to ``sel[:, i]``."""
+        s, k_, nt = self.spec, self._k, self.n_threads
+        t, k, d = len(q8), s.n_experts_used, s.d_model
+        logits = k_.matmul(q8, sc, M.router, n_threads=nt, events=ev, region=i)
+        experts, weights = k_.moe_route(logits, k, s.expert_weights_norm, s.expert_weights_scale)
+        sel[:, i] = experts
+        ys = np.empty((k, t, d), np.float32)
+        for e in np.unique(experts):
+            rows, slot = np.nonzero(experts == e)
+            gate_up, gate, up, down = M.experts[e]
+            ys[slot, rows] = self._ffn(gate_up, gate, up, down, np.ascontiguousarray(q8[rows]),
+                                       np.ascontiguousarray(sc[rows]), s.expert_ff, self._g_fe, ev,
+                                       ("expert", i, int(e)))
+        out = np.zeros((t, d), np.float32)
+        for j in range(k):
+            k_.axpy_rows(out, ys[j], np.ascontiguousarray(weights[:, j]))
+        if M.shared is not None:
+            o = self._ffn(*M.shared, q8, sc, s.d_ff_shared, self._g_fs, ev, i)
+            if M.shared_gate is not None:
+                gate = k_.matmul(q8, sc, M.shared_gate, n_threads=nt, events=ev, region=i)
+                k_.axpy_rows(out, o, k_.sigmoid(np.ascontiguousarray(gate[:, 0])))
+            else:
+                k_.add(out, o)
+        return out
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
@@ -396,7 +506,7 @@ class Chip:
         t0 = time.perf_counter()
         res = self.prefill(prompt)
         t_prefill = time.perf_counter() - t0
-        prefill_events, decode_events = res.events, Events(self.spec.n_layers)
+        prefill_events, decode_events = res.events, Events.for_spec(self.spec)
         bank_rows = res.bank_rows
         out: list[int] = []
         t_decode = 0.0

@@ -11,8 +11,12 @@ numpy oracle is :mod:`hcemu.kernels.vector_ref`.
 - ``silu_mul(gate, up, out=None)``: (m, f) -> ``silu(gate) * up``; ``gelu_mul``: ``gelu(gate) * up``
 - ``add_(x, y)``: ``x += y`` in place, (m, d); returns x; ``add_rows_(x, b)``: ``x[i] += b`` (biases)
 - ``scale_(x, s)``: ``x *= s``; ``softcap_(x, cap)``: ``x = tanh(x / cap) * cap``, in place
+- ``moe_route(logits, k, norm, scale)``: mixture-of-experts routing, (t, E) -> experts (t, k), weights (t, k);
+  ``axpy_rows_(y, x, w)``: ``y[i] += x[i] * w[i]`` (an expert's weighted output); ``sigmoid_(x)``
 - ``exp_f32(x)``: the unit's exp (any shape), for tests and references
 """
-from hcemu._core import add_, add_rows_, exp_f32, gelu_mul, rmsnorm, rope, scale_, silu_mul, softcap_  # noqa: F401
+from hcemu._core import (add_, add_rows_, axpy_rows_, exp_f32, gelu_mul, moe_route, rmsnorm, rope,  # noqa: F401
+                         scale_, sigmoid_, silu_mul, softcap_)
 
-__all__ = ["rmsnorm", "rope", "silu_mul", "gelu_mul", "add_", "add_rows_", "scale_", "softcap_", "exp_f32"]
+__all__ = ["rmsnorm", "rope", "silu_mul", "gelu_mul", "add_", "add_rows_", "scale_", "softcap_", "moe_route",
+           "axpy_rows_", "sigmoid_", "exp_f32"]

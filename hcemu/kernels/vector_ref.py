@@ -125,3 +125,21 @@ def softcap_ref(x, cap) -> np.ndarray:
     """``tanh(x * (1/cap)) * cap`` with ``1/cap`` rounded to float32 once."""
     cap = F32(cap)
     return tanh_ref(np.asarray(x, F32) * (F32(1) / cap)) * cap
+
+
+def moe_route_ref(logits, k: int, norm: bool = False, scale: float = 1.0):
+    """Routing oracle (csrc/hc_vec.c ``hc_moe_route_f32``): experts int32 (t, k), weights float32 (t, k)."""
+    logits = np.asarray(logits, F32)
+    sel = np.argsort(-logits, axis=-1, kind="stable")[:, :k].astype(np.int32)
+    m = logits.max(axis=-1, keepdims=True)
+    e = exp_ref(logits - m)
+    s = lane_sum(e)
+    w = np.take_along_axis(e, sel, axis=-1) / s[:, None]
+    if norm:
+        ws = w[:, 0]
+        for i in range(1, k):
+            ws = ws + w[:, i]
+        w = w / ws[:, None]
+    if scale != 1.0:
+        w = w * F32(scale)
+    return sel, w.astype(F32)

@@ -262,10 +262,14 @@ class ModelSpec:
             yield name, layer, n
 
     @property
+    def layer_own_params(self) -> int:
+        """Weights of one layer's own matrices (:meth:`layer_matrices`: its experts excluded)."""
+        return sum(n * k for _nm, _kd, (n, k) in self.layer_matrices(0))
+
+    @property
     def layer_params(self) -> int:
         """Weight-matrix parameters of one layer, every expert included."""
-        own = sum(n * k for _nm, _kd, (n, k) in self.layer_matrices(0))
-        return own + self.n_experts * self.expert_params
+        return self.layer_own_params + self.n_experts * self.expert_params
 
     @property
     def expert_params(self) -> int:
@@ -321,6 +325,10 @@ _preset(ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 500000.0
                   1e-5, False, 131072, "meta-llama/Llama-3.1-70B config.json"))
 _preset(ModelSpec("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 100000.0, None, 1e-5, True, 8192,
                   "HuggingFaceTB/SmolLM2-135M-Instruct config.json (= its GGUF metadata)"))
+_preset(ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 6144, 151936, 1000000.0, None, 1e-6, False, 40960,
+                  "Qwen/Qwen3-30B-A3B config.json (hidden 2048, 48 layers, 32/4 heads of 128, 128 experts of "
+                  "768, 8 per token, norm_topk_prob)", arch="qwen3moe", rope_style="neox", qk_norm="head",
+                  n_experts=128, n_experts_used=8, d_ff_expert=768, expert_weights_norm=True))
 
 
 def get_preset(name: str) -> ModelSpec:

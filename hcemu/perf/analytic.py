@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import (Events, attended_keys, attention_counts, embed_counts, head_vector_counts,
-                          layer_vector_counts, product_counts)
+from hcemu.events import (Events, attended_keys, attention_counts, embed_counts, expert_vector_counts,
+                          head_vector_counts, layer_vector_counts, product_counts)
 from hcemu.formats import Plan, WeightFormat, kv_bytes_per_token_layer
 from hcemu.model.spec import ModelSpec
 
@@ -43,13 +43,15 @@ def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
 class PassCoefficients:
     """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS.
 
-    windows: each layer's sliding window (0: full causal), which decides the keys its passes attend."""
+    windows: each layer's sliding window (0: full causal), which decides the keys its passes attend.
+    expert_const: one token pass through one routed expert (its region), None for a dense model."""
 
     layer_const: np.ndarray
     layer_per_key: np.ndarray
     head_const: np.ndarray
     embed_const: np.ndarray
     windows: tuple = ()
+    expert_const: np.ndarray | None = None
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
@@ -60,9 +62,23 @@ def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
         layer += product_counts(plan.matrices, *shape)
     head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
     embed = embed_counts(spec, plan.embedding)
-    for a in (layer, per_key, head, embed):
+    expert = None
+    if spec.is_moe:
+        expert = expert_vector_counts(spec)
+        for _name, _kind, shape in spec.expert_matrices(0, 0):
+            expert += product_counts(plan.matrices, *shape)
+    for a in (layer, per_key, head, embed) + ((expert,) if expert is not None else ()):
         a.flags.writeable = False
-    return PassCoefficients(layer, per_key, head, embed, tuple(spec.block(i).window for i in range(spec.n_layers)))
+    return PassCoefficients(layer, per_key, head, embed, tuple(spec.block(i).window for i in range(spec.n_layers)),
+                            expert)
+
+
+def balanced_expert_passes(spec: ModelSpec, passes: int) -> np.ndarray:
+    """How the analytical generator routes ``passes`` token passes through one mixture-of-experts layer:
+    ``passes * n_experts_used`` expert passes spread evenly, the remainder one each to the lowest experts
+    (int64 (n_experts,)). A *balanced-routing assumption*: the functional chip counts the real routes."""
+    total = passes * spec.n_experts_used
+    return total // spec.n_experts + (np.arange(spec.n_experts) < total % spec.n_experts).astype(np.int64)
 
 
 def _check_count(name: str, value) -> int:
@@ -86,10 +102,12 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     if heads > n:
         raise ValueError(f"head_passes {heads} exceeds the number of passes {n}")
     co = pass_coefficients(spec, plan)
-    ev = Events(spec.n_layers)
+    ev = Events.for_spec(spec)
     keys = {w: attended_keys(pos, w) for w in set(co.windows)}
     ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * np.array(
         [keys[w] for w in co.windows], np.int64)[:, None]
+    if spec.is_moe:
+        ev.counts[spec.n_layers + 2:] = np.tile(balanced_expert_passes(spec, n), spec.n_layers)[:, None] * co.expert_const
     ev.counts[ev.head] = co.head_const * heads
     ev.counts[ev.embed] = co.embed_const * n
     return ev

@@ -7,7 +7,10 @@ One decode step of a batch of ``B`` users at position ``p`` takes
 
 with ``W`` the weight bytes read once per step (every layer matrix and the LM head in the GPU's
 weight dtype, plus one embedding row per user), ``KV(p)`` the K/V bytes one user reads at position ``p``
-(``p + 1`` keys) and ``FLOP(p) = 2 * (weight MACs + attention MACs)``. Per-user tok/s at batch 1 is the
+(``p + 1`` keys) and ``FLOP(p) = 2 * (weight MACs + attention MACs)``. A mixture-of-experts layer reads
+its own matrices and the experts the batch's tokens fire: under balanced routing
+``E * (1 - (1 - k/E)^B)`` distinct experts for ``B`` users (``k`` at batch 1); each user's FLOPs count
+its ``k`` experts. Per-user tok/s at batch 1 is the
 mean over the decode positions; the serving curve evaluates batches at the mean decode position.
 The largest batch is bounded by HBM (weights + every user's KV at the final context) and by
 ``max_batch``.
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import decode_positions
 from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, get_gpu
 
@@ -27,21 +30,40 @@ from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, get_gpu
 class GpuWork:
     """Per-step work of one user's decode token on a GPU (bytes, FLOPs), affine in the keys attended."""
 
-    weight_bytes: float          # read once per step, shared by the batch
+    weight_bytes: float          # read once per step at batch 1, shared by the batch
     per_user_bytes: float        # embedding row, per user per step
     kv_bytes_per_key: float      # per user per key attended
     flops: float                 # per user per step, weight products
     flops_per_key: float         # per user per key attended (q.k and p.v)
+    expert_bytes: float = 0.0    # one routed expert of every layer (mixture of experts), in weight bytes
+    n_experts: int = 0
+    n_experts_used: int = 0
 
     @classmethod
     def of(cls, spec: ModelSpec, gpu: GpuSpec) -> "GpuWork":
         wb, kb = DTYPE_BYTES[gpu.weight_dtype], DTYPE_BYTES[gpu.kv_dtype]
-        layer = sum(n * k for n, k in (spec.matrix_shape(m) for m in LAYER_MATRICES))
+        layer = spec.active_layer_params      # a layer's own matrices and the experts one token fires
         head = spec.vocab_size * spec.d_model
         return cls(weight_bytes=(spec.n_layers * layer + head) * wb, per_user_bytes=spec.d_model * wb,
                    kv_bytes_per_key=spec.n_layers * 2 * spec.kv_dim * kb,
                    flops=2.0 * (spec.n_layers * layer + head),
-                   flops_per_key=spec.n_layers * 2.0 * 2 * spec.n_heads * spec.head_dim)
+                   flops_per_key=spec.n_layers * 2.0 * 2 * spec.n_heads * spec.head_dim,
+                   expert_bytes=spec.n_layers * spec.expert_params * wb, n_experts=spec.n_experts,
+                   n_experts_used=spec.n_experts_used)
+
+    def batch_weight_bytes(self, batch):
+        """Weight bytes one step of ``batch`` users reads: with experts, the distinct ones the batch fires
+        (balanced routing: ``E (1 - (1 - k/E)^B)`` per layer)."""
+        batch = np.asarray(batch, dtype=np.float64)
+        if not self.n_experts:
+            return self.weight_bytes + 0.0 * batch
+        fired = self.n_experts * (1.0 - (1.0 - self.n_experts_used / self.n_experts) ** batch)
+        return self.weight_bytes + (fired - self.n_experts_used) * self.expert_bytes
+
+    @property
+    def resident_bytes(self) -> float:
+        """Weight bytes held in GPU memory (every expert)."""
+        return self.weight_bytes + (self.n_experts - self.n_experts_used) * self.expert_bytes
 
 
 @dataclass(frozen=True)
@@ -70,8 +92,9 @@ class GpuModel:
         self.gpu = get_gpu(gpu)
 
     def weight_bytes(self, spec: ModelSpec) -> float:
-        """Bytes of weights one decode step reads (every layer matrix and the LM head)."""
-        return GpuWork.of(spec, self.gpu).weight_bytes
+        """Bytes of weights the GPU holds (every layer matrix, every expert, the LM head); a batch-1
+        decode step reads :attr:`GpuWork.weight_bytes` of them."""
+        return GpuWork.of(spec, self.gpu).resident_bytes
 
     def step_seconds(self, spec: ModelSpec, batch, keys) -> np.ndarray:
         """Seconds of one decode step for ``batch`` users each attending ``keys`` keys (broadcast arrays)."""
@@ -80,7 +103,7 @@ class GpuModel:
         keys = np.asarray(keys, dtype=np.float64)
         if np.any(batch < 1):
             raise ValueError(f"batch must be >= 1, got {batch.min()}")
-        mem = (w.weight_bytes + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key)) / (
+        mem = (w.batch_weight_bytes(batch) + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key)) / (
             g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency)
         comp = batch * (w.flops + keys * w.flops_per_key) / (
             g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency)
@@ -92,12 +115,12 @@ class GpuModel:
         w = GpuWork.of(spec, self.gpu)
         batch = np.asarray(batch, dtype=np.float64)
         flops = batch * (w.flops + keys * w.flops_per_key)
-        return flops / (w.weight_bytes + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key))
+        return flops / (w.batch_weight_bytes(batch) + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key))
 
     def max_batch(self, spec: ModelSpec, context: int) -> int:
         """Users whose KV at ``context`` tokens fits in HBM beside the weights (capped by ``max_batch``)."""
         g, w = self.gpu, GpuWork.of(spec, self.gpu)
-        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.weight_bytes
+        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.resident_bytes
         if free <= 0:
             return 0
         return int(min(g.max_batch, free // (context * w.kv_bytes_per_key)))

@@ -25,7 +25,8 @@ HC1_PLAN = get_plan("hc1-int4")
 def default_plan(spec):
     """:data:`HC1_PLAN` when the model's input widths are multiples of 128, else the registered ``int4``
     plan (asymmetric int4 per block of 32, as GGUF Q4_1), which every hcemu model fits."""
-    widths = {spec.d_model, spec.q_dim, spec.d_ff}
+    widths = {spec.d_model, spec.q_dim, spec.d_ff} | ({spec.expert_ff} if spec.is_moe else set()) \
+        | ({spec.d_ff_shared} if spec.d_ff_shared else set())
     return HC1_PLAN if all(k % HC1_PLAN.matrices.group == 0 for k in widths) else get_plan("int4")
 
 

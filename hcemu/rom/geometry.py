@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 from hcemu.formats import TILE_ROWS, Plan
 from hcemu.layout import layout_shape, tile_bytes
-from hcemu.model.spec import LAYER_MATRICES
 
 MIN_WORD_BITS = 32      # one row's 4-byte share of a 64-byte line must sit inside one word
 MAX_WORD_BITS = 2048    # the smallest weight tile (int4, 16 x 32) has 2048 bits; a word must divide it
@@ -81,14 +80,15 @@ class RomGeometry:
     @classmethod
     def for_model(cls, spec, plan: Plan, bank_rows: int = 2048, word_bits: int = 512,
                   banks_per_tile: int = 16) -> "RomGeometry":
-        """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``."""
+        """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``
+        (a mixture-of-experts layer's own matrices: its experts have regions of their own)."""
 
         probe = cls(bank_rows, word_bits, banks_per_tile, 1)
         fmt = plan.matrices
         wpt = probe.words_per_weight_tile(fmt)
         tiles = []
-        for kind in LAYER_MATRICES:
-            nt, nb = layout_shape(fmt, *spec.matrix_shape(kind))
+        for _name, _kind, shape in spec.layer_matrices(0):
+            nt, nb = layout_shape(fmt, *shape)
             tiles.append(nt * nb)
         if len(tiles) * wpt > bank_rows:
             raise ValueError(f"banks of {bank_rows} rows are too shallow: each of the {len(tiles)} layer matrices "

@@ -33,7 +33,7 @@ from hcemu.events import FIELD_INDEX, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
 from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
-from hcemu.model.spec import ModelSpec
+from hcemu.model.spec import EXPERT_MATRICES, ModelSpec
 from hcemu.rom.address import AddressMap
 from hcemu.rom.geometry import RomGeometry
 from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
@@ -117,7 +117,11 @@ class CompileReport:
         return "\n".join(lines)
 
 
-def _region_of(spec: ModelSpec, kind: str, layer) -> int:
+def _region_of(spec: ModelSpec, name: str, kind: str, layer) -> int:
+    """The bank region a matrix lies in: its layer's; the head's or the embedding's; or, for an expert's
+    matrix, that expert's own region (docs/rom.md "Regions")."""
+    if kind in EXPERT_MATRICES:
+        return spec.n_layers + 2 + int(layer) * spec.n_experts + int(name.split(".")[3])
     if layer is not None:
         return int(layer)
     return spec.n_layers + 1 if kind == "embedding" else spec.n_layers
@@ -129,7 +133,7 @@ def _image_matrices(spec: ModelSpec, plan: Plan):
     out = []
     for name, kind, layer, shape in spec.matrices():
         fmt = plan.format_for(kind)
-        out.append((name, kind, layer, _region_of(spec, kind, layer), fmt, shape))
+        out.append((name, kind, layer, _region_of(spec, name, kind, layer), fmt, shape))
     if spec.tied_embeddings and plan.embedding != plan.output:
         notes.append(f"tied embeddings: one ROM copy in the embedding format {plan.embedding.name} serves "
                      f"the output product (the plan asks {plan.output.name} for the output)")
@@ -171,7 +175,8 @@ def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None 
     :meth:`RomGeometry.for_model`), from shapes alone."""
     geometry = geometry or RomGeometry.for_model(spec, plan)
     matrices, _ = _image_matrices(spec, plan)
-    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices],
+                      spec.n_experts)
 
 
 def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None) -> RomBits:
@@ -368,7 +373,7 @@ class RomImage:
         self.aliases = dict(directory.get("aliases", {}))
         self.address_map = AddressMap(self.geometry, self.spec.n_layers,
                                       [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
-                                       for t in directory["tensors"]])
+                                       for t in directory["tensors"]], self.spec.n_experts)
         stored = [r["banks"] for r in directory["address_map"]["regions"]]
         if stored != [int(b) for b in self.address_map.region_banks]:
             raise RomImageError(f"{path}: directory's bank counts {stored} disagree with the placement rule")
