@@ -3,8 +3,9 @@
 Each model is a few layers of width 64-96 over the SmolLM2 tokenizer (49152 tokens, copied from the
 cached SmolLM2 GGUF): seconds to write, and llama.cpp runs them. The scales make next-token
 distributions peaked as a trained model's are (logits of standard deviation ~4 over the vocabulary),
-routers decisive (router logits of standard deviation ~2) and biases, soft-caps and sliding windows
-matter within a 40-token sequence.
+routers decisive (router logits of standard deviation ~2), each layer's update a fraction of the
+residual stream (GPT-2's output-projection scaling), and biases, soft-caps and sliding windows matter
+within a 40-token sequence.
 
 ``write_arch_gguf`` writes the tensors in the layout llama.cpp's converter gives each architecture:
 phi3's fused ``attn_qkv`` and ``ffn_up`` (gate rows first), 3-D ``ffn_*_exps`` experts, the 1-D
@@ -59,6 +60,10 @@ ARCH_SPECS["llama-linear"] = replace(ARCH_SPECS["llama-linear"], rope_scaling=__
 OUTPUT_RMS = 4.0        # logits' standard deviation after the final norm
 ROUTER_RMS = 2.0        # router logits' standard deviation
 BIAS_STD = 0.5
+RESIDUAL_PROJECTIONS = ("attn_output", "ffn_down", "ffn_down_exps", "ffn_down_shexp")
+"""Matrices writing into the residual stream: std ``1 / sqrt(n_in * 2 n_layers)`` (GPT-2's initialization),
+so each layer updates the stream by a fraction of its size, as in trained models (and a token routed to
+a near-tied other expert moves its hidden state by that fraction, not by the whole stream)."""
 NORM_STD = 0.1
 
 
@@ -71,6 +76,8 @@ def arch_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             std = OUTPUT_RMS / np.sqrt(spec.d_model)
         elif kind == "ffn_gate_inp":
             std = ROUTER_RMS / np.sqrt(k)
+        elif kind in RESIDUAL_PROJECTIONS:  # GPT-2's scaling of the projections into the residual stream
+            std = 1.0 / np.sqrt(k) / np.sqrt(2 * spec.n_layers)
         else:
             std = 1.0 / np.sqrt(k)
         w[name] = (rng.standard_normal((n, k)) * std).astype(np.float32)

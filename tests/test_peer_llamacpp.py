@@ -109,3 +109,24 @@ def test_float_reference_matches_llamacpp(name, arch_file, monkeypatch):
             delta = np.abs(ours - peer).max() / std
         assert delta <= 1e-3, delta
         assert kld(peer, ours).mean() < 1e-8
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_int8_chip_matches_llamacpp_q8_0(name, arch_file, tmp_path_factory):
+    """The chip under the int8 plan (Q8_0 matrices imported without loss, int8 activations per block
+    of 32, int8 KV) against llama.cpp on the same Q8_0 file (its default f16 KV cache)."""
+    from hcemu.chip.chip import Chip
+    from hcemu.model.gguf_source import GGUFSource
+    from hcemu.rom.image import RomImage, compile_model
+
+    path = arch_file(name, "Q8_0")
+    toks = tokens()
+    peer = llamacpp_logits(path, toks, f32_cache=False)
+    out = tmp_path_factory.mktemp("q8") / f"{name}.hcrom"
+    with GGUFSource(path) as src:
+        report = compile_model(src, "int8", out, progress=False)
+    assert all(t["method"] == "import" for t in report.tensors if t["source_type"] == "Q8_0")
+    chip = Chip(RomImage.load(out))
+    ours = chip.prefill(toks, all_logits=True).logits
+    k = kld(peer, ours)
+    assert k.mean() <= 0.01, (k.mean(), k.max())

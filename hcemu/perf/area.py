@@ -26,9 +26,9 @@ def head_lane_scale(spec: ModelSpec, plan, chip) -> float:
 
 
 def expert_lane_scale(spec: ModelSpec) -> float:
-    """CIM and vector lanes of one expert region in units of a layer region's: its weights over the
-    layer's own (every region streams its weights in the same cycles; docs/perf.md "Mixture of
-    experts"). 0 for a dense model."""
+    """CIM and vector lanes of one expert region in units of a layer region's, weight-proportional: its
+    weights over the layer's own (every region streams its weights in the same cycles; docs/perf.md
+    "Mixture of experts"); a chip scales it by ``ChipSpec.expert_lane_share``. 0 for a dense model."""
     return spec.expert_params / spec.layer_own_params if spec.is_moe else 0.0
 
 
@@ -121,7 +121,8 @@ def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_by
     rom = rom_bits_for_model(model, plan, geometry)
     return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes, n_layers=model.n_layers,
                           head_lane_scale=head_lane_scale(model, plan, chip),
-                          expert_lanes=model.n_layers * model.n_experts * expert_lane_scale(model))
+                          expert_lanes=model.n_layers * model.n_experts * expert_lane_scale(model)
+                          * chip.expert_lane_share)
 
 
 def chip_area_mm2(spec: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
@@ -199,7 +200,8 @@ def floorplan(image, chip="hc1", kv_tokens: int | None = None, adapter_sram_byte
     spec = image.spec
     area = area_breakdown(chip, rom_bits=rom.total, sram_bytes=kv + int(adapter_sram_bytes),
                           n_layers=spec.n_layers, head_lane_scale=head_lane_scale(spec, image.plan, chip),
-                          expert_lanes=spec.n_layers * spec.n_experts * expert_lane_scale(spec))
+                          expert_lanes=spec.n_layers * spec.n_experts * expert_lane_scale(spec)
+                          * chip.expert_lane_share)
     return Floorplan(chip.name, rom, None if kv_tokens is None else int(kv_tokens), kv, int(adapter_sram_bytes), area,
                      region_summary(image.address_map))
 

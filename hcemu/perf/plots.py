@@ -112,7 +112,7 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
     regions = (spec.n_layers + head_lane_scale(spec, plan, chip)
-               + spec.n_layers * spec.n_experts * expert_lane_scale(spec))
+               + spec.n_layers * spec.n_experts * expert_lane_scale(spec) * chip.expert_lane_share)
     peak = 2 * chip.cim_macs_per_cycle_w4 * regions * hz
     bw = chip.rom_read_bits_per_cycle / 8 * regions * hz
     line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", lw=2, label=f"{chip.name} roof (ROM read, CIM)")

@@ -13,7 +13,7 @@ Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time)
   "Mixture of experts"), so a layer's experts add one expert pass: their regions' cycles divided by ``k``;
 * several users pipeline through the regions: aggregate tok/s ``= min(n * per-user, 1 / slowest
   region)`` with ``n`` bounded by the KV SRAM (users whose whole context fits), by the power limit and by
-  the number of layers + 2; a region's load is its cycles per token of the stream, so a busy expert
+  the tokens the regions hold at once (:func:`pipeline_users`); a region's load is its cycles per token of the stream, so a busy expert
   (more than its ``k / E`` share of the routes) is what bounds a mixture-of-experts chip;
 * prefill of ``t`` tokens streams through the regions: the first token's latency plus ``t - 1``
   slowest-region pass times.
@@ -66,6 +66,12 @@ def _region_cycles(counts, chip, cim_scale, vec_scale=1.0):
            + _col(counts, "vec_transcendentals") / chip.vec_transcendentals_per_cycle) / vec_scale
     over = _col(counts, "tokens") * chip.region_overhead_cycles
     return cim, attn, vec, over
+
+
+def pipeline_users(spec: ModelSpec) -> int:
+    """Most tokens (of different users) in flight at once: one per layer region, the head and the
+    embedding, and one per ``k`` expert regions (a token in its experts occupies ``k`` of them)."""
+    return spec.n_layers + 2 + (spec.n_layers * spec.n_experts // spec.n_experts_used if spec.is_moe else 0)
 
 
 def _energy_pj(counts, chip):
@@ -194,7 +200,8 @@ class SiliconModel:
         scale, vec_scale, weights = np.ones(rows), np.ones(rows), np.ones(rows)
         scale[events.head] = _events_head_scale(events, self.chip)
         if events.n_experts:
-            scale[events.n_layers + 2:] = vec_scale[events.n_layers + 2:] = _events_expert_scale(events)
+            scale[events.n_layers + 2:] = vec_scale[events.n_layers + 2:] = (
+                _events_expert_scale(events) * self.chip.expert_lane_share)
             weights[events.n_layers + 2:] = 1.0 / _routed_per_token(events)
         cim, attn, vec, over = _region_cycles(events.counts, self.chip, scale, vec_scale)
         return RegionTiming(cim, attn, vec, over, events.counts[:, _I["tokens"]].astype(np.float64), weights)
@@ -246,7 +253,7 @@ class SiliconModel:
         e_dyn = self.energy_j(decode) / steps
         context = n_prompt + n_generated - 1
         users_kv = int(chip.kv_sram_bytes // (kv_bytes_per_token(spec, plan) * context))
-        users_pipe = spec.n_layers + 2
+        users_pipe = pipeline_users(spec)
         agg = lambda n: np.minimum(n * per_user, 1.0 / slowest)  # noqa: E731
         n = np.arange(1, users_pipe + 1)
         ok = e_dyn * agg(n) + chip.static_power_w <= chip.power_limit_w
@@ -320,7 +327,7 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
     expert = None
     if spec.is_moe:  # balanced routing: each expert takes k / E of the passes (docs/perf.md)
         k, E = spec.n_experts_used, spec.n_experts
-        escale = expert_lane_scale(spec)
+        escale = expert_lane_scale(spec) * chip.expert_lane_share
         expert = co.expert_const * (s * k / E)
         parts.append((sum(_region_cycles(expert, chip, escale, escale)), spec.n_layers * E, 1.0 / k))
     total = sum(c * m * w for c, m, w in parts)
@@ -333,7 +340,7 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
     context = n_prompt + n_generated - 1
     users_kv = np.floor(chip.kv_sram_bytes / (kv_bytes_per_token(spec, plan) * context))
     users_power = np.floor(np.maximum(chip.power_limit_w - chip.static_power_w, 0) / (energy * per_user))
-    users = np.minimum(np.minimum(users_kv, users_power), spec.n_layers + 2)
+    users = np.minimum(np.minimum(users_kv, users_power), pipeline_users(spec))
     aggregate = np.minimum(users * per_user, 1.0 / slowest)
     out = {"latency_s_per_token": latency, "per_user_tok_s": per_user, "dynamic_energy_j_per_token": energy,
            "users": users, "aggregate_tok_s": aggregate, "power_w": energy * aggregate + chip.static_power_w}

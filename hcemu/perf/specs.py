@@ -91,6 +91,9 @@ class ChipSpec:
     core_overhead_fraction: float
     # the card
     card_price_usd: float
+    # mixture of experts: an expert region's lanes (CIM and vector) as a share of the weight-proportional
+    # ones (hcemu.perf.area.expert_lane_scale; docs/perf.md "Mixture of experts")
+    expert_lane_share: float = 1.0
 
     def __post_init__(self):
         zero_ok = CHIP_ZERO_OK
@@ -195,6 +198,10 @@ _register(CHIP_PRESETS, ChipSpec(
                               "routing and placement white space between macros",
     "card_price_usd": _C + "$9,000 per card (incl. its share of the host server); HC1 pricing is not "
                       "published. Tuned with the cost assumptions to land near 0.75 cents/Mtok",
+    "expert_lane_share": _A + "1: an expert region gets the lanes its weights give it, like every region "
+                         "(compute sits beside the bits: 'store four bits and do the multiply with a single "
+                         "transistor' [V]); HC1 has no experts. Below 1, experts share lanes: less logic, "
+                         "slower expert passes, and a busy expert bounds pipelined throughput",
 })
 
 # ----------------------------------------------------------------------------------------------
