@@ -291,3 +291,33 @@ def test_moe_routes_match_reference_and_expert_events_add_up(name, images):
     experts = sum(int(fired[i, e]) * rows_of(n for n, *_ in spec.expert_matrices(i, e))
                   for i in range(L) for e in range(E))
     assert res.bank_rows.sum() == 48 * layers + 48 * head + embed + experts
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma2", "qwen2moe"])
+def test_commands_on_architecture_files(name, tmp_path, smollm2_gguf, capsys):
+    """``hcemu compile``, ``inspect``, ``run`` and ``eval`` on a GGUF of another architecture (with the
+    SmolLM2 tokenizer, which ``run`` and ``eval`` need)."""
+    import json
+
+    from hcemu.cli import main
+
+    spec = ARCH_SPECS[name]
+    gguf_path = tmp_path / f"{name}.gguf"
+    write_arch_gguf(gguf_path, spec, arch_weights(spec), smollm2_gguf, "Q8_0")
+    image = tmp_path / f"{name}.hcrom"
+    assert main(["compile", str(gguf_path), "--plan", "int8", "--out", str(image), "--no-progress"]) == 0
+    assert main(["inspect", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert f"({spec.arch})" in out
+    if spec.is_moe:
+        assert "one region per expert" in out and f"{spec.n_experts} experts" in out
+    assert main(["run", str(image), "--prompt", "The quick brown fox", "--raw", "--max-new-tokens", "4",
+                 "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["generated_tokens"] == 4 and report["events"]["total"]["tokens"] > 0
+    assert main(["eval", str(gguf_path), "--plan", "int8", "--max-tokens", "64", "--ctx", "32", "--json",
+                 "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["tokens"] == 62 and rep["kld_mean"] < 0.05
