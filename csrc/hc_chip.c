@@ -94,7 +94,9 @@ int hc_decoder_check(const hc_decoder *m) {
     return HC_OK;
 }
 
-#define TIMED(op, call)                                                                                  \
+/* Run one kernel call as op `op` of layer `layer_`: time it when profiling; on failure record where
+ * and do `on_fail` (goto a cleanup label, or return). */
+#define HC_TIMED(op, call, layer_, on_fail)                                                              \
     do {                                                                                                 \
         double t0_ = prof ? now_s() : 0.0;                                                               \
         rc = (call);                                                                                     \
@@ -104,30 +106,15 @@ int hc_decoder_check(const hc_decoder *m) {
         }                                                                                                \
         if (rc) {                                                                                        \
             if (trace) {                                                                                 \
-                trace->failed_layer = i;                                                                 \
+                trace->failed_layer = layer_;                                                            \
                 trace->failed_op = op;                                                                   \
             }                                                                                            \
-            goto done;                                                                                   \
+            on_fail;                                                                                     \
         }                                                                                                \
     } while (0)
+#define TIMED(op, call) HC_TIMED(op, call, i, goto done)
 
-/* TIMED for the helpers below: on failure it records the op and returns the status. */
-#define STEP(op, call)                                                                                   \
-    do {                                                                                                 \
-        double t0_ = prof ? now_s() : 0.0;                                                               \
-        int rc_ = (call);                                                                                \
-        if (prof) {                                                                                      \
-            trace->op_seconds[op] += now_s() - t0_;                                                      \
-            trace->op_calls[op] += 1;                                                                    \
-        }                                                                                                \
-        if (rc_) {                                                                                       \
-            if (trace) {                                                                                 \
-                trace->failed_layer = layer;                                                             \
-                trace->failed_op = op;                                                                   \
-            }                                                                                            \
-            return rc_;                                                                                  \
-        }                                                                                                \
-    } while (0)
+#define STEP(op, call) HC_TIMED(op, call, layer, return rc)
 
 /* Gated FFN of m rows of quantized input (q8, sc): o = W_d (act(W_g x) * (W_u x)), width f.
  * Scratch: gu (m, 2f), g (m, f), u (m, f). */
@@ -135,6 +122,7 @@ static int gated_ffn(const hc_decoder *M, const hc_weights *wg, const hc_weights
                      const int8_t *q8, const float *sc, int64_t m, int64_t f, int64_t group, float *gu, float *gs,
                      float *us, float *o, int n_threads, int prof, hc_decoder_trace *trace, int64_t layer) {
     float *g = gs, *u = us;
+    int rc;
     if (!wu) { /* gate and up stacked in one matrix */
         STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wg, q8, sc, m, M->act_group_d, gu, n_threads));
         if (m == 1) {
@@ -173,22 +161,7 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
     int32_t *routes = (int32_t *)(slots + t);
     int8_t *gq8 = (int8_t *)(routes + t * k);
     int rc = HC_OK;
-#define MSTEP(op, call)                                                                                  \
-    do {                                                                                                 \
-        double t0_ = prof ? now_s() : 0.0;                                                               \
-        rc = (call);                                                                                     \
-        if (prof) {                                                                                      \
-            trace->op_seconds[op] += now_s() - t0_;                                                      \
-            trace->op_calls[op] += 1;                                                                    \
-        }                                                                                                \
-        if (rc) {                                                                                        \
-            if (trace) {                                                                                 \
-                trace->failed_layer = layer;                                                             \
-                trace->failed_op = op;                                                                   \
-            }                                                                                            \
-            goto out;                                                                                    \
-        }                                                                                                \
-    } while (0)
+#define MSTEP(op, call) HC_TIMED(op, call, layer, goto out)
     MSTEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->router, q8, sc, t, M->act_group_d, logits, n_threads));
     MSTEP(HC_DEC_ADD, hc_moe_route_f32(logits, t, E, (int)k, M->expert_norm, M->expert_scale, routes, w));
     for (int64_t r = 0; r < t; r++) memcpy(routes_out + r * stride, routes + r * k, (size_t)k * sizeof(int32_t));

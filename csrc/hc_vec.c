@@ -81,22 +81,8 @@ int hc_rope_style_f32(const float *x, const float *cos_t, const float *sin_t, in
                       int64_t hd, int neox, float *y) {
     if (t < 0 || heads < 0 || hd <= 0 || hd % 2) return HC_EINVAL;
     const int64_t half = hd / 2;
-    if (neox) { /* pairs (j, j + hd/2) */
-        for (int64_t i = 0; i < t; ++i) {
-            const float *c = cos_t + i * half, *s = sin_t + i * half;
-            for (int64_t h = 0; h < heads; ++h) {
-                const float *xh = x + (i * heads + h) * hd;
-                float *yh = y + (i * heads + h) * hd;
-#pragma GCC ivdep
-                for (int64_t j = 0; j < half; ++j) {
-                    float x0 = xh[j], x1 = xh[j + half];
-                    yh[j] = x0 * c[j] - x1 * s[j];
-                    yh[j + half] = x0 * s[j] + x1 * c[j];
-                }
-            }
-        }
-        return HC_OK;
-    }
+    /* pair j is (x[a], x[a + off]): a = 2j, off = 1 (consecutive), or a = j, off = hd/2 (NeoX) */
+    const int64_t step = neox ? 1 : 2, off = neox ? half : 1;
     for (int64_t i = 0; i < t; ++i) {
         const float *c = cos_t + i * half, *s = sin_t + i * half;
         for (int64_t h = 0; h < heads; ++h) {
@@ -104,9 +90,9 @@ int hc_rope_style_f32(const float *x, const float *cos_t, const float *sin_t, in
             float *yh = y + (i * heads + h) * hd;
 #pragma GCC ivdep
             for (int64_t j = 0; j < half; ++j) {
-                float x0 = xh[2 * j], x1 = xh[2 * j + 1];
-                yh[2 * j] = x0 * c[j] - x1 * s[j];
-                yh[2 * j + 1] = x0 * s[j] + x1 * c[j];
+                float x0 = xh[j * step], x1 = xh[j * step + off];
+                yh[j * step] = x0 * c[j] - x1 * s[j];
+                yh[j * step + off] = x0 * s[j] + x1 * c[j];
             }
         }
     }

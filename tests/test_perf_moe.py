@@ -141,3 +141,39 @@ def test_floorplan_has_one_region_per_expert(tmp_path):
     fp = floorplan(img, "hc1")
     assert "16 experts x" in fp.table() and "one region per expert" in fp.table()
     assert fp.area.total_mm2 == pytest.approx(chip_area_breakdown(get_chip("hc1"), spec, get_plan("int8")).total_mm2)
+
+
+def test_events_with_expert_regions_round_trip():
+    from hcemu.events import Events
+
+    ev = Events(2, n_experts=3)
+    assert ev.counts.shape[0] == 2 + 2 + 6 and ev.expert_index(1, 2) == 9
+    ev.add(("expert", 1, 2), tokens=5, macs_w8=7)
+    ev.add("head", tokens=1)
+    back = Events.from_dict(ev.to_dict(per_region=True))
+    assert back == ev and back.n_experts == 3 and back.region(("expert", 1, 2))["tokens"] == 5
+    assert ev.experts()[1, 2, FIELD_INDEX["macs_w8"]] == 7 and ev.macs_w8 == 7
+    with pytest.raises(IndexError, match="expert region"):
+        ev.add(("expert", 2, 0), tokens=1)
+    with pytest.raises(ValueError, match="expert counts"):
+        ev + Events(2)
+    assert "n_experts=3" in repr(ev)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(n_experts_used=9, n_experts=8), "n_experts_used"),
+    (dict(n_experts=0, n_experts_used=2), "need n_experts"),
+    (dict(rope_style="gptj"), "rope_style"),
+    (dict(qk_norm="both"), "qk_norm"),
+    (dict(swa_layers=(50,), sliding_window=8), "swa_layers"),
+    (dict(swa_layers=(0,)), "sliding_window is 0"),
+    (dict(attn_softcap=-1.0), "attn_softcap"),
+    (dict(embed_scale=0.0), "embed_scale"),
+    (dict(shared_expert_gate=True, n_experts=4, n_experts_used=2), "shared expert"),
+])
+def test_spec_rejects_nonsense_block_kinds(change, match):
+    from hcemu.model.spec import ModelSpec
+
+    base = get_preset("smollm2-135m").to_dict()
+    with pytest.raises(ValueError, match=match):
+        ModelSpec(**{**base, **change})
