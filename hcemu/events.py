@@ -210,16 +210,23 @@ def _zeros() -> np.ndarray:
     return np.zeros(len(FIELDS), np.int64)
 
 
+def mac_field(fmt) -> str:
+    """The MAC counter a format's products add to: ``macs_w4`` for codes of up to 4 bits (int4, Q2_K,
+    Q3_K, Q4_K, MXFP4, NVFP4), ``macs_w8`` for wider ones (int8, Q5_*, Q6_K)."""
+    return "macs_w4" if fmt.code_bits <= 4 else "macs_w8"
+
+
 def product_counts(fmt, n: int, k: int) -> np.ndarray:
     """Counts of one token pass through one ``n x k`` CIM product in format ``fmt``: MACs by weight
-    bits, ROM code bits (whole tiles, padding included), ROM metadata bits (fp16 scales, and offsets
-    when asymmetric: ``TILE_ROWS`` per block, or per row tile for per-channel formats) and tiles read."""
+    bits (:func:`mac_field`), ROM code bits (whole tiles, padding included, ``fmt.code_bits`` per
+    weight), ROM metadata bits (every level of scales and offsets as the ROM holds them:
+    :meth:`WeightFormat.meta_bits` of the padded rows; fp16 per block or row tile for the integer
+    formats) and tiles read."""
     nt, nb = layout_shape(fmt, n, k)
     c = _zeros()
-    c[FIELD_INDEX["macs_w8" if fmt.bits == 8 else "macs_w4"]] = n * k
-    c[FIELD_INDEX["rom_code_bits"]] = nt * nb * tile_bytes(fmt) * 8
-    per_array = nt * TILE_ROWS * 16 if fmt.per_channel else nt * nb * TILE_ROWS * 16
-    c[FIELD_INDEX["rom_meta_bits"]] = per_array * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX[mac_field(fmt)]] = n * k
+    c[FIELD_INDEX["rom_code_bits"]] = nt * nb * TILE_ROWS * fmt.tile_k * fmt.code_bits
+    c[FIELD_INDEX["rom_meta_bits"]] = fmt.meta_bits(nt * TILE_ROWS, k)
     c[FIELD_INDEX["rom_tiles"]] = nt * nb
     return c
 
@@ -309,8 +316,8 @@ def embed_counts(spec, fmt) -> np.ndarray:
     _, nb = layout_shape(fmt, *spec.matrix_shape("embedding"))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
-    c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.bits
-    c[FIELD_INDEX["rom_meta_bits"]] = 16 * (1 if fmt.per_channel else nb) * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.code_bits
+    c[FIELD_INDEX["rom_meta_bits"]] = fmt.meta_bits(1, spec.matrix_shape("embedding")[1])
     c[FIELD_INDEX["rom_tiles"]] = nb
     c[FIELD_INDEX["vec_flops"]] = spec.d_model * (2 if getattr(spec, "embed_scale", 1.0) != 1.0 else 1)
     return c

@@ -12,6 +12,7 @@ import math
 from hcemu.bench.host import HostUnavailable, measure_host_decode
 from hcemu.model.spec import ModelSpec, get_preset
 from hcemu.perf.cost import CostModel
+from hcemu.perf.deploy import gpu_at_precision
 from hcemu.perf.gpu import GpuModel
 from hcemu.perf.silicon import SiliconModel
 from hcemu.perf.sizing import size_for_model
@@ -32,9 +33,11 @@ def _row(**kw) -> dict:
 
 def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                  gpus=tuple(GPU_PRESETS), cost="default", host: bool = True, host_layers: int = 1,
-                 host_threads: int = 1) -> list[dict]:
+                 host_threads: int = 1, gpu_precision="bf16", gpu_kv_precision=None) -> list[dict]:
     """One row per system: the chip (modeled, its technology sized for ``spec`` by
-    :func:`hcemu.perf.sizing.size_for_model`), each GPU (roofline), and the host emulator (measured)."""
+    :func:`hcemu.perf.sizing.size_for_model`), each GPU (roofline) serving at ``gpu_precision`` (weights;
+    KV at ``gpu_kv_precision`` when given, see :func:`hcemu.perf.deploy.gpu_at_precision`; a GPU without
+    tensor cores for it gets a row that says so), and the host emulator (measured)."""
     spec = get_preset(spec) if isinstance(spec, str) else spec
     chip = size_for_model(chip, spec, plan)
     cm = CostModel(get_cost(cost))
@@ -51,7 +54,11 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  power_w=si.power_w, area_mm2=si.area_mm2,
                  cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)]
     for name in gpus:
-        g = get_gpu(name)
+        try:
+            g = gpu_at_precision(name, gpu_precision, gpu_kv_precision)
+        except ValueError as exc:
+            rows.append(_row(system=get_gpu(name).name, kind="GPU (roofline)", note=str(exc)))
+            continue
         gm = GpuModel(g)
         if gm.max_batch(spec, n_prompt + n_generated - 1) < 1:
             rows.append(_row(system=g.name, kind="GPU (roofline)", power_w=g.power_w,

@@ -14,6 +14,10 @@ def register(sub) -> None:
     p.add_argument("--plan", default=None,
                    help="quantization plan (default: hc1-int4 where the model's widths allow, else int4)")
     p.add_argument("--cost", default="default", help="cost-assumption preset")
+    p.add_argument("--gpu-precision", default="bf16",
+                   help="GPU weight precision: bf16 (default), fp8 (H100/H200/B200), nvfp4 or fp4 (B200)")
+    p.add_argument("--gpu-kv-precision", default=None,
+                   help="GPU KV-cache precision (default: the weight precision's; fp8 for nvfp4)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the rows as CSV")
@@ -37,7 +41,8 @@ def run(args) -> int:
     plan = default_plan(spec) if args.plan is None else get_plan(args.plan)
     n_gen = args.context if args.generated is None else args.generated
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
-                        host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads)
+                        host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads,
+                        gpu_precision=args.gpu_precision, gpu_kv_precision=args.gpu_kv_precision)
     if args.json:
         print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},
                          indent=2))

@@ -3,7 +3,8 @@
 The architectures of :mod:`hcemu.model.architectures` are accepted (llama with or without experts,
 qwen2, qwen3, phi3, gemma2, gemma3, qwen2moe, qwen3moe, olmoe); any other ``general.architecture``, a
 tensor the architecture does not expect, or a missing one raises :class:`ValueError` naming it.
-Tensors of type F32, F16, BF16, Q8_0, Q4_0 and Q4_1 can be read; a tensor of any other type raises
+Tensors of type F32, F16, BF16 and the block types of :data:`hcemu.model.source.BLOCK_TYPES` (Q8_0,
+Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, MXFP4, NVFP4) can be read; a tensor of any other type raises
 :class:`ValueError` naming the tensor and its type when it is read (the file still opens, so its
 :class:`ModelSpec` can be inspected).
 

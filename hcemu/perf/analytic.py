@@ -36,7 +36,9 @@ def kv_bytes_per_token(spec: ModelSpec, plan: Plan) -> int:
 
 def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
     """Format of the output product: the embedding's when the embeddings are tied."""
-    return plan.embedding if spec.tied_embeddings else plan.output
+    if spec.tied_embeddings:
+        return plan.format_for("embedding", "token_embd.weight", spec.matrix_shape("embedding")[1])
+    return plan.format_for("output", "output.weight", spec.matrix_shape("output")[1])
 
 
 @dataclass(frozen=True)
@@ -50,27 +52,42 @@ class PassCoefficients:
     layer_per_key: np.ndarray
     head_const: np.ndarray
     embed_const: np.ndarray
+    by_layer: np.ndarray | None = None
+    """(n_layers, fields) per-layer constants when layers differ in formats (a plan with per-tensor
+    overrides, e.g. ``gguf`` resolved against a file); ``layer_const`` is then their integer mean."""
     windows: tuple = ()
     expert_const: np.ndarray | None = None
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
-    """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`."""
+    """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`;
+    each matrix in its plan format (``plan.format_for``, block formats' fallbacks included)."""
     attn_pass, per_key = attention_counts(spec, plan.kv)
-    layer = layer_vector_counts(spec) + attn_pass
-    for _name, _kind, shape in spec.layer_matrices(0):
-        layer += product_counts(plan.matrices, *shape)
+    base = layer_vector_counts(spec) + attn_pass
+    rows = {}
+    for i in range(spec.n_layers):
+        mats = list(spec.layer_matrices(i))
+        fmts = tuple(plan.format_for(kind, name, shape[1]) for name, kind, shape in mats)
+        if fmts not in rows:
+            rows[fmts] = base + sum(product_counts(f, *shape) for f, (_n, _k, shape) in zip(fmts, mats))
+        rows.setdefault(i, rows[fmts])
+    by_layer = None
+    if len({k for k in rows if isinstance(k, tuple)}) == 1:
+        layer = rows[0].copy()
+    else:
+        by_layer = np.stack([rows[i] for i in range(spec.n_layers)])
+        layer = by_layer.sum(axis=0) // spec.n_layers
     head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
-    embed = embed_counts(spec, plan.embedding)
+    embed = embed_counts(spec, plan.format_for("embedding", "token_embd.weight", spec.matrix_shape("embedding")[1]))
     expert = None
-    if spec.is_moe:
+    if spec.is_moe:  # every expert in the format of layer 0's expert 0
         expert = expert_vector_counts(spec)
-        for _name, _kind, shape in spec.expert_matrices(0, 0):
-            expert += product_counts(plan.matrices, *shape)
-    for a in (layer, per_key, head, embed) + ((expert,) if expert is not None else ()):
+        for name, kind, shape in spec.expert_matrices(0, 0):
+            expert += product_counts(plan.format_for(kind, name, shape[1]), *shape)
+    for a in (layer, per_key, head, embed) + tuple(x for x in (by_layer, expert) if x is not None):
         a.flags.writeable = False
-    return PassCoefficients(layer, per_key, head, embed, tuple(spec.block(i).window for i in range(spec.n_layers)),
-                            expert)
+    return PassCoefficients(layer, per_key, head, embed, by_layer,
+                            tuple(spec.block(i).window for i in range(spec.n_layers)), expert)
 
 
 def balanced_expert_passes(spec: ModelSpec, passes: int) -> np.ndarray:
@@ -104,7 +121,8 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     co = pass_coefficients(spec, plan)
     ev = Events.for_spec(spec)
     keys = {w: attended_keys(pos, w) for w in set(co.windows)}
-    ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * np.array(
+    const = co.layer_const if co.by_layer is None else co.by_layer
+    ev.counts[: spec.n_layers] = const * n + co.layer_per_key * np.array(
         [keys[w] for w in co.windows], np.int64)[:, None]
     if spec.is_moe:
         ev.counts[spec.n_layers + 2:] = np.tile(balanced_expert_passes(spec, n), spec.n_layers)[:, None] * co.expert_const

@@ -1,5 +1,8 @@
 """Plots of the models (matplotlib, optional extra ``plot``); every figure is written atomically as PNG.
 
+The chip in every plot is ``chip``'s technology sized for the plotted model
+(:func:`hcemu.perf.sizing.size_for_model`), the chip ``hcemu compare``'s table prices.
+
 * :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
 * :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
 * :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
@@ -18,7 +21,8 @@ from hcemu.perf.area import expert_lane_scale, head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
 from hcemu.perf.silicon import SiliconModel, decode_sweep
-from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
+from hcemu.perf.sizing import size_for_model
+from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_cost, get_gpu
 
 
 def _pyplot():
@@ -46,7 +50,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
     ctx = np.asarray(contexts if contexts is not None else 2 ** np.arange(7, 17), dtype=np.float64)
     ctx = ctx[2 * ctx <= spec.max_context + 1]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     sw = decode_sweep(spec, plan, chip, ctx, ctx)
     line, = ax.plot(ctx, sw["per_user_tok_s"], "o-", label=f"{chip.name} (modeled)")
     over = sw["users"] < 1
@@ -67,7 +71,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
 def plot_cost_volume(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                      gpus=tuple(GPU_PRESETS), cost="default") -> str:
     plt = _pyplot()
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     if si.aggregate_tok_s <= 0:
@@ -108,7 +112,7 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
             t = float(m.step_seconds(spec, b, keys))
             ax.plot([m.arithmetic_intensity(spec, b, keys)], [b * (w.flops + keys * w.flops_per_key) / t], mk,
                     color=line.get_color())
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
     regions = (spec.n_layers + head_lane_scale(spec, plan, chip)
@@ -139,3 +143,28 @@ def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> li
             plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
             plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
                           **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]
+
+
+def plot_economics(path, chip, gpus, econ, demand_tok_s: float) -> str:
+    """Left: hard-coded cards needed to break even vs model lifetime, per GPU. Right: lifetime cost per
+    Mtok vs model lifetime at ``demand_tok_s``, chip (GPU-bridged) and GPUs, with the crossover marked.
+    chip, gpus: :class:`hcemu.perf.economics.System`; econ: :class:`hcemu.perf.economics.Economics`."""
+    plt = _pyplot()
+    L = np.linspace(0.1, 5.0, 120)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for g in gpus:
+        a.plot(L, econ.break_even_cards(chip, g, L), label=f"{chip.name} vs {g.name}")
+        line, = b.plot(L, econ.lifetime_cents_per_mtok(g, demand_tok_s, L), "--", label=g.name)
+        w = econ.gpu_wins_below_years(chip, g, demand_tok_s)
+        if 0 < w < L[-1]:
+            b.axvline(w, color=line.get_color(), ls=":", alpha=0.7)
+    b.plot(L, econ.lifetime_cents_per_mtok(chip, demand_tok_s, L, gpus[0] if gpus else None), "k-",
+           label=f"{chip.name} (NRE, cards scrapped with the model)")
+    a.set(yscale="log", xlabel="model lifetime (years)", ylabel="cards deployed to break even",
+          title="Break-even volume vs model lifetime")
+    b.set(yscale="log", xlabel="model lifetime (years)", ylabel="cents per Mtok over the life",
+          title=f"Lifetime cost at {demand_tok_s:,.0f} tok/s (dotted: GPUs win below)")
+    for ax in (a, b):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -37,7 +37,7 @@ from hcemu.model.spec import EXPERT_MATRICES, ModelSpec
 from hcemu.rom.address import AddressMap
 from hcemu.rom.geometry import RomGeometry
 from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
-                                represented)
+                                quantize_matrix, represented)
 
 MAGIC = b"HCROM\x00\x1a\n"
 VERSION = 1
@@ -45,6 +45,7 @@ PREAMBLE_BYTES = 4096
 ALIGN = 4096
 _PRE = struct.Struct("<8sIIQQQ32s")
 CHUNK_ELEMS = 1 << 22   # weights quantized per chunk (bounds the compiler's working memory)
+META_ARRAYS = ("scales", "offsets", "subscales", "submins")  # PackedWeights arrays beside the codes
 
 
 class RomImageError(ValueError):
@@ -52,21 +53,35 @@ class RomImageError(ValueError):
 
 
 # ---- (de)serialization of the plan
+def _fmt_to_dict(f: WeightFormat) -> dict:
+    d = {"bits": f.bits, "group": f.group, "asymmetric": f.asymmetric}
+    if f.kind != "int":
+        d["kind"] = f.kind
+    return d
+
+
 def plan_to_dict(plan: Plan) -> dict:
-    wf = lambda f: {"bits": f.bits, "group": f.group, "asymmetric": f.asymmetric}  # noqa: E731
-    return {"name": plan.name, "matrices": wf(plan.matrices), "embedding": wf(plan.embedding),
-            "output": wf(plan.output),
-            "activations": {"granularity": plan.activations.granularity, "group": plan.activations.group},
-            "kv": plan.kv, "description": plan.description}
+    wf = _fmt_to_dict
+    d = {"name": plan.name, "matrices": wf(plan.matrices), "embedding": wf(plan.embedding),
+         "output": wf(plan.output),
+         "activations": {"granularity": plan.activations.granularity, "group": plan.activations.group},
+         "kv": plan.kv, "description": plan.description}
+    if plan.overrides:
+        d["overrides"] = [[key, wf(f)] for key, f in plan.overrides]
+    if plan.source_formats:
+        d["source_formats"] = True
+    return d
 
 
 def plan_from_dict(d: dict) -> Plan:
-    return Plan(d["name"], WeightFormat(**d["matrices"]), WeightFormat(**d["embedding"]),
-                WeightFormat(**d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""))
+    return Plan(d["name"], _fmt_from_dict(d["matrices"]), _fmt_from_dict(d["embedding"]),
+                _fmt_from_dict(d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""),
+                tuple((key, _fmt_from_dict(f)) for key, f in d.get("overrides", ())),
+                bool(d.get("source_formats", False)))
 
 
 def _fmt_from_dict(d: dict) -> WeightFormat:
-    return WeightFormat(d["bits"], d["group"], d["asymmetric"])
+    return WeightFormat(d["bits"], d["group"], d["asymmetric"], d.get("kind", "int"))
 
 
 def _as_float32(a: np.ndarray, ggml_type: str) -> np.ndarray:
@@ -132,7 +147,7 @@ def _image_matrices(spec: ModelSpec, plan: Plan):
     notes = []
     out = []
     for name, kind, layer, shape in spec.matrices():
-        fmt = plan.format_for(kind)
+        fmt = plan.format_for(kind, name, shape[1])
         out.append((name, kind, layer, _region_of(spec, name, kind, layer), fmt, shape))
     if spec.tied_embeddings and plan.embedding != plan.output:
         notes.append(f"tied embeddings: one ROM copy in the embedding format {plan.embedding.name} serves "
@@ -144,9 +159,11 @@ def _image_matrices(spec: ModelSpec, plan: Plan):
 class RomBits:
     """What the mask ROM of one image holds, in bits (the counts the die-area model prices).
 
-    code_used: weight codes of every matrix (weight-tile padding included);
-    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated);
-    meta: fp16 scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
+    code_used: weight codes of every matrix (weight-tile padding included), ``code_bits`` per weight;
+    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated),
+    scaled by code_used / slot bits where block formats hold narrower codes than their 4-/8-bit host
+    slots (:func:`dense_physical_bits`: a dense ROM packs Q3_K's 3-bit codes, not 4-bit slots);
+    meta: every level of scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
     """
 
     code_used: int
@@ -168,6 +185,45 @@ class RomBits:
         return {"code_used": self.code_used, "code_physical": self.code_physical, "meta": self.meta,
                 "vector": self.vector, "banks": self.banks, "total": self.total,
                 "bank_utilization": self.bank_utilization}
+
+
+def source_format(ggml_type: str) -> WeightFormat | None:
+    """The ROM format a GGUF block type imports into without loss, None for float types."""
+    from hcemu.formats import INT4_G32, INT4A_G32, INT8_G32, KIND_BY_GGML
+
+    fixed = {"Q8_0": INT8_G32, "Q4_0": INT4_G32, "Q4_1": INT4A_G32}
+    if ggml_type in fixed:
+        return fixed[ggml_type]
+    if ggml_type in KIND_BY_GGML:
+        return WeightFormat.of_kind(KIND_BY_GGML[ggml_type].name)
+    if ggml_type in FLOAT_TYPES:
+        return None
+    raise ValueError(f"unsupported tensor type {ggml_type!r}; supported: {', '.join(FLOAT_TYPES + BLOCK_TYPES)}")
+
+
+def resolve_plan(plan: Plan | str, source) -> Plan:
+    """``plan`` made concrete for ``source``: a plan with ``source_formats`` (plan ``gguf``) gets one
+    override per matrix, the format its source type imports into without loss (float tensors keep
+    the plan's format); other plans are returned as they are. ValueError names a tensor of an
+    unsupported type."""
+    from dataclasses import replace
+
+    from hcemu.formats import get_plan
+
+    if isinstance(plan, str):
+        plan = get_plan(plan)
+    if not plan.source_formats:
+        return plan
+    overrides = []
+    for name, _kind, _layer, _shape in source.spec.matrices():
+        gtype = source.raw(name).ggml_type
+        try:
+            fmt = source_format(gtype)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if fmt is not None:
+            overrides.append((name, fmt))
+    return replace(plan, overrides=tuple(overrides), source_formats=False)
 
 
 def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None) -> AddressMap:
@@ -197,7 +253,16 @@ def _rom_bits_cached(spec, plan, geometry):
     used = int(per_matrix[FIELD_INDEX["rom_code_bits"]])   # the bits one pass reads are the bits held
     meta = int(per_matrix[FIELD_INDEX["rom_meta_bits"]])
     vector = sum(length for _nm, _l, length in spec.norms()) * 32
-    return RomBits(used, amap.physical_bits, meta, vector, amap.n_banks)
+    slots = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
+                for *_, fmt, (n, k) in matrices)
+    return RomBits(used, dense_physical_bits(amap.physical_bits, used, slots), meta, vector, amap.n_banks)
+
+
+def dense_physical_bits(physical_bits: int, code_bits: int, slot_bits: int) -> int:
+    """Fabricated code bits of a ROM whose banks (``physical_bits``, laid out with 4-/8-bit host slots
+    holding ``slot_bits``) store ``code_bits`` of codes packed densely: physical x code / slot, rounded
+    down (equal to ``physical_bits`` for the integer formats, whose codes fill their slots)."""
+    return physical_bits if code_bits == slot_bits else physical_bits * code_bits // slot_bits
 
 
 def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
@@ -211,8 +276,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
     from hcemu._io import atomic_write
     from hcemu.formats import get_plan
 
-    if isinstance(plan, str):
-        plan = get_plan(plan)
+    plan = resolve_plan(plan, source)
     spec = source.spec
     geometry = geometry or RomGeometry.for_model(spec, plan)
     matrices, notes = _image_matrices(spec, plan)
@@ -272,7 +336,16 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 nt, nb = layout_shape(fmt, n, k)
                 rows_per_chunk = max(16, (chunk_elems // k) // 16 * 16)
                 stats = ErrorStats()
-                scales, offsets = [], []
+                meta = {a: [] for a in META_ARRAYS}
+                tscale = None
+                if fmt.block is not None and fmt.block.name == "nvfp4" and method != "import":
+                    from hcemu.rom.blocks import nvfp4_tensor_scale  # one tensor scale over all chunks
+
+                    amax = max((float(np.abs(_as_float32(src[r0:r0 + rows_per_chunk], gtype if method == "quantize"
+                                                          else "F32")).max()) for r0 in range(0, n, rows_per_chunk)),
+                               default=0.0)
+                    tscale = nvfp4_tensor_scale(amax)
+                used_tscale = [1.0]
 
                 def code_chunks():
                     for r0 in range(0, n, rows_per_chunk):
@@ -282,24 +355,29 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                             w_hat = dequantize(pw)
                             stats.add_exact(w_hat.size, float(np.dot(w_hat.ravel().astype(np.float64),
                                                                      w_hat.ravel().astype(np.float64))))
+                        elif fmt.block is not None:
+                            w = _as_float32(src[r0:r1], gtype if method == "quantize" else "F32")
+                            pw = quantize_matrix(w, fmt, name, tscale)
+                            stats.add(w, dequantize(pw))
                         else:
                             w = _as_float32(src[r0:r1], gtype if method == "quantize" else "F32")
                             q, d, m = quantize_codes(w, fmt, name)
                             stats.add(w, represented(q, d, m, fmt))
                             pw = pack(q, d, fmt, m)
-                        scales.append(pw.scales)
-                        if pw.offsets is not None:
-                            offsets.append(pw.offsets)
+                        for a in META_ARRAYS:
+                            if getattr(pw, a) is not None:
+                                meta[a].append(getattr(pw, a))
+                        used_tscale[0] = pw.tensor_scale
                         if bar is not None:
                             bar.update((r1 - r0) * k)
                         yield pw.codes
 
                 sections = {"codes": section(code_chunks(), np.uint8, (nt, nb, tile_bytes(fmt)))}
-                meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
-                sections["scales"] = section(scales, np.float16, meta_shape)
-                if fmt.asymmetric:
-                    sections["offsets"] = section(offsets, np.float16, meta_shape)
-                del src, scales, offsets
+                for a in META_ARRAYS:
+                    if meta[a]:
+                        shape = (nt,) + meta[a][0].shape[1:]
+                        sections[a] = section(meta[a], meta[a][0].dtype, shape)
+                del src, meta
                 err = stats.to_dict()
                 if method == "import":
                     err["exact"] = True
@@ -307,10 +385,13 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 totals.merge(stats)
                 p = amap.by_name[name]
                 row = {"name": name, "kind": kind, "layer": layer, "region": region, "format": fmt.name,
-                       "fmt": {"bits": fmt.bits, "group": fmt.group, "asymmetric": fmt.asymmetric},
+                       "bits_per_weight": fmt.bits_per_weight(k),
+                       "fmt": _fmt_to_dict(fmt),
                        "n": n, "k": k, "source_type": gtype, "method": method, **err,
                        "bank_base_row": p.base_row, "banks": p.n_banks}
                 report_rows.append({kk: v for kk, v in row.items() if kk not in ("fmt",)})
+                if used_tscale[0] != 1.0:
+                    row["tensor_scale"] = used_tscale[0]
                 tensors_dir.append({**row, "sections": sections})
             for name, layer, length in norms:
                 raw = source.raw(name)
@@ -456,8 +537,8 @@ class RomImage:
             t = self._tensors[name]
             s = t["sections"]
             self._cache[name] = PackedWeights(_fmt_from_dict(t["fmt"]), t["n"], t["k"], self._array(s["codes"]),
-                                              self._array(s["scales"]),
-                                              self._array(s["offsets"]) if "offsets" in s else None)
+                                              *(self._array(s[a]) if a in s else None for a in META_ARRAYS),
+                                              float(t.get("tensor_scale", 1.0)))
         return self._cache[name]
 
     def vector(self, name: str) -> np.ndarray:
@@ -491,9 +572,10 @@ class RomImage:
 
     @property
     def meta_bits(self) -> int:
-        """Bits of fp16 scales and offsets (held in ROM beside the banks)."""
-        return sum(sec["nbytes"] * 8 for t in self.directory["tensors"] for kind, sec in t["sections"].items()
-                   if kind != "codes")
+        """Bits of scales (every level) and offsets held in ROM beside the banks (the format's widths:
+        :meth:`WeightFormat.meta_bits`, which the host sections of integer formats equal)."""
+        return sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_meta_bits"]])
+                   for t in self.directory["tensors"])
 
     @property
     def vector_bits(self) -> int:
@@ -502,9 +584,11 @@ class RomImage:
     @property
     def rom_bits(self) -> RomBits:
         """What this image's ROM holds, read from its directory and address map (see :class:`RomBits`)."""
-        used = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
-        return RomBits(used, self.address_map.physical_bits, self.meta_bits, self.vector_bits,
-                       self.address_map.n_banks)
+        used = sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_code_bits"]])
+                   for t in self.directory["tensors"])
+        slots = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
+        return RomBits(used, dense_physical_bits(self.address_map.physical_bits, used, slots), self.meta_bits,
+                       self.vector_bits, self.address_map.n_banks)
 
     def close(self) -> None:
         self._cache.clear()
