@@ -282,10 +282,10 @@ static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m
             }
             const int64_t sup = t * nsup + b / bps;
             for (int r = 0; r < TR; r++) {
-                if (w->scale_kind == 0) d[r] = half_to_float(w->scales[sup * TR + r]);
+                if (w->scale_kind == 0) d[r] = hc__f16_to_f32(w->scales[sup * TR + r]);
                 else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]);
-                if (w->offset_kind == 1) o[r] = -half_to_float(w->offsets[sup * TR + r]);
-                else if (w->offset_kind == 2) o[r] = half_to_float(w->offsets[(t * nb + b) * TR + r]);
+                if (w->offset_kind == 1) o[r] = -hc__f16_to_f32(w->offsets[sup * TR + r]);
+                else if (w->offset_kind == 2) o[r] = hc__f16_to_f32(w->offsets[(t * nb + b) * TR + r]);
                 for (int j = 0; j < nsub; j++) {
                     const int64_t su = (t * nsu + b * nsub + j) * TR + r;
                     if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);

@@ -269,8 +269,8 @@ cdef class Decoder:
             raise OverflowError(f"Decoder.forward: positions [{start}, {start + t}) exceed the KV cache's "
                                 f"{self.store.capacity} token slots")
         cdef int64_t *counts = NULL
-        if events is not None:
-            counts = _event_counts(events, self.n_layers)
+        if events is not None:  # with experts, their regions follow the layers, head and embedding
+            counts = _event_counts(events, self.n_layers + (2 + self.n_layers * self.n_experts if self.n_experts else 0))
         cdef float *xp = <float *>cnp.PyArray_DATA(<cnp.ndarray>x)
         cdef int rc
         routes = None
@@ -287,13 +287,11 @@ cdef class Decoder:
         cdef Py_ssize_t e_idx
         self.last_routes = routes
         if routes is not None and counts != NULL:
-            if cnp.PyArray_DIM(<cnp.ndarray>ev_counts, 0) != self.n_layers + 2 + self.n_layers * self.n_experts:
-                raise TypeError(f"events.counts must have the {self.n_layers} x {self.n_experts} expert regions")
             for i in range(self.n_layers):
                 fired = _np.bincount(routes[:, i].ravel(), minlength=self.n_experts)
                 for e in _np.nonzero(fired)[0]:
                     e_idx = int(e)
-                    row = counts + (self.n_layers + 2 + i * self.n_experts + e_idx) * cols
+                    row = counts + (self.n_layers + 2 + i * self.n_experts + e_idx) * _N_FIELDS
                     for cw in self.expert_products[i][e_idx]:
                         _count_product(row, <CimWeights>cw, int(fired[e_idx]))
         for i in range(self.n_layers):
