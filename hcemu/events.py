@@ -346,3 +346,68 @@ def attended_keys(positions, window: int = 0) -> int:
     if window:
         keys = np.minimum(keys, window)
     return int(keys.sum())
+
+
+LINK_FIELDS = ("messages", "bytes")
+"""Counters of one chip-to-chip hop: messages sent (one per token pass crossing it) and payload bytes."""
+
+
+class LinkEvents:
+    """Per-hop integer counters of a multi-chip system: ``counts`` int64 (n_hops, len(LINK_FIELDS));
+    hop ``h`` links die ``h`` to die ``h + 1``. ``ev.bytes`` / ``ev.messages`` are totals over hops."""
+
+    __slots__ = ("n_hops", "counts")
+
+    def __init__(self, n_hops: int, counts: np.ndarray | None = None):
+        self.n_hops = int(n_hops)
+        if self.n_hops < 0:
+            raise ValueError(f"n_hops must be >= 0, got {n_hops}")
+        shape = (self.n_hops, len(LINK_FIELDS))
+        if counts is None:
+            counts = np.zeros(shape, np.int64)
+        elif counts.shape != shape or counts.dtype != np.int64:
+            raise ValueError(f"counts must be int64 {shape}, got {counts.dtype} {counts.shape}")
+        self.counts = counts
+
+    def add(self, hop: int, messages: int, nbytes: int) -> None:
+        if not 0 <= hop < self.n_hops:
+            raise IndexError(f"hop {hop} out of range 0..{self.n_hops - 1}")
+        self.counts[hop, 0] += messages
+        self.counts[hop, 1] += nbytes
+
+    def hop(self, h: int) -> dict[str, int]:
+        return {name: int(v) for name, v in zip(LINK_FIELDS, self.counts[h])}
+
+    @property
+    def messages(self) -> int:
+        return int(self.counts[:, 0].sum())
+
+    @property
+    def bytes(self) -> int:
+        return int(self.counts[:, 1].sum())
+
+    def _check_same(self, other) -> None:
+        if not isinstance(other, LinkEvents) or other.n_hops != self.n_hops:
+            raise ValueError("link events of systems with different hop counts cannot be combined")
+
+    def __iadd__(self, other: "LinkEvents") -> "LinkEvents":
+        self._check_same(other)
+        self.counts += other.counts
+        return self
+
+    def __add__(self, other: "LinkEvents") -> "LinkEvents":
+        self._check_same(other)
+        return LinkEvents(self.n_hops, self.counts + other.counts)
+
+    def copy(self) -> "LinkEvents":
+        return LinkEvents(self.n_hops, self.counts.copy())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LinkEvents) and other.n_hops == self.n_hops and bool(
+            np.array_equal(self.counts, other.counts))
+
+    def to_dict(self) -> dict:
+        return {"n_hops": self.n_hops, "hops": [self.hop(h) for h in range(self.n_hops)]}
+
+    def __repr__(self) -> str:
+        return f"LinkEvents(n_hops={self.n_hops}, messages={self.messages}, bytes={self.bytes})"

@@ -367,3 +367,54 @@ def get_plan(name: str) -> Plan:
         return PLANS[name]
     except KeyError:
         raise ValueError(f"unknown plan {name!r}; known plans: {', '.join(sorted(PLANS))}") from None
+
+
+# ---- chip-to-chip links
+@dataclass(frozen=True)
+class LinkFormat:
+    """How the residual stream crosses a chip-to-chip link (``docs/system.md``, "Link formats").
+
+    One message carries one token's activations (``d_model`` values): ``value_bits`` per value and,
+    when ``block`` > 0, one ``scale_bits`` float32 scale per ``block`` values. ``lossless``: the
+    receiving die sees the sender's float32 values bit for bit.
+    """
+
+    name: str
+    value_bits: int
+    block: int = 0
+    scale_bits: int = 0
+    lossless: bool = False
+    description: str = ""
+
+    def __post_init__(self):
+        if self.value_bits not in (8, 16, 32):
+            raise ValueError(f"link value_bits must be 8, 16 or 32, got {self.value_bits}")
+        if self.block < 0 or (self.block == 0) != (self.scale_bits == 0):
+            raise ValueError(f"link format {self.name}: a block needs a scale and a scale a block "
+                             f"(block {self.block}, scale_bits {self.scale_bits})")
+
+    def message_bytes(self, n_values: int) -> int:
+        """Bytes of one message carrying ``n_values`` activations (values, then block scales)."""
+        n = int(n_values)
+        if self.block and n % self.block:
+            raise ValueError(f"link format {self.name}: {n} values are not whole blocks of {self.block}")
+        blocks = n // self.block if self.block else 0
+        return (n * self.value_bits + blocks * self.scale_bits) // 8
+
+
+LINK_FORMATS: dict[str, LinkFormat] = {f.name: f for f in (
+    LinkFormat("fp32", 32, lossless=True, description="float32 as computed: lossless, 4 bytes per value"),
+    LinkFormat("bf16", 16, description="bfloat16, round to nearest even from float32: 2 bytes per value"),
+    LinkFormat("int8", 8, 32, 32, description="int8 per block of 32 values with a float32 scale (the "
+                                              "activation quantizer of the CIM inputs): 1.125 bytes per value"),
+)}
+
+
+def get_link_format(fmt) -> LinkFormat:
+    """A :class:`LinkFormat` or the name of one of :data:`LINK_FORMATS`."""
+    if isinstance(fmt, LinkFormat):
+        return fmt
+    try:
+        return LINK_FORMATS[str(fmt)]
+    except KeyError:
+        raise ValueError(f"unknown link format {fmt!r}; known: {', '.join(LINK_FORMATS)}") from None

@@ -13,6 +13,7 @@ import pytest
 from hcemu.perf.deploy import DEPLOY_SOURCES, ENGINES, PRECISIONS
 from hcemu.perf.economics import ECONOMICS_PRESETS, ECONOMICS_SOURCES
 from hcemu.perf.figures import FIGURES, FIGURES_BY_KEY, Figure, format_value, numbers_stated, states_value
+from hcemu.perf.links import LINK_PRESETS, LINK_SOURCES, TP_PRESETS
 from hcemu.perf.specs import CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, SOURCE_KINDS, SOURCES, Source, get_chip
 from hcemu.perf.validation import (PIN_BAND, calibrated_parameters, figure_checks, generated_blocks, main,
                                    update_markdown)
@@ -24,6 +25,7 @@ FAMILIES = {  # (presets, their sources) of every preset family
     **{("specs", n): (p, SOURCES) for n, p in {**CHIP_PRESETS, **GPU_PRESETS, **COST_PRESETS}.items()},
     **{("deploy", n): (p, DEPLOY_SOURCES) for n, p in {**PRECISIONS, **ENGINES}.items()},
     **{("economics", n): (p, ECONOMICS_SOURCES) for n, p in ECONOMICS_PRESETS.items()},
+    **{("links", n): (p, LINK_SOURCES) for n, p in {**LINK_PRESETS, **TP_PRESETS}.items()},
 }
 TARGETS = {k for k, v in calibrated_parameters().items() if v}
 

@@ -143,10 +143,14 @@ def test_failed_plot_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_models_that_do_not_fit_a_gpu_get_a_note_row():
+def test_models_that_do_not_fit_a_gpu_run_tensor_parallel():
     rows = {r["system"]: r for r in compare_rows("llama-3.1-70b", 1024, 1024, host=False)}
-    assert rows["h100"]["per_user_tok_s"] is None and "does not fit" in rows["h100"]["note"]
+    assert rows["h100 x4"]["per_user_tok_s"] > 0 and "tensor parallel" in rows["h100 x4"]["note"]
     assert rows["b200"]["per_user_tok_s"] > 0  # 141 GB of BF16 weights fit in 180 GB
+    big = get_preset("llama-3.1-70b").__class__(**{**get_preset("llama-3.1-70b").to_dict(), "name": "huge",
+                                                    "n_layers": 800, "rope_scaling": None})
+    rows = {r["system"]: r for r in compare_rows(big, 1024, 1024, host=False, chips=None)}
+    assert rows["h100"]["per_user_tok_s"] is None and "does not fit in 8 x" in rows["h100"]["note"]
 
 
 def test_default_plan_follows_the_model_widths():

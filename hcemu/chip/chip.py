@@ -5,18 +5,19 @@ image's ROM tiles; nothing multiplies float weights. The KV cache lives in an SR
 (:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE,
 SiLU/GELU, biases, soft-caps and residual adds in float32. The layers are built from the block kinds of
 the model's spec (:meth:`hcemu.model.spec.ModelSpec.block`; docs/chip.md "Block kinds"). Each step
-returns the logits and the :class:`~hcemu.events.Events` it spent, counted by the rules of
-``docs/events.md``.
+returns the logits and the :class:`~hcemu.events.Events` it spent,
+counted by the rules of ``docs/events.md``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from hcemu import _core
-from hcemu.events import Events, embed_counts, expert_vector_counts, head_vector_counts, layer_vector_counts
+from hcemu.events import (Events, LinkEvents, embed_counts, expert_vector_counts, head_vector_counts,
+                          layer_vector_counts)
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
 from hcemu.layout import dequantize_rows, stack_rows
@@ -24,6 +25,16 @@ from hcemu.model.ops import rope_tables
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
+
+
+class _EventRows:
+    """The rows of an :class:`Events` from one layer on, for the compiled pass (which counts layer
+    ``j`` of its chip into row ``j`` of what it is given)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts
 
 
 @dataclass
@@ -40,7 +51,7 @@ class StepResult:
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
-    routes: np.ndarray | None = None
+    routes: np.ndarray | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,10 @@ class Chip:
     (:class:`hcemu._core.Decoder`, csrc/hc_chip.c) instead of the interpreted loop of
     :meth:`_layers_interpreted`, which calls the same kernels in the same order from Python (the
     readable form of the dataflow; values and events are identical, tests hold them so).
+    A die of a multi-chip system (an image whose :attr:`~hcemu.rom.image.RomImage.die` is not the
+    whole model) holds only its layers, and the embedding or the head where the partition put them:
+    such a chip runs inside a :class:`hcemu.chip.system.System` (:meth:`embed`, :meth:`run_layers`,
+    :meth:`head`); its KV cache holds its own layers; it counts its events into the whole model's regions.
     profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
     ``layers_call_seconds`` the part of it spent in the compiled layers' calls, their Python wrapper
@@ -115,6 +130,8 @@ class Chip:
                  fuse_products: bool = True, compiled: bool = True):
         self.image = image
         self.spec = spec = image.spec
+        self.die = die = image.die
+        self._first = die.first_layer
         plan = image.plan
         if kv_format is not None and kv_format != plan.kv:
             plan = replace(plan, kv=kv_format)  # validates the format
@@ -122,7 +139,7 @@ class Chip:
         self.n_threads = int(n_threads)
         if kv_capacity_tokens is None and kv_sram_bytes is None:
             kv_capacity_tokens = min(spec.max_context, 8192)
-        self.kv = KVCache(spec.n_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
+        self.kv = KVCache(die.n_die_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
                           capacity_bytes=kv_sram_bytes, fmt=plan.kv)
         act = plan.activations
         self._g_d = act.group_for(spec.d_model)
@@ -130,10 +147,15 @@ class Chip:
         self._g_f = act.group_for(spec.d_ff)
         self._g_fe = act.group_for(spec.expert_ff) if spec.is_moe else 0
         self._g_fs = act.group_for(spec.d_ff_shared) if spec.d_ff_shared else 0
-        self._layers = [self._load_layer(i, fuse_products) for i in range(spec.n_layers)]
-        self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
-        self._embedding = image.matrix("token_embd.weight")
-        self._output = image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
+        if spec.is_moe and not (die.embedding and die.head):
+            raise ValueError(f"{image.path} holds {die.describe()} of a mixture-of-experts model: the dies of a "
+                             f"multi-chip system run dense models only")
+        self._layers = [self._load_layer(i, fuse_products) for i in die.layers]
+        self._out_norm = (np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
+                          if die.head else None)
+        self._embedding = image.matrix("token_embd.weight") if die.embedding else None
+        self._output = (image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
+                        if die.head else None)
         self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._cos_local = self._sin_local = None
@@ -165,7 +187,7 @@ class Chip:
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
-            [name for i in range(spec.n_layers) for name, _kind, _shape in spec.layer_matrices(i)])
+            [name for i in die.layers for name, _kind, _shape in spec.layer_matrices(i)])
         # per expert region: (bank ids, rows) one token pass through that expert reads
         self._expert_bank_rows = [
             [tuple(np.concatenate(a) for a in zip(*[image.tensor_banks(name)
@@ -173,7 +195,7 @@ class Chip:
              for e in range(spec.n_experts)] for i in range(spec.n_layers)]
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
-            ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
+            ["token_embd.weight" if spec.tied_embeddings else "output.weight"] if die.head else [])
 
     # ------------------------------------------------------------------ setup
     _EXTRA_VECTORS = {"attn_q_bias": "bq", "attn_k_bias": "bk", "attn_v_bias": "bv", "attn_q_norm": "q_norm",
@@ -254,7 +276,9 @@ class Chip:
         vector work and for one embedding lookup (docs/events.md)."""
         s = self.spec
         self._expert_const = expert_vector_counts(s) if s.is_moe else None
-        return layer_vector_counts(s), head_vector_counts(s), embed_counts(s, self._embedding.fmt)
+        embed = (embed_counts(s, self._embedding.fmt) if self._embedding is not None
+                 else np.zeros_like(head_vector_counts(s)))   # a die without the embedding looks nothing up
+        return layer_vector_counts(s), head_vector_counts(s), embed
 
     def _bank_rows(self, names) -> np.ndarray:
         """ROM rows read per bank by one token pass through the named matrices."""
@@ -270,6 +294,11 @@ class Chip:
     def position(self) -> int:
         """Tokens held in the KV cache (the next token's position)."""
         return self.kv.length
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Tokens the KV cache holds."""
+        return self.kv.capacity_tokens
 
     def reset(self) -> None:
         self.kv.reset()
@@ -297,6 +326,7 @@ class Chip:
         The output head runs only where logits leave the chip: on the last prompt token, or on every
         token when ``all_logits`` (evaluation).
         """
+        self._check_whole()
         tokens = self._check_tokens(tokens)
         ev = Events.for_spec(self.spec)
         outs, routes = [], []
@@ -308,16 +338,22 @@ class Chip:
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev),
-                          np.concatenate(routes) if routes else None)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev=ev),
+                          routes=np.concatenate(routes) if routes else None)
 
     def decode(self, token: int) -> StepResult:
         """One decode step: the token at the current position; logits of the next."""
+        self._check_whole()
         tokens = self._check_tokens([token])
         ev = Events.for_spec(self.spec)
         routes = []
         logits = self._forward(tokens, ev, slice(None), routes)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev), routes[0] if routes else None)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev=ev), routes=routes[0] if routes else None)
+
+    def _check_whole(self) -> None:
+        if not (self.die.embedding and self.die.head):
+            raise ValueError(f"{self.image.path} holds {self.die.describe()}: run it with the other dies in a "
+                             f"hcemu.chip.system.System")
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -336,55 +372,96 @@ class Chip:
                 f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
         return arr.astype(np.int64)
 
-    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int, ev: Events) -> np.ndarray:
-        rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
+    def _step_bank_rows(self, tokens: np.ndarray | None, head_passes: int, passes: int | None = None,
+                        ev: Events | None = None) -> np.ndarray:
+        """ROM rows per bank of ``passes`` layer passes (default: one per token), ``head_passes`` head
+        passes and the embedding rows of ``tokens`` (None: no lookup on this die); with a
+        mixture-of-experts model's events ``ev``, every expert pass they count."""
+        passes = len(tokens) if passes is None else passes
+        rows = self._layer_bank_rows * passes + self._head_bank_rows * head_passes
+        if ev is not None and ev.n_experts:  # every pass routed to an expert reads its matrices' rows
+            fired = ev.experts()[:, :, 0]   # the expert regions' tokens
+            for i, e in zip(*np.nonzero(fired)):
+                ids, per_pass = self._expert_bank_rows[i][e]
+                np.add.at(rows, ids, per_pass * int(fired[i, e]))
+        if tokens is None:
+            return rows
         cache = self._embed_bank_rows
         for tok in tokens.tolist():
             hit = cache.get(tok)
             if hit is None:
                 hit = cache[tok] = self.image.row_banks("token_embd.weight", tok)
             np.add.at(rows, *hit)
-        if ev.n_experts:  # every pass routed to an expert reads its matrices' rows
-            fired = ev.experts()[:, :, 0]   # the expert regions' tokens
-            for i, e in zip(*np.nonzero(fired)):
-                ids, per_pass = self._expert_bank_rows[i][e]
-                np.add.at(rows, ids, per_pass * int(fired[i, e]))
         return rows
 
-    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice, routes: list) -> np.ndarray | None:
+    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice, routes: list | None = None) -> np.ndarray | None:
         """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty).
         A mixture-of-experts model appends the chunk's routes (t, n_layers, k) to ``routes``."""
-        t, start = len(tokens), self.kv.length
-        counts = ev.counts
-        # embedding: one ROM row per token, scaled in the vector unit
-        x = dequantize_rows(self._embedding, tokens)
-        if self.spec.embed_scale != 1.0:
-            self._k.scale(x, self.spec.embed_scale)
-        counts[ev.embed] += t * self._embed_const
-        sel = np.empty((t, self.spec.n_layers, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
-        try:
-            if self._decoder is not None:
-                self._run_layers(x, start, self.n_threads, ev)
-                if sel is not None:
-                    sel[:] = self._decoder.last_routes
-            else:
-                self._layers_interpreted(x, start, ev, sel)
-        except BaseException:
-            self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
-            raise
-        counts[:self.spec.n_layers] += t * self._layer_const
-        if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
-            routes.append(sel)
-            E = self.spec.n_experts
-            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(self.spec.n_layers)])
-            counts[self.spec.n_layers + 2:] += fired.reshape(-1, 1) * self._expert_const
-        self.kv.commit(t)
+        x = self.embed(tokens, ev)
+        self.run_layers(x, ev, routes)
+        self.kv.commit(len(tokens))
         x = x[head_rows]
         if not len(x):
             return None
-        counts[ev.head] += len(x) * self._head_const
+        return self.head(x, ev)
+
+    # ------------------------------------------------------------------ the three stages of a pass
+    def embed(self, tokens, events: Events) -> np.ndarray:
+        """The embedding lookup: float32 (t, d_model) rows for ``tokens`` (checked: ids in the
+        vocabulary, room in the KV cache), counted into ``events``' embed region."""
+        if self._embedding is None:
+            raise ValueError(f"{self.die.describe()} has no embedding")
+        tokens = self._check_tokens(tokens)
+        x = dequantize_rows(self._embedding, tokens)   # one ROM row per token, scaled in the vector unit
+        if self.spec.embed_scale != 1.0:
+            self._k.scale(x, self.spec.embed_scale)
+        events.counts[events.embed] += len(tokens) * self._embed_const
+        return x
+
+    def run_layers(self, x: np.ndarray, events: Events, routes: list | None = None) -> None:
+        """This chip's layers on the residual stream ``x`` float32 (t, d_model), in place, for tokens
+        at positions ``[position, position + t)``; their K/V are appended but not committed
+        (``kv.commit(t)`` after every die of the pass succeeded, ``kv.rollback()`` otherwise). On an
+        error the appended K/V are rolled back and the exception propagates. Events go to the
+        layers' own regions of ``events`` (an :class:`Events` of the whole model); a mixture-of-experts
+        model's routes, int32 (t, n_layers, k), are appended to ``routes``."""
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2
+                or x.shape[1] != self.spec.d_model or not x.flags.c_contiguous or not x.flags.writeable):
+            raise ValueError(f"run_layers: x must be a writeable C-contiguous float32 (t, {self.spec.d_model}) array, "
+                             f"got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+        t, start = len(x), self.kv.length
+        if t > self.kv.capacity_tokens - start:
+            raise ValueError(f"{t} tokens do not fit the KV cache: {start} of {self.kv.capacity_tokens} token "
+                             f"slots are used")
+        first = self._first
+        sel = np.empty((t, self.spec.n_layers, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
+        try:
+            if self._decoder is not None:
+                # the compiled pass counts into rows 0.. of what it is given: hand it the rows from this die's first layer
+                self._run_layers(x, start, self.n_threads, events if first == 0 else _EventRows(events.counts[first:]))
+                if sel is not None:
+                    sel[:] = self._decoder.last_routes
+            else:
+                self._layers_interpreted(x, start, events, sel)
+        except BaseException:
+            self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
+            raise
+        events.counts[first:first + len(self._layers)] += t * self._layer_const
+        if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
+            E, L = self.spec.n_experts, self.spec.n_layers
+            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(L)])
+            events.counts[L + 2:] += fired.reshape(-1, 1) * self._expert_const
+            if routes is not None:
+                routes.append(sel)
+
+    def head(self, x: np.ndarray, events: Events) -> np.ndarray:
+        """The output head on ``x`` float32 (t, d_model): final norm and output product, float32
+        logits (t, vocab), counted into ``events``' head region."""
+        if self._output is None:
+            raise ValueError(f"{self.die.describe()} has no output head")
+        events.counts[events.head] += len(x) * self._head_const
         h = self._k.rmsnorm(np.ascontiguousarray(x), self._out_norm, self.spec.norm_eps)
-        logits = self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=ev, region="head")
+        logits = self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=events, region="head")
         if self.spec.final_softcap:
             self._k.softcap(logits, self.spec.final_softcap)
         return logits
@@ -404,9 +481,10 @@ class Chip:
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
         rope, add, attend, kv_append = k_.rope, k_.add, k_.attention, k_.kv_append
-        kv, eps, style = self.kv, s.norm_eps, s.rope_style
+        kv, eps, style, first = self.kv, s.norm_eps, s.rope_style, self._first
         qk_rows = (t, t) if s.qk_norm == "full" else (t * H, t * Hkv)
-        for i, L in enumerate(self._layers):
+        for j, L in enumerate(self._layers):
+            i = first + j  # the model's layer (event region); j indexes this chip's KV cache
             ex = L.extras
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
@@ -430,8 +508,8 @@ class Chip:
             cos, sin = tables[L.local_rope]
             rope(q, cos, sin, out=q, style=style)
             rope(k, cos, sin, out=k, style=style)
-            kv_append(i, k, v, events=ev, region=i)
-            a = attend(q, kv, i, start, events=ev, region=i, scale=s.attn_scale, softcap=s.attn_softcap,
+            kv_append(j, k, v, events=ev, region=i)
+            a = attend(q, kv, j, start, events=ev, region=i, scale=s.attn_scale, softcap=s.attn_softcap,
                        window=L.window)
             o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
             if "attn_post_norm" in ex:
@@ -492,48 +570,67 @@ class Chip:
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
-        from hcemu.sampling import Sampler
+        self._check_whole()
+        return run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token)
 
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        sampler = sampler or Sampler()
-        rng = sampler.make_rng()
-        prompt = self._check_tokens(prompt_ids)
-        if len(prompt) + max_new_tokens > self.kv.capacity_tokens - self.kv.length:
-            raise ValueError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
-                f"{self.kv.capacity_tokens - self.kv.length} token slots fit")
+
+def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
+    """The generation loop of :meth:`Chip.generate` and :meth:`hcemu.chip.system.System.generate`.
+
+    runner: has ``_check_tokens(ids)``, ``capacity_tokens``, ``position``, ``prefill(ids)`` and
+    ``decode(id)`` returning results with ``logits``, ``events``, ``bank_rows`` (and, for a system,
+    ``link_events``), and ``spec``.
+    """
+    from hcemu.sampling import Sampler
+
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    sampler = sampler or Sampler()
+    rng = sampler.make_rng()
+    prompt = runner._check_tokens(prompt_ids)
+    free = runner.capacity_tokens - runner.position
+    if len(prompt) + max_new_tokens > free:
+        raise ValueError(
+            f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
+            f"{free} token slots fit")
+    t0 = time.perf_counter()
+    res = runner.prefill(prompt)
+    t_prefill = time.perf_counter() - t0
+    prefill_events, decode_events = res.events, Events.for_spec(runner.spec)
+    prefill_links = getattr(res, "link_events", None)
+    decode_links = None if prefill_links is None else LinkEvents(prefill_links.n_hops)
+    bank_rows = res.bank_rows
+    out: list[int] = []
+    t_decode = 0.0
+    logits = res.logits[-1]
+    for _ in range(max_new_tokens):
+        tok = sampler.pick(logits, rng)
+        out.append(tok)
+        if on_token:
+            on_token(tok)
+        if tok in stop_ids or len(out) == max_new_tokens:
+            break
         t0 = time.perf_counter()
-        res = self.prefill(prompt)
-        t_prefill = time.perf_counter() - t0
-        prefill_events, decode_events = res.events, Events.for_spec(self.spec)
-        bank_rows = res.bank_rows
-        out: list[int] = []
-        t_decode = 0.0
-        logits = res.logits[-1]
-        for _ in range(max_new_tokens):
-            tok = sampler.pick(logits, rng)
-            out.append(tok)
-            if on_token:
-                on_token(tok)
-            if tok in stop_ids or len(out) == max_new_tokens:
-                break
-            t0 = time.perf_counter()
-            step = self.decode(tok)
-            t_decode += time.perf_counter() - t0
-            decode_events += step.events
-            bank_rows = bank_rows + step.bank_rows
-            logits = step.logits[-1]
-        n_decode_steps = max(len(out) - 1, 0)
-        return Generation(
-            prompt_ids=[int(i) for i in prompt], ids=out,
-            prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
-            prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows)
+        step = runner.decode(tok)
+        t_decode += time.perf_counter() - t0
+        decode_events += step.events
+        if decode_links is not None:
+            decode_links += step.link_events
+        bank_rows = bank_rows + step.bank_rows
+        logits = step.logits[-1]
+    n_decode_steps = max(len(out) - 1, 0)
+    return Generation(
+        prompt_ids=[int(i) for i in prompt], ids=out,
+        prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
+        prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows,
+        prefill_link_events=prefill_links, decode_link_events=decode_links)
 
 
 @dataclass
 class Generation:
-    """A generation's tokens, measured host times and counted events (prefill and decode apart)."""
+    """A generation's tokens, measured host times and counted events (prefill and decode apart).
+
+    bank_rows: ROM rows read per bank (a System's: its dies' banks one after another)."""
 
     prompt_ids: list
     ids: list
@@ -543,6 +640,8 @@ class Generation:
     prefill_events: Events
     decode_events: Events
     bank_rows: np.ndarray
+    prefill_link_events: LinkEvents | None = None   # a System's chip-to-chip traffic (None on one chip)
+    decode_link_events: LinkEvents | None = None
 
     @property
     def host_prefill_tok_s(self) -> float:

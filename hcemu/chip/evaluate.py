@@ -43,27 +43,37 @@ def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_state(image_path: str, source_path: str, n_threads: int, kv_format: str | None):
+def _worker_state(image_path: str, source_path: str, n_threads: int, kv_format: str | None, links=None):
     from hcemu.chip.chip import Chip
     from hcemu.model.reference import FloatLlama
     from hcemu.model import load_source
     from hcemu.rom.image import RomImage
+    from hcemu.rom.manifest import is_system
 
-    image = RomImage.load(image_path, verify=False)
-    return Chip(image, n_threads=n_threads, kv_format=kv_format), FloatLlama(load_source(source_path))
+    if is_system(image_path):
+        from hcemu.chip.system import System
+
+        runner = System.load(image_path, links or "fp32", verify=False, n_threads=n_threads, kv_format=kv_format)
+    else:
+        if links is not None:
+            raise ValueError(f"{image_path} is one chip's image: link formats apply to a system folder")
+        runner = Chip(RomImage.load(image_path, verify=False), n_threads=n_threads, kv_format=kv_format)
+    return runner, FloatLlama(load_source(source_path))
 
 
 def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1,
-                    kv_format: str | None = None) -> WindowStats:
+                    kv_format: str | None = None, links=None) -> WindowStats:
     """Chip vs reference on one window of token ids (predicting tokens[1:]); ``kv_format``: the
-    chip's KV cache (default: the plan's)."""
-    chip, reference = _worker_state(image_path, source_path, n_threads, kv_format)
+    chip's KV cache (default: the plan's). ``image_path`` may be a system folder
+    (:mod:`hcemu.rom.manifest`), run by a :class:`hcemu.chip.system.System` with link format(s) ``links``
+    (default ``fp32``)."""
+    chip, reference = _worker_state(image_path, source_path, n_threads, kv_format, links)
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) < 2:
         raise ValueError("an evaluation window needs at least 2 tokens")
-    if len(tokens) > chip.kv.capacity_tokens:
+    if len(tokens) > chip.capacity_tokens:
         raise ValueError(f"window of {len(tokens)} tokens exceeds the chip's KV capacity of "
-                         f"{chip.kv.capacity_tokens} tokens")
+                         f"{chip.capacity_tokens} tokens")
     chip.reset()
     chip_logits = chip.prefill(tokens, all_logits=True).logits[:-1]
     ref_logits = reference.logits(tokens)[:-1]
@@ -80,8 +90,10 @@ def windows(tokens, ctx: int) -> list[np.ndarray]:
 
 
 def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_threads: int = 1,
-             kv_format: str | None = None, executor: Executor | None = None, progress: bool = False) -> dict:
-    """Evaluate a compiled image against the float reference of its source on ``tokens``.
+             kv_format: str | None = None, executor: Executor | None = None, progress: bool = False,
+             links=None) -> dict:
+    """Evaluate a compiled image (or a system folder, with link format ``links``) against the float
+    reference of its source on ``tokens``.
 
     Returns a dict with ``tokens`` (scored positions), ``windows``, ``ctx``, ``ppl_reference``,
     ``ppl_chip``, ``kld_mean``, ``kld_p99``, ``same_top1``.
@@ -90,7 +102,7 @@ def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_thr
     if not parts:
         raise ValueError("the text is too short to evaluate (fewer than 2 tokens)")
     job = functools.partial(evaluate_window, str(image_path), str(source_path), n_threads=n_threads,
-                            kv_format=kv_format)
+                            kv_format=kv_format, links=links)
     if executor is None:
         results = map(job, parts)
     else:

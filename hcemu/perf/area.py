@@ -71,7 +71,8 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
 
     rom_bits: bits held in ROM (every bank as fabricated, blank slots included, plus fp16 scales and
     norm vectors); sram_bytes: KV (+ adapter) SRAM; n_layers: layer regions; head_lane_scale: the output
-    head region's lanes in units of a layer region's (:func:`head_lane_scale`); expert_lanes: all expert
+    head region's lanes in units of a layer region's (:func:`head_lane_scale`); 0 for a die of a
+    multi-chip system without the head (no head lanes, no head vector unit); expert_lanes: all expert
     regions' lanes in those units (``n_layers * n_experts *`` :func:`expert_lane_scale`).
 
     ROM = rom_bits / rom density; SRAM = bits / SRAM density; logic = transistors of the CIM lanes
@@ -85,14 +86,15 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
     for name, v in (("rom_bits", rom_bits), ("sram_bytes", sram_bytes), ("n_layers", n_layers)):
         if v < 0:
             raise ValueError(f"area_breakdown: {name} must be >= 0, got {v}")
-    if not head_lane_scale > 0:
-        raise ValueError(f"area_breakdown: head_lane_scale must be > 0, got {head_lane_scale}")
+    if not head_lane_scale >= 0:
+        raise ValueError(f"area_breakdown: head_lane_scale must be >= 0, got {head_lane_scale}")
     if not expert_lanes >= 0:
         raise ValueError(f"area_breakdown: expert_lanes must be >= 0, got {expert_lanes}")
     cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale + expert_lanes)
+    vector_regions = n_layers + (1 if head_lane_scale > 0 else 0) + expert_lanes  # layers', head's, experts'
     logic_tr = (cim_lanes * chip.cim_lane_transistors
                 + n_layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
-                + (n_layers + 1 + expert_lanes) * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
+                + vector_regions * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
                 * chip.vec_lane_transistors)
     sram_bits = 8 * int(sram_bytes)
     rom_mm2 = rom_bits / (chip.rom_density_mbit_per_mm2 * 1e6)

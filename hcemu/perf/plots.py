@@ -6,7 +6,9 @@ The chip in every plot is ``chip``'s technology sized for the plotted model
 * :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
 * :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
 * :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
-  chip's (its ROM read bandwidth and CIM peak as the roof).
+  chip's (its ROM read bandwidth and CIM peak as the roof);
+* :func:`plot_system_sweep` — a model split over dies: tok/s per user, aggregate and cost per Mtok vs the
+  ROM per die, one line per link bandwidth (:func:`hcemu.perf.system.system_sweep`).
 """
 from __future__ import annotations
 
@@ -135,11 +137,50 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     return _save(fig, path)
 
 
+def plot_system_sweep(path, spec: ModelSpec, *, plan=HC1_PLAN, sweep: dict | None = None, **kw) -> str:
+    """tok/s per user, aggregate tok/s and cents per Mtok of ``spec`` split over dies vs the largest die's
+    ROM (Gbit), one line per link bandwidth; hollow markers where the largest die exceeds the reticle.
+    ``sweep``: a :func:`hcemu.perf.system.system_sweep` result (computed with ``kw`` if not given)."""
+    from hcemu.perf.system import RETICLE_MM2, system_sweep
+
+    sw = sweep if sweep is not None else system_sweep(spec, plan, **kw)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    x, big = sw["die_rom_gbit"], sw["largest_die_mm2"] > RETICLE_MM2
+    panels = (("per_user_tok_s", "tok/s per user"), ("aggregate_tok_s", "aggregate tok/s (users pipelined)"),
+              ("cost_cents_per_mtok", "cents per Mtok"))
+    for ax, (key, label) in zip(axes, panels):
+        for j, bw in enumerate(sw["bandwidth_gb_s"]):
+            y = sw[key][:, j]
+            line, = ax.plot(x, y, "-", label=f"link {bw:g} GB/s")
+            ax.plot(x[~big], y[~big], "o", color=line.get_color(), ms=4)
+            ax.plot(x[big], y[big], "o", mfc="none", color=line.get_color(), ms=6)
+        ax.set(xscale="log", xlabel="ROM of the largest die (Gbit)", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    top = axes[0]
+    for xi, n in zip(x, sw["n_dies"]):
+        top.annotate(f"{n}", (xi, top.get_ylim()[0]), textcoords="offset points", xytext=(0, 3), ha="center",
+                     fontsize=7, color="gray")
+    axes[0].plot([], [], "o", mfc="none", color="k", label=f"largest die > {RETICLE_MM2:.0f} mm2 reticle")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name} ({plan.name}) over N dies (gray: N), balanced by ROM bits: where speed and cost turn")
+    return _save(fig, path)
+
+
 def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> list[str]:
-    """Write the three plots as ``STEM.png`` (context), ``STEM-cost.png``, ``STEM-roofline.png``."""
+    """Write ``STEM.png`` (context) and, for a model one reference die holds, ``STEM-cost.png`` and
+    ``STEM-roofline.png``; for a larger model (one chip cannot serve it, nor may one GPU), the system
+    sweep ``STEM-system.png`` (:func:`plot_system_sweep`) instead of those two."""
+    from hcemu.perf.system import SystemModel
+
     base = os.fspath(stem)
     root = base[:-4] if base.lower().endswith(".png") else base
-    return [plot_context(root + ".png", spec, **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")}),
+    plan = kw.get("plan", HC1_PLAN)
+    context = plot_context(root + ".png", spec, **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})
+    if SystemModel(kw.get("chip", "hc1")).partition(spec, plan).n_dies > 1:
+        return [context, plot_system_sweep(root + "-system.png", spec, plan=plan, chip=kw.get("chip", "hc1"),
+                                           n_prompt=n_prompt, n_generated=n_generated, cost=kw.get("cost", "default"))]
+    return [context,
             plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
             plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
                           **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]

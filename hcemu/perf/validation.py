@@ -31,6 +31,7 @@ from hcemu.perf.deploy import DEPLOY_SOURCES, gpu_at_precision
 from hcemu.perf.economics import ECONOMICS_SOURCES
 from hcemu.perf.figures import FIGURES, TRTLLM, Figure, format_value
 from hcemu.perf.gpu import GpuModel
+from hcemu.perf.links import LINK_PRESETS, LINK_SOURCES, TP_PRESETS
 from hcemu.perf.silicon import SiliconModel
 from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, HC1_PLAN, SOURCES, get_cost, get_gpu
@@ -42,7 +43,7 @@ __all__ = ["FIGURES", "TRTLLM", "PIN_BAND", "FigureCheck", "calibrated_parameter
 PIN_BAND = 0.06
 """Relative band of a calibration target that carries none of its own (the TensorRT-LLM points)."""
 
-SOURCE_TABLES = (SOURCES, DEPLOY_SOURCES, ECONOMICS_SOURCES)
+SOURCE_TABLES = (SOURCES, DEPLOY_SOURCES, ECONOMICS_SOURCES, LINK_SOURCES)
 """Every preset family's sources (preset name -> field -> Source)."""
 
 MODEL, N_PROMPT, N_GENERATED = "llama-3.1-8b", 1024, 1024
@@ -234,7 +235,8 @@ def _params_table(names: list[str], table=SOURCES) -> str:
 
 def generated_blocks(checks: list[FigureCheck] | None = None) -> dict[str, str]:
     """Name -> markdown of every generated block (docs/perf.md: ``params-hc1``, ``params-gpu``,
-    ``params-cost``, ``figures``; docs/serving.md: ``validate``; docs/economics.md: ``params-economics``)."""
+    ``params-cost``, ``params-links``, ``params-tp``, ``figures``; docs/serving.md: ``validate``;
+    docs/economics.md: ``params-economics``)."""
     checks = figure_checks() if checks is None else checks
     presets8b = [c for c in checks if c.figure.model[0] != "trt"]
     params = _grouped(sorted({p for c in checks for p in c.parameters}))
@@ -244,6 +246,8 @@ def generated_blocks(checks: list[FigureCheck] | None = None) -> dict[str, str]:
             "params-gpu": _params_table(list(GPU_PRESETS)),
             "params-cost": _params_table(sorted(COST_PRESETS)),
             "params-economics": _params_table(sorted(ECONOMICS_SOURCES), ECONOMICS_SOURCES),
+            "params-links": _params_table(sorted(LINK_PRESETS), LINK_SOURCES),
+            "params-tp": _params_table(sorted(TP_PRESETS), LINK_SOURCES),
             "figures": figures_markdown(presets8b) + "\n\n" + calibrated,
             "validate": figures_markdown(checks, summary=True)}
 

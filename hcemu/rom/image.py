@@ -35,6 +35,7 @@ from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_byt
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
 from hcemu.model.spec import EXPERT_MATRICES, ModelSpec
 from hcemu.rom.address import AddressMap
+from hcemu.rom.die import DieAssignment
 from hcemu.rom.geometry import RomGeometry
 from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
                                 quantize_matrix, represented)
@@ -142,17 +143,51 @@ def _region_of(spec: ModelSpec, name: str, kind: str, layer) -> int:
     return spec.n_layers + 1 if kind == "embedding" else spec.n_layers
 
 
-def _image_matrices(spec: ModelSpec, plan: Plan):
-    """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes."""
+def _check_die(spec: ModelSpec, die: DieAssignment | None) -> DieAssignment:
+    if die is None:
+        return DieAssignment.whole(spec.n_layers)
+    if not isinstance(die, DieAssignment):
+        raise TypeError(f"die must be a DieAssignment, got {type(die).__name__}")
+    if die.n_layers != spec.n_layers:
+        raise ValueError(f"{die.describe()} is of a {die.n_layers}-layer model; {spec.name} has {spec.n_layers}")
+    return die
+
+
+def _image_matrices(spec: ModelSpec, plan: Plan, die: DieAssignment | None = None):
+    """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes.
+
+    die: only the matrices of that die (its layers; the embedding and the head where it holds them).
+    With tied embeddings a die holding the head but not the embedding stores its own copy of
+    ``token_embd.weight`` (embedding format) in the head region.
+    """
+    die = _check_die(spec, die)
     notes = []
     out = []
     for name, kind, layer, shape in spec.matrices():
-        fmt = plan.format_for(kind, name, shape[1])
-        out.append((name, kind, layer, _region_of(spec, name, kind, layer), fmt, shape))
-    if spec.tied_embeddings and plan.embedding != plan.output:
+        if layer is not None and not die.holds_layer(layer):
+            continue
+        region = _region_of(spec, name, kind, layer)
+        if kind == "embedding" and not die.embedding:
+            if not (spec.tied_embeddings and die.head):
+                continue
+            region = spec.n_layers  # the tied output product's own copy on the head die
+        if kind == "output" and not die.head:
+            continue
+        out.append((name, kind, layer, region, plan.format_for(kind, name, shape[1]), shape))
+    if spec.tied_embeddings and plan.embedding != plan.output and die.head:
         notes.append(f"tied embeddings: one ROM copy in the embedding format {plan.embedding.name} serves "
                      f"the output product (the plan asks {plan.output.name} for the output)")
+    if spec.tied_embeddings and die.head and not die.embedding:
+        notes.append(f"tied embeddings: {die.describe()} holds its own copy of token_embd.weight in the head "
+                     f"region for the output product")
     return out, notes
+
+
+def _image_norms(spec: ModelSpec, die: DieAssignment | None = None):
+    """``(name, layer, length)`` of the norm vectors a die stores (its layers'; ``output_norm`` with the head)."""
+    die = _check_die(spec, die)
+    return [(name, layer, n) for name, layer, n in spec.norms()
+            if (die.holds_layer(layer) if layer is not None else die.head)]
 
 
 @dataclass(frozen=True)
@@ -226,33 +261,36 @@ def resolve_plan(plan: Plan | str, source) -> Plan:
     return replace(plan, overrides=tuple(overrides), source_formats=False)
 
 
-def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None) -> AddressMap:
+def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None,
+                      die: DieAssignment | None = None) -> AddressMap:
     """The placement :func:`compile_model` makes for ``spec`` in ``plan`` (default geometry
-    :meth:`RomGeometry.for_model`), from shapes alone."""
+    :meth:`RomGeometry.for_model`; ``die``: of that die's image), from shapes alone."""
     geometry = geometry or RomGeometry.for_model(spec, plan)
-    matrices, _ = _image_matrices(spec, plan)
+    matrices, _ = _image_matrices(spec, plan, die)
     return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices],
                       spec.n_experts)
 
 
-def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None) -> RomBits:
-    """The :class:`RomBits` of the image :func:`compile_model` would write, from shapes alone (equal to
-    :meth:`RomImage.rom_bits` of that image; weights' values do not change sizes)."""
+def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None,
+                       die: DieAssignment | None = None) -> RomBits:
+    """The :class:`RomBits` of the image :func:`compile_model` would write (of one die's image with
+    ``die``), from shapes alone (equal to :meth:`RomImage.rom_bits` of that image; weights' values do
+    not change sizes)."""
     from hcemu.formats import get_plan
 
     if isinstance(plan, str):
         plan = get_plan(plan)
-    return _rom_bits_cached(spec, plan, geometry)
+    return _rom_bits_cached(spec, plan, geometry, _check_die(spec, die))
 
 
-@lru_cache(maxsize=64)
-def _rom_bits_cached(spec, plan, geometry):
-    amap = model_address_map(spec, plan, geometry)
-    matrices, _ = _image_matrices(spec, plan)
+@lru_cache(maxsize=256)
+def _rom_bits_cached(spec, plan, geometry, die):
+    amap = model_address_map(spec, plan, geometry, die)
+    matrices, _ = _image_matrices(spec, plan, die)
     per_matrix = sum(product_counts(fmt, n, k) for *_, fmt, (n, k) in matrices)
     used = int(per_matrix[FIELD_INDEX["rom_code_bits"]])   # the bits one pass reads are the bits held
     meta = int(per_matrix[FIELD_INDEX["rom_meta_bits"]])
-    vector = sum(length for _nm, _l, length in spec.norms()) * 32
+    vector = sum(length for _nm, _l, length in _image_norms(spec, die)) * 32
     slots = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
                 for *_, fmt, (n, k) in matrices)
     return RomBits(used, dense_physical_bits(amap.physical_bits, used, slots), meta, vector, amap.n_banks)
@@ -265,13 +303,33 @@ def dense_physical_bits(physical_bits: int, code_bits: int, slot_bits: int) -> i
     return physical_bits if code_bits == slot_bits else physical_bits * code_bits // slot_bits
 
 
+def region_rom_bits(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None,
+                    die: DieAssignment | None = None) -> np.ndarray:
+    """ROM bits of each region (int64 (n_layers + 2,): layers, head, embedding) of the image
+    :func:`compile_model` writes (for ``die``): the region's banks as fabricated, its matrices' fp16
+    scales and offsets, its float32 norm vectors (``output_norm`` with the head). Sums to
+    :attr:`RomBits.total`."""
+    die = _check_die(spec, die)
+    amap = model_address_map(spec, plan, geometry, die)
+    bits = amap.region_banks.astype(np.int64) * amap.geometry.bank_bits
+    for _nm, _kind, _layer, region, fmt, (n, k) in _image_matrices(spec, plan, die)[0]:
+        bits[region] += int(product_counts(fmt, n, k)[FIELD_INDEX["rom_meta_bits"]])
+    for _nm, layer, length in _image_norms(spec, die):
+        bits[spec.n_layers if layer is None else layer] += 32 * length
+    return bits
+
+
 def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
-                  progress: bool = True, chunk_elems: int = CHUNK_ELEMS) -> CompileReport:
+                  progress: bool = True, chunk_elems: int = CHUNK_ELEMS,
+                  die: DieAssignment | None = None) -> CompileReport:
     """Quantize ``source`` (a :class:`~hcemu.model.source.ModelSource`) with ``plan`` into a ROM image.
 
     Streams tensor by tensor (and matrix rows in chunks of about ``chunk_elems`` weights) into a
     temporary file renamed to ``out_path`` on success: an exception leaves no file at ``out_path``.
-    geometry: bank geometry; default :meth:`RomGeometry.for_model`. Returns the :class:`CompileReport`.
+    geometry: bank geometry; default :meth:`RomGeometry.for_model` (of the whole model, also for a
+    die). die: write only that die's share of the model (:class:`~hcemu.rom.die.DieAssignment`; its
+    directory then carries a ``die`` entry); the codes of every matrix are those of the whole image.
+    Returns the :class:`CompileReport`.
     """
     from hcemu._io import atomic_write
     from hcemu.formats import get_plan
@@ -279,9 +337,11 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
     plan = resolve_plan(plan, source)
     spec = source.spec
     geometry = geometry or RomGeometry.for_model(spec, plan)
-    matrices, notes = _image_matrices(spec, plan)
-    amap = model_address_map(spec, plan, geometry)
-    norms = list(spec.norms())
+    whole = die is None
+    die = _check_die(spec, die)
+    matrices, notes = _image_matrices(spec, plan, die)
+    amap = model_address_map(spec, plan, geometry, die)
+    norms = _image_norms(spec, die)
     total_weights = sum(n * k for *_, (n, k) in matrices)
     t0 = time.perf_counter()
     bar = None
@@ -411,9 +471,11 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 "source": getattr(source, "description", spec.name),
                 "spec": spec.to_dict(), "plan": plan_to_dict(plan), "geometry": geometry.to_dict(),
                 "address_map": amap.to_dict(), "tensors": tensors_dir, "vectors": vectors_dir,
-                "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings else {},
+                "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings and die.head else {},
                 "totals": tot, "notes": notes, "compile_seconds": time.perf_counter() - t0,
             }
+            if not whole:
+                directory["die"] = die.to_dict()
             blob = json.dumps(directory, allow_nan=False).encode("utf-8")
             dir_offset = _align(pos)
             f.write(b"\0" * (dir_offset - pos))
@@ -438,6 +500,10 @@ def _created_by() -> str:
 class RomImage:
     """A compiled ROM image, memory-mapped read-only.
 
+    ``die``: the :class:`~hcemu.rom.die.DieAssignment` the image holds (the whole model unless it is
+    one die of a multi-chip system). ``directory_sha256``: hex SHA-256 of its directory, which holds
+    the SHA-256 of every section (a manifest names an image by it).
+
     ``RomImage.load(path, verify=True)``: ``verify=False`` skips the SHA-256 of the payload sections
     (seconds on an 8B image); the preamble and directory checksums are always checked.
     """
@@ -452,6 +518,15 @@ class RomImage:
         self._tensors = {t["name"]: t for t in directory["tensors"]}
         self._vectors = {v["name"]: v for v in directory["vectors"]}
         self.aliases = dict(directory.get("aliases", {}))
+        try:
+            self.die = (DieAssignment.from_dict(directory["die"]) if "die" in directory
+                        else DieAssignment.whole(self.spec.n_layers))
+        except (TypeError, ValueError) as exc:
+            raise RomImageError(f"{path}: corrupt die description: {exc}") from None
+        if self.die.n_layers != self.spec.n_layers:
+            raise RomImageError(f"{path}: the die description is of a {self.die.n_layers}-layer model, "
+                                f"the spec has {self.spec.n_layers}")
+        self.directory_sha256 = ""  # SHA-256 of the directory (hex), set by load()
         self.address_map = AddressMap(self.geometry, self.spec.n_layers,
                                       [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
                                        for t in directory["tensors"]], self.spec.n_experts)
@@ -492,6 +567,7 @@ class RomImage:
                 raise RomImageError(f"{path}: unreadable directory: {exc}") from None
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         img = cls(path, directory, mm)
+        img.directory_sha256 = dir_sha.hex()
         for what, sec in img._sections():
             end = sec["offset"] + sec["nbytes"]
             if sec["offset"] % ALIGN or end > dir_off:
