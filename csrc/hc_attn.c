@@ -108,6 +108,7 @@ typedef struct {
     float *kf;                  /* fp16: K as float (scratch, BLK * hd) */
     float *vbuf;                /* scratch for V as float (BLK * hd) */
     const float *vf;            /* V as float (= vbuf), or NULL: P.V converts v8 on the fly */
+    float cap, icap;            /* soft-capping of the scores (cap > 0) and 1/cap; 0: none */
 } block;
 
 typedef float scores_t[BLK];
@@ -149,6 +150,12 @@ static void *scratch_get(size_t bytes, void **owned) {
     return p;
 }
 
+/* Soft-capped scores s = tanh(s * (1/cap)) * cap (docs/numerics.md "Attention"), elementwise. */
+static inline void softcap_rows(float (*S)[BLK], int R, int nv, float cap, float icap) {
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < nv; ++j) S[r][j] = hc__tanh(S[r][j] * icap) * cap;
+}
+
 /* ---- generic kernels, compiled once per ISA so the compiler may use that ISA's vectors --------
  * Every loop here is elementwise (any vector width gives the same bits) or a sequential sum. */
 
@@ -170,6 +177,7 @@ static void *scratch_get(size_t bytes, void **owned) {
             const float qs = qsc[r];                                                               \
             for (int j = 0; j < nv; ++j) S[r][j] = ((float)D[r][j] * B->ksc[j]) * qs;              \
         }                                                                                          \
+        if (B->cap > 0.0f) softcap_rows(S, R, nv, B->cap, B->icap);                                \
         int rc = softmax_rows_##SUF(S, R, nb, nv, B->vsc, m, l, alpha);                            \
         if (rc != HC_OK) return rc;                                                                \
         pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
@@ -186,6 +194,7 @@ static void *scratch_get(size_t bytes, void **owned) {
             for (int j = 0; j < nb; ++j) S[r][j] = S[r][j] * c;                                    \
             for (int j = nb; j < nv; ++j) S[r][j] = 0.0f;                                          \
         }                                                                                          \
+        if (B->cap > 0.0f) softcap_rows(S, R, nv, B->cap, B->icap);                                \
         int rc = softmax_rows_##SUF(S, R, nb, nv, NULL, m, l, alpha);                              \
         if (rc != HC_OK) return rc;                                                                \
         pv_rows_##SUF(acc, B, alpha, (const scores_t *)S, R, nb);                                  \
@@ -838,6 +847,7 @@ static void block_init(block *B, int hd, char *kx, float *kf, float *vbuf) {
     B->vbuf = vbuf;
     B->vf = NULL;
     B->k8 = B->v8 = NULL;
+    B->cap = B->icap = 0.0f;
 }
 
 /* Prepare an int8 block of nb keys (rows k, v; fp16 scales ks, vs; v and the scales may be NULL
@@ -894,19 +904,80 @@ int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int h
 
 /* ---- the streaming driver -------------------------------------------------------------------- */
 
+/* The state one call's queries share: sizes, kernels, options, and the scratch the groups reuse. */
+typedef struct {
+    int is_i8, H, G, hd, hdq, n_kv_heads;
+    float c;
+    const kernels *K;
+    const void *k, *v;
+    const uint16_t *k_scale, *v_scale;
+    int64_t capacity;
+    int8_t *qq;
+    int32_t *qsum;
+    float *qsc, *m, *l, *acc;
+    block *B;
+} attn_ctx;
+
+/* tc queries at positions [pos0, pos0+tc) whose keys start at key_lo (all of them): the queries'
+ * rows of out are written.  q points at the first query, out at its output row. */
+static int attn_group(const attn_ctx *A, const float *qc, int64_t tc, int64_t pos0, int64_t key_lo,
+                      float *out) {
+    const int H = A->H, G = A->G, hd = A->hd, hdq = A->hdq;
+    const kernels K = *A->K;
+    block *B = A->B;
+    int rc = A->is_i8 ? K.quant(qc, tc * H, hd, hdq, A->c, A->qq, A->qsum, A->qsc) : K.check(qc, tc * H * hd);
+    for (int g = 0; g < A->n_kv_heads && rc == HC_OK; ++g) {
+        const int64_t base = (int64_t)g * A->capacity, nkeys = pos0 + tc;
+        for (int64_t r = 0; r < tc * G; ++r) { A->m[r] = -INFINITY; A->l[r] = 0.0f; }
+        memset(A->acc, 0, sizeof(float) * (size_t)(tc * G * hd));
+        for (int64_t j0 = key_lo; j0 < nkeys && rc == HC_OK; j0 += BLK) {
+            const int nbmax = (int)(nkeys - j0 < BLK ? nkeys - j0 : BLK);
+            const int64_t first = j0 > pos0 ? j0 - pos0 : 0; /* first query that sees key j0 */
+            if (A->is_i8)
+                prep_i8(&K, B, (const int8_t *)A->k + (base + j0) * hd, A->k_scale + base + j0,
+                        (const int8_t *)A->v + (base + j0) * hd, A->v_scale + base + j0, nbmax, tc - first > 1);
+            else
+                prep_f16(&K, B, (const uint16_t *)A->k + (base + j0) * hd,
+                         (const uint16_t *)A->v + (base + j0) * hd, nbmax);
+            for (int64_t i = first; i < tc && rc == HC_OK; ++i) {
+                const int nb = (int)(pos0 + i + 1 - j0 < BLK ? pos0 + i + 1 - j0 : BLK);
+                for (int a0 = 0; a0 < G && rc == HC_OK; a0 += RMAX) {
+                    const int R = G - a0 < RMAX ? G - a0 : RMAX;
+                    const int64_t row = i * G + a0, qrow = i * H + (int64_t)g * G + a0;
+                    rc = A->is_i8 ? K.rows_i8(B, A->qq + qrow * hdq, A->qsum + qrow, A->qsc + qrow, R, nb,
+                                              A->m + row, A->l + row, A->acc + row * hd)
+                                  : K.rows_f16(B, qc + qrow * hd, A->c, R, nb, A->m + row, A->l + row,
+                                               A->acc + row * hd);
+                }
+            }
+        }
+        if (rc != HC_OK) break;
+        for (int64_t i = 0; i < tc; ++i)
+            for (int a = 0; a < G; ++a) {
+                float *o = out + (i * H + (int64_t)g * G + a) * hd;
+                const float *ar = A->acc + (i * G + a) * hd, la = A->l[i * G + a];
+                for (int d = 0; d < hd; ++d) o[d] = ar[d] / la;
+            }
+    }
+    return rc;
+}
+
 static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_heads, int hd,
                     int64_t start, const void *k, const uint16_t *k_scale, const void *v,
-                    const uint16_t *v_scale, int64_t capacity, float *out) {
+                    const uint16_t *v_scale, int64_t capacity, const hc_attn_opts *opts, float *out) {
     if (t < 0 || n_heads <= 0 || n_kv_heads <= 0 || hd <= 0 || hd > HC_ATTN_MAX_HEAD_DIM ||
         n_heads % n_kv_heads || start < 0 || capacity < 0)
+        return HC_EINVAL;
+    if (opts && (!(opts->scale >= 0.0f) || !(opts->softcap >= 0.0f) || opts->window < 0 ||
+                 opts->scale > 3.4e38f || opts->softcap > 3.4e38f))
         return HC_EINVAL;
     if (start + t > capacity) return HC_ECAPACITY;
     if (t == 0) return HC_OK;
     const int H = n_heads, G = n_heads / n_kv_heads;
-    const float c = (float)(1.0 / sqrt((double)hd));
     const kernels K = kernels_for(hc_isa_active());
     const int hdq = round_up(hd, 64);
     const int64_t tc_max = t < QCHUNK ? t : QCHUNK;
+    const int64_t window = opts ? opts->window : 0;
 
     /* scratch: quantized queries, row state, block buffers */
     size_t off = 0;
@@ -924,52 +995,29 @@ static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_
     void *owned;
     char *mem = scratch_get(off, &owned);
     if (!mem) return HC_ENOMEM;
-    int8_t *qq = (int8_t *)(mem + o_qq);
-    int32_t *qsum = (int32_t *)(mem + o_qsum);
-    float *qsc = (float *)(mem + o_qsc), *m = (float *)(mem + o_m), *l = (float *)(mem + o_l);
-    float *acc = (float *)(mem + o_acc);
     block B;
     block_init(&B, hd, mem + o_kx, (float *)(mem + o_kf), (float *)(mem + o_vf));
+    if (opts && opts->softcap > 0.0f) {
+        B.cap = opts->softcap;
+        B.icap = 1.0f / opts->softcap;
+    }
+    const attn_ctx A = {is_i8, H, G, hd, hdq, n_kv_heads,
+                        opts && opts->scale > 0.0f ? opts->scale : (float)(1.0 / sqrt((double)hd)),
+                        &K, k, v, k_scale, v_scale, capacity, (int8_t *)(mem + o_qq),
+                        (int32_t *)(mem + o_qsum), (float *)(mem + o_qsc), (float *)(mem + o_m),
+                        (float *)(mem + o_l), (float *)(mem + o_acc), &B};
 
     int rc = HC_OK;
     for (int64_t c0 = 0; c0 < t && rc == HC_OK; c0 += QCHUNK) {
         const int64_t tc = t - c0 < QCHUNK ? t - c0 : QCHUNK, pos0 = start + c0;
-        const float *qc = q + c0 * H * hd;
-        rc = is_i8 ? K.quant(qc, tc * H, hd, hdq, c, qq, qsum, qsc) : K.check(qc, tc * H * hd);
-        for (int g = 0; g < n_kv_heads && rc == HC_OK; ++g) {
-            const int64_t base = (int64_t)g * capacity, nkeys = pos0 + tc;
-            for (int64_t r = 0; r < tc * G; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
-            memset(acc, 0, sizeof(float) * (size_t)(tc * G * hd));
-            for (int64_t j0 = 0; j0 < nkeys && rc == HC_OK; j0 += BLK) {
-                const int nbmax = (int)(nkeys - j0 < BLK ? nkeys - j0 : BLK);
-                const int64_t first = j0 > pos0 ? j0 - pos0 : 0; /* first query that sees key j0 */
-                if (is_i8)
-                    prep_i8(&K, &B, (const int8_t *)k + (base + j0) * hd, k_scale + base + j0,
-                            (const int8_t *)v + (base + j0) * hd, v_scale + base + j0, nbmax,
-                            tc - first > 1);
-                else
-                    prep_f16(&K, &B, (const uint16_t *)k + (base + j0) * hd,
-                             (const uint16_t *)v + (base + j0) * hd, nbmax);
-                for (int64_t i = first; i < tc && rc == HC_OK; ++i) {
-                    const int nb = (int)(pos0 + i + 1 - j0 < BLK ? pos0 + i + 1 - j0 : BLK);
-                    for (int a0 = 0; a0 < G && rc == HC_OK; a0 += RMAX) {
-                        const int R = G - a0 < RMAX ? G - a0 : RMAX;
-                        const int64_t row = i * G + a0, qrow = i * H + (int64_t)g * G + a0;
-                        rc = is_i8 ? K.rows_i8(&B, qq + qrow * hdq, qsum + qrow, qsc + qrow, R, nb,
-                                               m + row, l + row, acc + row * hd)
-                                   : K.rows_f16(&B, qc + qrow * hd, c, R, nb, m + row, l + row,
-                                                acc + row * hd);
-                    }
-                }
-            }
-            if (rc != HC_OK) break;
-            for (int64_t i = 0; i < tc; ++i)
-                for (int a = 0; a < G; ++a) {
-                    float *o = out + ((c0 + i) * H + (int64_t)g * G + a) * hd;
-                    const float *ar = acc + (i * G + a) * hd, la = l[i * G + a];
-                    for (int d = 0; d < hd; ++d) o[d] = ar[d] / la;
-                }
-        }
+        /* queries whose keys start at 0 run together; with a window, the others one by one, their
+         * blocks streamed from their window's first key */
+        int64_t whole = tc;
+        if (window > 0) whole = window - pos0 < 0 ? 0 : (window - pos0 < tc ? window - pos0 : tc);
+        if (whole > 0) rc = attn_group(&A, q + c0 * H * hd, whole, pos0, 0, out + c0 * H * hd);
+        for (int64_t i = whole; i < tc && rc == HC_OK; ++i)
+            rc = attn_group(&A, q + (c0 + i) * H * hd, 1, pos0 + i, pos0 + i - window + 1,
+                            out + (c0 + i) * H * hd);
     }
     free(owned);
     return rc;
@@ -978,10 +1026,22 @@ static int attn_run(int is_i8, const float *q, int64_t t, int n_heads, int n_kv_
 int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
                int64_t capacity, float *out) {
-    return attn_run(1, q, t, n_heads, n_kv_heads, hd, start, k, k_scale, v, v_scale, capacity, out);
+    return attn_run(1, q, t, n_heads, n_kv_heads, hd, start, k, k_scale, v, v_scale, capacity, NULL, out);
 }
 
 int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                 const uint16_t *k, const uint16_t *v, int64_t capacity, float *out) {
-    return attn_run(0, q, t, n_heads, n_kv_heads, hd, start, k, NULL, v, NULL, capacity, out);
+    return attn_run(0, q, t, n_heads, n_kv_heads, hd, start, k, NULL, v, NULL, capacity, NULL, out);
+}
+
+int hc_attn_i8_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                    const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
+                    int64_t capacity, const hc_attn_opts *opts, float *out) {
+    return attn_run(1, q, t, n_heads, n_kv_heads, hd, start, k, k_scale, v, v_scale, capacity, opts, out);
+}
+
+int hc_attn_f16_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                     const uint16_t *k, const uint16_t *v, int64_t capacity, const hc_attn_opts *opts,
+                     float *out) {
+    return attn_run(0, q, t, n_heads, n_kv_heads, hd, start, k, NULL, v, NULL, capacity, opts, out);
 }

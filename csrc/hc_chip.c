@@ -1,11 +1,13 @@
 /*
- * hc_chip.c — the transformer layers of a Llama-family decoder as one compiled pass.
+ * hc_chip.c — the transformer layers of a decoder as one compiled pass.
  *
  * Runs, for t tokens at positions [start, start+t), every layer's dataflow through the same kernels
  * and in the same order as the interpreted chip (hcemu/chip/chip.py, Chip._layers_interpreted):
- *   h = rmsnorm(x); (q8, s) = quantize(h); q|k|v = CIM(q8, s); rope(q), rope(k); store k, v in
- *   the SRAM KV cache; a = attention(q); x += CIM_linear(a); h = rmsnorm(x); (q8, s) = quantize(h);
- *   g|u = CIM(q8, s); g = silu(g) * u; x += CIM_linear(g).
+ *   h = rmsnorm(x); (q8, s) = quantize(h); q|k|v = CIM(q8, s) [+ biases] [q, k = rmsnorm(q), rmsnorm(k)];
+ *   rope(q), rope(k); store k, v in the SRAM KV cache; a = attention(q); o = CIM_linear(a)
+ *   [o = rmsnorm(o)]; x += o; h = rmsnorm(x); (q8, s) = quantize(h); g|u = CIM(q8, s);
+ *   g = act(g) * u; o = CIM_linear(g) [o = rmsnorm(o)]; x += o.
+ * (bracketed steps: the block kinds a layer has, docs/chip.md "Block kinds").
  * Each operation is one call of the kernel the interpreted path calls, so values are bit-identical
  * to it.  What this adds is only that no Python runs between the kernels (at decode a SmolLM2 step is
  * about 450 kernel calls, and the interpreter between them cost 15-20% of the step).
@@ -35,6 +37,12 @@ static void take_cols(const float *y, int64_t t, int64_t ld, int64_t c0, int64_t
     for (int64_t i = 0; i < t; i++) memcpy(dst + i * cols, y + i * ld + c0, (size_t)cols * sizeof(float));
 }
 
+/* A gated FFN's matrices fit widths d -> f -> d (gate|up stacked when wu is NULL). */
+static int ffn_fits(const hc_weights *wg, const hc_weights *wu, const hc_weights *wd, int64_t d, int64_t f) {
+    if (wd->n != d || wd->k != f) return 0;
+    return wu ? (wg->n == f && wu->n == f && wg->k == d && wu->k == d) : (wg->n == 2 * f && wg->k == d);
+}
+
 int hc_decoder_check(const hc_decoder *m) {
     if (!m || !m->layers || !m->rope_cos || !m->rope_sin) return HC_EINVAL;
     if (m->n_layers < 1 || m->d_model < 1 || m->n_heads < 1 || m->n_kv_heads < 1 || m->head_dim < 2 ||
@@ -46,26 +54,49 @@ int hc_decoder_check(const hc_decoder *m) {
     if (m->act_group_d < 1 || d % m->act_group_d || m->act_group_q < 1 || qd % m->act_group_q ||
         m->act_group_f < 1 || f % m->act_group_f)
         return HC_EINVAL;
+    const int moe = m->n_experts > 0;
+    if (moe && (m->n_experts_used < 1 || m->n_experts_used > m->n_experts || m->d_ff_expert < 1 ||
+                m->d_ff_shared < 0 || m->act_group_fe < 1 || m->d_ff_expert % m->act_group_fe ||
+                (m->d_ff_shared && (m->act_group_fs < 1 || m->d_ff_shared % m->act_group_fs)) ||
+                !(m->expert_scale > 0.0f) || !m->routes))
+        return HC_EINVAL;
     for (int64_t i = 0; i < m->n_layers; i++) {
         const hc_layer *L = &m->layers[i];
-        if (!L->attn_norm || !L->ffn_norm || !L->wq || !L->wo || !L->wg || !L->wd) return HC_EINVAL;
-        const int fused_qkv = !L->wk && !L->wv, fused_gu = !L->wu;
+        if (!L->attn_norm || !L->ffn_norm || !L->wq || !L->wo) return HC_EINVAL;
+        const int fused_qkv = !L->wk && !L->wv;
         if (!fused_qkv && (!L->wk || !L->wv)) return HC_EINVAL;
         if (fused_qkv ? (L->wq->n != qd + 2 * kvd || L->wq->k != d)
                       : (L->wq->n != qd || L->wk->n != kvd || L->wv->n != kvd || L->wq->k != d ||
                          L->wk->k != d || L->wv->k != d))
             return HC_EINVAL;
-        if (L->wo->n != d || L->wo->k != qd || L->wd->n != d || L->wd->k != f) return HC_EINVAL;
-        if (fused_gu ? (L->wg->n != 2 * f || L->wg->k != d)
-                     : (L->wg->n != f || L->wu->n != f || L->wg->k != d || L->wu->k != d))
-            return HC_EINVAL;
+        if (L->wo->n != d || L->wo->k != qd) return HC_EINVAL;
+        if (!moe) {
+            if (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, f)) return HC_EINVAL;
+        } else {
+            if (!L->router || L->router->n != m->n_experts || L->router->k != d || !L->exp_gate || !L->exp_down)
+                return HC_EINVAL;
+            for (int64_t e = 0; e < m->n_experts; e++)
+                if (!L->exp_gate[e] || !L->exp_down[e] ||
+                    !ffn_fits(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], d, m->d_ff_expert))
+                    return HC_EINVAL;
+            if (m->d_ff_shared ? (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, m->d_ff_shared))
+                               : (L->wg || L->wu || L->wd || L->shared_gate))
+                return HC_EINVAL;
+            if (L->shared_gate && (L->shared_gate->n != 1 || L->shared_gate->k != d)) return HC_EINVAL;
+        }
         if (m->kv_int8 ? (!L->k_codes || !L->v_codes || !L->k_scales || !L->v_scales) : (!L->k16 || !L->v16))
             return HC_EINVAL;
+        if ((!L->bq) != (!L->bk) || (!L->bq) != (!L->bv) || (!L->q_norm) != (!L->k_norm) ||
+            (!L->rope_cos) != (!L->rope_sin) || L->window < 0)
+            return HC_EINVAL;
     }
+    if (!(m->attn_scale >= 0.0f) || !(m->attn_softcap >= 0.0f)) return HC_EINVAL;
     return HC_OK;
 }
 
-#define TIMED(op, call)                                                                                  \
+/* Run one kernel call as op `op` of layer `layer_`: time it when profiling; on failure record where
+ * and do `on_fail` (goto a cleanup label, or return). */
+#define HC_TIMED(op, call, layer_, on_fail)                                                              \
     do {                                                                                                 \
         double t0_ = prof ? now_s() : 0.0;                                                               \
         rc = (call);                                                                                     \
@@ -75,12 +106,106 @@ int hc_decoder_check(const hc_decoder *m) {
         }                                                                                                \
         if (rc) {                                                                                        \
             if (trace) {                                                                                 \
-                trace->failed_layer = i;                                                                 \
+                trace->failed_layer = layer_;                                                            \
                 trace->failed_op = op;                                                                   \
             }                                                                                            \
-            goto done;                                                                                   \
+            on_fail;                                                                                     \
         }                                                                                                \
     } while (0)
+#define TIMED(op, call) HC_TIMED(op, call, i, goto done)
+
+#define STEP(op, call) HC_TIMED(op, call, layer, return rc)
+
+/* Gated FFN of m rows of quantized input (q8, sc): o = W_d (act(W_g x) * (W_u x)), width f.
+ * Scratch: gu (m, 2f), g (m, f), u (m, f). */
+static int gated_ffn(const hc_decoder *M, const hc_weights *wg, const hc_weights *wu, const hc_weights *wd,
+                     const int8_t *q8, const float *sc, int64_t m, int64_t f, int64_t group, float *gu, float *gs,
+                     float *us, float *o, int n_threads, int prof, hc_decoder_trace *trace, int64_t layer) {
+    float *g = gs, *u = us;
+    int rc;
+    if (!wu) { /* gate and up stacked in one matrix */
+        STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wg, q8, sc, m, M->act_group_d, gu, n_threads));
+        if (m == 1) {
+            g = gu;
+            u = gu + f;
+        } else {
+            take_cols(gu, m, 2 * f, 0, f, g);
+            take_cols(gu, m, 2 * f, f, f, u);
+        }
+    } else {
+        STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wg, q8, sc, m, M->act_group_d, g, n_threads));
+        STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wu, q8, sc, m, M->act_group_d, u, n_threads));
+    }
+    STEP(HC_DEC_SILU_MUL, M->ffn_gelu ? hc_gelu_mul_f32(g, u, m * f, g) : hc_silu_mul_f32(g, u, m * f, g));
+    STEP(HC_DEC_CIM_DOWN, hc_cim_linear(wd, g, m, group, o, n_threads));
+    return HC_OK;
+}
+
+/* Mixture-of-experts FFN of t rows of quantized input (q8 (t, d), sc (t, d / act_group_d)) into
+ * o (t, d); token r's experts go to routes[r * stride .. + k].  Same steps and order as
+ * Chip._moe_interpreted. */
+static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, const float *sc, int64_t t,
+                   float *o, int32_t *routes_out, int64_t stride, int n_threads, int prof, hc_decoder_trace *trace,
+                   int64_t layer) {
+    const int64_t d = M->d_model, E = M->n_experts, k = M->n_experts_used, fe = M->d_ff_expert,
+                  fs = M->d_ff_shared, ng = d / M->act_group_d, fw = fe > fs ? fe : fs;
+    /* scratch (floats): logits (t,E), w (t,k), wcol (t), gsc (t,ng), gu (t,2fw), g (t,fw), u (t,fw),
+     * ye (t,d), ys (k,t,d), shared out (t,d); ints: rows, slots (t); bytes: gq8 (t,d) */
+    const size_t nf = (size_t)t * (size_t)(E + k + 1 + ng + 4 * fw + d + k * d + d);
+    char *buf = malloc(nf * sizeof(float) + 2 * (size_t)t * sizeof(int64_t) + (size_t)(t * k) * sizeof(int32_t) +
+                       (size_t)t * (size_t)d + 64);
+    if (!buf) return HC_ENOMEM;
+    float *logits = (float *)buf, *w = logits + t * E, *wcol = w + t * k, *gsc = wcol + t, *gu = gsc + t * ng,
+          *gs = gu + t * 2 * fw, *us = gs + t * fw, *ye = us + t * fw, *ys = ye + t * d, *so = ys + k * t * d;
+    int64_t *rows = (int64_t *)(so + t * d), *slots = rows + t;
+    int32_t *routes = (int32_t *)(slots + t);
+    int8_t *gq8 = (int8_t *)(routes + t * k);
+    int rc = HC_OK;
+#define MSTEP(op, call) HC_TIMED(op, call, layer, goto out)
+    MSTEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->router, q8, sc, t, M->act_group_d, logits, n_threads));
+    MSTEP(HC_DEC_ADD, hc_moe_route_f32(logits, t, E, (int)k, M->expert_norm, M->expert_scale, routes, w));
+    for (int64_t r = 0; r < t; r++) memcpy(routes_out + r * stride, routes + r * k, (size_t)k * sizeof(int32_t));
+    for (int64_t e = 0; e < E; e++) {
+        int64_t n = 0;
+        for (int64_t r = 0; r < t; r++)
+            for (int64_t j = 0; j < k; j++)
+                if (routes[r * k + j] == (int32_t)e) {
+                    rows[n] = r;
+                    slots[n++] = j;
+                }
+        if (!n) continue;
+        for (int64_t a = 0; a < n; a++) {
+            memcpy(gq8 + a * d, q8 + rows[a] * d, (size_t)d);
+            memcpy(gsc + a * ng, sc + rows[a] * ng, (size_t)ng * sizeof(float));
+        }
+        rc = gated_ffn(M, L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], gq8, gsc, n, fe,
+                       M->act_group_fe, gu, gs, us, ye, n_threads, prof, trace, layer);
+        if (rc) goto out;
+        for (int64_t a = 0; a < n; a++)
+            memcpy(ys + (slots[a] * t + rows[a]) * d, ye + a * d, (size_t)d * sizeof(float));
+    }
+    memset(o, 0, (size_t)(t * d) * sizeof(float));
+    for (int64_t j = 0; j < k; j++) {
+        for (int64_t r = 0; r < t; r++) wcol[r] = w[r * k + j];
+        MSTEP(HC_DEC_ADD, hc_axpy_rows_f32(o, ys + j * t * d, wcol, t, d));
+    }
+    if (fs) {
+        rc = gated_ffn(M, L->wg, L->wu, L->wd, q8, sc, t, fs, M->act_group_fs, gu, gs, us, so, n_threads, prof,
+                       trace, layer);
+        if (rc) goto out;
+        if (L->shared_gate) {
+            MSTEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->shared_gate, q8, sc, t, M->act_group_d, wcol, n_threads));
+            MSTEP(HC_DEC_SILU_MUL, hc_sigmoid_f32(wcol, t));
+            MSTEP(HC_DEC_ADD, hc_axpy_rows_f32(o, so, wcol, t, d));
+        } else {
+            MSTEP(HC_DEC_ADD, hc_add_f32(o, so, t * d));
+        }
+    }
+#undef MSTEP
+out:
+    free(buf);
+    return rc;
+}
 
 int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,
                       hc_decoder_trace *trace) {
@@ -102,11 +227,13 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
           *vs = ks + t * kvd, *att = vs + t * kvd, *o = att + t * qd, *gu = o + t * d, *gs = gu + t * 2 * f,
           *us = gs + t * f, *sc = us + t * f;
     int8_t *q8 = (int8_t *)(sc + t * d);
-    const float *cos_t = m->rope_cos + start * (hd / 2), *sin_t = m->rope_sin + start * (hd / 2);
     int64_t i = 0;
     for (i = 0; i < m->n_layers; i++) {
         const hc_layer *L = &m->layers[i];
-        float *q = qs, *k = ks, *v = vs, *g = gs, *u = us;
+        float *q = qs, *k = ks, *v = vs;
+        const float *cos_t = (L->rope_cos ? L->rope_cos : m->rope_cos) + start * (hd / 2),
+                    *sin_t = (L->rope_sin ? L->rope_sin : m->rope_sin) + start * (hd / 2);
+        const hc_attn_opts opts = {m->attn_scale, m->attn_softcap, L->window};
         /* attention block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->attn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
@@ -126,41 +253,44 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wk, q8, sc, t, m->act_group_d, k, n_threads));
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wv, q8, sc, t, m->act_group_d, v, n_threads));
         }
-        TIMED(HC_DEC_ROPE, hc_rope_f32(q, cos_t, sin_t, t, H, hd, q));
-        TIMED(HC_DEC_ROPE, hc_rope_f32(k, cos_t, sin_t, t, Hkv, hd, k));
+        if (L->bq) {
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(q, L->bq, t, qd));
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(k, L->bk, t, kvd));
+            TIMED(HC_DEC_ADD, hc_add_rows_f32(v, L->bv, t, kvd));
+        }
+        if (L->q_norm) {
+            const int64_t rq = m->qk_norm_full ? t : t * H, rk = m->qk_norm_full ? t : t * Hkv;
+            TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(q, L->q_norm, rq, t * qd / rq, m->norm_eps, q));
+            TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(k, L->k_norm, rk, t * kvd / rk, m->norm_eps, k));
+        }
+        TIMED(HC_DEC_ROPE, hc_rope_style_f32(q, cos_t, sin_t, t, H, hd, m->rope_neox, q));
+        TIMED(HC_DEC_ROPE, hc_rope_style_f32(k, cos_t, sin_t, t, Hkv, hd, m->rope_neox, k));
         if (m->kv_int8) {
             TIMED(HC_DEC_KV_STORE, hc_kv_store_i8(k, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->k_codes,
                                                   L->k_scales));
             TIMED(HC_DEC_KV_STORE, hc_kv_store_i8(v, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->v_codes,
                                                   L->v_scales));
-            TIMED(HC_DEC_ATTENTION, hc_attn_i8(q, t, (int)H, (int)Hkv, (int)hd, start, L->k_codes, L->k_scales,
-                                               L->v_codes, L->v_scales, m->kv_capacity, att));
+            TIMED(HC_DEC_ATTENTION, hc_attn_i8_opts(q, t, (int)H, (int)Hkv, (int)hd, start, L->k_codes,
+                                                    L->k_scales, L->v_codes, L->v_scales, m->kv_capacity, &opts,
+                                                    att));
         } else {
             TIMED(HC_DEC_KV_STORE, hc_kv_store_f16(k, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->k16));
             TIMED(HC_DEC_KV_STORE, hc_kv_store_f16(v, t, (int)Hkv, (int)hd, start, m->kv_capacity, L->v16));
-            TIMED(HC_DEC_ATTENTION, hc_attn_f16(q, t, (int)H, (int)Hkv, (int)hd, start, L->k16, L->v16,
-                                                m->kv_capacity, att));
+            TIMED(HC_DEC_ATTENTION, hc_attn_f16_opts(q, t, (int)H, (int)Hkv, (int)hd, start, L->k16, L->v16,
+                                                     m->kv_capacity, &opts, att));
         }
         TIMED(HC_DEC_CIM_O, hc_cim_linear(L->wo, att, t, m->act_group_q, o, n_threads));
+        if (L->attn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->attn_post_norm, t, d, m->norm_eps, o));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
         /* feed-forward block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->ffn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
-        if (!L->wu) { /* gate and up stacked in one matrix */
-            TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wg, q8, sc, t, m->act_group_d, gu, n_threads));
-            if (t == 1) {
-                g = gu;
-                u = gu + f;
-            } else {
-                take_cols(gu, t, 2 * f, 0, f, g);
-                take_cols(gu, t, 2 * f, f, f, u);
-            }
-        } else {
-            TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wg, q8, sc, t, m->act_group_d, g, n_threads));
-            TIMED(HC_DEC_CIM_GATE_UP, hc_cim_matmul(L->wu, q8, sc, t, m->act_group_d, u, n_threads));
-        }
-        TIMED(HC_DEC_SILU_MUL, hc_silu_mul_f32(g, u, t * f, g));
-        TIMED(HC_DEC_CIM_DOWN, hc_cim_linear(L->wd, g, t, m->act_group_f, o, n_threads));
+        rc = m->n_experts ? moe_ffn(m, L, q8, sc, t, o, m->routes + i * m->n_experts_used,
+                                    m->n_layers * m->n_experts_used, n_threads, prof, trace, i)
+                          : gated_ffn(m, L->wg, L->wu, L->wd, q8, sc, t, f, m->act_group_f, gu, gs, us, o, n_threads,
+                                      prof, trace, i);
+        if (rc) goto done;
+        if (L->ffn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->ffn_post_norm, t, d, m->norm_eps, o));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
     }
 done:

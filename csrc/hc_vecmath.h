@@ -54,6 +54,29 @@ static inline float hc__exp(float x) {
     return hc__u2f((hc__f2u(y) & keep) | (0x7f800000u & hi) | (ux & is_nan)); /* lo -> 0 */
 }
 
+/* tanh(z) in float32 from the unit's exp: a = |z|, e = exp(-2a) (hc__exp: 0 below -87),
+ * t = (1 - e) / (1 + e), with z's sign.  NaN stays NaN. */
+static inline float hc__tanh(float z) {
+    const uint32_t uz = hc__f2u(z);
+    const float a = hc__u2f(uz & 0x7fffffffu);
+    const float e = hc__exp(-2.0f * a);
+    const float t = (1.0f - e) / (1.0f + e);
+    return hc__u2f(hc__f2u(t) | (uz & 0x80000000u));
+}
+
+/* GELU, tanh approximation: u = ((x*x)*x)*A + x; t = tanh(u * K); g = (0.5*x) * (1 + t)
+ * with A = 0.044715, K = sqrt(2/pi) as float32. */
+#define HC_GELU_A 0x1.6e4e26p-5f   /* 0.044715f */
+#define HC_GELU_K 0x1.988454p-1f   /* 0.7978845608f = sqrt(2/pi) */
+static inline float hc__gelu(float x) {
+    float u = x * x;
+    u = u * x;
+    u = u * HC_GELU_A;
+    u = u + x;
+    const float t = hc__tanh(u * HC_GELU_K);
+    return (0.5f * x) * (1.0f + t);
+}
+
 /* float32 -> binary16, round to nearest even (F. Giesen's float_to_half_fast3_rtne). */
 static inline uint16_t hc__f32_to_f16(float f) {
     uint32_t x = hc__f2u(f);

@@ -69,10 +69,35 @@ int hc_rmsnorm_f32(const float *x, const float *w, int64_t m, int64_t d, float e
  * x, y: (t, heads, hd); cos, sin: (t, hd/2).  hd even.  y may alias x. */
 int hc_rope_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
                 int64_t hd, float *y);
+/* RoPE with a choice of pairs: neox == 0 as hc_rope_f32; neox != 0 rotates (x[j], x[j + hd/2]):
+ *   y[j] = x[j]*c - x[j+hd/2]*s,  y[j+hd/2] = x[j]*s + x[j+hd/2]*c. */
+int hc_rope_style_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                      int64_t hd, int neox, float *y);
 /* y = (g / (1 + exp(-g))) * u, elementwise over n values; y may alias g or u. */
 int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y);
+/* y = gelu(g) * u, GELU's tanh approximation in the unit's float32 (docs/numerics.md "Vector unit"):
+ * v = ((g*g)*g)*0.044715f + g; t = tanh(v * 0.7978846f); gelu = (0.5f*g) * (1 + t), with
+ * tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2|z|).  y may alias g or u. */
+int hc_gelu_mul_f32(const float *g, const float *u, int64_t n, float *y);
 /* x += y over n values (the residual add). */
 int hc_add_f32(float *x, const float *y, int64_t n);
+/* x[i, :] += b over m rows of n values (biases). */
+int hc_add_rows_f32(float *x, const float *b, int64_t m, int64_t n);
+/* x *= s over n values (embedding scaling). */
+int hc_scale_f32(float *x, float s, int64_t n);
+/* Soft-capping x = tanh(x * (1/cap)) * cap over n values (1/cap rounded to float32 once); cap > 0. */
+int hc_softcap_f32(float *x, float cap, int64_t n);
+/* Mixture-of-experts routing of t tokens, logits (t, n_experts) float32: per token the k largest
+ * logits in descending order, the lower expert first on ties -> sel (t, k); their probabilities
+ * exp(l - m) / s (m the largest logit, s the 16-lane sum of exp(l - m) over every expert) -> w (t, k);
+ * norm != 0: w_i = w_i / (w_0 + w_1 + ...) summed in slot order; scale != 1: w_i = w_i * scale.
+ * HC_ENONFINITE for a non-finite logit. */
+int hc_moe_route_f32(const float *logits, int64_t t, int64_t n_experts, int k, int norm, float scale,
+                     int32_t *sel, float *w);
+/* y[i, :] = y[i, :] + x[i, :] * w[i] over m rows of n values (an expert's weighted output). */
+int hc_axpy_rows_f32(float *y, const float *x, const float *w, int64_t m, int64_t n);
+/* x = 1 / (1 + exp(-x)) over n values (the shared expert's gate). */
+int hc_sigmoid_f32(float *x, int64_t n);
 
 /* ==== SRAM KV cache and streaming attention (csrc/hc_attn.c) ==================================
  * Exact rules: docs/numerics.md "KV cache" and "Attention".
@@ -104,6 +129,21 @@ int hc_attn_i8(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, i
                int64_t capacity, float *out);
 int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                 const uint16_t *k, const uint16_t *v, int64_t capacity, float *out);
+/* Attention variants (docs/numerics.md "Attention"): scale > 0 replaces c = 1/sqrt(hd) (0: that
+ * default); softcap > 0 caps every score s -> tanh(s * (1/softcap)) * softcap before the softmax;
+ * window > 0 restricts the query at position p to keys [max(0, p - window + 1), p], streamed in
+ * blocks of HC_ATTN_BLOCK from that first key.  opts == NULL: none of them (hc_attn_i8/f16). */
+typedef struct {
+    float scale;
+    float softcap;
+    int64_t window;
+} hc_attn_opts;
+int hc_attn_i8_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                    const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
+                    int64_t capacity, const hc_attn_opts *opts, float *out);
+int hc_attn_f16_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                     const uint16_t *k, const uint16_t *v, int64_t capacity, const hc_attn_opts *opts,
+                     float *out);
 /* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
  * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);
@@ -225,11 +265,14 @@ int hc_openmp(void);
 uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 
 /* ==== decoder layers (csrc/hc_chip.c) ==========================================================
- * The transformer layers of a Llama-family model as one compiled pass: for t tokens at positions
- * [start, start+t) every layer runs rmsnorm -> quantize -> CIM q|k|v -> RoPE -> KV store ->
- * attention -> CIM o (+ residual) -> rmsnorm -> quantize -> CIM gate|up -> SiLU*up -> CIM down
- * (+ residual), each step one call of the kernel above, in the order of the interpreted chip
- * (hcemu.chip.Chip), so the values are bit-identical to it.  The caller owns every array.      */
+ * The transformer layers of a decoder as one compiled pass: for t tokens at positions
+ * [start, start+t) every layer runs rmsnorm -> quantize -> CIM q|k|v (+ biases) (-> q/k norms) ->
+ * RoPE -> KV store -> attention -> CIM o (-> post-norm) (+ residual) -> rmsnorm -> quantize ->
+ * CIM gate|up -> act(gate)*up -> CIM down (-> post-norm) (+ residual), each step one call of the
+ * kernel above, in the order of the interpreted chip (hcemu.chip.Chip), so the values are
+ * bit-identical to it.  A mixture-of-experts layer replaces the FFN by: CIM router -> routing ->
+ * per fired expert (ascending) its gate|up, act, down on the rows routed to it -> weighted sum in
+ * routing order (+ the shared expert, gated).  The caller owns every array.                     */
 typedef struct {
     const float *attn_norm, *ffn_norm; /* (d_model,) */
     const hc_weights *wq, *wk, *wv;    /* wk == wv == NULL: wq holds q, k, v stacked (q_dim + 2 kv_dim rows) */
@@ -240,6 +283,18 @@ typedef struct {
     int8_t *k_codes, *v_codes;
     uint16_t *k_scales, *v_scales;
     uint16_t *k16, *v16;
+    /* block kinds beyond Llama (NULL / 0: absent); docs/chip.md "Block kinds" */
+    const float *bq, *bk, *bv;                   /* Q/K/V biases (q_dim), (kv_dim), (kv_dim) */
+    const float *q_norm, *k_norm;                /* RMSNorm of q and k: (head_dim) per head, or whole */
+    const float *attn_post_norm, *ffn_post_norm; /* RMSNorm of the attention / FFN output (d_model) */
+    const float *rope_cos, *rope_sin;            /* this layer's RoPE tables; NULL: the decoder's */
+    int64_t window;                              /* sliding window in keys; 0: full causal */
+    /* mixture of experts (the decoder's n_experts > 0): wg/wu/wd are then the shared expert's, or NULL */
+    const hc_weights *router;                    /* (n_experts x d_model) */
+    const hc_weights *const *exp_gate;           /* [n_experts]: gate, or gate|up stacked when exp_up is NULL */
+    const hc_weights *const *exp_up;             /* [n_experts], or NULL */
+    const hc_weights *const *exp_down;           /* [n_experts] (d_model x d_ff_expert) */
+    const hc_weights *shared_gate;               /* (1 x d_model): the shared expert's sigmoid gate, or NULL */
 } hc_layer;
 
 typedef struct {
@@ -250,6 +305,17 @@ typedef struct {
     int64_t kv_capacity;                           /* token slots per layer */
     const float *rope_cos, *rope_sin;              /* (kv_capacity, head_dim / 2) */
     const hc_layer *layers;                        /* [n_layers] */
+    /* block kinds beyond Llama (0: Llama's) */
+    int rope_neox;                                 /* 1: RoPE pairs (j, j + hd/2) */
+    int ffn_gelu;                                  /* 1: GeGLU (tanh GELU), 0: SwiGLU */
+    int qk_norm_full;                              /* 1: q_norm/k_norm span the whole q/k, 0: one head */
+    float attn_scale, attn_softcap;                /* score scale (0: 1/sqrt(hd)); soft-cap (0: none) */
+    /* mixture of experts (0: dense FFN layers) */
+    int64_t n_experts, n_experts_used, d_ff_expert, d_ff_shared;
+    int64_t act_group_fe, act_group_fs;            /* activation groups of the experts' and shared down inputs */
+    int expert_norm;                               /* renormalize the top-k weights */
+    float expert_scale;                            /* routing weights times this */
+    int32_t *routes;                               /* out: (t, n_layers, n_experts_used) experts per token */
 } hc_decoder;
 
 enum {

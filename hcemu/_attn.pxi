@@ -1,7 +1,7 @@
 # SRAM KV cache stores and the streaming attention unit (csrc/hc_attn.c).
 # Rules: docs/numerics.md "KV cache" and "Attention". The Python objects are in hcemu.kernels.attention.
 from hcemu._hcemu cimport (hc_kv_store_i8, hc_kv_store_f16, hc_attn_i8, hc_attn_f16, hc_attn_qk_i8,
-                           HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM)
+                           hc_attn_opts, hc_attn_i8_opts, hc_attn_f16_opts, HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM)
 
 ATTN_BLOCK = HC_ATTN_BLOCK
 """Keys per block the attention unit streams from SRAM (the online-softmax step)."""
@@ -93,14 +93,26 @@ cdef inline void _count_kv_write(int64_t *row, Py_ssize_t t, Py_ssize_t bytes_pe
     row[_I_WRITE] += t * bytes_per_token_layer
 
 
+cdef inline Py_ssize_t _attended_keys(Py_ssize_t t, Py_ssize_t start, Py_ssize_t window) noexcept nogil:
+    """hcemu.events.attended_keys: the sum over queries at [start, start+t) of min(p + 1, window)."""
+    cdef Py_ssize_t lo = start + 1, hi = start + t
+    if window <= 0 or hi <= window:
+        return (lo + hi) * t // 2
+    if lo > window:
+        return window * t
+    return (lo + window) * (window - lo + 1) // 2 + window * (hi - window)
+
+
 cdef inline void _count_attention(int64_t *row, Py_ssize_t t, Py_ssize_t start, Py_ssize_t nh, Py_ssize_t hd,
-                                  Py_ssize_t bytes_per_token_layer) noexcept nogil:
-    """docs/events.md: t queries at [start, start+t) over nh heads each read keys [0, p]."""
-    cdef Py_ssize_t keys = t * start + t * (t + 1) // 2  # sum over the queries of (p + 1)
+                                  Py_ssize_t bytes_per_token_layer, Py_ssize_t window=0,
+                                  bint softcap=False) noexcept nogil:
+    """docs/events.md: t queries at [start, start+t) over nh heads each read keys [0, p] (the last
+    ``window`` of them); a soft-cap costs 6 flops and a tanh per head and key."""
+    cdef Py_ssize_t keys = _attended_keys(t, start, window)
     row[_I_READ] += keys * bytes_per_token_layer
     row[_I_MACS] += 2 * nh * hd * keys
-    row[_I_FLOPS] += 5 * nh * keys
-    row[_I_TRANS] += nh * keys
+    row[_I_FLOPS] += (11 if softcap else 5) * nh * keys
+    row[_I_TRANS] += (2 if softcap else 1) * nh * keys
 
 
 cdef class KVStore:
@@ -218,10 +230,16 @@ cdef class KVStore:
                             self.bytes_per_token_layer)
         return pos + t
 
-    def attend(self, q, Py_ssize_t layer, Py_ssize_t start, out=None, events=None, region=None):
+    def attend(self, q, Py_ssize_t layer, Py_ssize_t start, out=None, events=None, region=None,
+               double scale=0.0, double softcap=0.0, Py_ssize_t window=0):
         """Causal GQA attention of q float32 (t, n_heads, head_dim) over ``layer``; see
         :func:`hcemu.kernels.attention.attention`."""
         self._layer_ok(layer, "attention")
+        if not (scale >= 0 and softcap >= 0 and window >= 0) or scale > 3.4e38 or softcap > 3.4e38:
+            raise ValueError(f"attention: scale {scale}, softcap {softcap} and window {window} must be >= 0 "
+                             "and finite (0: the default / off)")
+        cdef hc_attn_opts opts
+        opts.scale, opts.softcap, opts.window = <float>scale, <float>softcap, window
         cdef Py_ssize_t t, nh, hd = self.head_dim
         cdef const float *qp = NULL
         cdef float *op = NULL
@@ -256,15 +274,15 @@ cdef class KVStore:
         if t:
             with nogil:
                 if self.is_i8:
-                    rc = hc_attn_i8(qp, t, <int>nh, hkv, <int>hd, start,
-                                    &self.kc[layer, 0, 0, 0], &self.ks[layer, 0, 0],
-                                    &self.vc[layer, 0, 0, 0], &self.vs[layer, 0, 0], cap, op)
+                    rc = hc_attn_i8_opts(qp, t, <int>nh, hkv, <int>hd, start,
+                                         &self.kc[layer, 0, 0, 0], &self.ks[layer, 0, 0],
+                                         &self.vc[layer, 0, 0, 0], &self.vs[layer, 0, 0], cap, &opts, op)
                 else:
-                    rc = hc_attn_f16(qp, t, <int>nh, hkv, <int>hd, start,
-                                     &self.k16[layer, 0, 0, 0], &self.v16[layer, 0, 0, 0], cap, op)
+                    rc = hc_attn_f16_opts(qp, t, <int>nh, hkv, <int>hd, start,
+                                          &self.k16[layer, 0, 0, 0], &self.v16[layer, 0, 0, 0], cap, &opts, op)
             if rc != 0:
                 check(rc, "attention (q must be finite, scores within float32 range)")
         if events is not None:
             _count_attention(_event_row(events, layer if region is None else region), t, start, nh, hd,
-                             self.bytes_per_token_layer)
+                             self.bytes_per_token_layer, window, softcap > 0)
         return out

@@ -26,6 +26,19 @@ cdef class Decoder:
     float32 (d_model,) norms and PackedWeights (or CimWeights) products; ``wk = wv = None`` when
     ``wq`` holds q, k, v stacked, ``wu = None`` when ``wg`` holds gate, up stacked. ``cos``, ``sin``:
     float32 (kv capacity, head_dim / 2) RoPE tables.
+
+    Block kinds beyond Llama (docs/chip.md): ``extras``, one dict per layer with any of ``bq``, ``bk``,
+    ``bv`` (float32 biases), ``q_norm``, ``k_norm`` (float32 RMSNorm weights of one head, or of the
+    whole q / k with ``qk_norm_full``), ``attn_post_norm``, ``ffn_post_norm`` (float32 (d_model,)),
+    ``rope_cos``, ``rope_sin`` (the layer's own tables), ``window`` (sliding window in keys);
+    ``rope_neox`` (NeoX RoPE pairs), ``ffn_gelu`` (GeGLU), ``attn_scale`` (0: 1/sqrt(head_dim)),
+    ``attn_softcap`` (0: none).
+
+    Mixture of experts (``n_experts`` > 0): each layer's ``wg, wu, wd`` are its shared expert's (None
+    without one) and its extras hold ``router`` (products, (n_experts, d_model)), ``experts`` (per expert
+    ``(gate, up, down)``, ``up = None`` when ``gate`` holds gate, up stacked) and ``shared_gate``
+    ((1, d_model) or None). After each :meth:`forward`, ``last_routes`` holds the experts every token was
+    routed to, int32 (t, n_layers, n_experts_used); the experts' product events go to their regions.
     """
     cdef hc_decoder d
     cdef hc_layer *layers_
@@ -33,18 +46,31 @@ cdef class Decoder:
     cdef KVStore store
     cdef list keep
     cdef list products  # per layer: the CimWeights whose events one token pass counts
-    cdef readonly int64_t n_layers, n_heads, head_dim
+    cdef list expert_products  # per layer, per expert: its CimWeights (mixture of experts)
+    cdef const hc_weights **ptrs_  # the layers' expert pointer arrays (gate, up, down per layer)
+    cdef readonly int64_t n_layers, n_heads, head_dim, n_experts
+    cdef public object last_routes
+    cdef object _routes_buf
 
     def __cinit__(self):
         self.layers_ = NULL
+        self.ptrs_ = NULL
 
     def __dealloc__(self):
         free(self.layers_)
+        free(self.ptrs_)
 
     def __init__(self, KVStore store, layers, *, Py_ssize_t d_model, Py_ssize_t n_heads, Py_ssize_t d_ff,
                  double norm_eps, Py_ssize_t act_group_d, Py_ssize_t act_group_q, Py_ssize_t act_group_f,
-                 cos, sin):
+                 cos, sin, extras=None, bint rope_neox=False, bint ffn_gelu=False, bint qk_norm_full=False,
+                 double attn_scale=0.0, double attn_softcap=0.0, Py_ssize_t n_experts=0,
+                 Py_ssize_t n_experts_used=0, Py_ssize_t d_ff_expert=0, Py_ssize_t d_ff_shared=0,
+                 Py_ssize_t act_group_fe=0, Py_ssize_t act_group_fs=0, bint expert_norm=False,
+                 double expert_scale=1.0):
         layers = list(layers)
+        extras = [{}] * len(layers) if extras is None else list(extras)
+        if len(extras) != len(layers):
+            raise ValueError(f"Decoder: {len(extras)} extras for {len(layers)} layers")
         cdef Py_ssize_t n = len(layers), hd = store.head_dim, i
         if n != store.n_layers:
             raise ValueError(f"Decoder: {n} layers given, the KV cache has {store.n_layers}")
@@ -56,7 +82,15 @@ cdef class Decoder:
         self.layers_ = <hc_layer *>calloc(n, sizeof(hc_layer))
         if self.layers_ == NULL:
             raise MemoryError()
-        self.store, self.keep, self.products = store, [cos, sin], []
+        self.store, self.keep, self.products, self.expert_products = store, [cos, sin], [], []
+        self.n_experts = n_experts
+        self.last_routes = None
+        free(self.ptrs_)
+        self.ptrs_ = NULL
+        if n_experts:
+            self.ptrs_ = <const hc_weights **>calloc(3 * n * n_experts, sizeof(hc_weights *))
+            if self.ptrs_ == NULL:
+                raise MemoryError()
         cdef hc_layer *L
         cdef CimWeights cw
         for i, lay in enumerate(layers):
@@ -66,7 +100,7 @@ cdef class Decoder:
             L.attn_norm = _f32_ptr(lay[0], d_model, f"layer {i} attn_norm")
             L.ffn_norm = _f32_ptr(lay[1], d_model, f"layer {i} ffn_norm")
             cws = [None if pw is None else prepared(pw) for pw in lay[2:]]
-            if cws[0] is None or cws[3] is None or cws[4] is None or cws[6] is None:
+            if cws[0] is None or cws[3] is None or (not n_experts and (cws[4] is None or cws[6] is None)):
                 raise ValueError(f"Decoder: layer {i} lacks wq, wo, wg or wd")
             cw = cws[0]; L.wq = &cw.w
             if cws[1] is not None:
@@ -74,10 +108,12 @@ cdef class Decoder:
             if cws[2] is not None:
                 cw = cws[2]; L.wv = &cw.w
             cw = cws[3]; L.wo = &cw.w
-            cw = cws[4]; L.wg = &cw.w
+            if cws[4] is not None:
+                cw = cws[4]; L.wg = &cw.w
             if cws[5] is not None:
                 cw = cws[5]; L.wu = &cw.w
-            cw = cws[6]; L.wd = &cw.w
+            if cws[6] is not None:
+                cw = cws[6]; L.wd = &cw.w
             if store.is_i8:
                 L.k_codes, L.v_codes = &store.kc[i, 0, 0, 0], &store.vc[i, 0, 0, 0]
                 L.k_scales, L.v_scales = &store.ks[i, 0, 0], &store.vs[i, 0, 0]
@@ -85,6 +121,10 @@ cdef class Decoder:
                 L.k16, L.v16 = &store.k16[i, 0, 0, 0], &store.v16[i, 0, 0, 0]
             self.keep.append((lay[0], lay[1]))
             self.products.append([cw_ for cw_ in cws if cw_ is not None])
+            ex = dict(extras[i])
+            if n_experts:
+                self._set_experts(i, L, ex, n_experts)
+            self._set_extras(i, L, ex, d_model, n_heads, hd, store, qk_norm_full)
         self.d.n_layers, self.d.d_model, self.d.n_heads = n, d_model, n_heads
         self.d.n_kv_heads, self.d.head_dim, self.d.d_ff = store.n_kv_heads, hd, d_ff
         self.d.norm_eps = <float>norm_eps
@@ -94,6 +134,18 @@ cdef class Decoder:
         self.d.rope_cos = <const float *>cnp.PyArray_DATA(<cnp.ndarray>cos)
         self.d.rope_sin = <const float *>cnp.PyArray_DATA(<cnp.ndarray>sin)
         self.d.layers = self.layers_
+        self.d.rope_neox, self.d.ffn_gelu, self.d.qk_norm_full = rope_neox, ffn_gelu, qk_norm_full
+        if not (attn_scale >= 0 and attn_softcap >= 0):
+            raise ValueError(f"Decoder: attn_scale {attn_scale} and attn_softcap {attn_softcap} must be >= 0")
+        self.d.attn_scale, self.d.attn_softcap = <float>attn_scale, <float>attn_softcap
+        self.d.n_experts, self.d.n_experts_used = n_experts, n_experts_used
+        self.d.d_ff_expert, self.d.d_ff_shared = d_ff_expert, d_ff_shared
+        self.d.act_group_fe, self.d.act_group_fs = act_group_fe, act_group_fs
+        self.d.expert_norm, self.d.expert_scale = expert_norm, <float>expert_scale
+        self._routes_buf = None
+        if n_experts:  # a placeholder for the check; forward points it at each call's array
+            self._routes_buf = _np.zeros((1, n, max(n_experts_used, 1)), _np.int32)
+            self.d.routes = <int32_t *>cnp.PyArray_DATA(<cnp.ndarray>self._routes_buf)
         if hc_decoder_check(&self.d) != 0:
             raise ValueError(
                 f"Decoder: inconsistent model description (d_model {d_model}, heads {n_heads}/{store.n_kv_heads}"
@@ -101,6 +153,74 @@ cdef class Decoder:
                 f"shape or group does not fit")
         self.n_layers, self.n_heads, self.head_dim = n, n_heads, hd
         memset(&self.trace, 0, sizeof(hc_decoder_trace))
+
+    cdef int _set_experts(self, Py_ssize_t i, hc_layer *L, dict ex, Py_ssize_t n_experts) except -1:
+        """Point layer i's router, experts and shared gate at the products of ``ex`` (popped from it)."""
+        cdef CimWeights cw
+        cdef const hc_weights **gates = self.ptrs_ + 3 * i * n_experts
+        cdef const hc_weights **ups = gates + n_experts
+        cdef const hc_weights **downs = ups + n_experts
+        router, experts, shared_gate = ex.pop("router", None), ex.pop("experts", None), ex.pop("shared_gate", None)
+        if router is None or experts is None or len(experts) != n_experts:
+            raise ValueError(f"Decoder: mixture-of-experts layer {i} needs a router and {n_experts} experts")
+        cw = prepared(router)
+        L.router = &cw.w
+        self.products[i].append(cw)
+        stacked = experts[0][1] is None
+        per_expert = []
+        for e, (gate, up, down) in enumerate(experts):
+            if (up is None) != stacked:
+                raise ValueError(f"Decoder: layer {i} experts mix stacked and separate gate/up")
+            mats = [prepared(w) for w in (gate, up, down) if w is not None]
+            per_expert.append(mats)
+            cw = mats[0]; gates[e] = &cw.w
+            if not stacked:
+                cw = mats[1]; ups[e] = &cw.w
+            cw = mats[len(mats) - 1]; downs[e] = &cw.w
+        L.exp_gate, L.exp_up, L.exp_down = gates, (NULL if stacked else ups), downs
+        if shared_gate is not None:
+            cw = prepared(shared_gate)
+            L.shared_gate = &cw.w
+            self.products[i].append(cw)
+        self.expert_products.append(per_expert)
+        return 0
+
+    cdef int _set_extras(self, Py_ssize_t i, hc_layer *L, dict ex, Py_ssize_t d, Py_ssize_t nh, Py_ssize_t hd,
+                         KVStore store, bint qk_full) except -1:
+        """Point layer i's optional block-kind fields at the arrays of ``ex`` (kept alive here)."""
+        cdef Py_ssize_t qd = nh * hd, kvd = store.n_kv_heads * hd
+        sizes = {"bq": qd, "bk": kvd, "bv": kvd, "q_norm": qd if qk_full else hd, "k_norm": kvd if qk_full else hd,
+                 "attn_post_norm": d, "ffn_post_norm": d}
+        unknown = set(ex) - set(sizes) - {"rope_cos", "rope_sin", "window"}
+        if unknown:
+            raise ValueError(f"Decoder: layer {i} extras {sorted(unknown)} are not block kinds")
+        for key, n in sizes.items():
+            a = ex.get(key)
+            if a is None:
+                continue
+            ptr = _f32_ptr(a, n, f"layer {i} {key}")
+            if key == "bq": L.bq = ptr
+            elif key == "bk": L.bk = ptr
+            elif key == "bv": L.bv = ptr
+            elif key == "q_norm": L.q_norm = ptr
+            elif key == "k_norm": L.k_norm = ptr
+            elif key == "attn_post_norm": L.attn_post_norm = ptr
+            else: L.ffn_post_norm = ptr
+            self.keep.append(a)
+        if ex.get("rope_cos") is not None or ex.get("rope_sin") is not None:
+            for name in ("rope_cos", "rope_sin"):
+                tab = ex.get(name)
+                if not _plain_f32(tab, 2, False) or tab.shape != (store.capacity, hd // 2):
+                    raise ValueError(f"Decoder: layer {i} {name} must be C-contiguous float32 "
+                                     f"{(store.capacity, hd // 2)}, got {getattr(tab, 'dtype', type(tab))} "
+                                     f"{getattr(tab, 'shape', '')}")
+                self.keep.append(tab)
+            L.rope_cos = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ex["rope_cos"])
+            L.rope_sin = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ex["rope_sin"])
+        L.window = int(ex.get("window", 0) or 0)
+        if L.window < 0:
+            raise ValueError(f"Decoder: layer {i} window must be >= 0, got {L.window}")
+        return 0
 
     property profile:
         """When true, every op's seconds and calls accumulate (see :meth:`op_times`)."""
@@ -149,10 +269,14 @@ cdef class Decoder:
             raise OverflowError(f"Decoder.forward: positions [{start}, {start + t}) exceed the KV cache's "
                                 f"{self.store.capacity} token slots")
         cdef int64_t *counts = NULL
-        if events is not None:
-            counts = _event_counts(events, self.n_layers)
+        if events is not None:  # with experts, their regions follow the layers, head and embedding
+            counts = _event_counts(events, self.n_layers + (2 + self.n_layers * self.n_experts if self.n_experts else 0))
         cdef float *xp = <float *>cnp.PyArray_DATA(<cnp.ndarray>x)
         cdef int rc
+        routes = None
+        if self.n_experts:
+            routes = _np.empty((t, self.n_layers, self.d.n_experts_used), _np.int32)
+            self.d.routes = <int32_t *>cnp.PyArray_DATA(<cnp.ndarray>routes)
         with nogil:
             rc = hc_decoder_layers(&self.d, xp, t, start, n_threads, &self.trace)
         if rc != 0:
@@ -160,6 +284,16 @@ cdef class Decoder:
                      if self.trace.failed_op >= 0 else "setup")
             check(rc, f"Decoder.forward ({where})")
         cdef int64_t *row
+        cdef Py_ssize_t e_idx
+        self.last_routes = routes
+        if routes is not None and counts != NULL:
+            for i in range(self.n_layers):
+                fired = _np.bincount(routes[:, i].ravel(), minlength=self.n_experts)
+                for e in _np.nonzero(fired)[0]:
+                    e_idx = int(e)
+                    row = counts + (self.n_layers + 2 + i * self.n_experts + e_idx) * _N_FIELDS
+                    for cw in self.expert_products[i][e_idx]:
+                        _count_product(row, <CimWeights>cw, int(fired[e_idx]))
         for i in range(self.n_layers):
             self.store.filled_[i] = start + t
             if counts != NULL:
@@ -167,5 +301,6 @@ cdef class Decoder:
                 for cw in self.products[i]:
                     _count_product(row, <CimWeights>cw, t)
                 _count_kv_write(row, t, self.store.bytes_per_token_layer)
-                _count_attention(row, t, start, self.n_heads, self.head_dim, self.store.bytes_per_token_layer)
+                _count_attention(row, t, start, self.n_heads, self.head_dim, self.store.bytes_per_token_layer,
+                                 self.layers_[i].window, self.d.attn_softcap > 0)
         return x

@@ -22,6 +22,16 @@ cdef extern from "hcemu.h" nogil:
                     int64_t hd, float *y)
     int hc_silu_mul_f32(const float *g, const float *u, int64_t n, float *y)
     int hc_add_f32(float *x, const float *y, int64_t n)
+    int hc_rope_style_f32(const float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t heads,
+                          int64_t hd, int neox, float *y)
+    int hc_gelu_mul_f32(const float *g, const float *u, int64_t n, float *y)
+    int hc_add_rows_f32(float *x, const float *b, int64_t m, int64_t n)
+    int hc_scale_f32(float *x, float s, int64_t n)
+    int hc_softcap_f32(float *x, float cap, int64_t n)
+    int hc_moe_route_f32(const float *logits, int64_t t, int64_t n_experts, int k, int norm, float scale,
+                         int32_t *sel, float *w)
+    int hc_axpy_rows_f32(float *y, const float *x, const float *w, int64_t m, int64_t n)
+    int hc_sigmoid_f32(float *x, int64_t n)
 
     int HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM
     int hc_kv_store_i8(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos,
@@ -34,6 +44,16 @@ cdef extern from "hcemu.h" nogil:
     int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                     const uint16_t *k, const uint16_t *v, int64_t capacity, float *out)
     int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out)
+    ctypedef struct hc_attn_opts:
+        float scale
+        float softcap
+        int64_t window
+    int hc_attn_i8_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                        const int8_t *k, const uint16_t *k_scale, const int8_t *v, const uint16_t *v_scale,
+                        int64_t capacity, const hc_attn_opts *opts, float *out)
+    int hc_attn_f16_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
+                         const uint16_t *k, const uint16_t *v, int64_t capacity, const hc_attn_opts *opts,
+                         float *out)
 # ---- compute-in-memory products (csrc/hc_cim.c)
 cdef extern from "hcemu.h" nogil:
     int HC_CIM_M_CHUNK, HC_MAX_THREADS
@@ -88,6 +108,21 @@ cdef extern from "hcemu.h" nogil:
         uint16_t *v_scales
         uint16_t *k16
         uint16_t *v16
+        const float *bq
+        const float *bk
+        const float *bv
+        const float *q_norm
+        const float *k_norm
+        const float *attn_post_norm
+        const float *ffn_post_norm
+        const float *rope_cos
+        const float *rope_sin
+        int64_t window
+        const hc_weights *router
+        const hc_weights *const *exp_gate
+        const hc_weights *const *exp_up
+        const hc_weights *const *exp_down
+        const hc_weights *shared_gate
     ctypedef struct hc_decoder:
         int64_t n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff
         float norm_eps
@@ -97,6 +132,15 @@ cdef extern from "hcemu.h" nogil:
         const float *rope_cos
         const float *rope_sin
         const hc_layer *layers
+        int rope_neox
+        int ffn_gelu
+        int qk_norm_full
+        float attn_scale, attn_softcap
+        int64_t n_experts, n_experts_used, d_ff_expert, d_ff_shared
+        int64_t act_group_fe, act_group_fs
+        int expert_norm
+        float expert_scale
+        int32_t *routes
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile

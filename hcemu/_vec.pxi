@@ -3,7 +3,8 @@
 import numpy as _np
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t
 from hcemu._hcemu cimport (hc_exp_f32_array, hc_f32_to_f16_array, hc_rmsnorm_f32, hc_rope_f32,
-                           hc_silu_mul_f32, hc_add_f32)
+                           hc_silu_mul_f32, hc_add_f32, hc_rope_style_f32, hc_gelu_mul_f32, hc_add_rows_f32,
+                           hc_scale_f32, hc_softcap_f32, hc_moe_route_f32, hc_axpy_rows_f32, hc_sigmoid_f32)
 
 
 _BUF_ERRORS = (TypeError, ValueError, BufferError)
@@ -68,12 +69,20 @@ def rmsnorm(x, w, double eps, out=None):
     return out
 
 
-def rope(x, cos, sin, out=None):
-    """Rotate consecutive pairs ``(x[2j], x[2j+1])`` of every head by angle ``j`` (GGUF "normal" RoPE).
+def rope(x, cos, sin, out=None, style="normal"):
+    """Rotate pairs of every head by angle ``j``: style ``"normal"`` (GGUF llama) the consecutive
+    pairs ``(x[2j], x[2j+1])``, ``"neox"`` the halves ``(x[j], x[j + head_dim/2])``.
 
     x: float32 (t, heads, head_dim), head_dim even; cos, sin: float32 (t, head_dim // 2), the
     tables of the tokens' positions. out: optional float32 like x (may be ``x``). Returns ``out``.
     """
+    cdef int neox
+    if style == "normal":
+        neox = 0
+    elif style == "neox":
+        neox = 1
+    else:
+        raise ValueError(f"rope: style must be 'normal' or 'neox', got {style!r}")
     cdef const float[:, :, ::1] xv
     cdef const float[:, ::1] cv, sv
     cdef float[:, :, ::1] ov
@@ -107,39 +116,52 @@ def rope(x, cos, sin, out=None):
     cdef int rc = 0
     if t and heads:
         with nogil:
-            rc = hc_rope_f32(&xv[0, 0, 0], &cv[0, 0], &sv[0, 0], t, heads, hd, &ov[0, 0, 0])
+            rc = hc_rope_style_f32(&xv[0, 0, 0], &cv[0, 0], &sv[0, 0], t, heads, hd, neox, &ov[0, 0, 0])
         check(rc, "rope")
     return out
 
 
 def silu_mul(gate, up, out=None):
     """``silu(gate) * up = (gate / (1 + exp(-gate))) * up``, float32 (m, f). Returns ``out``."""
+    return _gate_mul("silu_mul", gate, up, out, 0)
+
+
+def gelu_mul(gate, up, out=None):
+    """``gelu(gate) * up`` (GELU's tanh approximation in the unit's float32, docs/numerics.md),
+    float32 (m, f). Returns ``out``."""
+    return _gate_mul("gelu_mul", gate, up, out, 1)
+
+
+cdef object _gate_mul(str fn, gate, up, out, int gelu):
     cdef const float[:, ::1] gv, uv
     cdef float[:, ::1] ov
     try:
         gv = gate
     except _BUF_ERRORS:
-        raise _arg_error("silu_mul", "gate", gate, _np.float32, 2) from None
+        raise _arg_error(fn, "gate", gate, _np.float32, 2) from None
     try:
         uv = up
     except _BUF_ERRORS:
-        raise _arg_error("silu_mul", "up", up, _np.float32, 2) from None
+        raise _arg_error(fn, "up", up, _np.float32, 2) from None
     cdef Py_ssize_t m = gv.shape[0], f = gv.shape[1]
     if uv.shape[0] != m or uv.shape[1] != f:
-        raise _shape_error("silu_mul", "up", up.shape, (m, f))
+        raise _shape_error(fn, "up", up.shape, (m, f))
     if out is None:
         out = _np.empty((m, f), _np.float32)
     try:
         ov = out
     except _BUF_ERRORS:
-        raise _arg_error("silu_mul", "out", out, _np.float32, 2, True) from None
+        raise _arg_error(fn, "out", out, _np.float32, 2, True) from None
     if ov.shape[0] != m or ov.shape[1] != f:
-        raise _shape_error("silu_mul", "out", out.shape, (m, f))
+        raise _shape_error(fn, "out", out.shape, (m, f))
     cdef int rc = 0
     if m and f:
         with nogil:
-            rc = hc_silu_mul_f32(&gv[0, 0], &uv[0, 0], m * f, &ov[0, 0])
-        check(rc, "silu_mul")
+            if gelu:
+                rc = hc_gelu_mul_f32(&gv[0, 0], &uv[0, 0], m * f, &ov[0, 0])
+            else:
+                rc = hc_silu_mul_f32(&gv[0, 0], &uv[0, 0], m * f, &ov[0, 0])
+        check(rc, fn)
     return out
 
 
@@ -162,6 +184,129 @@ def add_(x, y):
         with nogil:
             rc = hc_add_f32(&xv[0, 0], &yv[0, 0], xv.shape[0] * xv.shape[1])
         check(rc, "add_")
+    return x
+
+
+def add_rows_(x, b):
+    """Bias add in place: ``x[i, :] += b``; x float32 (m, n), b float32 (n,). Returns ``x``."""
+    cdef float[:, ::1] xv
+    cdef const float[::1] bv
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("add_rows_", "x", x, _np.float32, 2, True) from None
+    try:
+        bv = b
+    except _BUF_ERRORS:
+        raise _arg_error("add_rows_", "b", b, _np.float32, 1) from None
+    if bv.shape[0] != xv.shape[1]:
+        raise _shape_error("add_rows_", "b", b.shape, (xv.shape[1],))
+    cdef int rc = 0
+    if xv.shape[0] and xv.shape[1]:
+        with nogil:
+            rc = hc_add_rows_f32(&xv[0, 0], &bv[0], xv.shape[0], xv.shape[1])
+        check(rc, "add_rows_")
+    return x
+
+
+def scale_(x, double s):
+    """``x *= s`` in place (s rounded to float32); x float32, C-contiguous, any shape. Returns ``x``."""
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise TypeError(f"scale_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+                        f" {getattr(x, 'dtype', '')}")
+    cdef float[::1] xv = x.reshape(-1)
+    cdef float fs = <float>s
+    cdef int rc = 0
+    if xv.shape[0]:
+        with nogil:
+            rc = hc_scale_f32(&xv[0], fs, xv.shape[0])
+        check(rc, "scale_")
+    return x
+
+
+def softcap_(x, double cap):
+    """Soft-capping in place: ``x = tanh(x * (1/cap)) * cap`` in the unit's float32 (cap > 0,
+    rounded to float32); x float32, C-contiguous, any shape. Returns ``x``."""
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise TypeError(f"softcap_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+                        f" {getattr(x, 'dtype', '')}")
+    if not cap > 0:
+        raise ValueError(f"softcap_: cap must be positive, got {cap}")
+    cdef float[::1] xv = x.reshape(-1)
+    cdef float fc = <float>cap
+    cdef int rc = 0
+    if xv.shape[0]:
+        with nogil:
+            rc = hc_softcap_f32(&xv[0], fc, xv.shape[0])
+        check(rc, "softcap_")
+    return x
+
+
+def moe_route(logits, int k, bint norm=False, double scale=1.0):
+    """Mixture-of-experts routing (docs/numerics.md): logits float32 (t, n_experts) -> (experts int32
+    (t, k), weights float32 (t, k)): the k largest logits, descending, the lower expert first on ties;
+    their softmax probabilities, renormalized to sum 1 when ``norm``, times ``scale``."""
+    cdef const float[:, ::1] lv
+    try:
+        lv = logits
+    except _BUF_ERRORS:
+        raise _arg_error("moe_route", "logits", logits, _np.float32, 2) from None
+    cdef Py_ssize_t t = lv.shape[0], E = lv.shape[1]
+    if not 1 <= k <= E:
+        raise ValueError(f"moe_route: k must be in 1..{E} (the experts), got {k}")
+    if not scale > 0:
+        raise ValueError(f"moe_route: scale must be positive, got {scale}")
+    sel = _np.empty((t, k), _np.int32)
+    w = _np.empty((t, k), _np.float32)
+    cdef int32_t[:, ::1] sv = sel
+    cdef float[:, ::1] wv = w
+    cdef float fs = <float>scale
+    cdef int rc = 0
+    if t:
+        with nogil:
+            rc = hc_moe_route_f32(&lv[0, 0], t, E, k, 1 if norm else 0, fs, &sv[0, 0], &wv[0, 0])
+        check(rc, "moe_route (router logits must be finite)")
+    return sel, w
+
+
+def axpy_rows_(y, x, w):
+    """``y[i, :] += x[i, :] * w[i]`` in place; y, x float32 (m, n), w float32 (m,). Returns ``y``."""
+    cdef float[:, ::1] yv
+    cdef const float[:, ::1] xv
+    cdef const float[::1] wv
+    try:
+        yv = y
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "y", y, _np.float32, 2, True) from None
+    try:
+        xv = x
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "x", x, _np.float32, 2) from None
+    try:
+        wv = w
+    except _BUF_ERRORS:
+        raise _arg_error("axpy_rows_", "w", w, _np.float32, 1) from None
+    if xv.shape[0] != yv.shape[0] or xv.shape[1] != yv.shape[1]:
+        raise _shape_error("axpy_rows_", "x", x.shape, y.shape)
+    if wv.shape[0] != yv.shape[0]:
+        raise _shape_error("axpy_rows_", "w", w.shape, (yv.shape[0],))
+    cdef int rc = 0
+    if yv.shape[0] and yv.shape[1]:
+        with nogil:
+            rc = hc_axpy_rows_f32(&yv[0, 0], &xv[0, 0], &wv[0], yv.shape[0], yv.shape[1])
+        check(rc, "axpy_rows_")
+    return y
+
+
+def sigmoid_(x):
+    """``x = 1 / (1 + exp(-x))`` in place (the unit's exp); x float32, C-contiguous. Returns ``x``."""
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise TypeError(f"sigmoid_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+                        f" {getattr(x, 'dtype', '')}")
+    cdef float[::1] xv = x.reshape(-1)
+    if xv.shape[0]:
+        with nogil:
+            hc_sigmoid_f32(&xv[0], xv.shape[0])
     return x
 
 

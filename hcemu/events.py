@@ -5,7 +5,9 @@ the silicon, GPU and cost models only ever read one. The counting rules of docs/
 formulas of shapes (what one CIM product, one layer pass's vector work, one head pass, one embedding
 lookup and one attended key cost) are written once, here, and every counter and generator calls them. Counters are kept per *region*: regions
 ``0 .. n_layers-1`` are the transformer layers, then ``"head"`` (final norm + output projection)
-and ``"embed"`` (token-embedding lookup), so pipelined throughput can find its slowest stage.
+and ``"embed"`` (token-embedding lookup), then, for a mixture-of-experts model, one region per expert
+of every layer (``("expert", layer, e)``; its ``tokens`` count how often that expert fired), so
+pipelined throughput can find its slowest stage and see expert imbalance.
 
 Every counter is an exact integer. Field meanings (all per region, summed over the tokens run):
 
@@ -51,18 +53,29 @@ FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
 
 
 class Events:
-    """Per-region integer counters. ``ev.macs_w4`` is the total over regions; ``ev.region(i)`` one row."""
+    """Per-region integer counters. ``ev.macs_w4`` is the total over regions; ``ev.region(i)`` one row.
 
-    __slots__ = ("n_layers", "counts")
+    n_experts: experts per layer of a mixture-of-experts model (0: dense); their regions follow the
+    embedding's, ``n_layers * n_experts`` of them, layer-major."""
 
-    def __init__(self, n_layers: int, counts: np.ndarray | None = None):
+    __slots__ = ("n_layers", "n_experts", "counts")
+
+    def __init__(self, n_layers: int, counts: np.ndarray | None = None, n_experts: int = 0):
         self.n_layers = int(n_layers)
-        shape = (self.n_layers + 2, len(FIELDS))
+        self.n_experts = int(n_experts)
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts must be >= 0, got {n_experts}")
+        shape = (self.n_layers + 2 + self.n_layers * self.n_experts, len(FIELDS))
         if counts is None:
             counts = np.zeros(shape, np.int64)
         elif counts.shape != shape or counts.dtype != np.int64:
             raise ValueError(f"counts must be int64 {shape}, got {counts.dtype} {counts.shape}")
         self.counts = counts
+
+    @classmethod
+    def for_spec(cls, spec) -> "Events":
+        """Empty counters with the regions of ``spec`` (its layers, and its experts if any)."""
+        return cls(spec.n_layers, n_experts=spec.n_experts)
 
     # ---- regions
     @property
@@ -73,15 +86,47 @@ class Events:
     def embed(self) -> int:
         return self.n_layers + 1
 
+    def expert_index(self, layer: int, expert: int) -> int:
+        """Row of expert ``expert`` of layer ``layer`` in ``counts``."""
+        if not (0 <= layer < self.n_layers and 0 <= expert < self.n_experts):
+            raise IndexError(f"expert region ({layer}, {expert}) out of range: {self.n_layers} layers x "
+                             f"{self.n_experts} experts")
+        return self.n_layers + 2 + layer * self.n_experts + expert
+
     def region_index(self, region) -> int:
-        if region == "head":
-            return self.head
-        if region == "embed":
-            return self.embed
+        """Row of a region: a layer index, ``"head"``, ``"embed"`` or ``("expert", layer, e)``."""
+        if isinstance(region, str):
+            if region == "head":
+                return self.head
+            if region == "embed":
+                return self.embed
+            raise IndexError(f"unknown region {region!r}")
+        if isinstance(region, tuple):
+            if len(region) != 3 or region[0] != "expert":
+                raise IndexError(f"unknown region {region!r}; expert regions are ('expert', layer, e)")
+            return self.expert_index(int(region[1]), int(region[2]))
         i = int(region)
         if not 0 <= i < self.n_layers:
             raise IndexError(f"layer region {i} out of range 0..{self.n_layers - 1}")
         return i
+
+    def experts(self) -> np.ndarray:
+        """Counts of the expert regions, (n_layers, n_experts, n_fields)."""
+        return self.counts[self.n_layers + 2:].reshape(self.n_layers, self.n_experts, len(FIELDS))
+
+    def region_names(self) -> list[str]:
+        """The regions' names in row order: ``"0" .. "L-1"``, ``"head"``, ``"embed"``, ``"expert.{l}.{e}"``."""
+        return ([str(i) for i in range(self.n_layers)] + ["head", "embed"]
+                + [f"expert.{i}.{e}" for i in range(self.n_layers) for e in range(self.n_experts)])
+
+    @staticmethod
+    def _parse_name(name: str):
+        if name in ("head", "embed"):
+            return name
+        if name.startswith("expert."):
+            _, layer, e = name.split(".")
+            return ("expert", int(layer), int(e))
+        return int(name)
 
     def add(self, region, **counts: int) -> None:
         """Add counts to one region: ``ev.add(3, macs_w4=..., rom_code_bits=...)``."""
@@ -109,8 +154,8 @@ class Events:
 
     # ---- arithmetic
     def _check_same(self, other: "Events") -> None:
-        if not isinstance(other, Events) or other.n_layers != self.n_layers:
-            raise ValueError("events of models with different layer counts cannot be combined")
+        if not isinstance(other, Events) or other.n_layers != self.n_layers or other.n_experts != self.n_experts:
+            raise ValueError("events of models with different layer or expert counts cannot be combined")
 
     def __iadd__(self, other: "Events") -> "Events":
         self._check_same(other)
@@ -119,33 +164,35 @@ class Events:
 
     def __add__(self, other: "Events") -> "Events":
         self._check_same(other)
-        return Events(self.n_layers, self.counts + other.counts)
+        return Events(self.n_layers, self.counts + other.counts, self.n_experts)
 
     def __sub__(self, other: "Events") -> "Events":
         self._check_same(other)
-        return Events(self.n_layers, self.counts - other.counts)
+        return Events(self.n_layers, self.counts - other.counts, self.n_experts)
 
     def copy(self) -> "Events":
-        return Events(self.n_layers, self.counts.copy())
+        return Events(self.n_layers, self.counts.copy(), self.n_experts)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Events) and other.n_layers == self.n_layers and bool(
-            np.array_equal(self.counts, other.counts))
+        return (isinstance(other, Events) and other.n_layers == self.n_layers and other.n_experts == self.n_experts
+                and bool(np.array_equal(self.counts, other.counts)))
 
     def to_dict(self, per_region: bool = False) -> dict:
-        """JSON-ready: ``{"total": {...}}`` and, if asked, ``{"regions": {"0": {...}, ..., "head": ...}}``."""
+        """JSON-ready: ``{"total": {...}}`` and, if asked, ``{"regions": {"0": {...}, ..., "head": ...,
+        "expert.0.3": ...}}`` (with ``"n_experts"`` for a mixture-of-experts model)."""
         out = {"n_layers": self.n_layers, "total": self.total()}
+        if self.n_experts:
+            out["n_experts"] = self.n_experts
         if per_region:
-            names = [str(i) for i in range(self.n_layers)] + ["head", "embed"]
-            out["regions"] = {nm: self.region(nm if nm in ("head", "embed") else int(nm)) for nm in names}
+            out["regions"] = {nm: self.region(self._parse_name(nm)) for nm in self.region_names()}
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Events":
-        ev = cls(d["n_layers"])
+        ev = cls(d["n_layers"], n_experts=d.get("n_experts", 0))
         if "regions" in d:
             for nm, row in d["regions"].items():
-                ev.add(nm if nm in ("head", "embed") else int(nm), **row)
+                ev.add(cls._parse_name(nm), **row)
         else:  # totals only: attribute them to the head region is wrong; spread is unknown
             raise ValueError("Events.from_dict needs per-region counts (to_dict(per_region=True))")
         return ev
@@ -153,7 +200,8 @@ class Events:
     def __repr__(self) -> str:
         t = self.total()
         shown = ", ".join(f"{k}={v}" for k, v in t.items() if v)
-        return f"Events(n_layers={self.n_layers}, {shown})"
+        experts = f", n_experts={self.n_experts}" if self.n_experts else ""
+        return f"Events(n_layers={self.n_layers}{experts}, {shown})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,56 +232,121 @@ def product_counts(fmt, n: int, k: int) -> np.ndarray:
     return c
 
 
+GATE_FLOPS = {"silu": 4, "gelu": 13}
+"""Vector-unit flops per element of the gate product ``act(g) * u`` (besides one exp each): SiLU
+``g / (1 + exp(-g)) * u``; GELU's tanh form (docs/numerics.md) 13."""
+SOFTCAP_FLOPS = 6
+"""Flops of one soft-capped value ``tanh(x / c) * c`` (besides its exp)."""
+
+
+SOFTMAX_FLOPS = 5
+"""Flops per element of a softmax (max, subtract, sum, divide, one more for the scale), besides its exp."""
+
+
 def layer_vector_counts(spec) -> np.ndarray:
-    """What one layer pass costs besides its seven products and its attention: the token, the
-    activations quantized for the products (``2d + qd + F``), the position-independent vector work
-    (two RMSNorms, RoPE on q and k, SiLU-gate product, two residual adds) and its rsqrt/exp."""
-    d, qd, f, hd = spec.d_model, spec.q_dim, spec.d_ff, spec.head_dim
+    """What one layer pass costs besides its products and its attention: the token, the activations
+    quantized for the products (``2d + qd + F``), the position-independent vector work (two RMSNorms,
+    RoPE on q and k, the gate product, two residual adds) and its rsqrt/exp; plus the block kinds the
+    spec has: Q/K/V biases, Q/K RMSNorms (an rsqrt per head, or per vector), two post-norms.
+
+    A mixture-of-experts layer's own work replaces the dense FFN's: routing (softmax over the ``E``
+    router logits, top-k selection ``E k``, renormalizing ``2k``) and the shared expert (its gate
+    product and down input ``F_s``, its sigmoid gate ``d + 3``, adding it ``d``); the routed experts' work is
+    counted in their regions (:func:`expert_vector_counts`)."""
+    d, qd, hd = spec.d_model, spec.q_dim, spec.head_dim
+    moe = bool(getattr(spec, "n_experts", 0))
+    f = getattr(spec, "d_ff_shared", 0) if moe else spec.d_ff
+    gate = GATE_FLOPS[getattr(spec, "ffn_act", "silu")]
+    kvd = spec.n_kv_heads * hd
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["act_quant_elems"]] = 2 * d + qd + f
-    c[FIELD_INDEX["vec_flops"]] = 2 * 4 * d + 3 * (spec.n_heads + spec.n_kv_heads) * hd + 4 * f + 2 * d
-    c[FIELD_INDEX["vec_transcendentals"]] = 2 + f
+    flops = 2 * 4 * d + 3 * (spec.n_heads + spec.n_kv_heads) * hd + gate * f + 2 * d
+    trans = 2 + f
+    if moe:
+        E, k = spec.n_experts, spec.n_experts_used
+        flops += SOFTMAX_FLOPS * E + E * k + (2 * k if spec.expert_weights_norm else 0)
+        trans += E
+        if f:
+            flops += d + (d + 3 if spec.shared_expert_gate else 0)  # add to the experts' sum; gate it
+            trans += 1 if spec.shared_expert_gate else 0
+    if getattr(spec, "qkv_bias", False):
+        flops += qd + 2 * kvd
+    qk_norm = getattr(spec, "qk_norm", "none")
+    if qk_norm != "none":
+        flops += 4 * (qd + kvd)
+        trans += spec.n_heads + spec.n_kv_heads if qk_norm == "head" else 2
+    if getattr(spec, "post_norms", False):
+        flops += 2 * 4 * d
+        trans += 2
+    c[FIELD_INDEX["vec_flops"]] = flops
+    c[FIELD_INDEX["vec_transcendentals"]] = trans
+    return c
+
+
+def expert_vector_counts(spec) -> np.ndarray:
+    """One token pass through one routed expert (its region): the token, the down product's quantized
+    input ``F_e``, the gate product ``act(g) * u`` and its exps, and the output weighted and added into
+    the layer's sum (``2d``). Its three products are counted as usual (:func:`product_counts`)."""
+    fe = spec.expert_ff
+    c = _zeros()
+    c[FIELD_INDEX["tokens"]] = 1
+    c[FIELD_INDEX["act_quant_elems"]] = fe
+    c[FIELD_INDEX["vec_flops"]] = GATE_FLOPS[spec.ffn_act] * fe + 2 * spec.d_model
+    c[FIELD_INDEX["vec_transcendentals"]] = fe
     return c
 
 
 def head_vector_counts(spec) -> np.ndarray:
     """What one head pass costs besides the output product: the token, its quantized input, the
-    final RMSNorm and its rsqrt."""
+    final RMSNorm and its rsqrt (and, with final soft-capping, a soft-cap per logit)."""
     d = spec.d_model
+    cap = bool(getattr(spec, "final_softcap", 0))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["act_quant_elems"]] = d
-    c[FIELD_INDEX["vec_flops"]] = 4 * d
-    c[FIELD_INDEX["vec_transcendentals"]] = 1
+    c[FIELD_INDEX["vec_flops"]] = 4 * d + (SOFTCAP_FLOPS * spec.vocab_size if cap else 0)
+    c[FIELD_INDEX["vec_transcendentals"]] = 1 + (spec.vocab_size if cap else 0)
     return c
 
 
 def embed_counts(spec, fmt) -> np.ndarray:
     """One embedding lookup: one row of the ``vocab x d`` table in format ``fmt`` read from ROM (its share
-    of each of the row's tiles, and its scales), scaled in the vector unit."""
+    of each of the row's tiles, and its scales), scaled in the vector unit (twice with an embedding
+    scale)."""
     _, nb = layout_shape(fmt, *spec.matrix_shape("embedding"))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
     c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.code_bits
     c[FIELD_INDEX["rom_meta_bits"]] = fmt.meta_bits(1, spec.matrix_shape("embedding")[1])
     c[FIELD_INDEX["rom_tiles"]] = nb
-    c[FIELD_INDEX["vec_flops"]] = spec.d_model
+    c[FIELD_INDEX["vec_flops"]] = spec.d_model * (2 if getattr(spec, "embed_scale", 1.0) != 1.0 else 1)
     return c
 
 
 def attention_counts(spec, kv: str) -> tuple[np.ndarray, np.ndarray]:
     """(per pass, per attended key) counts of one layer's attention with a ``kv`` cache: the token's K
     and V appended; then, for every key, its K and V streamed once per KV head (shared by the group),
-    q.k and p.v MACs, and the online softmax (five flops and one exp per head)."""
+    q.k and p.v MACs, and the online softmax (five flops and one exp per head; a soft-capped score
+    adds six flops and a tanh per head). Which keys a pass attends: :func:`attended_keys`."""
     kv_bytes = kv_bytes_per_token_layer(spec.n_kv_heads, spec.head_dim, kv)
+    cap = bool(getattr(spec, "attn_softcap", 0))
     per_pass, per_key = _zeros(), _zeros()
     per_pass[FIELD_INDEX["sram_kv_bytes_written"]] = kv_bytes
     per_key[FIELD_INDEX["sram_kv_bytes_read"]] = kv_bytes
     per_key[FIELD_INDEX["attn_macs"]] = 2 * spec.n_heads * spec.head_dim
-    per_key[FIELD_INDEX["vec_flops"]] = 5 * spec.n_heads
-    per_key[FIELD_INDEX["vec_transcendentals"]] = spec.n_heads
+    per_key[FIELD_INDEX["vec_flops"]] = (11 if cap else 5) * spec.n_heads
+    per_key[FIELD_INDEX["vec_transcendentals"]] = (2 if cap else 1) * spec.n_heads
     return per_pass, per_key
+
+
+def attended_keys(positions, window: int = 0) -> int:
+    """Keys the passes at ``positions`` attend together: ``sum(min(p + 1, window))`` (window 0: ``p + 1``,
+    every earlier key and its own; a sliding-window layer attends the last ``window``)."""
+    keys = np.asarray(positions, dtype=np.int64) + 1
+    if window:
+        keys = np.minimum(keys, window)
+    return int(keys.sum())
 
 
 LINK_FIELDS = ("messages", "bytes")

@@ -159,6 +159,9 @@ class ChipStepper:
     def __init__(self, image, *, chip="hc1", kv_capacity_tokens: int | None = None, **chip_kwargs):
         self.image = image
         self.spec = image.spec
+        if self.spec.is_moe:
+            raise ValueError(f"{image.path}: the step API's timeline has no expert regions yet; a "
+                             "mixture-of-experts model runs on hcemu.chip.Chip")
         self.silicon = SiliconModel(get_chip(chip))
         self.clock_ghz = float(self.silicon.chip.clock_ghz)
         self.kv_capacity_tokens = kv_capacity_tokens

@@ -98,10 +98,122 @@ def test_missing_tensor_and_unsupported_type(tmp_path):
 
 
 def test_other_architecture_rejected(tmp_path):
-    path = tmp_path / "qwen.gguf"
-    write_tiny_gguf(path, arch="qwen2")
-    with pytest.raises(ValueError, match="qwen2"):
+    path = tmp_path / "mamba.gguf"
+    write_tiny_gguf(path, arch="mamba")
+    with pytest.raises(ValueError, match="architecture 'mamba' is not supported"):
         GGUFSource(path)
+
+
+def small(name, **kw):
+    """An architecture of tests/arch_models.py with a 256-token vocabulary (no tokenizer needed)."""
+    from dataclasses import replace
+
+    from arch_models import ARCH_SPECS
+
+    return replace(ARCH_SPECS[name], vocab_size=256, **kw)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen3", "phi3", "gemma2", "gemma3", "qwen2moe", "qwen3moe", "olmoe",
+                                  "mixtral"])
+def test_architectures_read_back(tmp_path, name):
+    """Every architecture's file layout (fused phi3 tensors, 3-D experts, 1-D shared gate) reads back
+    as the spec's tensors, Q8_0 blocks sliced without loss."""
+    from arch_models import arch_weights, write_arch_gguf
+
+    spec = small(name)
+    w = arch_weights(spec)
+    path = tmp_path / f"{name}.gguf"
+    write_arch_gguf(path, spec, w, types="Q8_0")
+    with GGUFSource(path) as src:
+        got = {k: v for k, v in src.spec.to_dict().items() if k not in ("name", "source")}
+        assert got == {k: v for k, v in spec.to_dict().items() if k not in ("name", "source")}
+        assert set(src.tensor_names()) == {n for n, *_ in spec.matrices()} | {n for n, *_ in spec.vectors()}
+        for name_, kind, _layer, shape in spec.matrices():
+            f = src.float32(name_)
+            assert f.shape == shape
+            r = src.raw(name_)
+            if r.ggml_type == "Q8_0":
+                np.testing.assert_array_equal(decode_blocks(r.data, "Q8_0"), f)
+                assert np.abs(f - w[name_]).max() <= np.abs(w[name_]).max() / 127 + 1e-7
+            else:  # routers and the shared gate stay F32, as llama-quantize leaves them
+                assert kind in ("ffn_gate_inp", "ffn_gate_inp_shexp")
+                np.testing.assert_array_equal(f, w[name_])
+        for name_, _kind, _layer, n in spec.vectors():
+            np.testing.assert_array_equal(src.float32(name_), w[name_])
+
+
+def test_legacy_per_expert_tensors(tmp_path):
+    from arch_models import arch_weights, write_arch_gguf
+
+    spec = small("mixtral")
+    w = arch_weights(spec)
+    write_arch_gguf(tmp_path / "a.gguf", spec, w)
+    write_arch_gguf(tmp_path / "b.gguf", spec, w, legacy_experts=True)
+    with GGUFSource(tmp_path / "a.gguf") as a, GGUFSource(tmp_path / "b.gguf") as b:
+        assert a.spec.n_experts == b.spec.n_experts == 4
+        for e in range(4):
+            n = f"blk.1.ffn_down_exps.{e}.weight"
+            np.testing.assert_array_equal(a.float32(n), b.float32(n))
+            np.testing.assert_array_equal(a.float32(n), w[n])
+
+
+def test_unexpected_and_missing_tensors_named(tmp_path):
+    import gguf
+
+    from arch_models import arch_weights, file_tensors
+
+    spec = small("qwen3")
+    w = arch_weights(spec)
+    for extra, drop, message in (("blk.0.attn_q.bias", None, r"tensor 'blk\.0\.attn_q\.bias' is not expected by "
+                                                              r"architecture qwen3"),
+                                 (None, "blk.1.attn_k_norm.weight", r"tensor 'blk\.1\.attn_k_norm\.weight' "
+                                                                    r"\(architecture qwen3\) is missing")):
+        path = tmp_path / "bad.gguf"
+        wr = gguf.GGUFWriter(str(path), "qwen3")
+        for key, value in (("block_count", spec.n_layers), ("embedding_length", spec.d_model),
+                           ("feed_forward_length", spec.d_ff), ("attention.head_count", spec.n_heads),
+                           ("attention.head_count_kv", spec.n_kv_heads), ("attention.key_length", spec.head_dim)):
+            wr.add_uint32("qwen3." + key, value)
+        tensors = file_tensors(spec, w)
+        if extra:
+            tensors[extra] = np.zeros(spec.q_dim, np.float32)
+        if drop:
+            del tensors[drop]
+        for n, a in tensors.items():
+            wr.add_tensor(n, a)
+        wr.write_header_to_file()
+        wr.write_kv_data_to_file()
+        wr.write_tensors_to_file()
+        wr.close()
+        with pytest.raises(ValueError, match=message):
+            GGUFSource(path)
+
+
+def test_moe_metadata_errors(tmp_path):
+    from arch_models import arch_weights, write_arch_gguf
+
+    spec = small("qwen2")
+    path = tmp_path / "q.gguf"
+    write_arch_gguf(path, spec, arch_weights(spec))
+    data = path.read_bytes()
+    import gguf
+
+    # qwen2 with an expert count: no such form
+    wr = gguf.GGUFWriter(str(tmp_path / "q2.gguf"), "qwen2")
+    r = gguf.GGUFReader(str(path))
+    for k, f in r.fields.items():
+        if k.startswith("qwen2."):
+            wr.add_key_value(k, f.contents(), f.types[0])
+    wr.add_uint32("qwen2.expert_count", 4)
+    for t in r.tensors:
+        wr.add_tensor(t.name, np.array(t.data))
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    assert data
+    with pytest.raises(ValueError, match="qwen2 has no mixture-of-experts form"):
+        GGUFSource(tmp_path / "q2.gguf")
 
 
 def test_truncated_and_garbage_files(tmp_path, tiny_gguf):

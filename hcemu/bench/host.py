@@ -1,6 +1,7 @@
 """The emulator's own decode speed on this machine, measured on a timed subset of layers and scaled.
 
-Times the seven CIM products of ``n_layers_timed`` layers (synthetic weight codes in the plan's format,
+Times the CIM products of ``n_layers_timed`` layers (a layer's own matrices and, for a mixture of
+experts, the ``n_experts_used`` experts one token fires; synthetic weight codes in the plan's format,
 packed with :func:`hcemu.layout.pack`) through :func:`hcemu.kernels.cim.cim_linear`, plus the output head, and
 scales the layers up to the model's count. Attention, norms and the other vector work are not timed
 (on the host they are a small share at short context): the figure is an upper bound on the
@@ -15,7 +16,7 @@ import numpy as np
 
 from hcemu.formats import Plan, WeightFormat
 from hcemu.layout import pack
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import head_format
 
 
@@ -72,7 +73,10 @@ def measure_host_decode(spec: ModelSpec, plan: Plan, *, n_layers_timed: int = 1,
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     rng = np.random.default_rng(seed)
-    layer = [synthetic_weights(plan.matrices, *spec.matrix_shape(m), rng) for m in LAYER_MATRICES]
+    shapes = [shape for _n, _k, shape in spec.layer_matrices(0)]
+    for e in range(spec.n_experts_used):
+        shapes += [shape for _n, _k, shape in spec.expert_matrices(0, e)]
+    layer = [synthetic_weights(plan.matrices, *shape, rng) for shape in shapes]
     vocab, d = spec.matrix_shape("output")
     head_rows = min(vocab, HEAD_ROWS_TIMED)
     head = synthetic_weights(head_format(spec, plan), head_rows, d, rng)

@@ -2,24 +2,26 @@
 
 Every weight product goes through the compute-in-memory kernels (:mod:`hcemu.kernels.cim`) reading the
 image's ROM tiles; nothing multiplies float weights. The KV cache lives in an SRAM model
-(:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE, SiLU and
-residual adds in float32. Each step returns the logits and the :class:`~hcemu.events.Events` it spent,
+(:class:`hcemu.kernels.attention.KVCache`), the vector unit (:mod:`hcemu.kernels.vector`) does norms, RoPE,
+SiLU/GELU, biases, soft-caps and residual adds in float32. The layers are built from the block kinds of
+the model's spec (:meth:`hcemu.model.spec.ModelSpec.block`; docs/chip.md "Block kinds"). Each step
+returns the logits and the :class:`~hcemu.events.Events` it spent,
 counted by the rules of ``docs/events.md``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from hcemu import _core
-from hcemu.events import Events, LinkEvents, embed_counts, head_vector_counts, layer_vector_counts
+from hcemu.events import (Events, LinkEvents, embed_counts, expert_vector_counts, head_vector_counts,
+                          layer_vector_counts)
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
-from hcemu.model.spec import LAYER_MATRICES
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
@@ -41,12 +43,15 @@ class StepResult:
 
     logits: float32 (t, vocab) — all positions of the step if asked, else only the last (1, vocab).
     events: the events of this step alone. bank_rows: ROM rows read per bank in this step (int64,
-    indexed by the image's chip-wide bank id).
+    indexed by the image's chip-wide bank id). routes: for a mixture-of-experts model, the experts
+    each token of the step was routed to, int32 (t, n_layers, n_experts_used) in routing order
+    (None for a dense model).
     """
 
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
+    routes: np.ndarray | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,13 @@ class _Kernels:
     add: object
     attention: object
     kv_append: object
+    gelu_mul: object
+    add_rows: object
+    scale: object
+    softcap: object
+    moe_route: object
+    axpy_rows: object
+    sigmoid: object
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,18 @@ class _Layer:
     wd: object
     wqkv: object      # q, k, v stacked (None: run them apart)
     wgate_up: object  # gate, up stacked (None: run them apart)
+    extras: dict      # block kinds: float32 vectors bq, bk, bv, q_norm, k_norm, attn_post_norm, ffn_post_norm
+    window: int       # sliding window in keys (0: full causal)
+    local_rope: bool  # the layer rotates with the local (sliding-window) RoPE table
+    moe: object = None  # _MoE of a mixture-of-experts layer (wg, wu, wd, wgate_up are then None)
+
+
+@dataclass(frozen=True)
+class _MoE:
+    router: object       # (n_experts, d_model)
+    experts: list        # per expert: (gate|up stacked or None, gate, up, down)
+    shared: tuple        # the shared expert's (gate|up or None, gate, up, down), or None
+    shared_gate: object  # (1, d_model): the shared expert's sigmoid gate, or None
 
 
 class Chip:
@@ -121,6 +145,11 @@ class Chip:
         self._g_d = act.group_for(spec.d_model)
         self._g_q = act.group_for(spec.q_dim)
         self._g_f = act.group_for(spec.d_ff)
+        self._g_fe = act.group_for(spec.expert_ff) if spec.is_moe else 0
+        self._g_fs = act.group_for(spec.d_ff_shared) if spec.d_ff_shared else 0
+        if spec.is_moe and not (die.embedding and die.head):
+            raise ValueError(f"{image.path} holds {die.describe()} of a mixture-of-experts model: the dies of a "
+                             f"multi-chip system run dense models only")
         self._layers = [self._load_layer(i, fuse_products) for i in die.layers]
         self._out_norm = (np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
                           if die.head else None)
@@ -129,6 +158,10 @@ class Chip:
                         if die.head else None)
         self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
+        self._cos_local = self._sin_local = None
+        if any(L.local_rope for L in self._layers):
+            self._cos_local, self._sin_local = (np.ascontiguousarray(a, dtype=np.float32) for a in rope_tables(
+                spec, np.arange(self.kv.capacity_tokens), local=True))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
         self.kernel_seconds = 0.0
         self.layers_call_seconds = 0.0  # the compiled layers' calls, wrapper included (profile only)
@@ -138,34 +171,87 @@ class Chip:
             self._decoder = _core.Decoder(
                 self.kv._store,
                 [(L.attn_norm, L.ffn_norm) + ((L.wqkv, None, None) if L.wqkv is not None else (L.wq, L.wk, L.wv))
-                 + (L.wo,) + ((L.wgate_up, None) if L.wgate_up is not None else (L.wg, L.wu)) + (L.wd,)
-                 for L in self._layers],
+                 + (L.wo,) + self._compiled_ffn(L) for L in self._layers],
                 d_model=spec.d_model, n_heads=spec.n_heads, d_ff=spec.d_ff, norm_eps=spec.norm_eps,
                 act_group_d=self._g_d, act_group_q=self._g_q, act_group_f=self._g_f,
-                cos=self._cos, sin=self._sin)
+                cos=self._cos, sin=self._sin,
+                extras=[{**L.extras, "window": L.window,
+                         **({"rope_cos": self._cos_local, "rope_sin": self._sin_local} if L.local_rope else {}),
+                         **(self._compiled_moe(L.moe) if L.moe is not None else {})}
+                        for L in self._layers],
+                rope_neox=spec.rope_style == "neox", ffn_gelu=spec.ffn_act == "gelu",
+                qk_norm_full=spec.qk_norm == "full", attn_scale=spec.attn_scale, attn_softcap=spec.attn_softcap,
+                n_experts=spec.n_experts, n_experts_used=spec.n_experts_used, d_ff_expert=spec.expert_ff,
+                d_ff_shared=spec.d_ff_shared, act_group_fe=self._g_fe, act_group_fs=self._g_fs,
+                expert_norm=spec.expert_weights_norm, expert_scale=spec.expert_weights_scale)
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
-            [f"blk.{i}.{k}.weight" for i in die.layers for k in LAYER_MATRICES])
+            [name for i in die.layers for name, _kind, _shape in spec.layer_matrices(i)])
+        # per expert region: (bank ids, rows) one token pass through that expert reads
+        self._expert_bank_rows = [
+            [tuple(np.concatenate(a) for a in zip(*[image.tensor_banks(name)
+                                                  for name, _k, _s in spec.expert_matrices(i, e)]))
+             for e in range(spec.n_experts)] for i in range(spec.n_layers)]
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"] if die.head else [])
 
     # ------------------------------------------------------------------ setup
+    _EXTRA_VECTORS = {"attn_q_bias": "bq", "attn_k_bias": "bk", "attn_v_bias": "bv", "attn_q_norm": "q_norm",
+                      "attn_k_norm": "k_norm", "attn_post_norm": "attn_post_norm", "ffn_post_norm": "ffn_post_norm"}
+
     def _load_layer(self, i: int, fuse: bool) -> _Layer:
-        img = self.image
-        m = {kind: img.matrix(f"blk.{i}.{kind}.weight") for kind in LAYER_MATRICES}
-        norm = lambda kind: np.ascontiguousarray(img.vector(f"blk.{i}.{kind}.weight"), dtype=np.float32)  # noqa: E731
+        img, spec = self.image, self.spec
+        m = {kind: img.matrix(name) for name, kind, _shape in spec.layer_matrices(i)}
+        vec = {kind: np.ascontiguousarray(img.vector(name), dtype=np.float32)
+               for name, kind, _n in spec.layer_vectors(i)}
         qkv = stack_rows([m["attn_q"], m["attn_k"], m["attn_v"]]) if fuse else None
+        extras = {key: vec[kind] for kind, key in self._EXTRA_VECTORS.items() if kind in vec}
+        blk = spec.block(i)
+        moe = None
+        if blk.moe:
+            def ffn(gate, up, down):
+                return (stack_rows([gate, up]) if fuse else None, gate, up, down)
+            experts = []
+            for e in range(spec.n_experts):
+                x = {kind: img.matrix(name) for name, kind, _shape in spec.expert_matrices(i, e)}
+                experts.append(ffn(x["ffn_gate_exps"], x["ffn_up_exps"], x["ffn_down_exps"]))
+            shared = (ffn(m["ffn_gate_shexp"], m["ffn_up_shexp"], m["ffn_down_shexp"]) if spec.d_ff_shared
+                      else None)
+            moe = _MoE(m["ffn_gate_inp"], experts, shared, m.get("ffn_gate_inp_shexp"))
+            return _Layer(vec["attn_norm"], vec["ffn_norm"], m["attn_q"], m["attn_k"], m["attn_v"],
+                          m["attn_output"], None, None, None, qkv, None, extras, blk.window,
+                          blk.rope == "local", moe)
         gate_up = stack_rows([m["ffn_gate"], m["ffn_up"]]) if fuse else None
-        return _Layer(norm("attn_norm"), norm("ffn_norm"), m["attn_q"], m["attn_k"], m["attn_v"],
-                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up)
+        return _Layer(vec["attn_norm"], vec["ffn_norm"], m["attn_q"], m["attn_k"], m["attn_v"],
+                      m["attn_output"], m["ffn_gate"], m["ffn_up"], m["ffn_down"], qkv, gate_up, extras,
+                      blk.window, blk.rope == "local")
+
+    @staticmethod
+    def _gate_up_down(ffn) -> tuple:
+        """(gate, up, down) of an FFN as the compiled pass takes it: up None when gate holds gate|up."""
+        gate_up, gate, up, down = ffn
+        return (gate_up, None, down) if gate_up is not None else (gate, up, down)
+
+    def _compiled_ffn(self, L: _Layer) -> tuple:
+        """The (wg, wu, wd) of a layer for the compiled pass: its FFN's, its shared expert's, or Nones."""
+        if L.moe is None:
+            return self._gate_up_down((L.wgate_up, L.wg, L.wu, L.wd))
+        return self._gate_up_down(L.moe.shared) if L.moe.shared is not None else (None, None, None)
+
+    def _compiled_moe(self, M: _MoE) -> dict:
+        return {"router": M.router, "experts": [self._gate_up_down(e) for e in M.experts],
+                "shared_gate": M.shared_gate}
 
     def _kernels(self, profile: bool) -> _Kernels:
         """The compiled entry points _forward calls; wrapped in timers when profiling."""
         fns = {"quantize": cim.quantize_activations, "matmul": cim.cim_matmul, "linear": cim.cim_linear,
                "rmsnorm": vector.rmsnorm, "rope": vector.rope, "silu_mul": vector.silu_mul,
-               "add": vector.add_, "attention": attention, "kv_append": self.kv.append}
+               "add": vector.add_, "attention": attention, "kv_append": self.kv.append,
+               "gelu_mul": vector.gelu_mul, "add_rows": vector.add_rows_, "scale": vector.scale_,
+               "softcap": vector.softcap_, "moe_route": vector.moe_route, "axpy_rows": vector.axpy_rows_,
+               "sigmoid": vector.sigmoid_}
         if profile:
             fns = {name: self._timed(fn) for name, fn in fns.items()}
         return _Kernels(**fns)
@@ -189,6 +275,7 @@ class Chip:
         (products, KV traffic, attention): :mod:`hcemu.events`' rules for a layer's and the head's
         vector work and for one embedding lookup (docs/events.md)."""
         s = self.spec
+        self._expert_const = expert_vector_counts(s) if s.is_moe else None
         embed = (embed_counts(s, self._embedding.fmt) if self._embedding is not None
                  else np.zeros_like(head_vector_counts(s)))   # a die without the embedding looks nothing up
         return layer_vector_counts(s), head_vector_counts(s), embed
@@ -241,25 +328,27 @@ class Chip:
         """
         self._check_whole()
         tokens = self._check_tokens(tokens)
-        ev = Events(self.spec.n_layers)
-        outs = []
+        ev = Events.for_spec(self.spec)
+        outs, routes = [], []
         for c in range(0, len(tokens), MAX_CHUNK):
             chunk = tokens[c:c + MAX_CHUNK]
             last_chunk = c + MAX_CHUNK >= len(tokens)
             head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
-            logits = self._forward(chunk, ev, head_rows)
+            logits = self._forward(chunk, ev, head_rows, routes)
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)))
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev=ev),
+                          routes=np.concatenate(routes) if routes else None)
 
     def decode(self, token: int) -> StepResult:
         """One decode step: the token at the current position; logits of the next."""
         self._check_whole()
         tokens = self._check_tokens([token])
-        ev = Events(self.spec.n_layers)
-        logits = self._forward(tokens, ev, slice(None))
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1))
+        ev = Events.for_spec(self.spec)
+        routes = []
+        logits = self._forward(tokens, ev, slice(None), routes)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev=ev), routes=routes[0] if routes else None)
 
     def _check_whole(self) -> None:
         if not (self.die.embedding and self.die.head):
@@ -283,11 +372,18 @@ class Chip:
                 f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
         return arr.astype(np.int64)
 
-    def _step_bank_rows(self, tokens: np.ndarray | None, head_passes: int, passes: int | None = None) -> np.ndarray:
+    def _step_bank_rows(self, tokens: np.ndarray | None, head_passes: int, passes: int | None = None,
+                        ev: Events | None = None) -> np.ndarray:
         """ROM rows per bank of ``passes`` layer passes (default: one per token), ``head_passes`` head
-        passes and the embedding rows of ``tokens`` (None: no lookup on this die)."""
+        passes and the embedding rows of ``tokens`` (None: no lookup on this die); with a
+        mixture-of-experts model's events ``ev``, every expert pass they count."""
         passes = len(tokens) if passes is None else passes
         rows = self._layer_bank_rows * passes + self._head_bank_rows * head_passes
+        if ev is not None and ev.n_experts:  # every pass routed to an expert reads its matrices' rows
+            fired = ev.experts()[:, :, 0]   # the expert regions' tokens
+            for i, e in zip(*np.nonzero(fired)):
+                ids, per_pass = self._expert_bank_rows[i][e]
+                np.add.at(rows, ids, per_pass * int(fired[i, e]))
         if tokens is None:
             return rows
         cache = self._embed_bank_rows
@@ -298,10 +394,11 @@ class Chip:
             np.add.at(rows, *hit)
         return rows
 
-    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
-        """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty)."""
+    def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice, routes: list | None = None) -> np.ndarray | None:
+        """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty).
+        A mixture-of-experts model appends the chunk's routes (t, n_layers, k) to ``routes``."""
         x = self.embed(tokens, ev)
-        self.run_layers(x, ev)
+        self.run_layers(x, ev, routes)
         self.kv.commit(len(tokens))
         x = x[head_rows]
         if not len(x):
@@ -316,15 +413,18 @@ class Chip:
             raise ValueError(f"{self.die.describe()} has no embedding")
         tokens = self._check_tokens(tokens)
         x = dequantize_rows(self._embedding, tokens)   # one ROM row per token, scaled in the vector unit
+        if self.spec.embed_scale != 1.0:
+            self._k.scale(x, self.spec.embed_scale)
         events.counts[events.embed] += len(tokens) * self._embed_const
         return x
 
-    def run_layers(self, x: np.ndarray, events: Events) -> None:
+    def run_layers(self, x: np.ndarray, events: Events, routes: list | None = None) -> None:
         """This chip's layers on the residual stream ``x`` float32 (t, d_model), in place, for tokens
         at positions ``[position, position + t)``; their K/V are appended but not committed
         (``kv.commit(t)`` after every die of the pass succeeded, ``kv.rollback()`` otherwise). On an
         error the appended K/V are rolled back and the exception propagates. Events go to the
-        layers' own regions of ``events`` (an :class:`Events` of the whole model)."""
+        layers' own regions of ``events`` (an :class:`Events` of the whole model); a mixture-of-experts
+        model's routes, int32 (t, n_layers, k), are appended to ``routes``."""
         if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2
                 or x.shape[1] != self.spec.d_model or not x.flags.c_contiguous or not x.flags.writeable):
             raise ValueError(f"run_layers: x must be a writeable C-contiguous float32 (t, {self.spec.d_model}) array, "
@@ -334,16 +434,25 @@ class Chip:
             raise ValueError(f"{t} tokens do not fit the KV cache: {start} of {self.kv.capacity_tokens} token "
                              f"slots are used")
         first = self._first
+        sel = np.empty((t, self.spec.n_layers, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
         try:
             if self._decoder is not None:
                 # the compiled pass counts into rows 0.. of what it is given: hand it the rows from this die's first layer
                 self._run_layers(x, start, self.n_threads, events if first == 0 else _EventRows(events.counts[first:]))
+                if sel is not None:
+                    sel[:] = self._decoder.last_routes
             else:
-                self._layers_interpreted(x, start, events)
+                self._layers_interpreted(x, start, events, sel)
         except BaseException:
             self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
             raise
         events.counts[first:first + len(self._layers)] += t * self._layer_const
+        if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
+            E, L = self.spec.n_experts, self.spec.n_layers
+            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(L)])
+            events.counts[L + 2:] += fired.reshape(-1, 1) * self._expert_const
+            if routes is not None:
+                routes.append(sel)
 
     def head(self, x: np.ndarray, events: Events) -> np.ndarray:
         """The output head on ``x`` float32 (t, d_model): final norm and output product, float32
@@ -352,24 +461,31 @@ class Chip:
             raise ValueError(f"{self.die.describe()} has no output head")
         events.counts[events.head] += len(x) * self._head_const
         h = self._k.rmsnorm(np.ascontiguousarray(x), self._out_norm, self.spec.norm_eps)
-        return self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=events, region="head")
+        logits = self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=events, region="head")
+        if self.spec.final_softcap:
+            self._k.softcap(logits, self.spec.final_softcap)
+        return logits
 
-    def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events) -> None:
-        """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time."""
+    def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events, sel: np.ndarray | None = None) -> None:
+        """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time;
+        a mixture-of-experts layer writes its routes into ``sel`` (t, n_layers, k)."""
         s = self.spec
         t = len(x)
         nt = self.n_threads
-        cos = self._cos[start:start + t]
-        sin = self._sin[start:start + t]
+        tables = {False: (self._cos[start:start + t], self._sin[start:start + t])}
+        if self._cos_local is not None:
+            tables[True] = (self._cos_local[start:start + t], self._sin_local[start:start + t])
         g_d, g_q, g_f = self._g_d, self._g_q, self._g_f
         H, Hkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
         qd, kvd, f = s.q_dim, s.kv_dim, s.d_ff
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
-        rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
-        kv, eps, first = self.kv, s.norm_eps, self._first
+        rope, add, attend, kv_append = k_.rope, k_.add, k_.attention, k_.kv_append
+        kv, eps, style, first = self.kv, s.norm_eps, s.rope_style, self._first
+        qk_rows = (t, t) if s.qk_norm == "full" else (t * H, t * Hkv)
         for j, L in enumerate(self._layers):
             i = first + j  # the model's layer (event region); j indexes this chip's KV cache
+            ex = L.extras
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wqkv is not None:
@@ -381,22 +497,75 @@ class Chip:
                 q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
                 k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
                 v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
-            rope(q, cos, sin, out=q)
-            rope(k, cos, sin, out=k)
+            if "bq" in ex:
+                k_.add_rows(q.reshape(t, qd), ex["bq"])
+                k_.add_rows(k.reshape(t, kvd), ex["bk"])
+                k_.add_rows(v.reshape(t, kvd), ex["bv"])
+            if "q_norm" in ex:
+                qn, kn = q.reshape(qk_rows[0], -1), k.reshape(qk_rows[1], -1)
+                rmsnorm(qn, ex["q_norm"], eps, out=qn)
+                rmsnorm(kn, ex["k_norm"], eps, out=kn)
+            cos, sin = tables[L.local_rope]
+            rope(q, cos, sin, out=q, style=style)
+            rope(k, cos, sin, out=k, style=style)
             kv_append(j, k, v, events=ev, region=i)
-            a = attend(q, kv, j, start, events=ev, region=i)
-            add(x, linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
+            a = attend(q, kv, j, start, events=ev, region=i, scale=s.attn_scale, softcap=s.attn_softcap,
+                       window=L.window)
+            o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
+            if "attn_post_norm" in ex:
+                rmsnorm(o, ex["attn_post_norm"], eps, out=o)
+            add(x, o)
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
-            if L.wgate_up is not None:
-                gu = matmul(q8, sc, L.wgate_up, n_threads=nt, events=ev, region=i)
-                g = np.ascontiguousarray(gu[:, :f])
-                u = np.ascontiguousarray(gu[:, f:])
+            if L.moe is not None:
+                o = self._moe_interpreted(i, L.moe, q8, sc, ev, sel)
             else:
-                g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
-                u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
-            silu_mul(g, u, out=g)
-            add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
+                o = self._ffn(L.wgate_up, L.wg, L.wu, L.wd, q8, sc, f, g_f, ev, i)
+            if "ffn_post_norm" in ex:
+                rmsnorm(o, ex["ffn_post_norm"], eps, out=o)
+            add(x, o)
+
+    def _ffn(self, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events, region):
+        """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d)."""
+        k_, nt = self._k, self.n_threads
+        if w_gate_up is not None:
+            gu = k_.matmul(q8, sc, w_gate_up, n_threads=nt, events=ev, region=region)
+            g = np.ascontiguousarray(gu[:, :f])
+            u = np.ascontiguousarray(gu[:, f:])
+        else:
+            g = k_.matmul(q8, sc, w_gate, n_threads=nt, events=ev, region=region)
+            u = k_.matmul(q8, sc, w_up, n_threads=nt, events=ev, region=region)
+        (k_.gelu_mul if self.spec.ffn_act == "gelu" else k_.silu_mul)(g, u, out=g)
+        return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
+
+    def _moe_interpreted(self, i: int, M: _MoE, q8, sc, ev: Events, sel: np.ndarray) -> np.ndarray:
+        """Mixture-of-experts FFN of layer i on its quantized input: the router's product, routing
+        (``moe_route``), each fired expert on the rows routed to it (in its own region, experts in
+        ascending order), their outputs weighted and summed in routing order, the shared expert added
+        (gated); float32 (t, d). Routes go to ``sel[:, i]``."""
+        s, k_, nt = self.spec, self._k, self.n_threads
+        t, k, d = len(q8), s.n_experts_used, s.d_model
+        logits = k_.matmul(q8, sc, M.router, n_threads=nt, events=ev, region=i)
+        experts, weights = k_.moe_route(logits, k, s.expert_weights_norm, s.expert_weights_scale)
+        sel[:, i] = experts
+        ys = np.empty((k, t, d), np.float32)
+        for e in np.unique(experts):
+            rows, slot = np.nonzero(experts == e)
+            gate_up, gate, up, down = M.experts[e]
+            ys[slot, rows] = self._ffn(gate_up, gate, up, down, np.ascontiguousarray(q8[rows]),
+                                       np.ascontiguousarray(sc[rows]), s.expert_ff, self._g_fe, ev,
+                                       ("expert", i, int(e)))
+        out = np.zeros((t, d), np.float32)
+        for j in range(k):
+            k_.axpy_rows(out, ys[j], np.ascontiguousarray(weights[:, j]))
+        if M.shared is not None:
+            o = self._ffn(*M.shared, q8, sc, s.d_ff_shared, self._g_fs, ev, i)
+            if M.shared_gate is not None:
+                gate = k_.matmul(q8, sc, M.shared_gate, n_threads=nt, events=ev, region=i)
+                k_.axpy_rows(out, o, k_.sigmoid(np.ascontiguousarray(gate[:, 0])))
+            else:
+                k_.add(out, o)
+        return out
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
@@ -427,7 +596,7 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
     t0 = time.perf_counter()
     res = runner.prefill(prompt)
     t_prefill = time.perf_counter() - t0
-    prefill_events, decode_events = res.events, Events(runner.spec.n_layers)
+    prefill_events, decode_events = res.events, Events.for_spec(runner.spec)
     prefill_links = getattr(res, "link_events", None)
     decode_links = None if prefill_links is None else LinkEvents(prefill_links.n_hops)
     bank_rows = res.bank_rows

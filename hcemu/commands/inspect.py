@@ -59,9 +59,12 @@ def run(args) -> int:
             return 0
         s, g, p = img.spec, img.geometry, img.plan
         print(f"{img.path}  ({img.directory.get('created_by')}, source: {img.directory.get('source')})")
-        print(f"model  {s.name}: {s.n_layers} layers, d={s.d_model}, heads {s.n_heads}/{s.n_kv_heads}, "
+        moe = (f", {s.n_experts} experts of d_ff {s.expert_ff} ({s.n_experts_used} per token"
+               f"{f', shared expert of {s.d_ff_shared}' if s.d_ff_shared else ''}), "
+               f"{s.n_active_params / 1e9:.3f} B active" if s.is_moe else "")
+        print(f"model  {s.name} ({s.arch}): {s.n_layers} layers, d={s.d_model}, heads {s.n_heads}/{s.n_kv_heads}, "
               f"d_ff={s.d_ff}, vocab {s.vocab_size}, {s.n_params / 1e9:.3f} B matrix parameters"
-              f"{', tied embeddings' if s.tied_embeddings else ''}")
+              f"{', tied embeddings' if s.tied_embeddings else ''}{moe}")
         print(f"plan   {p.name}: matrices {p.matrices.name}, embedding {p.embedding.name}, output {p.output.name}, "
               f"activations {p.activations.name}, KV {p.kv}")
         print(f"geometry  bank {g.bank_rows} rows x {g.word_bits} bits, {g.banks_per_tile} banks per tile, "

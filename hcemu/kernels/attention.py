@@ -138,13 +138,16 @@ class KVCache:
                 f"{self.fmt}, {self.length}/{self.capacity_tokens} tokens, {self.nbytes} bytes)")
 
 
-def attention(q, cache: KVCache, layer, start, *, out=None, events=None, region=None) -> np.ndarray:
+def attention(q, cache: KVCache, layer, start, *, out=None, events=None, region=None, scale: float = 0.0,
+              softcap: float = 0.0, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention of q float32 (t, n_heads, head_dim) (RoPE applied) over
     ``layer`` of ``cache``: query i sits at position ``start + i`` and attends keys
-    ``[0, start + i]`` (its own included, appended before the call); head h reads kv head
-    ``h // (n_heads // n_kv_heads)``. Returns float32 (t, n_heads * head_dim) (into ``out`` if given).
+    ``[0, start + i]`` (its own included, appended before the call; with ``window`` > 0 only the last
+    ``window`` of them); head h reads kv head ``h // (n_heads // n_kv_heads)``. ``scale``: the score
+    scale (0: ``1 / sqrt(head_dim)``); ``softcap`` > 0: scores ``s -> tanh(s / softcap) * softcap``.
+    Returns float32 (t, n_heads * head_dim) (into ``out`` if given).
 
     Counts ``sram_kv_bytes_read``, ``attn_macs``, ``vec_flops`` and ``vec_transcendentals`` of the
     softmax into ``events`` (region ``region``, default ``layer``), per docs/events.md.
     """
-    return cache._store.attend(q, layer, start, out, events, region)
+    return cache._store.attend(q, layer, start, out, events, region, scale, softcap, window)

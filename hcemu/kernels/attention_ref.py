@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hcemu.kernels.vector_ref import exp_ref, lane_sum
+from hcemu.kernels.vector_ref import exp_ref, lane_sum, softcap_ref
 
 F32 = np.float32
 BLOCK = 64  # = hcemu.kernels.attention.ATTN_BLOCK (checked by the tests)
@@ -50,11 +50,14 @@ def qk_ref(q_codes, k_codes) -> np.ndarray:
     return np.asarray(q_codes, np.int64) @ np.asarray(k_codes, np.int64).T
 
 
-def attention_ref(q, k, v, start, *, k_scales=None, v_scales=None, block=BLOCK) -> np.ndarray:
+def attention_ref(q, k, v, start, *, k_scales=None, v_scales=None, block=BLOCK, scale=0.0, softcap=0.0,
+                  window=0) -> np.ndarray:
     """Bit-exact oracle of the attention unit over one layer.
 
     q: float32 (t, H, hd). int8 cache: k, v int8 codes (Hkv, n, hd) and k_scales, v_scales float16
-    (Hkv, n). fp16 cache: k, v float16 (Hkv, n, hd), no scales. Returns float32 (t, H*hd).
+    (Hkv, n). fp16 cache: k, v float16 (Hkv, n, hd), no scales. scale: score scale (0: 1/sqrt(hd));
+    softcap > 0: scores capped; window > 0: the query at p sees keys [p - window + 1, p], its blocks
+    starting at the first. Returns float32 (t, H*hd).
     """
     q = np.asarray(q, F32)
     t, H, hd = q.shape
@@ -62,25 +65,29 @@ def attention_ref(q, k, v, start, *, k_scales=None, v_scales=None, block=BLOCK) 
     G = H // hkv
     gidx = np.arange(H) // G
     is_i8 = k_scales is not None
-    c = F32(1.0 / np.sqrt(np.float64(hd)))
+    c = F32(scale) if scale else F32(1.0 / np.sqrt(np.float64(hd)))
     out = np.empty((t, H * hd), F32)
     for i in range(t):
         nk = start + i + 1
+        lo = max(0, nk - window) if window else 0
         if not np.isfinite(q[i]).all():
             raise ValueError("q holds NaN or infinity")
         if is_i8:
             qq, qs = quantize_act_ref(q[i])
             qsc = qs * c
-            D = np.einsum("hd,hnd->hn", qq.astype(np.int64), k[gidx, :nk].astype(np.int64))
+            D = np.einsum("hd,hnd->hn", qq.astype(np.int64), k[gidx, lo:nk].astype(np.int64))
             assert np.abs(D).max(initial=0) < 2**31
-            ks = k_scales[gidx, :nk].astype(F32)
+            ks = k_scales[gidx, lo:nk].astype(F32)
             scores = (D.astype(np.int32).astype(F32) * ks) * qsc[:, None]
-            vs = v_scales[gidx, :nk].astype(F32)
-            vf = v[gidx, :nk].astype(F32)
+            vs = v_scales[gidx, lo:nk].astype(F32)
+            vf = v[gidx, lo:nk].astype(F32)
         else:
-            kf = k[gidx, :nk].astype(F32)
+            kf = k[gidx, lo:nk].astype(F32)
             scores = lane_sum(q[i][:, None, :] * kf) * c
-            vf = v[gidx, :nk].astype(F32)
+            vf = v[gidx, lo:nk].astype(F32)
+        if softcap:
+            scores = softcap_ref(scores, softcap)
+        nk = nk - lo
         m = np.full(H, -np.inf, F32)
         l = np.zeros(H, F32)
         acc = np.zeros((H, hd), F32)

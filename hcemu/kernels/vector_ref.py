@@ -70,15 +70,18 @@ def rmsnorm_ref(x, w, eps) -> np.ndarray:
     return (x * r[..., None]) * w
 
 
-def rope_ref(x, cos, sin) -> np.ndarray:
-    """x (t, heads, hd); cos, sin (t, hd // 2): consecutive pairs rotated."""
+def rope_ref(x, cos, sin, style: str = "normal") -> np.ndarray:
+    """x (t, heads, hd); cos, sin (t, hd // 2): consecutive pairs (``"normal"``) or halves
+    (``"neox"``) rotated."""
     x = np.asarray(x, F32)
     c = np.asarray(cos, F32)[:, None, :]
     s = np.asarray(sin, F32)[:, None, :]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
+    half = x.shape[-1] // 2
+    i0, i1 = (np.s_[..., 0::2], np.s_[..., 1::2]) if style == "normal" else (np.s_[..., :half], np.s_[..., half:])
+    x0, x1 = x[i0], x[i1]
     y = np.empty_like(x)
-    y[..., 0::2] = x0 * c - x1 * s
-    y[..., 1::2] = x0 * s + x1 * c
+    y[i0] = x0 * c - x1 * s
+    y[i1] = x0 * s + x1 * c
     return y
 
 
@@ -90,3 +93,53 @@ def silu_mul_ref(gate, up) -> np.ndarray:
 
 def add_ref(x, y) -> np.ndarray:
     return np.asarray(x, F32) + np.asarray(y, F32)
+
+
+def tanh_ref(z) -> np.ndarray:
+    """The unit's tanh: ``sign(z) * (1 - e) / (1 + e)`` with ``e = exp(-2|z|)`` (the unit's exp)."""
+    z = np.asarray(z, F32)
+    a = np.abs(z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = exp_ref(F32(-2) * a)
+        t = (F32(1) - e) / (F32(1) + e)
+    return np.copysign(t, z).astype(F32)
+
+
+GELU_A = F32(float.fromhex("0x1.6e4e26p-5"))   # 0.044715 in float32
+GELU_K = F32(float.fromhex("0x1.988454p-1"))   # sqrt(2 / pi) in float32
+
+
+def gelu_ref(g) -> np.ndarray:
+    """The unit's GELU (tanh form): ``u = ((g*g)*g)*A + g``; ``(0.5*g) * (1 + tanh(u*K))``."""
+    g = np.asarray(g, F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = ((g * g) * g) * GELU_A + g
+        return (F32(0.5) * g) * (F32(1) + tanh_ref(u * GELU_K))
+
+
+def gelu_mul_ref(gate, up) -> np.ndarray:
+    return gelu_ref(gate) * np.asarray(up, F32)
+
+
+def softcap_ref(x, cap) -> np.ndarray:
+    """``tanh(x * (1/cap)) * cap`` with ``1/cap`` rounded to float32 once."""
+    cap = F32(cap)
+    return tanh_ref(np.asarray(x, F32) * (F32(1) / cap)) * cap
+
+
+def moe_route_ref(logits, k: int, norm: bool = False, scale: float = 1.0):
+    """Routing oracle (csrc/hc_vec.c ``hc_moe_route_f32``): experts int32 (t, k), weights float32 (t, k)."""
+    logits = np.asarray(logits, F32)
+    sel = np.argsort(-logits, axis=-1, kind="stable")[:, :k].astype(np.int32)
+    m = logits.max(axis=-1, keepdims=True)
+    e = exp_ref(logits - m)
+    s = lane_sum(e)
+    w = np.take_along_axis(e, sel, axis=-1) / s[:, None]
+    if norm:
+        ws = w[:, 0]
+        for i in range(1, k):
+            ws = ws + w[:, i]
+        w = w / ws[:, None]
+    if scale != 1.0:
+        w = w * F32(scale)
+    return sel, w.astype(F32)

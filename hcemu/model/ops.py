@@ -1,4 +1,4 @@
-"""Float32 vector-unit math: RMSNorm, RoPE, SiLU, softmax.
+"""Float32 vector-unit math: RMSNorm, RoPE, SiLU, GELU, soft-capping, softmax.
 
 These functions are the float reference's (:mod:`hcemu.model.reference`), the model the chip is
 measured against; the chip's vector unit has its own oracle (:mod:`hcemu.kernels.vector_ref`: lane-order
@@ -67,38 +67,49 @@ def llama3_frequency_divisors(inv_freq, scaling: RopeScaling) -> np.ndarray:
     return np.where(wavelen < orig / hi, 1.0, np.where(wavelen > orig / lo, scaling.factor, blended))
 
 
-def rope_frequencies(spec: ModelSpec) -> np.ndarray:
-    """The ``head_dim / 2`` RoPE angular frequencies (radians per position), float64, after scaling."""
+def rope_frequencies(spec: ModelSpec, local: bool = False) -> np.ndarray:
+    """The ``head_dim / 2`` RoPE angular frequencies (radians per position), float64, after scaling.
+
+    local: the table of sliding-window layers when the spec gives them their own base
+    (``rope_theta_swa``, unscaled; :meth:`ModelSpec.block`)."""
     hd = spec.head_dim
+    if local and spec.rope_theta_swa:
+        return spec.rope_theta_swa ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     inv_freq = spec.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    if spec.rope_scaling is not None:
-        inv_freq = inv_freq / llama3_frequency_divisors(inv_freq, spec.rope_scaling)
+    sc = spec.rope_scaling
+    if sc is not None:
+        if sc.type == "linear":
+            inv_freq = inv_freq / sc.factor
+        else:
+            inv_freq = inv_freq / llama3_frequency_divisors(inv_freq, sc)
     return inv_freq
 
 
-def rope_tables(spec: ModelSpec, positions) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(spec: ModelSpec, positions, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(cos, sin)`` tables, each float32 ``(len(positions), head_dim / 2)``.
 
     The angle ``position * frequency`` and its cosine and sine are computed in float64 and rounded to
     float32 once (the chip holds these as precomputed constants). Positions must be non-negative
-    integers.
+    integers. local: the sliding-window layers' table (:func:`rope_frequencies`).
     """
     pos = np.asarray(positions)
     if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
         raise ValueError(f"positions must be a 1-D integer array, got shape {pos.shape} dtype {pos.dtype}")
     if pos.size and pos.min() < 0:
         raise ValueError(f"positions must be non-negative, got min {pos.min()}")
-    ang = pos.astype(np.float64)[:, None] * rope_frequencies(spec)[None, :]
+    ang = pos.astype(np.float64)[:, None] * rope_frequencies(spec, local)[None, :]
     return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
 
 
-def apply_rope(x, cos, sin) -> np.ndarray:
-    """Rotate consecutive pairs ``(x[..., 2i], x[..., 2i+1])`` by the angle of pair ``i``.
+def apply_rope(x, cos, sin, style: str = "normal") -> np.ndarray:
+    """Rotate pairs of each head by the angle of pair ``i``.
 
-    This is llama.cpp's "normal" RoPE, the one GGUF llama files need (the converter permutes the Q and K
-    rows so that HF's rotate-half pairs become consecutive). x: ``(t, heads, head_dim)``; cos, sin:
-    ``(t, head_dim/2)``. Float32: ``y0 = x0*c - x1*s``, ``y1 = x0*s + x1*c``, each product rounded, then
-    the sum rounded (no fused multiply-add).
+    style ``"normal"``: consecutive pairs ``(x[..., 2i], x[..., 2i+1])``, llama.cpp's "normal" RoPE,
+    the one GGUF llama files need (the converter permutes the Q and K rows so that HF's rotate-half
+    pairs become consecutive); ``"neox"``: the halves ``(x[..., i], x[..., i + head_dim/2])`` (qwen,
+    phi3, gemma, olmoe GGUFs). x: ``(t, heads, head_dim)``; cos, sin: ``(t, head_dim/2)``. Float32:
+    ``y0 = x0*c - x1*s``, ``y1 = x0*s + x1*c``, each product rounded, then the sum rounded (no fused
+    multiply-add).
     """
     x = _f32(x, "apply_rope x")
     cos = _f32(cos, "cos")
@@ -108,14 +119,44 @@ def apply_rope(x, cos, sin) -> np.ndarray:
     t, _, hd = x.shape
     if cos.shape != (t, hd // 2) or sin.shape != (t, hd // 2):
         raise ValueError(f"apply_rope: cos/sin must be ({t}, {hd // 2}), got {cos.shape} and {sin.shape}")
-    x0 = x[..., 0::2]
-    x1 = x[..., 1::2]
+    if style == "normal":
+        i0, i1 = np.s_[..., 0::2], np.s_[..., 1::2]
+    elif style == "neox":
+        i0, i1 = np.s_[..., : hd // 2], np.s_[..., hd // 2:]
+    else:
+        raise ValueError(f"apply_rope: style must be 'normal' or 'neox', got {style!r}")
+    x0 = x[i0]
+    x1 = x[i1]
     c = cos[:, None, :]
     s = sin[:, None, :]
     out = np.empty_like(x)
-    out[..., 0::2] = x0 * c - x1 * s
-    out[..., 1::2] = x0 * s + x1 * c
+    out[i0] = x0 * c - x1 * s
+    out[i1] = x0 * s + x1 * c
     return out
+
+
+GELU_COEF_A = 0.044715
+SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def gelu(x) -> np.ndarray:
+    """GELU, tanh approximation (as GeGLU models and llama.cpp use it):
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, in float64, rounded to float32 once."""
+    x = _f32(x, "gelu x").astype(np.float64)
+    return (0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + GELU_COEF_A * x * x * x)))).astype(F32)
+
+
+def softcap(x, cap: float) -> np.ndarray:
+    """Soft-capping ``cap * tanh(x / cap)`` in float64, rounded to float32 once (``cap`` > 0)."""
+    x = _f32(x, "softcap x").astype(np.float64)
+    return (cap * np.tanh(x / cap)).astype(F32)
+
+
+def sigmoid(x) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` in float64, rounded to float32 once."""
+    x = _f32(x, "sigmoid x").astype(np.float64)
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-x))).astype(F32)
 
 
 def silu(x) -> np.ndarray:

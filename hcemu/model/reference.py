@@ -1,12 +1,24 @@
-"""FloatLlama: the float32 numpy Llama forward pass, the accuracy baseline and test oracle.
+"""FloatLlama: the float32 numpy forward pass of every supported architecture, the accuracy baseline
+and test oracle.
 
 It runs on the source's weights dequantized to float32 (``ModelSource.float32``), with the vector-unit
-math of :mod:`hcemu.model.ops` (RMSNorm, consecutive-pair RoPE, SiLU, softmax), grouped-query attention,
-and tied embeddings when the spec says so. Matrix products are numpy float32 ``matmul`` (BLAS), so
-results are close to, not bit-identical with, other float32 implementations.
+math of :mod:`hcemu.model.ops` (RMSNorm, RoPE, SiLU/GELU, soft-capping, softmax), grouped-query
+attention, and the block kinds of the spec (:meth:`hcemu.model.spec.ModelSpec.block`): Q/K/V biases,
+Q/K RMSNorms, post-norms, sliding-window layers, soft-capped scores and logits, embedding scaling,
+tied embeddings, and mixture-of-experts FFNs (router, top-k, optional shared expert). Matrix products
+are numpy float32 ``matmul`` (BLAS), so results are close to, not bit-identical with, other float32
+implementations (llama.cpp among them: ``tests/test_peer_llamacpp.py``).
+
+Mixture of experts, per token (docs/architectures.md): router logits ``r = W_r h``; probabilities
+``softmax(r)``; the ``n_experts_used`` largest, in descending order (ties: the lower expert first);
+their probabilities as weights, divided by their sum when ``expert_weights_norm``, times
+``expert_weights_scale``; the FFN output is ``w_0 y_0 + w_1 y_1 + ...`` summed in that order, plus the
+shared expert's output (times ``sigmoid(w_s . h)`` with a shared gate).
 
 State: a float32 KV cache of ``(n_layers, capacity, n_kv_heads, head_dim)`` for K and for V, grown
-as needed. :meth:`prefill` resets it; :meth:`decode` appends one token.
+as needed. :meth:`prefill` resets it; :meth:`decode` appends one token. After every forward pass
+``routes`` holds the experts each token was routed to, int64 ``(t, n_layers, n_experts_used)``, and
+``router_logits`` the router's float32 ``(t, n_layers, n_experts)`` (MoE models; else None).
 """
 from __future__ import annotations
 
@@ -19,8 +31,15 @@ from hcemu.sampling import Sampler
 F32 = np.float32
 
 
+def route(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` experts with the largest router logits per row, descending, ties to the lower index:
+    int64 ``(rows, k)``. logits: ``(rows, n_experts)``."""
+    logits = np.asarray(logits)
+    return np.argsort(-logits, axis=-1, kind="stable")[..., :k].astype(np.int64)
+
+
 class FloatLlama:
-    """A Llama forward pass over ``source`` in float32.
+    """The forward pass over ``source`` in float32 (every architecture of :mod:`hcemu.model.spec`).
 
     All weights are dequantized on construction (float32: 4 bytes per parameter, so 0.55 GB for
     SmolLM2-135M); ``layers`` limits how many transformer blocks run (for quick tests, default all).
@@ -48,14 +67,18 @@ class FloatLlama:
         self.output_norm = load("output_norm.weight", (spec.d_model,))
         self.layers = []
         for i in range(self.n_layers):
-            L = {k: load(f"blk.{i}.{k}.weight", spec.matrix_shape(k))
-                 for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
             # transposed copies: activations (t, n_in) @ (n_in, n_out)
-            L = {k: np.ascontiguousarray(v.T) for k, v in L.items()}
-            L["attn_norm"] = load(f"blk.{i}.attn_norm.weight", (spec.d_model,))
-            L["ffn_norm"] = load(f"blk.{i}.ffn_norm.weight", (spec.d_model,))
+            L = {kind: np.ascontiguousarray(load(name, shape).T) for name, kind, shape in spec.layer_matrices(i)}
+            for name, kind, n in spec.layer_vectors(i):
+                L[kind] = load(name, (n,))
+            if spec.is_moe:
+                L["experts"] = [{kind: np.ascontiguousarray(load(name, shape).T)
+                                 for name, kind, shape in spec.expert_matrices(i, e)}
+                                for e in range(spec.n_experts)]
             self.layers.append(L)
         self._out_t = np.ascontiguousarray(self.output.T)
+        self.routes = None
+        self.router_logits = None
         self.reset()
 
     # ---- cache
@@ -109,39 +132,109 @@ class FloatLlama:
             raise ValueError("forward needs at least one token")
         p0 = self.pos
         self._ensure(p0 + t)
-        cos, sin = ops.rope_tables(s, np.arange(p0, p0 + t))
+        positions = np.arange(p0, p0 + t)
+        tables = {"global": ops.rope_tables(s, positions)}
+        if any(s.block(i).rope == "local" for i in range(self.n_layers)):
+            tables["local"] = ops.rope_tables(s, positions, local=True)
         nh, nkv, hd, g = s.n_heads, s.n_kv_heads, s.head_dim, s.gqa_group
         T = p0 + t
-        # causal mask: query i (position p0+i) sees keys 0 .. p0+i
-        mask = np.where(np.arange(T)[None, :] <= (p0 + np.arange(t))[:, None], F32(0), F32(-np.inf))
-        inv_sqrt = F32(1.0 / np.sqrt(hd))
+        # causal mask: query i (position p0+i) sees keys 0 .. p0+i (the last `window` of them in a
+        # sliding-window layer)
+        dist = (p0 + np.arange(t))[:, None] - np.arange(T)[None, :]
+        masks = {}
+        scale = F32(s.score_scale)
+        eps = s.norm_eps
         x = self.embedding[toks]
+        if s.embed_scale != 1.0:
+            x = x * F32(s.embed_scale)
+        routes, router_logits = [], []
         for li, L in enumerate(self.layers):
-            h = ops.rmsnorm(x, L["attn_norm"], s.norm_eps)
-            q = (h @ L["attn_q"]).reshape(t, nh, hd)
-            k = (h @ L["attn_k"]).reshape(t, nkv, hd)
-            v = (h @ L["attn_v"]).reshape(t, nkv, hd)
-            q = ops.apply_rope(q, cos, sin)
-            k = ops.apply_rope(k, cos, sin)
+            blk = s.block(li)
+            if blk.window not in masks:
+                ok = (dist >= 0) & ((dist < blk.window) if blk.window else True)
+                masks[blk.window] = np.where(ok, F32(0), F32(-np.inf))
+            h = ops.rmsnorm(x, L["attn_norm"], eps)
+            q, k, v = h @ L["attn_q"], h @ L["attn_k"], h @ L["attn_v"]
+            if s.qkv_bias:
+                q, k, v = q + L["attn_q_bias"], k + L["attn_k_bias"], v + L["attn_v_bias"]
+            if s.qk_norm == "full":
+                q, k = ops.rmsnorm(q, L["attn_q_norm"], eps), ops.rmsnorm(k, L["attn_k_norm"], eps)
+            q, k, v = q.reshape(t, nh, hd), k.reshape(t, nkv, hd), v.reshape(t, nkv, hd)
+            if s.qk_norm == "head":
+                q, k = ops.rmsnorm(q, L["attn_q_norm"], eps), ops.rmsnorm(k, L["attn_k_norm"], eps)
+            cos, sin = tables[blk.rope]
+            q = ops.apply_rope(q, cos, sin, s.rope_style)
+            k = ops.apply_rope(k, cos, sin, s.rope_style)
             self._k[li, p0:T] = k
             self._v[li, p0:T] = v
             K = self._k[li, :T].transpose(1, 2, 0)          # (nkv, hd, T)
             V = self._v[li, :T].transpose(1, 0, 2)          # (nkv, T, hd)
             # queries grouped by kv head: (nkv, g, t, hd); head j uses kv head j // g
             qg = q.reshape(t, nkv, g, hd).transpose(1, 2, 0, 3)
-            scores = (qg @ K[:, None]) * inv_sqrt             # (nkv, g, t, T)
-            scores += mask
+            scores = (qg @ K[:, None]) * scale                # (nkv, g, t, T)
+            if s.attn_softcap:
+                scores = ops.softcap(scores, s.attn_softcap)
+            scores += masks[blk.window]
             probs = ops.softmax(scores, axis=-1)
             att = probs @ V[:, None]                           # (nkv, g, t, hd)
             att = att.transpose(2, 0, 1, 3).reshape(t, nh * hd)
-            x = x + att @ L["attn_output"]
-            h = ops.rmsnorm(x, L["ffn_norm"], s.norm_eps)
-            ff = ops.silu(h @ L["ffn_gate"]) * (h @ L["ffn_up"])
-            x = x + ff @ L["ffn_down"]
+            o = att @ L["attn_output"]
+            if s.post_norms:
+                o = ops.rmsnorm(o, L["attn_post_norm"], eps)
+            x = x + o
+            h = ops.rmsnorm(x, L["ffn_norm"], eps)
+            if blk.moe:
+                ff, sel, logits = self._moe(L, h)
+                routes.append(sel)
+                router_logits.append(logits)
+            else:
+                ff = self._ffn(h, L["ffn_gate"], L["ffn_up"], L["ffn_down"])
+            if s.post_norms:
+                ff = ops.rmsnorm(ff, L["ffn_post_norm"], eps)
+            x = x + ff
         self.pos = T
+        if routes:
+            self.routes = np.stack(routes, axis=1)
+            self.router_logits = np.stack(router_logits, axis=1)
         if not all_logits:
             x = x[-1:]
-        return ops.rmsnorm(x, self.output_norm, s.norm_eps) @ self._out_t
+        logits = ops.rmsnorm(x, self.output_norm, eps) @ self._out_t
+        if s.final_softcap:
+            logits = ops.softcap(logits, s.final_softcap)
+        return logits
+
+    def _ffn(self, h, w_gate, w_up, w_down) -> np.ndarray:
+        """Gated FFN ``act(h W_g) * (h W_u) W_d`` with the spec's activation (SiLU or GELU)."""
+        g = h @ w_gate
+        act = ops.silu(g) if self.spec.ffn_act == "silu" else ops.gelu(g)
+        return (act * (h @ w_up)) @ w_down
+
+    def _moe(self, L, h):
+        """Mixture-of-experts FFN of h (t, d): ``(output (t, d), routes (t, k), router logits (t, E))``."""
+        s = self.spec
+        logits = h @ L["ffn_gate_inp"]                               # (t, E)
+        probs = ops.softmax(logits, axis=-1)
+        sel = route(logits, s.n_experts_used)                        # (t, k)
+        w = np.take_along_axis(probs, sel, axis=-1)
+        if s.expert_weights_norm:
+            w = w / w.sum(axis=-1, keepdims=True, dtype=np.float64).astype(F32)
+        if s.expert_weights_scale != 1.0:
+            w = w * F32(s.expert_weights_scale)
+        t = h.shape[0]
+        ys = np.zeros((s.n_experts_used, t, s.d_model), F32)
+        for e in np.unique(sel):
+            rows, slot = np.nonzero(sel == e)
+            E = L["experts"][e]
+            ys[slot, rows] = self._ffn(h[rows], E["ffn_gate_exps"], E["ffn_up_exps"], E["ffn_down_exps"])
+        out = ys[0] * w[:, 0:1]
+        for i in range(1, s.n_experts_used):
+            out = out + ys[i] * w[:, i:i + 1]
+        if s.d_ff_shared:
+            sh = self._ffn(h, L["ffn_gate_shexp"], L["ffn_up_shexp"], L["ffn_down_shexp"])
+            if s.shared_expert_gate:
+                sh = sh * ops.sigmoid(h @ L["ffn_gate_inp_shexp"])
+            out = out + sh
+        return out, sel, logits
 
     def prefill(self, tokens) -> np.ndarray:
         """Reset the cache, run the prompt; return the last token's logits ``(vocab,)`` float32."""

@@ -8,7 +8,7 @@ chosen so activations keep a realistic magnitude through the network:
 * ``token_embd.weight`` (and ``output.weight``): std 0.02 (the usual Llama initialisation; with
   RMS-normed hidden states of RMS ~1 this gives logits of std ``0.02 * sqrt(d_model)``, about 1.3 for
   d = 4096);
-* RMSNorm weights: mean 1, std 0.05 (trained norm weights scatter around 1).
+* RMSNorm weights: mean 1, std 0.05 (trained norm weights scatter around 1); biases: mean 0, std 0.05.
 
 The values are uniform on ``mean +- sqrt(3) * std`` (which has exactly that std), not normal: uniform
 float32 draws are ~6x faster than normal ones, so a 128256 x 4096 embedding takes about a second
@@ -43,10 +43,13 @@ class SyntheticSource(ModelSource):
         self.spec = spec
         self.seed = int(seed)
         self._shapes: dict[str, tuple] = {}
+        self._biases: set[str] = set()
         for name, _kind, _layer, shape in spec.matrices():
             self._shapes[name] = tuple(shape)
-        for name, _layer, n in spec.norms():
+        for name, kind, _layer, n in spec.vectors():
             self._shapes[name] = (n,)
+            if kind.endswith("_bias"):
+                self._biases.add(name)
 
     def tensor_names(self) -> list[str]:
         return list(self._shapes)
@@ -61,7 +64,7 @@ class SyntheticSource(ModelSource):
             raise KeyError(f"tensor {name!r} is not in synthetic {self.spec.name}") from None
         rng = self._rng(name)
         if len(shape) == 1:
-            mean, std = 1.0, NORM_STD
+            mean, std = (0.0 if name in self._biases else 1.0), NORM_STD
         elif name in ("token_embd.weight", "output.weight"):
             mean, std = 0.0, EMBEDDING_STD
         else:

@@ -1,10 +1,10 @@
 """Event counts from shapes alone: the analytical twin of the functional chip's counters.
 
 Composes the counting rules of :mod:`hcemu.events` (``docs/events.md``). Every per-pass count is
-*affine in the number of keys* a pass attends (``p + 1`` at position ``p``):
-``counts(p) = const + (p + 1) * per_key``. :func:`pass_coefficients` returns those two vectors per region
-kind, so totals over any set of positions need only the number of passes and the sum of ``p + 1`` —
-which is what makes the vectorized sweeps cheap.
+*affine in the number of keys* a pass attends (``p + 1`` at position ``p``, ``min(p + 1, window)`` in a
+sliding-window layer): ``counts(p) = const + keys(p) * per_key``. :func:`pass_coefficients` returns
+those two vectors per region kind, so totals over any set of positions need only the number of passes
+and the sum of the keys — which is what makes the vectorized sweeps cheap.
 
 Pass accounting matches :meth:`hcemu.chip.Chip.generate`: a prompt of ``n_prompt`` tokens is
 ``n_prompt`` layer passes (positions ``0 .. n_prompt-1``) with the output head on the last one only;
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import (Events, attention_counts, embed_counts, head_vector_counts, layer_vector_counts,
-                          product_counts)
+from hcemu.events import (Events, attended_keys, attention_counts, embed_counts, expert_vector_counts,
+                          head_vector_counts, layer_vector_counts, product_counts)
 from hcemu.formats import Plan, WeightFormat, kv_bytes_per_token_layer
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 
 
 def kv_bytes_per_key_head(spec: ModelSpec, plan: Plan) -> int:
@@ -43,7 +43,10 @@ def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
 
 @dataclass(frozen=True)
 class PassCoefficients:
-    """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS."""
+    """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS.
+
+    windows: each layer's sliding window (0: full causal), which decides the keys its passes attend.
+    expert_const: one token pass through one routed expert (its region), None for a dense model."""
 
     layer_const: np.ndarray
     layer_per_key: np.ndarray
@@ -52,6 +55,8 @@ class PassCoefficients:
     by_layer: np.ndarray | None = None
     """(n_layers, fields) per-layer constants when layers differ in formats (a plan with per-tensor
     overrides, e.g. ``gguf`` resolved against a file); ``layer_const`` is then their integer mean."""
+    windows: tuple = ()
+    expert_const: np.ndarray | None = None
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
@@ -61,9 +66,10 @@ def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
     base = layer_vector_counts(spec) + attn_pass
     rows = {}
     for i in range(spec.n_layers):
-        fmts = tuple(plan.format_for(m, f"blk.{i}.{m}.weight", spec.matrix_shape(m)[1]) for m in LAYER_MATRICES)
+        mats = list(spec.layer_matrices(i))
+        fmts = tuple(plan.format_for(kind, name, shape[1]) for name, kind, shape in mats)
         if fmts not in rows:
-            rows[fmts] = base + sum(product_counts(f, *spec.matrix_shape(m)) for f, m in zip(fmts, LAYER_MATRICES))
+            rows[fmts] = base + sum(product_counts(f, *shape) for f, (_n, _k, shape) in zip(fmts, mats))
         rows.setdefault(i, rows[fmts])
     by_layer = None
     if len({k for k in rows if isinstance(k, tuple)}) == 1:
@@ -73,9 +79,23 @@ def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
         layer = by_layer.sum(axis=0) // spec.n_layers
     head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
     embed = embed_counts(spec, plan.format_for("embedding", "token_embd.weight", spec.matrix_shape("embedding")[1]))
-    for a in (layer, per_key, head, embed) + (() if by_layer is None else (by_layer,)):
+    expert = None
+    if spec.is_moe:  # every expert in the format of layer 0's expert 0
+        expert = expert_vector_counts(spec)
+        for name, kind, shape in spec.expert_matrices(0, 0):
+            expert += product_counts(plan.format_for(kind, name, shape[1]), *shape)
+    for a in (layer, per_key, head, embed) + tuple(x for x in (by_layer, expert) if x is not None):
         a.flags.writeable = False
-    return PassCoefficients(layer, per_key, head, embed, by_layer)
+    return PassCoefficients(layer, per_key, head, embed, by_layer,
+                            tuple(spec.block(i).window for i in range(spec.n_layers)), expert)
+
+
+def balanced_expert_passes(spec: ModelSpec, passes: int) -> np.ndarray:
+    """How the analytical generator routes ``passes`` token passes through one mixture-of-experts layer:
+    ``passes * n_experts_used`` expert passes spread evenly, the remainder one each to the lowest experts
+    (int64 (n_experts,)). A *balanced-routing assumption*: the functional chip counts the real routes."""
+    total = passes * spec.n_experts_used
+    return total // spec.n_experts + (np.arange(spec.n_experts) < total % spec.n_experts).astype(np.int64)
 
 
 def _check_count(name: str, value) -> int:
@@ -99,13 +119,30 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     if heads > n:
         raise ValueError(f"head_passes {heads} exceeds the number of passes {n}")
     co = pass_coefficients(spec, plan)
-    keys = int((pos + 1).sum())
-    ev = Events(spec.n_layers)
+    ev = Events.for_spec(spec)
+    keys = {w: attended_keys(pos, w) for w in set(co.windows)}
     const = co.layer_const if co.by_layer is None else co.by_layer
-    ev.counts[: spec.n_layers] = const * n + co.layer_per_key * keys
+    ev.counts[: spec.n_layers] = const * n + co.layer_per_key * np.array(
+        [keys[w] for w in co.windows], np.int64)[:, None]
+    if spec.is_moe:
+        ev.counts[spec.n_layers + 2:] = np.tile(balanced_expert_passes(spec, n), spec.n_layers)[:, None] * co.expert_const
     ev.counts[ev.head] = co.head_const * heads
     ev.counts[ev.embed] = co.embed_const * n
     return ev
+
+
+def decode_keys(n_prompt, steps, window: int = 0):
+    """Keys attended by ``steps`` decode passes at positions ``n_prompt .. n_prompt + steps - 1`` (the
+    sum of ``min(p + 1, window)``, window 0: ``p + 1``), for float arrays of prompts and steps (the
+    vectorized sweeps; :func:`hcemu.events.attended_keys` for one set of positions)."""
+    n_prompt = np.asarray(n_prompt, dtype=np.float64)
+    steps = np.asarray(steps, dtype=np.float64)
+    full = steps * n_prompt + steps * (steps + 1) / 2    # sum of p + 1 = n_prompt + 1 .. n_prompt + steps
+    if not window:
+        return full
+    lo, hi = n_prompt + 1, n_prompt + steps              # the values of p + 1
+    below = np.clip(window - lo + 1, 0, steps)            # passes that see fewer than `window` keys
+    return np.where(hi <= window, full, below * lo + below * (below - 1) / 2 + (steps - below) * window)
 
 
 def decode_positions(n_prompt: int, n_generated: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import kv_bytes_per_token
 from hcemu.perf.specs import ChipSpec, get_chip
 from hcemu.rom.image import rom_bits_for_model
@@ -21,9 +21,15 @@ def head_lane_scale(spec: ModelSpec, plan, chip) -> float:
     """Lane multiplier of the output-head region: its weights over a layer's when ``head_balanced``."""
     if not chip.head_balanced:
         return 1.0
-    layer = sum(spec.matrix_shape(m)[0] * spec.matrix_shape(m)[1] for m in LAYER_MATRICES)
     n, k = spec.matrix_shape("output")
-    return max(1.0, n * k / layer)
+    return max(1.0, n * k / spec.layer_own_params)
+
+
+def expert_lane_scale(spec: ModelSpec) -> float:
+    """CIM and vector lanes of one expert region in units of a layer region's, weight-proportional: its
+    weights over the layer's own (every region streams its weights in the same cycles; docs/perf.md
+    "Mixture of experts"); a chip scales it by ``ChipSpec.expert_lane_share``. 0 for a dense model."""
+    return spec.expert_params / spec.layer_own_params if spec.is_moe else 0.0
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,20 @@ class AreaBreakdown:
 
 
 def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_layers: int,
-                   head_lane_scale: float = 1.0) -> AreaBreakdown:
+                   head_lane_scale: float = 1.0, expert_lanes: float = 0.0) -> AreaBreakdown:
     """THE die-area model: areas and transistors from counts.
 
     rom_bits: bits held in ROM (every bank as fabricated, blank slots included, plus fp16 scales and
     norm vectors); sram_bytes: KV (+ adapter) SRAM; n_layers: layer regions; head_lane_scale: the output
     head region's lanes in units of a layer region's (:func:`head_lane_scale`); 0 for a die of a
-    multi-chip system without the head (no head lanes, no head vector unit).
+    multi-chip system without the head (no head lanes, no head vector unit); expert_lanes: all expert
+    regions' lanes in those units (``n_layers * n_experts *`` :func:`expert_lane_scale`).
 
     ROM = rom_bits / rom density; SRAM = bits / SRAM density; logic = transistors of the CIM lanes
-    (``cim_macs_per_cycle_w4`` per layer region, x head_lane_scale for the head), the attention lanes
-    (per layer region) and the vector lanes and transcendental units (layers + head) / logic density;
-    overhead = ``core_overhead_fraction`` x (ROM + SRAM + logic); plus ``io_area_mm2``.
+    (``cim_macs_per_cycle_w4`` per layer region, x head_lane_scale for the head, x expert_lanes for the
+    experts), the attention lanes (per layer region) and the vector lanes and transcendental units
+    (layers + head + expert_lanes) / logic density; overhead = ``core_overhead_fraction`` x (ROM + SRAM +
+    logic); plus ``io_area_mm2``.
     Transistors: ROM bits / ``rom_bits_per_transistor`` + SRAM bits x ``sram_transistors_per_bit`` + logic.
     """
     chip = get_chip(chip)
@@ -80,8 +88,10 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
             raise ValueError(f"area_breakdown: {name} must be >= 0, got {v}")
     if not head_lane_scale >= 0:
         raise ValueError(f"area_breakdown: head_lane_scale must be >= 0, got {head_lane_scale}")
-    cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale)
-    vector_regions = n_layers + (1 if head_lane_scale > 0 else 0)   # the layers' and the head's
+    if not expert_lanes >= 0:
+        raise ValueError(f"area_breakdown: expert_lanes must be >= 0, got {expert_lanes}")
+    cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale + expert_lanes)
+    vector_regions = n_layers + (1 if head_lane_scale > 0 else 0) + expert_lanes  # layers', head's, experts'
     logic_tr = (cim_lanes * chip.cim_lane_transistors
                 + n_layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
                 + vector_regions * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
@@ -112,7 +122,9 @@ def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_by
         raise ValueError(f"kv_sram_bytes must be >= 0, got {sram_bytes}")
     rom = rom_bits_for_model(model, plan, geometry)
     return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes, n_layers=model.n_layers,
-                          head_lane_scale=head_lane_scale(model, plan, chip))
+                          head_lane_scale=head_lane_scale(model, plan, chip),
+                          expert_lanes=model.n_layers * model.n_experts * expert_lane_scale(model)
+                          * chip.expert_lane_share)
 
 
 def chip_area_mm2(spec: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
@@ -135,6 +147,7 @@ class Floorplan:
     kv_sram_bytes: int
     adapter_sram_bytes: int
     area: AreaBreakdown
+    regions: str = ""   # how the banks are cut into regions (layers, head, embedding, experts)
 
     @property
     def total_mm2(self) -> float:
@@ -155,15 +168,19 @@ class Floorplan:
         rows = [
             (f"ROM    {r.total / g:.2f} Gbit: {r.code_physical / g:.2f} code in {r.banks} banks "
              f"({100 * r.bank_utilization:.1f}% used), {r.meta / g:.2f} scales", a.rom_mm2, a.rom_transistors),
+        ] + ([(f"       regions: {self.regions}", None, None)] if self.regions else []) + [
             (f"SRAM   {a.sram_bytes * 8 / g:.2f} Gbit: KV {self.kv_sram_bytes / 2**20:.1f} MiB ({kv})",
              a.sram_mm2, a.sram_transistors),
             (f"logic  {a.cim_lanes / 1e6:.2f} M CIM lanes, attention, vector", a.logic_mm2, a.logic_transistors),
             ("other  clock, power grid, routing; IO", a.overhead_mm2 + a.io_mm2, None),
             ("total", a.total_mm2, a.transistors),
         ]
-        w = max(len(t) for t, _, _ in rows)
+        w = max(len(t) for t, mm, _ in rows if mm is not None)
         lines = [f"floorplan ({self.chip} technology)"]
         for text, mm2, tr in rows:
+            if mm2 is None:
+                lines.append(f"  {text}")
+                continue
             lines.append(f"  {text:{w}s}  {mm2:8.1f} mm2" + ("" if tr is None else f"  {tr / g:6.2f} G transistors"))
         return "\n".join(lines)
 
@@ -182,6 +199,22 @@ def floorplan(image, chip="hc1", kv_tokens: int | None = None, adapter_sram_byte
         raise ValueError(f"adapter_sram_bytes must be >= 0, got {adapter_sram_bytes}")
     kv = chip.kv_sram_bytes if kv_tokens is None else int(kv_tokens) * kv_bytes_per_token(image.spec, image.plan)
     rom = image.rom_bits
+    spec = image.spec
     area = area_breakdown(chip, rom_bits=rom.total, sram_bytes=kv + int(adapter_sram_bytes),
-                          n_layers=image.spec.n_layers, head_lane_scale=head_lane_scale(image.spec, image.plan, chip))
-    return Floorplan(chip.name, rom, None if kv_tokens is None else int(kv_tokens), kv, int(adapter_sram_bytes), area)
+                          n_layers=spec.n_layers, head_lane_scale=head_lane_scale(spec, image.plan, chip),
+                          expert_lanes=spec.n_layers * spec.n_experts * expert_lane_scale(spec)
+                          * chip.expert_lane_share)
+    return Floorplan(chip.name, rom, None if kv_tokens is None else int(kv_tokens), kv, int(adapter_sram_bytes), area,
+                     region_summary(image.address_map))
+
+
+def region_summary(amap) -> str:
+    """How an address map cuts the ROM into bank regions, e.g. ``"2 layers x 256 banks, head 32,
+    embedding 64, 16 experts x 32 banks (one region per expert)"``."""
+    L, E, banks = amap.n_layers, amap.n_experts, amap.region_banks
+    parts = [f"{L} layers x {int(banks[0])} banks", f"head {int(banks[L])}", f"embedding {int(banks[L + 1])}"]
+    if E:
+        eb = banks[L + 2:]
+        size = f"{int(eb.min())}" if eb.min() == eb.max() else f"{int(eb.min())}-{int(eb.max())}"
+        parts.append(f"{L * E} experts x {size} banks (one region per expert)")
+    return ", ".join(parts)

@@ -7,7 +7,10 @@ One decode step of a batch of ``B`` users at position ``p`` takes
 
 with ``W`` the weight bytes read once per step (every layer matrix and the LM head in the GPU's
 weight dtype, plus one embedding row per user), ``KV(p)`` the K/V bytes one user reads at position ``p``
-(``p + 1`` keys) and ``FLOP(p) = 2 * (weight MACs + attention MACs)``. Per-user tok/s at batch 1 is the
+(``p + 1`` keys) and ``FLOP(p) = 2 * (weight MACs + attention MACs)``. A mixture-of-experts layer reads
+its own matrices and the experts the batch's tokens fire: under balanced routing
+``E * (1 - (1 - k/E)^B)`` distinct experts for ``B`` users (``k`` at batch 1); each user's FLOPs count
+its ``k`` experts. Per-user tok/s at batch 1 is the
 mean over the decode positions; the serving curve evaluates batches at the mean decode position.
 The largest batch is bounded by HBM (weights + every user's KV at the final context) and by
 ``max_batch``.
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import decode_positions
 from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, get_gpu
 
@@ -27,21 +30,38 @@ from hcemu.perf.specs import DTYPE_BYTES, GpuSpec, get_gpu
 class GpuWork:
     """Per-step work of one user's decode token on a GPU (bytes, FLOPs), affine in the keys attended."""
 
-    weight_bytes: float          # read once per step, shared by the batch
+    weight_bytes: float          # read once per step at batch 1, shared by the batch
     per_user_bytes: float        # embedding row, per user per step
     kv_bytes_per_key: float      # per user per key attended
     flops: float                 # per user per step, weight products
     flops_per_key: float         # per user per key attended (q.k and p.v)
+    expert_bytes: float = 0.0    # one routed expert of every layer (mixture of experts), in weight bytes
+    n_experts: int = 0
+    n_experts_used: int = 0
 
     @classmethod
     def of(cls, spec: ModelSpec, gpu: GpuSpec) -> "GpuWork":
         wb, kb = DTYPE_BYTES[gpu.weight_dtype], DTYPE_BYTES[gpu.kv_dtype]
-        layer = sum(n * k for n, k in (spec.matrix_shape(m) for m in LAYER_MATRICES))
+        layer = spec.active_layer_params      # a layer's own matrices and the experts one token fires
         head = spec.vocab_size * spec.d_model
         return cls(weight_bytes=(spec.n_layers * layer + head) * wb, per_user_bytes=spec.d_model * wb,
                    kv_bytes_per_key=spec.n_layers * 2 * spec.kv_dim * kb,
                    flops=2.0 * (spec.n_layers * layer + head),
-                   flops_per_key=spec.n_layers * 2.0 * 2 * spec.n_heads * spec.head_dim)
+                   flops_per_key=spec.n_layers * 2.0 * 2 * spec.n_heads * spec.head_dim,
+                   expert_bytes=spec.n_layers * spec.expert_params * wb, n_experts=spec.n_experts,
+                   n_experts_used=spec.n_experts_used)
+
+    def batch_weight_bytes(self, batch):
+        """Weight bytes one step of ``batch`` users reads: with experts, the distinct ones the batch fires
+        (balanced routing: ``E (1 - (1 - k/E)^B)`` per layer; :meth:`StepCoefficients.weights_s`)."""
+        c = StepCoefficients(self.weight_bytes, 0, 0, 0, 0, 0, self.expert_bytes, self.n_experts,
+                             self.n_experts_used)
+        return c.weights_s(batch)
+
+    @property
+    def resident_bytes(self) -> float:
+        """Weight bytes held in GPU memory (every expert)."""
+        return self.weight_bytes + (self.n_experts - self.n_experts_used) * self.expert_bytes
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,19 @@ class StepCoefficients:
     comp_s_per_token: float      # weight products of one token
     comp_s_per_attn_key: float   # q.k and p.v of one token against one key
     launch_s: float              # kernel launches of one step
+    expert_mem_s: float = 0.0    # one more distinct expert in every layer (mixture of experts)
+    n_experts: int = 0
+    n_experts_used: int = 0
+
+    def weights_s(self, tokens):
+        """Seconds to read the weights a step of ``tokens`` tokens needs: ``mem_s`` (its layers' own
+        matrices and ``k`` experts each) plus the further experts the tokens fire under balanced routing,
+        ``E (1 - (1 - k/E)^tokens) - k`` per layer (0 for a dense model)."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        if not self.n_experts:
+            return self.mem_s + 0.0 * tokens
+        fired = self.n_experts * (1.0 - (1.0 - self.n_experts_used / self.n_experts) ** np.maximum(tokens, 1.0))
+        return self.mem_s + (fired - self.n_experts_used) * self.expert_mem_s
 
 
 @dataclass(frozen=True)
@@ -91,8 +124,9 @@ class GpuModel:
         self.kv_efficiency = 1.0 if self.engine is None else self.engine.kv_read_efficiency
 
     def weight_bytes(self, spec: ModelSpec) -> float:
-        """Bytes of weights one decode step reads (every layer matrix and the LM head)."""
-        return GpuWork.of(spec, self.gpu).weight_bytes
+        """Bytes of weights the GPU holds (every layer matrix, every expert, the LM head); a batch-1
+        decode step reads :attr:`GpuWork.weight_bytes` of them."""
+        return GpuWork.of(spec, self.gpu).resident_bytes
 
     def step_seconds(self, spec: ModelSpec, batch, keys) -> np.ndarray:
         """Seconds of one decode step for ``batch`` users each attending ``keys`` keys (broadcast arrays)."""
@@ -116,7 +150,7 @@ class GpuModel:
         tokens = np.asarray(decode_tokens, dtype=np.float64) + np.asarray(prefill_tokens, dtype=np.float64)
         kv_read = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_kv_keys, dtype=np.float64)
         attn = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_attn_keys, dtype=np.float64)
-        mem = c.mem_s + tokens * c.mem_s_per_token + kv_read * c.mem_s_per_kv_key
+        mem = c.weights_s(tokens) + tokens * c.mem_s_per_token + kv_read * c.mem_s_per_kv_key
         comp = tokens * c.comp_s_per_token + attn * c.comp_s_per_attn_key
         return np.maximum(mem, comp) + c.launch_s
 
@@ -131,7 +165,8 @@ class GpuModel:
         return StepCoefficients(mem_s=w.weight_bytes / bw, mem_s_per_token=w.per_user_bytes / bw,
                                 mem_s_per_kv_key=w.kv_bytes_per_key / (bw * self.kv_efficiency),
                                 comp_s_per_token=w.flops / peak, comp_s_per_attn_key=w.flops_per_key / peak,
-                                launch_s=self.launch_seconds(spec))
+                                launch_s=self.launch_seconds(spec), expert_mem_s=w.expert_bytes / bw,
+                                n_experts=w.n_experts, n_experts_used=w.n_experts_used)
 
     def launch_seconds(self, spec: ModelSpec) -> float:
         """Fixed kernel-launch time of one step (``kernels_per_layer * n_layers + kernels_head`` launches)."""
@@ -143,7 +178,7 @@ class GpuModel:
         and KV; default the preset's ``usable_memory_fraction``). 0 when the weights do not fit."""
         g, w = self.gpu, GpuWork.of(spec, self.gpu)
         frac = g.usable_memory_fraction if memory_fraction is None else float(memory_fraction)
-        free = g.memory_gb * 1e9 * frac - w.weight_bytes
+        free = g.memory_gb * 1e9 * frac - w.resident_bytes
         return max(0, int(free // w.kv_bytes_per_key))
 
     def saturated_throughput(self, spec: ModelSpec, n_prompt: int, n_generated: int) -> dict:
@@ -192,12 +227,12 @@ class GpuModel:
         w = GpuWork.of(spec, self.gpu)
         batch = np.asarray(batch, dtype=np.float64)
         flops = batch * (w.flops + keys * w.flops_per_key)
-        return flops / (w.weight_bytes + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key))
+        return flops / (w.batch_weight_bytes(batch) + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key))
 
     def max_batch(self, spec: ModelSpec, context: int) -> int:
         """Users whose KV at ``context`` tokens fits in HBM beside the weights (capped by ``max_batch``)."""
         g, w = self.gpu, GpuWork.of(spec, self.gpu)
-        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.weight_bytes
+        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.resident_bytes
         if free <= 0:
             return 0
         return int(min(g.max_batch, free // (context * w.kv_bytes_per_key)))

@@ -19,7 +19,7 @@ import numpy as np
 from hcemu._io import atomic_write
 from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import decode_positions, events_from_shapes
-from hcemu.perf.area import head_lane_scale
+from hcemu.perf.area import expert_lane_scale, head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
 from hcemu.perf.silicon import SiliconModel, decode_sweep
@@ -117,11 +117,12 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     chip = size_for_model(chip, spec, plan)
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
-    regions = spec.n_layers + head_lane_scale(spec, plan, chip)
+    regions = (spec.n_layers + head_lane_scale(spec, plan, chip)
+               + spec.n_layers * spec.n_experts * expert_lane_scale(spec) * chip.expert_lane_share)
     peak = 2 * chip.cim_macs_per_cycle_w4 * regions * hz
     bw = chip.rom_read_bits_per_cycle / 8 * regions * hz
     line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", lw=2, label=f"{chip.name} roof (ROM read, CIM)")
-    flops = 2.0 * spec.n_params
+    flops = 2.0 * spec.n_active_params
     step = events_from_shapes(spec, plan, positions=[n_prompt])   # ROM bytes one decode step reads
     rom_bytes = (step.rom_code_bits + step.rom_meta_bits) / 8
     for n, mk in ((1, "o"), (si.users, "^")):

@@ -9,9 +9,13 @@ Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time)
   and the MACs overlap), ``vector = (vec flops + quantized activations) / vector lanes +
   transcendentals / units``, ``overhead = region_overhead_cycles`` per pass;
 * one user's token visits every region in turn: decode latency per token is the sum over regions;
+  a mixture-of-experts token's ``k`` experts run at once, each in its own region (docs/perf.md
+  "Mixture of experts"), so a layer's experts add one expert pass: their regions' cycles divided by ``k``;
 * several users pipeline through the regions: aggregate tok/s ``= min(n * per-user, 1 / slowest
   region)`` with ``n`` bounded by the KV SRAM (users whose whole context fits), by the power limit and by
-  the number of regions (:func:`serving`, the one rule);
+  the tokens the regions hold at once (:func:`pipeline_users`) -- :func:`serving`, the one rule; a
+  region's load is its cycles per token of the stream, so a busy expert (more than its ``k / E`` share
+  of the routes) is what bounds a mixture-of-experts chip;
 * prefill of ``t`` tokens streams through the regions: the first token's latency plus ``t - 1``
   slowest-region pass times.
 
@@ -34,8 +38,9 @@ import numpy as np
 
 from hcemu.events import FIELD_INDEX, Events
 from hcemu.model.spec import ModelSpec
-from hcemu.perf.analytic import decode_positions, events_from_shapes, kv_bytes_per_token, pass_coefficients
-from hcemu.perf.area import chip_area_breakdown, head_lane_scale
+from hcemu.perf.analytic import (decode_keys, decode_positions, events_from_shapes, kv_bytes_per_token,
+                                 pass_coefficients)
+from hcemu.perf.area import chip_area_breakdown, expert_lane_scale, head_lane_scale
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
@@ -45,10 +50,11 @@ def _col(counts, name):
     return counts[..., _I[name]].astype(np.float64)
 
 
-def _region_cycles(counts, chip, cim_scale):
+def _region_cycles(counts, chip, cim_scale, vec_scale=1.0):
     """Cycles of each time component for the counts ``(..., n_fields)``; ``chip`` parameters may be arrays.
 
-    cim_scale: lane multiplier of the region (1 for layers, the balance ratio for the head).
+    cim_scale: lane multiplier of the region (1 for layers, the balance ratio for the head and the
+    experts); vec_scale: the vector unit's (the experts' balance ratio, else 1).
     Returns ``(cim, attention, vector, overhead)`` arrays broadcast over the leading axes.
     """
     mac = (_col(counts, "macs_w4") / chip.cim_macs_per_cycle_w4
@@ -59,9 +65,15 @@ def _region_cycles(counts, chip, cim_scale):
             + _col(counts, "sram_adapter_bytes_read")) / chip.sram_read_bytes_per_cycle
     attn = np.maximum(sram, _col(counts, "attn_macs") / chip.attn_macs_per_cycle)
     vec = ((_col(counts, "vec_flops") + _col(counts, "act_quant_elems")) / chip.vec_flops_per_cycle
-           + _col(counts, "vec_transcendentals") / chip.vec_transcendentals_per_cycle)
+           + _col(counts, "vec_transcendentals") / chip.vec_transcendentals_per_cycle) / vec_scale
     over = _col(counts, "tokens") * chip.region_overhead_cycles
     return cim, attn, vec, over
+
+
+def pipeline_users(spec: ModelSpec) -> int:
+    """Most tokens (of different users) in flight at once: one per layer region, the head and the
+    embedding, and one per ``k`` expert regions (a token in its experts occupies ``k`` of them)."""
+    return spec.n_layers + 2 + (spec.n_layers * spec.n_experts // spec.n_experts_used if spec.is_moe else 0)
 
 
 def _energy_pj(counts, chip):
@@ -78,17 +90,44 @@ def _energy_pj(counts, chip):
     return e
 
 
+def _layer_macs_per_pass(events: Events) -> float | None:
+    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    tok = events.counts[:, _I["tokens"]]
+    layers = tok[: events.n_layers] > 0
+    if not layers.any():
+        return None
+    return float((macs[: events.n_layers][layers] / tok[: events.n_layers][layers]).mean())
+
+
 def _events_head_scale(events: Events, chip) -> float:
     """The head's lane multiplier from counted events (MACs per pass, head over mean layer)."""
     if not chip.head_balanced:
         return 1.0
     macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
     tok = events.counts[:, _I["tokens"]]
-    layers = tok[: events.n_layers] > 0
-    if not layers.any() or tok[events.head] == 0:
+    layer_per_pass = _layer_macs_per_pass(events)
+    if layer_per_pass is None or tok[events.head] == 0:
         return 1.0
-    layer_per_pass = float((macs[: events.n_layers][layers] / tok[: events.n_layers][layers]).mean())
     return max(1.0, float(macs[events.head] / tok[events.head]) / layer_per_pass)
+
+
+def _events_expert_scale(events: Events) -> float:
+    """The experts' lane multiplier from counted events: an expert pass's MACs over a layer pass's
+    (:func:`hcemu.perf.area.expert_lane_scale` from shapes)."""
+    rows = events.counts[events.n_layers + 2:]
+    macs = rows[:, _I["macs_w4"]] + rows[:, _I["macs_w8"]]
+    tok = rows[:, _I["tokens"]]
+    layer_per_pass = _layer_macs_per_pass(events)
+    if layer_per_pass is None or not (tok > 0).any():
+        return 1.0
+    return float((macs[tok > 0] / tok[tok > 0]).mean()) / layer_per_pass
+
+
+def _routed_per_token(events: Events) -> int:
+    """Experts each token is routed to, read off the counts (expert passes over layer passes)."""
+    passes = int(events.counts[: events.n_layers, _I["tokens"]].sum())
+    routed = int(events.counts[events.n_layers + 2:, _I["tokens"]].sum())
+    return max(1, routed // passes) if passes else 1
 
 
 def serving(per_user_tok_s, slowest_region_s, dynamic_energy_j_per_token, users_kv, n_regions, chip) -> dict:
@@ -96,7 +135,7 @@ def serving(per_user_tok_s, slowest_region_s, dynamic_energy_j_per_token, users_
 
     Scalars or broadcast arrays (``chip`` fields too), times in seconds, energy in J. users_kv: users
     whose whole context fits the KV SRAM (:func:`kv_users`); n_regions: the pipeline depth
-    (``n_layers + 2``). Aggregate tok/s with ``n`` users is ``min(n * per_user, 1 / slowest region)``
+    (:func:`pipeline_users`: ``n_layers + 2``, and the expert regions over ``k``). Aggregate tok/s with ``n`` users is ``min(n * per_user, 1 / slowest region)``
     and power ``E_token * aggregate(n) + static``: power users are the largest ``n`` in
     ``[0, n_regions]`` with power ``<= power_limit_w`` -- all of them when even the saturated pipeline
     (``n * per_user >= 1 / slowest``) stays under the limit, else ``floor((limit - static) / (E_token *
@@ -125,17 +164,27 @@ def kv_users(spec: ModelSpec, plan, kv_sram_bytes, context):
 
 @dataclass(frozen=True)
 class RegionTiming:
-    """Cycles spent by each region on the priced events, by component; arrays of shape (n_layers + 2,)."""
+    """Cycles spent by each region on the priced events, by component; arrays of shape (regions,).
+
+    latency_weights: how much of a region's cycles one user waits for (1; ``1/k`` for the expert
+    regions, whose ``k`` passes of a token run at once)."""
 
     cim_cycles: np.ndarray
     attention_cycles: np.ndarray
     vector_cycles: np.ndarray
     overhead_cycles: np.ndarray
     tokens: np.ndarray
+    latency_weights: np.ndarray | None = None
 
     @property
     def total_cycles(self) -> np.ndarray:
         return self.cim_cycles + self.attention_cycles + self.vector_cycles + self.overhead_cycles
+
+    @property
+    def latency_cycles(self) -> float:
+        """Cycles one user waits for all the passes: the regions' cycles, weighted."""
+        w = 1.0 if self.latency_weights is None else self.latency_weights
+        return float((self.total_cycles * w).sum())
 
     @property
     def cycles_per_pass(self) -> np.ndarray:
@@ -181,14 +230,20 @@ class SiliconModel:
         self.chip = get_chip(chip)
 
     def timing(self, events: Events) -> RegionTiming:
-        scale = np.ones(events.n_layers + 2)
+        rows = events.counts.shape[0]
+        scale, vec_scale, weights = np.ones(rows), np.ones(rows), np.ones(rows)
         scale[events.head] = _events_head_scale(events, self.chip)
-        cim, attn, vec, over = _region_cycles(events.counts, self.chip, scale)
-        return RegionTiming(cim, attn, vec, over, events.counts[:, _I["tokens"]].astype(np.float64))
+        if events.n_experts:
+            scale[events.n_layers + 2:] = vec_scale[events.n_layers + 2:] = (
+                _events_expert_scale(events) * self.chip.expert_lane_share)
+            weights[events.n_layers + 2:] = 1.0 / _routed_per_token(events)
+        cim, attn, vec, over = _region_cycles(events.counts, self.chip, scale, vec_scale)
+        return RegionTiming(cim, attn, vec, over, events.counts[:, _I["tokens"]].astype(np.float64), weights)
 
     def seconds(self, events: Events) -> float:
-        """Seconds for one user to run all the passes in ``events`` one after another."""
-        return float(self.timing(events).total_cycles.sum()) / (self.chip.clock_ghz * 1e9)
+        """Seconds for one user to run all the passes in ``events`` one after another (a token's
+        experts at once)."""
+        return self.timing(events).latency_cycles / (self.chip.clock_ghz * 1e9)
 
     def energy_j(self, events: Events) -> float:
         """Dynamic energy (J) of the events."""
@@ -202,8 +257,15 @@ class SiliconModel:
         """Prefill of ``n_tokens`` pipelined through the regions: first token's latency + (t-1) slowest passes."""
         if n_tokens <= 0:
             return 0.0
-        per_pass = self.timing(events).cycles_per_pass
-        return float(per_pass.sum() + (n_tokens - 1) * per_pass.max()) / (self.chip.clock_ghz * 1e9)
+        t = self.timing(events)
+        per_pass = t.cycles_per_pass
+        dense = slice(0, events.n_layers + 2)
+        first, slowest = float(per_pass[dense].sum()), float(per_pass[dense].max())
+        if events.n_experts:  # an expert region's load per token of the prompt
+            share = t.total_cycles[events.n_layers + 2:] / n_tokens
+            first += float((share * t.latency_weights[events.n_layers + 2:]).sum())
+            slowest = max(slowest, float(share.max()))
+        return (first + (n_tokens - 1) * slowest) / (self.chip.clock_ghz * 1e9)
 
     def evaluate(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int) -> SiliconResult:
         """Decode and prefill figures for a prompt of ``n_prompt`` tokens and ``n_generated`` out."""
@@ -223,12 +285,12 @@ class SiliconModel:
         if steps < 1:
             raise ValueError("the decode events hold no decode step")
         t = self.timing(decode)
-        latency = float(t.total_cycles.sum()) / hz / steps
+        latency = t.latency_cycles / hz / steps
         per_user = 1.0 / latency
-        slowest = float(t.cycles_per_pass.max()) / hz
+        slowest = float(t.total_cycles.max()) / hz / steps   # the busiest region's cycles per token
         e_dyn = self.energy_j(decode) / steps
         sv = serving(per_user, slowest, e_dyn, kv_users(spec, plan, chip.kv_sram_bytes, n_prompt + n_generated - 1),
-                     spec.n_layers + 2, chip)
+                     pipeline_users(spec), chip)
         users, aggregate, power = int(sv["users"]), float(sv["aggregate_tok_s"]), float(sv["power_w"])
         area = chip_area_breakdown(chip, spec, plan)
         comp = {"cim": t.cim_cycles, "attention": t.attention_cycles, "vector": t.vector_cycles,
@@ -243,7 +305,7 @@ class SiliconModel:
             power_single_user_w=e_dyn * per_user + chip.static_power_w,
             energy_j_per_token=power / aggregate if aggregate else float("inf"),
             area_mm2=area.total_mm2, transistors=area.transistors,
-            latency_breakdown_s={k: float(v.sum()) / hz / steps for k, v in comp.items()})
+            latency_breakdown_s={k: float((v * t.latency_weights).sum()) / hz / steps for k, v in comp.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,28 +345,35 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
         raise ValueError("need n_prompt >= 1 and n_generated >= 2 everywhere")
     co = pass_coefficients(spec, plan)
     steps = n_generated - 1
-    # sum of (p + 1) over decode positions n_prompt .. n_prompt + steps - 1
-    keys = steps * n_prompt + steps * (steps + 1) / 2
-    s, k = steps[..., None], keys[..., None]
-    layer = co.layer_const * s + co.layer_per_key * k
+    s = steps[..., None]
+    # the layers, grouped by sliding window: keys over decode positions n_prompt .. n_prompt + steps - 1
+    windows = {w: co.windows.count(w) for w in sorted(set(co.windows))}
+    layers = [(co.layer_const * s + co.layer_per_key * decode_keys(n_prompt, steps, w)[..., None], n)
+              for w, n in windows.items()]
     head = co.head_const * s
     embed = co.embed_const * s
     hscale = head_lane_scale(spec, plan, chip) if np.ndim(chip.head_balanced) == 0 else None
     if hscale is None:
         raise ValueError("head_balanced must be a single bool in a sweep")
     hz = chip.clock_ghz * 1e9
-    parts = []
-    for counts, scale, mult in ((layer, 1.0, spec.n_layers), (head, hscale, 1), (embed, 1.0, 1)):
-        cyc = sum(_region_cycles(counts, chip, scale))
-        parts.append((cyc, mult))
-    total = sum(c * m for c, m in parts)
+    parts = []   # (cycles, regions of that kind, latency weight)
+    for counts, scale, mult in [(c, 1.0, n) for c, n in layers] + [(head, hscale, 1), (embed, 1.0, 1)]:
+        parts.append((sum(_region_cycles(counts, chip, scale)), mult, 1.0))
+    expert = None
+    if spec.is_moe:  # balanced routing: each expert takes k / E of the passes (docs/perf.md)
+        k, E = spec.n_experts_used, spec.n_experts
+        escale = expert_lane_scale(spec) * chip.expert_lane_share
+        expert = co.expert_const * (s * k / E)
+        parts.append((sum(_region_cycles(expert, chip, escale, escale)), spec.n_layers * E, 1.0 / k))
+    total = sum(c * m * w for c, m, w in parts)
     latency = total / hz / steps
-    per_pass = [c / steps for c, _ in parts]
-    slowest = np.maximum(np.maximum(per_pass[0], per_pass[1]), per_pass[2]) / hz
-    energy = (spec.n_layers * _energy_pj(layer, chip) + _energy_pj(head, chip) + _energy_pj(embed, chip)) * 1e-12 / steps
+    slowest = np.maximum.reduce([c / steps for c, _, _ in parts]) / hz
+    energy = (sum(n * _energy_pj(c, chip) for c, n in layers) + _energy_pj(head, chip)
+              + _energy_pj(embed, chip)
+              + (spec.n_layers * spec.n_experts * _energy_pj(expert, chip) if expert is not None else 0)) * 1e-12 / steps
     per_user = 1.0 / latency
     sv = serving(per_user, slowest, energy, kv_users(spec, plan, chip.kv_sram_bytes, n_prompt + n_generated - 1),
-                 spec.n_layers + 2, chip)
+                 pipeline_users(spec), chip)
     out = {"latency_s_per_token": latency, "per_user_tok_s": per_user, "dynamic_energy_j_per_token": energy,
            "slowest_region_s": slowest, **sv}
     shape = np.broadcast_shapes(*(np.shape(v) for v in out.values()))

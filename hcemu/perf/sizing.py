@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from hcemu.model.spec import LAYER_MATRICES, get_preset
+from hcemu.model.spec import get_preset
 from hcemu.perf.analytic import kv_bytes_per_key_head, kv_bytes_per_token
 from hcemu.perf.area import chip_area_breakdown
 from hcemu.perf.specs import ChipSpec, default_plan, get_chip
@@ -21,7 +21,8 @@ def size_for_model(chip: ChipSpec | str, spec, plan=None, *, users: int | None =
     Rules (docs/perf.md "Sizing a chip for its model"): a hard-wired chip's units are sized so each
     region's pass takes the reference's cycles --
 
-    * CIM lanes (int4 and int8) scale with a layer's weights, rounded up to whole CIM units of
+    * CIM lanes (int4 and int8) scale with a layer's own weights (a mixture-of-experts layer's
+      experts have balanced regions of their own: :func:`hcemu.perf.area.expert_lane_scale`), rounded up to whole CIM units of
       2,048 lanes (one 16x128 tile per cycle); the ROM read width with the same lane ratio, rounded
       up to 512-bit words;
     * attention lanes scale with the attention MACs per key (``n_heads x head_dim``), rounded up to
@@ -47,8 +48,7 @@ def size_for_model(chip: ChipSpec | str, spec, plan=None, *, users: int | None =
     def up(x, unit):
         return max(unit, int(math.ceil(x / unit - 1e-9)) * unit)
 
-    layer = lambda m: sum(m.matrix_shape(k)[0] * m.matrix_shape(k)[1] for k in LAYER_MATRICES)  # noqa: E731
-    w4 = up(chip.cim_macs_per_cycle_w4 * layer(spec) / layer(ref), 2048)
+    w4 = up(chip.cim_macs_per_cycle_w4 * spec.layer_own_params / ref.layer_own_params, 2048)
     lane_ratio = w4 / chip.cim_macs_per_cycle_w4
     kv_key = (spec.n_kv_heads * kv_bytes_per_key_head(spec, plan)
               / (ref.n_kv_heads * kv_bytes_per_key_head(ref, plan)))

@@ -73,7 +73,8 @@ HC1_PLAN = get_plan("hc1-int4")
 def default_plan(spec):
     """:data:`HC1_PLAN` when the model's input widths are multiples of 128, else the registered ``int4``
     plan (asymmetric int4 per block of 32, as GGUF Q4_1), which every hcemu model fits."""
-    widths = {spec.d_model, spec.q_dim, spec.d_ff}
+    widths = {spec.d_model, spec.q_dim, spec.d_ff} | ({spec.expert_ff} if spec.is_moe else set()) \
+        | ({spec.d_ff_shared} if spec.d_ff_shared else set())
     return HC1_PLAN if all(k % HC1_PLAN.matrices.group == 0 for k in widths) else get_plan("int4")
 
 
@@ -138,6 +139,9 @@ class ChipSpec:
     core_overhead_fraction: float
     # the card
     card_price_usd: float
+    # mixture of experts: an expert region's lanes (CIM and vector) as a share of the weight-proportional
+    # ones (hcemu.perf.area.expert_lane_scale; docs/perf.md "Mixture of experts")
+    expert_lane_share: float = 1.0
 
     def __post_init__(self):
         zero_ok = CHIP_ZERO_OK
@@ -265,6 +269,11 @@ _register(CHIP_PRESETS, ChipSpec(
     "card_price_usd": _calibrated("hc1-cost-cents-per-mtok", (
         "$9,000 per card (incl. its share of the host server), tuned with the cost assumptions to land near "
         "0.75 cents/Mtok [V]; HC1 pricing is not published")),
+    "expert_lane_share": _assumed(
+        "1: an expert region gets the lanes its weights give it, like every region (compute sits beside the "
+        "bits: 'store four bits and do the multiply with a single transistor' [V]); HC1 has no experts. Below "
+        "1, experts share lanes: less logic, slower expert passes, and a busy expert bounds pipelined "
+        "throughput"),
 })
 
 # ----------------------------------------------------------------------------------------------

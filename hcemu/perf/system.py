@@ -158,6 +158,8 @@ class SystemModel:
                  n_generated: int) -> SystemResult:
         """Decode and prefill figures of ``partition`` (a Partition, a die count, or None: the fewest dies
         within the reference die's ROM) for a prompt of ``n_prompt`` tokens and ``n_generated`` out."""
+        if spec.is_moe:
+            raise ValueError(f"{spec.name}: multi-chip systems of mixture-of-experts models are not modeled yet")
         if n_prompt < 1 or n_generated < 2:
             raise ValueError(f"need n_prompt >= 1 and n_generated >= 2 (at least one decode step), "
                              f"got {n_prompt}, {n_generated}")

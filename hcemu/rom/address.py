@@ -66,15 +66,18 @@ class AddressMap:
     """Placement of every matrix of an image and the decoder between logical and physical addresses.
 
     entries: ``(name, region, fmt, n, k)`` per matrix, in placement order. Regions ``0..n_layers-1`` are
-    layers; ``n_layers`` is the head, ``n_layers + 1`` the embedding. Layer regions have
-    ``geometry.layer_banks`` banks; the head and embedding regions get the fewest whole bank tiles
-    that hold their matrices. Raises ValueError (with sizes) when a layer does not fit.
+    layers; ``n_layers`` is the head, ``n_layers + 1`` the embedding; a mixture-of-experts model
+    (``n_experts`` > 0) has one region per expert of every layer after them
+    (``n_layers + 2 + layer * n_experts + e``). Layer regions have ``geometry.layer_banks`` banks; the
+    head, embedding and expert regions get the fewest whole bank tiles that hold their matrices.
+    Raises ValueError (with sizes) when a layer does not fit.
     """
 
-    def __init__(self, geometry: RomGeometry, n_layers: int, entries):
+    def __init__(self, geometry: RomGeometry, n_layers: int, entries, n_experts: int = 0):
         self.geometry = geometry
         self.n_layers = int(n_layers)
-        self.n_regions = self.n_layers + 2
+        self.n_experts = int(n_experts)
+        self.n_regions = self.n_layers + 2 + self.n_layers * self.n_experts
         entries = list(entries)
         by_region: dict[int, list] = {r: [] for r in range(self.n_regions)}
         for tid, (name, region, fmt, n, k) in enumerate(entries):
@@ -259,7 +262,7 @@ class AddressMap:
         return out
 
     def to_dict(self) -> dict:
-        return {"n_banks": self.n_banks,
+        return {"n_banks": self.n_banks, "n_experts": self.n_experts,
                 "regions": [{"region": r, "banks": int(self.region_banks[r]),
                              "bank_base": int(self.region_bank_base[r]),
                              "rows_used": int(self.region_rows_used[r])} for r in range(self.n_regions)]}

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 from hcemu.formats import TILE_ROWS, Plan
 from hcemu.layout import layout_shape, tile_bytes
-from hcemu.model.spec import LAYER_MATRICES
 
 MIN_WORD_BITS = 32      # one row's 4-byte share of a 64-byte line must sit inside one word
 MAX_WORD_BITS = 2048    # the smallest weight tile (int4, 16 x 32) has 2048 bits; a word must divide it
@@ -81,15 +80,15 @@ class RomGeometry:
     @classmethod
     def for_model(cls, spec, plan: Plan, bank_rows: int = 2048, word_bits: int = 512,
                   banks_per_tile: int = 16) -> "RomGeometry":
-        """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``."""
+        """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``
+        (a mixture-of-experts layer's own matrices: its experts have regions of their own)."""
 
         probe = cls(bank_rows, word_bits, banks_per_tile, 1)
         layers = set()  # per layer: ((tiles, words per tile) of each matrix), deduplicated
         for i in range(spec.n_layers):
             shapes = []
-            for kind in LAYER_MATRICES:
-                n_out, k = spec.matrix_shape(kind)
-                fmt = plan.format_for(kind, f"blk.{i}.{kind}.weight", k)
+            for name, kind, (n_out, k) in spec.layer_matrices(i):
+                fmt = plan.format_for(kind, name, k)
                 nt, nb = layout_shape(fmt, n_out, k)
                 shapes.append((nt * nb, probe.words_per_weight_tile(fmt)))
             layers.add(tuple(shapes))

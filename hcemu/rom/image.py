@@ -33,7 +33,7 @@ from hcemu.events import FIELD_INDEX, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
 from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
-from hcemu.model.spec import ModelSpec
+from hcemu.model.spec import EXPERT_MATRICES, ModelSpec
 from hcemu.rom.address import AddressMap
 from hcemu.rom.die import DieAssignment
 from hcemu.rom.geometry import RomGeometry
@@ -133,7 +133,11 @@ class CompileReport:
         return "\n".join(lines)
 
 
-def _region_of(spec: ModelSpec, kind: str, layer) -> int:
+def _region_of(spec: ModelSpec, name: str, kind: str, layer) -> int:
+    """The bank region a matrix lies in: its layer's; the head's or the embedding's; or, for an expert's
+    matrix, that expert's own region (docs/rom.md "Regions")."""
+    if kind in EXPERT_MATRICES:
+        return spec.n_layers + 2 + int(layer) * spec.n_experts + int(name.split(".")[3])
     if layer is not None:
         return int(layer)
     return spec.n_layers + 1 if kind == "embedding" else spec.n_layers
@@ -162,7 +166,7 @@ def _image_matrices(spec: ModelSpec, plan: Plan, die: DieAssignment | None = Non
     for name, kind, layer, shape in spec.matrices():
         if layer is not None and not die.holds_layer(layer):
             continue
-        region = _region_of(spec, kind, layer)
+        region = _region_of(spec, name, kind, layer)
         if kind == "embedding" and not die.embedding:
             if not (spec.tied_embeddings and die.head):
                 continue
@@ -263,7 +267,8 @@ def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None 
     :meth:`RomGeometry.for_model`; ``die``: of that die's image), from shapes alone."""
     geometry = geometry or RomGeometry.for_model(spec, plan)
     matrices, _ = _image_matrices(spec, plan, die)
-    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices],
+                      spec.n_experts)
 
 
 def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None,
@@ -524,7 +529,7 @@ class RomImage:
         self.directory_sha256 = ""  # SHA-256 of the directory (hex), set by load()
         self.address_map = AddressMap(self.geometry, self.spec.n_layers,
                                       [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
-                                       for t in directory["tensors"]])
+                                       for t in directory["tensors"]], self.spec.n_experts)
         stored = [r["banks"] for r in directory["address_map"]["regions"]]
         if stored != [int(b) for b in self.address_map.region_banks]:
             raise RomImageError(f"{path}: directory's bank counts {stored} disagree with the placement rule")
