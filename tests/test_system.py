@@ -242,6 +242,7 @@ def test_counted_events_price_as_the_shapes(smollm2):
     assert counted == sm.evaluate(spec, plan, manifest.partition, 30, 8)
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_system(smollm2, smollm2_gguf, capsys):
     import json
 
