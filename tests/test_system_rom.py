@@ -21,12 +21,15 @@ SMALL_TIED = ModelSpec("small-tied", 4, 64, 4, 2, 16, 96, 300, tied_embeddings=T
 INT4 = get_plan("int4")
 
 
-@pytest.mark.parametrize("spec", [SMALL, SMALL_TIED, get_preset("smollm2-135m"), get_preset("llama-3.1-70b")],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [SMALL, SMALL_TIED, get_preset("smollm2-135m"), get_preset("llama-3.1-70b"),
+                                  get_preset("qwen3-30b-a3b")], ids=lambda s: s.name)
 def test_die_rom_bits_add_up_to_the_whole(spec):
     """Per-region bits sum to RomBits.total for any die; a split's dies sum to the whole image plus,
-    with tied embeddings, the head die's copy of the embedding matrix."""
-    plan = get_plan("hc1-int4") if spec.d_model % 128 == 0 else INT4
+    with tied embeddings, the head die's copy of the embedding matrix; a mixture-of-experts layer's
+    experts count with it."""
+    from hcemu.perf.specs import default_plan
+
+    plan = default_plan(spec)
     whole = rom_bits_for_model(spec, plan)
     assert region_rom_bits(spec, plan).sum() == whole.total
     layer_bits, emb, head, total = die_cost_terms(spec, plan)

@@ -305,7 +305,8 @@ def dense_physical_bits(physical_bits: int, code_bits: int, slot_bits: int) -> i
 
 def region_rom_bits(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None,
                     die: DieAssignment | None = None) -> np.ndarray:
-    """ROM bits of each region (int64 (n_layers + 2,): layers, head, embedding) of the image
+    """ROM bits of each region (int64 (n_layers + 2 [+ n_layers * n_experts],): layers, head, embedding
+    [, the experts of every layer]) of the image
     :func:`compile_model` writes (for ``die``): the region's banks as fabricated, its matrices' fp16
     scales and offsets, its float32 norm vectors (``output_norm`` with the head). Sums to
     :attr:`RomBits.total`."""

@@ -9,7 +9,9 @@ most even one (least sum of squared die bits). ROM bits and not modeled time, be
 region of a die has its own lanes and is its own pipeline stage: moving a layer between dies changes
 no stage's time, only which die's area it takes (``docs/system.md``).
 
-Mixture-of-experts models do not exist in hcemu yet, so there is no expert partitioning.
+A mixture-of-experts layer is split with its experts (they count in its ROM): there is no expert
+parallelism (experts of one layer on several dies), and the functional chip and the system pricing run
+mixture-of-experts models on whole chips only (``docs/system.md``).
 """
 from __future__ import annotations
 
@@ -103,14 +105,16 @@ def dies_from_counts(n_layers: int, layers_per_die) -> tuple:
 
 def die_cost_terms(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None):
     """ROM bits the balance adds up: ``(per layer (n_layers,), embedding on die 0, head on the last
-    die of a split, whole model on one die)``, from :func:`region_rom_bits`. The head term includes
-    ``output_norm`` and, with tied embeddings, the head die's copy of the embedding matrix."""
+    die of a split, whole model on one die)``, from :func:`region_rom_bits`. A layer's term includes its
+    experts' regions; the head term ``output_norm`` and, with tied embeddings, the head die's copy of
+    the embedding matrix."""
     L = spec.n_layers
     geometry = geometry or RomGeometry.for_model(spec, plan)
     whole = region_rom_bits(spec, plan, geometry)
+    layers = whole[:L] + whole[L + 2:].reshape(L, -1).sum(axis=1)   # a layer's experts go with it
     emb = region_rom_bits(spec, plan, geometry, DieAssignment(0, 2, L, 0, 0, True, False))[L + 1]
     head = region_rom_bits(spec, plan, geometry, DieAssignment(1, 2, L, L, L, False, True))[L]
-    return whole[:L].copy(), int(emb), int(head), int(whole.sum())
+    return layers, int(emb), int(head), int(whole.sum())
 
 
 def balanced_splits(layer_bits, embedding_bits: int, head_bits: int, max_dies: int | None = None):
