@@ -321,3 +321,7 @@ def test_commands_on_architecture_files(name, tmp_path, smollm2_gguf, capsys):
                  "--no-progress"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["tokens"] == 62 and rep["kld_mean"] < 0.05
+    assert main(["compare", "--model", str(gguf_path), "--context", "64", "--no-host", "--json", "--plan",
+                 "int8"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["kind"] == "hard-coded chip (modeled)" and rows[0]["per_user_tok_s"] > 0

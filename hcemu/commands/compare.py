@@ -8,7 +8,8 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="modeled chip vs GPU baselines vs measured host, for one model")
-    p.add_argument("--model", default="llama-3.1-8b", help="model preset (default: llama-3.1-8b)")
+    p.add_argument("--model", default="llama-3.1-8b",
+                   help="model preset (default: llama-3.1-8b), or a .gguf file (its shapes)")
     p.add_argument("--context", type=int, default=1024,
                    help="prompt tokens, and as many generated (default 1024: the 1k/1k setting)")
     p.add_argument("--generated", type=int, default=None, help="generated tokens (default: = --context)")
@@ -44,7 +45,13 @@ def run(args) -> int:
 
     if args.context < 1:
         raise ValueError(f"--context must be >= 1, got {args.context}")
-    spec = get_preset(args.model)
+    if args.model.lower().endswith(".gguf"):
+        from hcemu.model.gguf_source import GGUFSource
+
+        with GGUFSource(args.model) as src:
+            spec = src.spec
+    else:
+        spec = get_preset(args.model)
     plan = default_plan(spec) if args.plan is None else get_plan(args.plan)
     n_gen = args.context if args.generated is None else args.generated
     chips = None if args.chips == "none" else args.chips
