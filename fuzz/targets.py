@@ -584,7 +584,8 @@ def _vector_case(draw: Draw):
     from hcemu import _core
     from hcemu.kernels import vector_ref as ref
 
-    which = draw.choice(("rmsnorm", "rope", "silu_mul", "add_", "exp_f32", "f32_to_f16_bits"))
+    which = draw.choice(("rmsnorm", "rope", "silu_mul", "gelu_mul", "add_", "add_rows_", "scale_", "softcap_",
+                         "sigmoid_", "axpy_rows_", "moe_route", "exp_f32", "f32_to_f16_bits"))
     f32 = lambda: np.float32 if draw.int(0, 5) else draw.choice(_DTYPES_K)  # noqa: E731
     m, d = draw.choice((0, 1, 2, 3, 5)), draw.choice((0, 1, 2, 8, 16, 32, 33))
     if which == "rmsnorm":
@@ -602,15 +603,48 @@ def _vector_case(draw: Draw):
         sin = _array(draw, f32(), (t, hd // 2) if draw.int(0, 5) else _shape(draw, 2))
         out = _alias(draw, None, [x, cos, sin])
         x0, c0, s0 = (np.array(a, copy=True) for a in (x, cos, sin))
-        y = _core.rope(x, cos, sin, out)
-        return lambda: np.array_equal(y, ref.rope_ref(x0, c0, s0), equal_nan=True)
-    if which == "silu_mul":
+        style = draw.choice(("normal", "neox", "normal", "x"))
+        y = _core.rope(x, cos, sin, out, style)
+        return lambda: np.array_equal(y, ref.rope_ref(x0, c0, s0, style), equal_nan=True)
+    if which in ("silu_mul", "gelu_mul"):
         g = _array(draw, f32(), (m, d), draw.choice(("normal", "hostile")))
         u = _array(draw, f32(), (m, d) if draw.int(0, 5) else _shape(draw, 2))
         out = _alias(draw, None, [g, u])
         g0, u0 = np.array(g, copy=True), np.array(u, copy=True)
-        y = _core.silu_mul(g, u, out)
-        return lambda: np.array_equal(y, ref.silu_mul_ref(g0, u0), equal_nan=True)
+        y = getattr(_core, which)(g, u, out)
+        oracle = ref.silu_mul_ref if which == "silu_mul" else ref.gelu_mul_ref
+        return lambda: np.array_equal(y, oracle(g0, u0), equal_nan=True)
+    if which in ("scale_", "softcap_", "sigmoid_"):
+        x = _array(draw, f32(), (m, d) if draw.int(0, 5) else _shape(draw, draw.int(0, 3)), "hostile")
+        arg = _scalar(draw, draw.choice((0.5, 30.0)))
+        x0 = np.array(x, copy=True)
+        if which == "sigmoid_":
+            _core.sigmoid_(x)
+            return None
+        getattr(_core, which)(x, arg)
+        if which == "softcap_":
+            return lambda: np.array_equal(x, ref.softcap_ref(x0, arg), equal_nan=True)
+        return lambda: np.array_equal(x, x0 * np.float32(arg), equal_nan=True)
+    if which == "add_rows_":
+        x = _array(draw, f32(), (m, d))
+        b = _alias(draw, _array(draw, f32(), (d,) if draw.int(0, 5) else _shape(draw, 1)), [x])
+        x0, b0 = np.array(x, copy=True), np.array(b, copy=True)
+        _core.add_rows_(x, b)
+        return lambda: np.array_equal(x, x0 + b0[None, :], equal_nan=True)
+    if which == "axpy_rows_":
+        y_ = _array(draw, f32(), (m, d))
+        x = _alias(draw, _array(draw, f32(), (m, d) if draw.int(0, 5) else _shape(draw, 2)), [y_])
+        w = _array(draw, f32(), (m,) if draw.int(0, 5) else _shape(draw, 1))
+        y0, x0, w0 = (np.array(a, copy=True) for a in (y_, x, w))
+        _core.axpy_rows_(y_, x, w)
+        return lambda: np.array_equal(y_, y0 + x0 * w0[:, None], equal_nan=True)
+    if which == "moe_route":
+        logits = _array(draw, f32(), (m, d) if draw.int(0, 5) else _shape(draw, 2), draw.choice(("normal", "hostile")))
+        k, norm, scale = _scalar(draw, draw.choice((1, 2))), draw.bool(), _scalar(draw, 1.0)
+        l0 = np.array(logits, copy=True)
+        sel, wts = _core.moe_route(logits, k, norm, scale)
+        want = ref.moe_route_ref(l0, k, norm, scale)
+        return lambda: np.array_equal(sel, want[0]) and np.array_equal(wts, want[1])
     if which == "add_":
         x = _array(draw, f32(), (m, d))
         y_in = _alias(draw, _array(draw, f32(), (m, d) if draw.int(0, 5) else _shape(draw, 2)), [x])
@@ -627,20 +661,36 @@ def _packed(draw: Draw):
     from hcemu.layout import pack
 
     fmt = draw.choice((WeightFormat(8, 32), WeightFormat(8, 0), WeightFormat(4, 32), WeightFormat(4, 32, True),
-                       WeightFormat(4, 64)))
+                       WeightFormat(4, 64), "mxfp4", "nvfp4", "q4_k", "q6_k", "q5_1", "q3_k"))
     n, k = draw.choice((1, 16, 17, 32)), draw.choice((32, 64))
     rng = np.random.default_rng(draw.int(0, 255))
+    if isinstance(fmt, str):   # a block format, quantized from floats by the compiler's own routine
+        from hcemu.rom.quantize import quantize_matrix
+
+        fmt = WeightFormat.of_kind(fmt)
+        k = max(k, fmt.block.super_k)
+        pw = quantize_matrix((rng.standard_normal((n, k)) * 0.1).astype(np.float32), fmt, "fuzz")
+        return _hostile_fields(draw, pw)
     lo, hi = (0, 15) if fmt.asymmetric else ((-8, 7) if fmt.bits == 4 else (-128, 127))
     q = rng.integers(lo, hi, (n, k), endpoint=True)
     blocks = (n,) if fmt.per_channel else (n, k // fmt.group)
     d = (rng.random(blocks) * 0.01 + 1e-3).astype(np.float16)
     m = (rng.standard_normal(blocks) * 0.01).astype(np.float16) if fmt.asymmetric else None
-    pw = pack(q, d, fmt, m)
-    if draw.chance(6):   # hostile arrays inside the PackedWeights
-        field = draw.choice(("codes", "scales", "offsets", "n", "k", "fmt"))
-        import dataclasses
+    return _hostile_fields(draw, pack(q, d, fmt, m))
 
-        if field in ("n", "k"):
+
+def _hostile_fields(draw: Draw, pw):
+    """``pw``, or (one case in six) a copy with one field made hostile: an array of another dtype or
+    shape, a huge or negative size, a format of another kind, a NaN tensor scale."""
+    import dataclasses
+
+    from hcemu.formats import WeightFormat
+
+    if draw.chance(6):
+        field = draw.choice(("codes", "scales", "offsets", "subscales", "submins", "n", "k", "fmt", "tensor_scale"))
+        if field == "tensor_scale":
+            pw = dataclasses.replace(pw, tensor_scale=draw.choice((float("nan"), float("inf"), -1.0, 0.0, "x", 2.0)))
+        elif field in ("n", "k"):
             pw = dataclasses.replace(pw, **{field: draw.interesting_int()})
         elif field == "fmt":
             pw = dataclasses.replace(pw, fmt=draw.choice((None, "int8", WeightFormat(8, 64))))
@@ -772,7 +822,9 @@ def _attn_case(draw: Draw):
                (max(ok, 0), nh, hd) if draw.int(0, 5) else _shape(draw, draw.int(0, 4)))
     out = _alias(draw, None, [q])
     start = _scalar(draw, 0)
-    store.attend(q, 0, start, out, events, None)
+    opts = {} if draw.bool() else {"scale": _scalar(draw, 0.25), "softcap": _scalar(draw, 0.0),
+                                   "window": _scalar(draw, draw.choice((0, 1, 2)))}
+    store.attend(q, 0, start, out, events, None, **opts)
     del attention_ref
     return None
 
@@ -829,6 +881,9 @@ def _decoder_case(draw: Draw):
     if draw.chance(3):
         layer[draw.int(0, 8)] = draw.choice((None, _array(draw, np.float32, _shape(draw, 1)), layer[5], "x"))
     args = {k: _scalar(draw, v) for k, v in sizes.items()}
+    if draw.chance(4):
+        args.update(rope_neox=draw.bool(), ffn_gelu=draw.bool(), attn_scale=_scalar(draw, 0.0),
+                    attn_softcap=_scalar(draw, 0.0), expert_scale=_scalar(draw, 1.0))
     args.update(cos=cos if draw.int(0, 5) else _array(draw, np.float32, _shape(draw, 2)), sin=sin)
     dec = _core.Decoder(kv._store, [layer], **args)
     t, d = draw.choice((0, 1, 2, 5)), sizes["d_model"]

@@ -81,11 +81,11 @@ cdef class CimWeights:
                     raise ValueError(f"{what} are not allowed for {fmt.name}")
                 continue
             dtype, shape = want[what]
-            if not isinstance(a, _np.ndarray) or a.dtype != dtype or a.shape != shape:
-                raise ValueError(f"{what} of a {pw.n}x{pw.k} {fmt.name} matrix must be {dtype.name} {shape}, "
-                                 f"got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
-            if not a.flags.c_contiguous or not a.flags.aligned:
-                raise ValueError(f"{what} must be C-contiguous and aligned (strides {a.strides})")
+            if (not isinstance(a, _np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous
+                    or not a.flags.aligned):
+                raise ValueError(f"{what} of a {pw.n}x{pw.k} {fmt.name} matrix must be C-contiguous {dtype.name} "
+                                 f"{shape} (aligned), got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}"
+                                 + (f" with strides {a.strides}" if isinstance(a, _np.ndarray) else ""))
             self.ptr_[self.n_arrays] = cnp.PyArray_DATA(<cnp.ndarray>a)
             self.nbytes_[self.n_arrays] = a.nbytes
             self.n_arrays += 1
