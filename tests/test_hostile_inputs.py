@@ -250,7 +250,7 @@ def test_gguf_metadata_nonsense_is_a_value_error(tmp_path):
         ("llama.attention.head_count", 4, 0, "head_count must be positive"),   # was ZeroDivisionError
         ("llama.rope.freq_base", 6, -1.0, "rope_theta must exceed 1"),
         ("llama.block_count", 8, "two", "block_count' must be an integer"),
-        ("llama.block_count", 4, 10**9, "describe 1000000000 layers"),
+        ("llama.block_count", 4, 10**9, "block_count 1000000000 exceeds the 12 tensors"),
         ("llama.attention.layer_norm_rms_epsilon", 6, 0.0, "norm_eps"),
     ]:
         g = _Gguf(base)
@@ -259,6 +259,12 @@ def test_gguf_metadata_nonsense_is_a_value_error(tmp_path):
         p.write_bytes(g.serialize())
         with pytest.raises(ValueError, match=match):
             GGUFSource(p)
+    g = _Gguf(base)   # 10^9 experts: refused by counting, before any expert is listed
+    g.kv += [("llama.expert_count", 4, 10**9), ("llama.expert_used_count", 4, 2)]
+    p = tmp_path / "m.gguf"
+    p.write_bytes(g.serialize())
+    with pytest.raises(ValueError, match="3000000007 matrices over 1 layers"):
+        GGUFSource(p)
     g = _Gguf(base)   # a width the tensors do not have: found when the tensor is read
     g.kv = [kv for kv in g.kv if kv[0] != "llama.embedding_length"] + [("llama.embedding_length", 4, 64)]
     p = tmp_path / "m.gguf"

@@ -143,9 +143,9 @@ class GGUFSource(ModelSource):
             msg = str(exc)
             raise ValueError(msg if msg.startswith(str(self.path)) else
                              f"{self.path}: the metadata make no valid model: {msg}") from None
-        if spec.n_layers > len(self._tensors) or spec.n_matrices > MAX_MATRICES:
-            raise ValueError(f"{self.path}: the metadata describe {spec.n_layers} layers and {spec.n_matrices} "
-                             f"matrices (limit {MAX_MATRICES}), the file holds {len(self._tensors)} tensors")
+        if spec.n_matrices > MAX_MATRICES:
+            raise ValueError(f"{self.path}: the metadata describe {spec.n_matrices} matrices over {spec.n_layers} "
+                             f"layers (limit {MAX_MATRICES})")
         return replace(spec, rope_scaling=self._rope_scaling(spec.head_dim, spec.rope_theta))
 
     def _spec_without_scaling(self) -> ModelSpec:
@@ -153,6 +153,9 @@ class GGUFSource(ModelSource):
         a = A.name + "."
         num = self._number
         n_layers = num(a + "block_count", int, required=True)
+        if n_layers > len(self._tensors):   # before anything loops over the layers
+            raise ValueError(f"{self.path}: {a}block_count {n_layers} exceeds the {len(self._tensors)} tensors "
+                             f"the file holds")
         d_model = num(a + "embedding_length", int, required=True)
         d_ff = num(a + "feed_forward_length", int, required=True)
         n_heads = num(a + "attention.head_count", int, required=True)
