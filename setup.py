@@ -8,7 +8,17 @@ HCEMU_MARCH_NATIVE=1 opt in to ``-march=native`` (never the default: wheels must
                      ISA-specific kernels are compiled with function target attributes and chosen at
                      run time).
 HCEMU_OPENMP=0       build without OpenMP (threads then come from the portable pthread pool).
+HCEMU_SANITIZE=address,undefined
+                     build the C core (and the Cython module) with AddressSanitizer and/or
+                     UndefinedBehaviorSanitizer (-O1 -g). Python itself is not instrumented, so the ASan
+                     runtime must be loaded first: run with
+                     ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``
+                     (docs/reliability.md; ``.ci/sanitize`` does it all).
+
+Each set of flags compiles into its own folder under ``build/`` (``build_ext`` below), so switching a
+switch rebuilds every object instead of linking stale ones.
 """
+import hashlib
 import os
 import sys
 from glob import glob
@@ -16,6 +26,7 @@ from glob import glob
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +44,15 @@ ldflags = ["-lpthread"]
 if os.environ.get("HCEMU_OPENMP", "1") != "0" and sys.platform.startswith("linux"):
     cflags.append("-fopenmp")
     ldflags.append("-fopenmp")
+SANITIZERS = ("address", "undefined")
+SANITIZE = [k.strip() for k in os.environ.get("HCEMU_SANITIZE", "").split(",") if k.strip()]
+if set(SANITIZE) - set(SANITIZERS):
+    sys.exit(f"HCEMU_SANITIZE: unknown sanitizer(s) {sorted(set(SANITIZE) - set(SANITIZERS))}; "
+             f"known: {', '.join(SANITIZERS)}")
+if SANITIZE:
+    flag = "-fsanitize=" + ",".join(SANITIZE)
+    cflags = [f for f in cflags if not f.startswith("-O")] + ["-O1", "-g", "-fno-omit-frame-pointer", flag]
+    ldflags.append(flag)
 
 directives = {
     "language_level": 3,
@@ -61,6 +81,15 @@ def extensions():
     return cythonize(exts, compiler_directives=directives, nthreads=0, quiet=True)
 
 
+class build_ext_per_flags(build_ext):
+    """Object files of each flag set in their own folder (``build/temp.../<hash of the flags>``)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        tag = hashlib.sha256(" ".join(cflags + ldflags).encode()).hexdigest()[:10]
+        self.build_temp = os.path.join(self.build_temp, tag)
+
+
 class build_py_with_headers(build_py):
     """Ship the C core inside the package: headers in ``hcemu/include``, sources in ``hcemu/src``
     (``hcemu.get_include()`` / ``hcemu.get_sources()``, for simulators that compile it in)."""
@@ -76,6 +105,6 @@ class build_py_with_headers(build_py):
 
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_py": build_py_with_headers},
+    cmdclass={"build_py": build_py_with_headers, "build_ext": build_ext_per_flags},
     package_data={"hcemu": ["*.pxd", "**/*.pxd"]},
 )

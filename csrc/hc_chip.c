@@ -155,10 +155,11 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
     char *buf = malloc(nf * sizeof(float) + 2 * (size_t)t * sizeof(int64_t) + (size_t)(t * k) * sizeof(int32_t) +
                        (size_t)t * (size_t)d + 64);
     if (!buf) return HC_ENOMEM;
-    float *logits = (float *)buf, *w = logits + t * E, *wcol = w + t * k, *gsc = wcol + t, *gu = gsc + t * ng,
+    /* the int64 arrays first: malloc's alignment holds for them whatever the float count (odd or even) */
+    int64_t *rows = (int64_t *)buf, *slots = rows + t;
+    float *logits = (float *)(slots + t), *w = logits + t * E, *wcol = w + t * k, *gsc = wcol + t, *gu = gsc + t * ng,
           *gs = gu + t * 2 * fw, *us = gs + t * fw, *ye = us + t * fw, *ys = ye + t * d, *so = ys + k * t * d;
-    int64_t *rows = (int64_t *)(so + t * d), *slots = rows + t;
-    int32_t *routes = (int32_t *)(slots + t);
+    int32_t *routes = (int32_t *)(so + t * d);
     int8_t *gq8 = (int8_t *)(routes + t * k);
     int rc = HC_OK;
 #define MSTEP(op, call) HC_TIMED(op, call, layer, goto out)

@@ -21,7 +21,7 @@ cdef int _check_q(q, Py_ssize_t nh, Py_ssize_t qhd, Py_ssize_t t, Py_ssize_t hkv
     if qhd != hd or nh == 0 or nh % hkv:
         raise ValueError(f"attention: q has shape {q.shape}; expected (t, n_heads, {hd}) with n_heads "
                          f"a positive multiple of the cache's {hkv} kv heads")
-    if start < 0 or start + t > limit:
+    if start < 0 or start > limit - t:
         raise ValueError(f"attention: queries at positions [{start}, {start + t}) need keys up to "
                          f"position {start + t - 1}, but this layer holds {limit} tokens")
     return 0
@@ -127,11 +127,16 @@ cdef class KVStore:
     cdef readonly bint is_i8
     cdef readonly Py_ssize_t n_layers, n_kv_heads, capacity, head_dim, bytes_per_token_layer
     cdef Py_ssize_t *filled_
+    cdef const void *ptr_[4]       # the storage arrays' first bytes and sizes (for the overlap checks)
+    cdef Py_ssize_t nbytes_[4]
+    cdef int n_arrays
 
     def __cinit__(self):
         self.filled_ = NULL
 
     def __init__(self, k, v, k_scales=None, v_scales=None):
+        if k is None or v is None or (k_scales is None) != (v_scales is None):
+            raise TypeError("KVStore takes k, v (and for int8 both k_scales and v_scales) as arrays")
         self.is_i8 = k_scales is not None
         cdef Py_ssize_t L, hkv, cap, hd
         if self.is_i8:
@@ -152,9 +157,26 @@ cdef class KVStore:
             if (self.v16.shape[0], self.v16.shape[1], self.v16.shape[2], self.v16.shape[3]) != (L, hkv, cap, hd):
                 raise ValueError("KVStore: K and V disagree in shape")
             self.bytes_per_token_layer = 2 * hkv * hd * 2
-        if L < 1 or hkv < 1 or hd < 1 or hd > HC_ATTN_MAX_HEAD_DIM:
+        if L < 1 or hkv < 1 or cap < 1 or hd < 1 or hd > HC_ATTN_MAX_HEAD_DIM or hkv > (1 << 30):
             raise ValueError(f"KVStore: cache shape {(L, hkv, cap, hd)} is empty or head_dim exceeds "
                              f"{HC_ATTN_MAX_HEAD_DIM}")
+        cdef Py_ssize_t values = L * hkv * cap * hd, scales = L * hkv * cap
+        cdef int i, j
+        if self.is_i8:
+            self.n_arrays = 4
+            self.ptr_[0], self.nbytes_[0] = &self.kc[0, 0, 0, 0], values
+            self.ptr_[1], self.nbytes_[1] = &self.vc[0, 0, 0, 0], values
+            self.ptr_[2], self.nbytes_[2] = &self.ks[0, 0, 0], scales * 2
+            self.ptr_[3], self.nbytes_[3] = &self.vs[0, 0, 0], scales * 2
+        else:
+            self.n_arrays = 2
+            self.ptr_[0], self.nbytes_[0] = &self.k16[0, 0, 0, 0], values * 2
+            self.ptr_[1], self.nbytes_[1] = &self.v16[0, 0, 0, 0], values * 2
+        names = ("k", "v", "k_scales", "v_scales")
+        for i in range(self.n_arrays):
+            _aligned("KVStore", names[i], self.ptr_[i], 1 if self.is_i8 and i < 2 else 2)
+            for j in range(i):
+                _disjoint("KVStore", names[i], self.ptr_[i], self.nbytes_[i], names[j], self.ptr_[j], self.nbytes_[j])
         self.n_layers, self.n_kv_heads, self.capacity, self.head_dim = L, hkv, cap, hd
         free(self.filled_)
         self.filled_ = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
@@ -163,6 +185,13 @@ cdef class KVStore:
 
     def __dealloc__(self):
         free(self.filled_)
+
+    cdef int _disjoint_from(self, str fn, str name, const void *p, Py_ssize_t nbytes) except -1:
+        """``name`` [p, p+nbytes) must not overlap the cache's storage."""
+        cdef int i
+        for i in range(self.n_arrays):
+            _disjoint(fn, name, p, nbytes, "the KV cache's storage", self.ptr_[i], self.nbytes_[i])
+        return 0
 
     cdef int _layer_ok(self, Py_ssize_t layer, str fn) except -1:
         if not (0 <= layer < self.n_layers):
@@ -209,6 +238,12 @@ cdef class KVStore:
         cdef int hkv = <int>self.n_kv_heads, hd = <int>self.head_dim
         cdef Py_ssize_t cap = self.capacity
         if t:
+            if _misaligned(&kv_[0, 0, 0], 4):
+                kv_ = _np.array(kv_)   # an aligned copy: the kernels read through typed pointers
+            if _misaligned(&vv_[0, 0, 0], 4):
+                vv_ = _np.array(vv_)
+            self._disjoint_from("KVCache.append", "k", &kv_[0, 0, 0], t * hkv * hd * 4)
+            self._disjoint_from("KVCache.append", "v", &vv_[0, 0, 0], t * hkv * hd * 4)
             with nogil:
                 if self.is_i8:
                     rc = hc_kv_store_i8(&kv_[0, 0, 0], t, hkv, hd, pos, cap, &self.kc[layer, 0, 0, 0],
@@ -256,6 +291,8 @@ cdef class KVStore:
         else:
             qv = _q_view(q, self.n_kv_heads, hd, start, self.filled_[layer])
             t, nh = qv.shape[0], qv.shape[1]
+            if t and _misaligned(&qv[0, 0, 0], 4):
+                qv = _np.array(qv)   # an aligned copy: the kernels read through typed pointers
             if t:
                 qp = &qv[0, 0, 0]
         if out is None:
@@ -272,6 +309,9 @@ cdef class KVStore:
         cdef int hkv = <int>self.n_kv_heads
         cdef Py_ssize_t cap = self.capacity
         if t:
+            _aligned("attention", "out", op, 4)
+            _disjoint("attention", "out", op, t * nh * hd * 4, "q", qp, t * nh * hd * 4)
+            self._disjoint_from("attention", "out", op, t * nh * hd * 4)
             with nogil:
                 if self.is_i8:
                     rc = hc_attn_i8_opts(qp, t, <int>nh, hkv, <int>hd, start,

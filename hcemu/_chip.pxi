@@ -51,14 +51,43 @@ cdef class Decoder:
     cdef readonly int64_t n_layers, n_heads, head_dim, n_experts
     cdef public object last_routes
     cdef object _routes_buf
+    cdef size_t *ranges_     # [lo, hi) byte ranges of everything forward() reads besides x, in pairs
+    cdef Py_ssize_t n_ranges
 
     def __cinit__(self):
         self.layers_ = NULL
         self.ptrs_ = NULL
+        self.ranges_ = NULL
 
     def __dealloc__(self):
         free(self.layers_)
         free(self.ptrs_)
+        free(self.ranges_)
+
+    cdef int _keep_ranges(self, KVStore store) except -1:
+        """Record the byte ranges of the store, the RoPE tables, the norms, the extras and the weights,
+        so that forward() can refuse an x that overlaps any of them."""
+        cdef int j
+        cdef CimWeights cw
+        spans = []
+        for j in range(store.n_arrays):
+            spans.append((<size_t>store.ptr_[j], store.nbytes_[j]))
+        for a in self.keep:
+            for arr in (a if isinstance(a, tuple) else (a,)):
+                spans.append((<size_t>cnp.PyArray_DATA(<cnp.ndarray>arr), arr.nbytes))
+        weights = [cw_ for layer in self.products for cw_ in layer]
+        weights += [cw_ for layer in self.expert_products for mats in layer for cw_ in mats]
+        for cw in weights:
+            for j in range(cw.n_arrays):
+                spans.append((<size_t>cw.ptr_[j], cw.nbytes_[j]))
+        free(self.ranges_)
+        self.ranges_ = <size_t *>calloc(2 * len(spans) + 1, sizeof(size_t))
+        if self.ranges_ == NULL:
+            raise MemoryError()
+        for j, (lo, nbytes) in enumerate(spans):
+            self.ranges_[2 * j], self.ranges_[2 * j + 1] = lo, lo + nbytes
+        self.n_ranges = len(spans)
+        return 0
 
     def __init__(self, KVStore store, layers, *, Py_ssize_t d_model, Py_ssize_t n_heads, Py_ssize_t d_ff,
                  double norm_eps, Py_ssize_t act_group_d, Py_ssize_t act_group_q, Py_ssize_t act_group_f,
@@ -68,6 +97,19 @@ cdef class Decoder:
                  Py_ssize_t act_group_fe=0, Py_ssize_t act_group_fs=0, bint expert_norm=False,
                  double expert_scale=1.0):
         layers = list(layers)
+        for name, v, lo in (("d_model", d_model, 1), ("n_heads", n_heads, 1), ("d_ff", d_ff, 1),
+                            ("act_group_d", act_group_d, 1), ("act_group_q", act_group_q, 1),
+                            ("act_group_f", act_group_f, 1), ("n_experts", n_experts, 0),
+                            ("n_experts_used", n_experts_used, 0), ("d_ff_expert", d_ff_expert, 0),
+                            ("d_ff_shared", d_ff_shared, 0), ("act_group_fe", act_group_fe, 0),
+                            ("act_group_fs", act_group_fs, 0)):
+            if not lo <= v < (1 << 31):   # sane sizes keep the C side's products of sizes inside int64
+                raise ValueError(f"Decoder: {name} must be in {lo}..2**31-1, got {v}")
+        if not 0 < norm_eps <= 1e30:
+            raise ValueError(f"Decoder: norm_eps must be positive and finite, got {norm_eps}")
+        if not (0 <= attn_scale <= 3.4e38 and 0 <= attn_softcap <= 3.4e38 and 0 < expert_scale <= 3.4e38):
+            raise ValueError(f"Decoder: attn_scale {attn_scale}, attn_softcap {attn_softcap} (>= 0) and expert_scale "
+                             f"{expert_scale} (> 0) must be finite")
         extras = [{}] * len(layers) if extras is None else list(extras)
         if len(extras) != len(layers):
             raise ValueError(f"Decoder: {len(extras)} extras for {len(layers)} layers")
@@ -152,6 +194,7 @@ cdef class Decoder:
                 f" x {hd}, d_ff {d_ff}, activation groups {act_group_d}/{act_group_q}/{act_group_f}): a matrix "
                 f"shape or group does not fit")
         self.n_layers, self.n_heads, self.head_dim = n, n_heads, hd
+        self._keep_ranges(store)
         memset(&self.trace, 0, sizeof(hc_decoder_trace))
 
     cdef int _set_experts(self, Py_ssize_t i, hc_layer *L, dict ex, Py_ssize_t n_experts) except -1:
@@ -272,6 +315,11 @@ cdef class Decoder:
         if events is not None:  # with experts, their regions follow the layers, head and embedding
             counts = _event_counts(events, self.n_layers + (2 + self.n_layers * self.n_experts if self.n_experts else 0))
         cdef float *xp = <float *>cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef size_t lo = <size_t>xp, hi = lo + <size_t>(t * self.d.d_model * 4)
+        for i in range(self.n_ranges):
+            if lo < self.ranges_[2 * i + 1] and self.ranges_[2 * i] < hi:
+                raise ValueError("Decoder.forward: x overlaps the KV cache, a RoPE table, a norm or a weight "
+                                 "array in memory; pass a separate array")
         cdef int rc
         routes = None
         if self.n_experts:

@@ -60,36 +60,45 @@ cdef class CimWeights:
     cdef readonly int64_t macs, code_bits, meta_bits, tiles
     cdef int64_t _nbytes
     cdef int mac_field
+    cdef const void *ptr_[5]       # the arrays' first bytes and sizes (outputs must not overlap them)
+    cdef Py_ssize_t nbytes_[5]
+    cdef int n_arrays
 
     def __init__(self, pw):
-        from hcemu.layout import layout_shape, tile_bytes
+        from hcemu.formats import WeightFormat
+        from hcemu.layout import PackedWeights, packed_arrays
+        if not isinstance(pw, PackedWeights) or not isinstance(pw.fmt, WeightFormat):
+            raise TypeError(f"expected a PackedWeights (with a WeightFormat), got {type(pw).__name__}")
         fmt = pw.fmt
-        nt, nb = layout_shape(fmt, pw.n, pw.k)
-        tb = tile_bytes(fmt)
-        codes, scales, offsets = pw.codes, pw.scales, pw.offsets
-        if not isinstance(codes, _np.ndarray) or codes.dtype != _np.uint8 or codes.shape != (nt, nb, tb):
-            raise ValueError(f"codes of a {pw.n}x{pw.k} {fmt.name} matrix must be uint8 {(nt, nb, tb)}, "
-                             f"got {getattr(codes, 'dtype', type(codes))} {getattr(codes, 'shape', '')}")
-        if not codes.flags.c_contiguous:
-            raise ValueError("codes must be C-contiguous")
-        self._nbytes = sum(a.nbytes for a in (codes, pw.scales, pw.offsets, getattr(pw, "subscales", None),
-                                              getattr(pw, "submins", None)) if a is not None)
-        if fmt.block is not None:
-            self._init_block(pw, nt, nb, tb)
-            return
-        meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
-        for what, a in (("scales", scales), ("offsets", offsets)):
-            if what == "offsets" and not fmt.asymmetric:
+        want = packed_arrays(fmt, pw.n, pw.k)   # the one rule for the arrays of each format
+        self.n_arrays = 0
+        nt, nb = want["codes"][1][:2]
+        arrays = {"codes": pw.codes, "scales": pw.scales, "offsets": pw.offsets, "subscales": pw.subscales,
+                  "submins": pw.submins}
+        for what, a in arrays.items():
+            if what not in want:
                 if a is not None:
-                    raise ValueError(f"offsets are not allowed for {fmt.name}")
+                    raise ValueError(f"{what} are not allowed for {fmt.name}")
                 continue
-            if not isinstance(a, _np.ndarray) or a.dtype != _np.float16 or a.shape != meta_shape:
-                raise ValueError(f"{what} of a {pw.n}x{pw.k} {fmt.name} matrix must be float16 {meta_shape}, "
-                                 f"got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"{what} must be C-contiguous")
+            dtype, shape = want[what]
+            if (not isinstance(a, _np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous
+                    or not a.flags.aligned):
+                raise ValueError(f"{what} of a {pw.n}x{pw.k} {fmt.name} matrix must be C-contiguous {dtype.name} "
+                                 f"{shape} (aligned), got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}"
+                                 + (f" with strides {a.strides}" if isinstance(a, _np.ndarray) else ""))
+            self.ptr_[self.n_arrays] = cnp.PyArray_DATA(<cnp.ndarray>a)
+            self.nbytes_[self.n_arrays] = a.nbytes
+            self.n_arrays += 1
+        cdef int i
+        self._nbytes = 0
+        for i in range(self.n_arrays):
+            self._nbytes += self.nbytes_[i]
+        codes = pw.codes
+        if fmt.block is not None:
+            self._init_block(pw, nt, nb)
+            return
         self._codes = codes
-        self._scales = scales.view(_np.uint16).reshape(-1)
+        self._scales = pw.scales.view(_np.uint16).reshape(-1)
         self.w.bits = fmt.bits
         self.w.group = fmt.group
         self.w.asymmetric = 1 if fmt.asymmetric else 0
@@ -102,40 +111,21 @@ cdef class CimWeights:
         self.w.offsets = NULL
         self.w.tensor_scale = 1.0
         if fmt.asymmetric:
-            self._offsets = offsets.view(_np.uint16).reshape(-1)
+            self._offsets = pw.offsets.view(_np.uint16).reshape(-1)
             self.w.offsets = &self._offsets[0]
         check(hc_weights_check(&self.w), "CimWeights")
         self.fmt = fmt
         self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = pw.n, pw.k, fmt.tile_k, nt, nb
         self._counts(fmt, pw.n, pw.k)
 
-    def _init_block(self, pw, nt, nb, tb):
-        """A block format (k-quants, Q5_0/Q5_1, MXFP4, NVFP4): docs/numerics.md "Block formats"."""
+    def _init_block(self, pw, nt, nb):
+        """A block format (k-quants, Q5_0/Q5_1, MXFP4, NVFP4): docs/numerics.md "Block formats"; the
+        arrays were checked against :func:`hcemu.layout.packed_arrays`."""
         from hcemu.formats import FP4_VALUES
         fmt, bk = pw.fmt, pw.fmt.block
         n, k = pw.n, pw.k
-        if k % bk.super_k:
-            raise ValueError(f"{fmt.name}: K={k} is not a multiple of its {bk.super_k}-weight super-block")
-        units = {"f16": k // bk.super_k, "e8m0": k // 32, "ue4m3": k // bk.sub_k}[bk.scale]
-        off_units = k // bk.super_k if bk.offset == "dmin" else k // 32
-
-        def want(what, a, dtype, u, needed):
-            if not needed:
-                if a is not None:
-                    raise ValueError(f"{what} are not allowed for {fmt.name}")
-                return None
-            if (not isinstance(a, _np.ndarray) or a.dtype != dtype or a.shape != (nt, u, 16)
-                    or not a.flags.c_contiguous):
-                raise ValueError(f"{what} of a {n}x{k} {fmt.name} matrix must be C-contiguous "
-                                 f"{_np.dtype(dtype).name} {(nt, u, 16)}, got {getattr(a, 'dtype', type(a))} "
-                                 f"{getattr(a, 'shape', '')}")
-            return a.reshape(-1)
-
-        sdt = _np.float16 if bk.scale == "f16" else _np.uint8
-        sc = want("scales", pw.scales, sdt, units, True)
-        of = want("offsets", pw.offsets, _np.float16, off_units, bk.offset != "none")
-        ss = want("subscales", pw.subscales, _np.int8, k // bk.sub_k, bk.has_subscales)
-        sm = want("submins", pw.submins, _np.uint8, k // bk.sub_k, bk.has_submins)
+        flat = lambda a: None if a is None else a.reshape(-1)  # noqa: E731
+        sc, of, ss, sm = flat(pw.scales), flat(pw.offsets), flat(pw.subscales), flat(pw.submins)
         self._codes = pw.codes
         self.w.codes = &self._codes[0, 0, 0]
         self.w.bits = fmt.bits
@@ -170,7 +160,10 @@ cdef class CimWeights:
         if bk.float_codes:
             self._lut = _np.asarray([v + bk.bias for v in FP4_VALUES], _np.uint8)
             self.w.lut = &self._lut[0]
-        self.w.tensor_scale = pw.tensor_scale
+        ts = pw.tensor_scale
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts < float("inf"):
+            raise ValueError(f"tensor_scale of a {fmt.name} matrix must be a positive finite number, got {ts!r}")
+        self.w.tensor_scale = ts
         check(hc_weights_check(&self.w), "CimWeights")
         self.fmt = fmt
         self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = n, k, 32, nt, nb
@@ -221,6 +214,13 @@ cpdef CimWeights prepared(pw):
     cw = CimWeights(pw)
     _PREPARED[key] = (_weakref.ref(pw, _Forget(key)), cw)
     return cw
+
+
+cdef int _disjoint_weights(str fn, str name, const void *p, Py_ssize_t nbytes, CimWeights cw) except -1:
+    cdef int i
+    for i in range(cw.n_arrays):
+        _disjoint(fn, name, p, nbytes, "the weight arrays", cw.ptr_[i], cw.nbytes_[i])
+    return 0
 
 
 cdef int64_t _act_group(CimWeights cw, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_groups) except -1:
@@ -282,13 +282,19 @@ def quantize_act(x, Py_ssize_t group, q, scales):
     except (ValueError, TypeError, BufferError):
         _diagnose("scales", scales, _np.float32, 2)
     cdef Py_ssize_t m = xv.shape[0], k = xv.shape[1]
-    if group < 1 or k % group:
-        raise ValueError(f"activation group {group} does not divide K={k}")
+    if k < 1 or group < 1 or k % group:
+        raise ValueError(f"activation group {group} does not divide K={k} (K must be positive)")
     if qv.shape[0] != m or qv.shape[1] != k or sv.shape[0] != m or sv.shape[1] != k // group:
         raise ValueError(f"outputs must be q {(m, k)} and scales {(m, k // group)}, got "
                          f"{(qv.shape[0], qv.shape[1])} and {(sv.shape[0], sv.shape[1])}")
     if m == 0:
         return
+    if _misaligned(&xv[0, 0], 4):
+        xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
+    _aligned("quantize_act", "scales", &sv[0, 0], 4)
+    _disjoint("quantize_act", "q", &qv[0, 0], m * k, "x", &xv[0, 0], m * k * 4)
+    _disjoint("quantize_act", "scales", &sv[0, 0], m * (k // group) * 4, "x", &xv[0, 0], m * k * 4)
+    _disjoint("quantize_act", "scales", &sv[0, 0], m * (k // group) * 4, "q", &qv[0, 0], m * k)
     cdef int rc
     with nogil:
         rc = hc_quantize_act(&xv[0, 0], m, k, group, &qv[0, 0], &sv[0, 0])
@@ -345,7 +351,20 @@ def cim_matmul(q, act_scales, pw, *, out=None, int n_threads=1, events=None, reg
             dp = &dv[0, 0, 0]
     cdef hc_cim_fn fn = _kernel(cw, isa)
     cdef int rc = 0
+    cdef Py_ssize_t k = qv.shape[1], ny = m * cw.n * 4, nd = m * cw.n_row_tiles * 16 * cw.n_blocks * 4
     if m:
+        if _misaligned(&sv[0, 0], 4):
+            sv = _np.array(sv)   # an aligned copy: the kernels read through typed pointers
+        _aligned("cim_matmul", "out", &yv[0, 0], 4)
+        _disjoint("cim_matmul", "out", &yv[0, 0], ny, "q", &qv[0, 0], m * k)
+        _disjoint("cim_matmul", "out", &yv[0, 0], ny, "act_scales", &sv[0, 0], m * sv.shape[1] * 4)
+        _disjoint_weights("cim_matmul", "out", &yv[0, 0], ny, cw)
+        if dp != NULL:
+            _aligned("cim_matmul", "dots", dp, 4)
+            _disjoint("cim_matmul", "dots", dp, nd, "out", &yv[0, 0], ny)
+            _disjoint("cim_matmul", "dots", dp, nd, "q", &qv[0, 0], m * k)
+            _disjoint("cim_matmul", "dots", dp, nd, "act_scales", &sv[0, 0], m * sv.shape[1] * 4)
+            _disjoint_weights("cim_matmul", "dots", dp, nd, cw)
         with nogil:
             rc = fn(&cw.w, &qv[0, 0], &sv[0, 0], m, ag, &yv[0, 0], dp, n_threads)
         if rc:  # the message is formatted only on failure (per-call cost at decode)
@@ -366,8 +385,8 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
     except (ValueError, TypeError, BufferError):
         _diagnose("x", x, _np.float32, 2)
     cdef Py_ssize_t m = xv.shape[0], k = xv.shape[1]
-    if act_group < 1 or k % act_group:
-        raise ValueError(f"activation group {act_group} does not divide K={k}")
+    if k < 1 or act_group < 1 or k % act_group:
+        raise ValueError(f"activation group {act_group} does not divide K={k} (K must be positive)")
     cdef int64_t ag = _act_group(cw, m, k, k // act_group)
     _check_threads(n_threads)
     if out is None:
@@ -380,6 +399,11 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
         raise ValueError(f"out must be {(m, cw.n)}, got {(yv.shape[0], yv.shape[1])}")
     cdef int rc = 0
     if m:
+        if _misaligned(&xv[0, 0], 4):
+            xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
+        _aligned("cim_linear", "out", &yv[0, 0], 4)
+        _disjoint("cim_linear", "out", &yv[0, 0], m * cw.n * 4, "x", &xv[0, 0], m * k * 4)
+        _disjoint_weights("cim_linear", "out", &yv[0, 0], m * cw.n * 4, cw)
         with nogil:
             rc = hc_cim_linear(&cw.w, &xv[0, 0], m, ag, &yv[0, 0], n_threads)
         if rc:  # the message is formatted only on failure (per-call cost at decode)

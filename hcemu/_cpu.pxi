@@ -45,3 +45,36 @@ def isa_set(str name):
         raise RuntimeError(f"ISA path {name!r} is not supported on this machine "
                            f"(supported: {', '.join(isa_supported())})")
     check(rc, "isa_set")
+
+
+# ---- memory checks shared by the wrappers: C kernels read through typed pointers, so an input at an odd
+# byte offset is copied to aligned memory and an output must be aligned; an output must not overlap an
+# input (or must be the very same buffer, where a kernel documents in-place use), else the results would
+# be silently wrong.
+cdef inline bint _overlap(const void *a, Py_ssize_t na, const void *b, Py_ssize_t nb) noexcept nogil:
+    cdef size_t pa = <size_t>a, pb = <size_t>b
+    return na > 0 and nb > 0 and pa < pb + <size_t>nb and pb < pa + <size_t>na
+
+
+cdef int _disjoint(str fn, str out_name, const void *o, Py_ssize_t on, str in_name, const void *i,
+                   Py_ssize_t inn, bint same_ok=False) except -1:
+    """Raise ValueError when the out buffer [o, o+on) overlaps the input [i, i+inn) (the very same
+    buffer is allowed with ``same_ok``: in-place use)."""
+    if _overlap(o, on, i, inn) and not (same_ok and o == i and on == inn):
+        raise ValueError(f"{fn}: {out_name} overlaps {in_name} in memory"
+                         + (" (in-place use needs the very same array)" if same_ok else "")
+                         + "; pass separate arrays")
+    return 0
+
+
+cdef inline bint _misaligned(const void *p, size_t align) noexcept nogil:
+    return ((<size_t>p) & (align - 1)) != 0
+
+
+cdef int _aligned(str fn, str name, const void *p, size_t align) except -1:
+    """Outputs (and the KV cache's storage) must be aligned; misaligned inputs are copied instead."""
+    if _misaligned(p, align):
+        raise ValueError(f"{fn}: {name} is not aligned to {align} bytes (a view at an odd byte offset); "
+                         f"pass an aligned array")
+    return 0
+

@@ -12,7 +12,7 @@ cdef Py_ssize_t _N_FIELDS = len(_FIELDS)
 cdef int64_t *_event_counts(events, Py_ssize_t regions) except NULL:
     """``events.counts`` as a C array: it must be a writeable C-contiguous int64 array of shape
     (at least ``regions``, len(FIELDS)), rows ``_N_FIELDS`` apart."""
-    counts = events.counts
+    counts = getattr(events, "counts", None)   # not an Events: the TypeError below
     if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
             or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
@@ -26,5 +26,8 @@ cdef int64_t *_event_counts(events, Py_ssize_t regions) except NULL:
 
 cdef int64_t *_event_row(events, region) except NULL:
     """The int64 counters of ``region`` (a layer index, "head" or "embed") in ``events.counts``."""
-    cdef Py_ssize_t ri = events.region_index(region)
+    region_index = getattr(events, "region_index", None)
+    if region_index is None:
+        raise TypeError(f"events must be an hcemu.events.Events, got {type(events).__name__}")
+    cdef Py_ssize_t ri = region_index(region)
     return _event_counts(events, ri + 1) + ri * _N_FIELDS

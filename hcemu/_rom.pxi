@@ -18,6 +18,35 @@ cdef enum:
 
 
 
+cdef int64_t _TABLE_MAX = (<int64_t>1) << 31   # keeps every product of two entries inside int64
+
+
+cdef Py_ssize_t _bad_table_row(const int64_t[:, ::1] table) noexcept nogil:
+    """Index of the first placement row whose entries the loops cannot use (a zero divisor, a negative
+    size, values beyond 2**31), or -1."""
+    cdef Py_ssize_t t, c
+    for t in range(table.shape[0]):
+        for c in range(_T_COLS):
+            if table[t, c] < 0 or table[t, c] >= _TABLE_MAX:
+                return t
+        if (table[t, _T_N] < 1 or table[t, _T_K] < 1 or (table[t, _T_BITS] != 4 and table[t, _T_BITS] != 8)
+                or table[t, _T_TILE_K] < 8 or table[t, _T_TILE_K] % 8 or table[t, _T_NBLOCKS] < 1
+                or table[t, _T_WPT] < 1 or table[t, _T_BANKS] < 1 or table[t, _T_NTILES] < 1):
+            return t
+    return -1
+
+
+cdef int _check_table(str fn, const int64_t[:, ::1] table) except -1:
+    if table.shape[1] != _T_COLS:
+        raise ValueError(f"{fn}: placement table must have {_T_COLS} columns, got {table.shape[1]}")
+    cdef Py_ssize_t bad = _bad_table_row(table)
+    if bad >= 0:
+        raise ValueError(f"{fn}: placement table row {bad} is not a placement (sizes must be positive, bits "
+                         f"4 or 8, tile_k a multiple of 8, every entry in 0..2**31): "
+                         f"{[table[bad, c] for c in range(_T_COLS)]}")
+    return 0
+
+
 cdef int64_t _rom_encode_loop(const int64_t[:, ::1] table, int64_t word_bits,
                               const int64_t[::1] tid, const int64_t[::1] row, const int64_t[::1] col,
                               int64_t[::1] o_region, int64_t[::1] o_bank, int64_t[::1] o_row,
@@ -54,9 +83,8 @@ cdef int64_t _rom_encode_loop(const int64_t[:, ::1] table, int64_t word_bits,
 def rom_encode(const int64_t[:, ::1] table, int64_t word_bits, const int64_t[::1] tensor_ids,
                const int64_t[::1] rows, const int64_t[::1] cols):
     """Physical ``(region, bank, row, bit)`` int64 arrays of weights ``(tensor, row, col)``."""
-    if table.shape[1] != _T_COLS:
-        raise ValueError(f"placement table must have {_T_COLS} columns, got {table.shape[1]}")
-    if word_bits < 32 or word_bits & (word_bits - 1):
+    _check_table("rom_encode", table)
+    if word_bits < 32 or word_bits & (word_bits - 1) or word_bits >= _TABLE_MAX:
         raise ValueError(f"word_bits must be a power of two >= 32, got {word_bits}")
     cdef Py_ssize_t m = tensor_ids.shape[0]
     if rows.shape[0] != m or cols.shape[0] != m:
@@ -140,8 +168,9 @@ def rom_decode(const int64_t[:, ::1] table, const int64_t[::1] region_banks, con
                const int64_t[::1] regions, const int64_t[::1] banks, const int64_t[::1] rows,
                const int64_t[::1] bits):
     """Logical ``(tensor_id, row, col)`` int64 arrays of physical addresses; -1 where no weight starts."""
-    if table.shape[1] != _T_COLS:
-        raise ValueError(f"placement table must have {_T_COLS} columns, got {table.shape[1]}")
+    _check_table("rom_decode", table)
+    if not 1 <= word_bits < _TABLE_MAX or not 1 <= bank_rows < _TABLE_MAX:
+        raise ValueError(f"rom_decode: word_bits {word_bits} and bank_rows {bank_rows} must be in 1..2**31")
     if region_ptr.shape[0] != region_banks.shape[0] + 1:
         raise ValueError(f"region_ptr must have {region_banks.shape[0] + 1} entries, got {region_ptr.shape[0]}")
     if region_tensors.shape[0] != table.shape[0]:

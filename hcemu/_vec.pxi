@@ -60,9 +60,18 @@ def rmsnorm(x, w, double eps, out=None):
         raise _arg_error("rmsnorm", "out", out, _np.float32, 2, True) from None
     if ov.shape[0] != m or ov.shape[1] != d:
         raise _shape_error("rmsnorm", "out", out.shape, (m, d))
+    if not 0 <= eps <= 1e30:
+        raise ValueError(f"rmsnorm: eps must be finite and >= 0, got {eps}")
     cdef float feps = <float>eps
     cdef int rc = 0
     if m:
+        if _misaligned(&xv[0, 0], 4):
+            xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
+        if _misaligned(&wv[0], 4):
+            wv = _np.array(wv)
+        _aligned("rmsnorm", "out", &ov[0, 0], 4)
+        _disjoint("rmsnorm", "out", &ov[0, 0], m * d * 4, "x", &xv[0, 0], m * d * 4, True)
+        _disjoint("rmsnorm", "out", &ov[0, 0], m * d * 4, "w", &wv[0], d * 4)
         with nogil:
             rc = hc_rmsnorm_f32(&xv[0, 0], &wv[0], m, d, feps, &ov[0, 0])
         check(rc, "rmsnorm")
@@ -114,7 +123,18 @@ def rope(x, cos, sin, out=None, style="normal"):
     if ov.shape[0] != t or ov.shape[1] != heads or ov.shape[2] != hd:
         raise _shape_error("rope", "out", out.shape, (t, heads, hd))
     cdef int rc = 0
+    cdef Py_ssize_t nx = t * heads * hd * 4, nt = t * (hd // 2) * 4
     if t and heads:
+        if _misaligned(&xv[0, 0, 0], 4):
+            xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
+        if _misaligned(&cv[0, 0], 4):
+            cv = _np.array(cv)
+        if _misaligned(&sv[0, 0], 4):
+            sv = _np.array(sv)
+        _aligned("rope", "out", &ov[0, 0, 0], 4)
+        _disjoint("rope", "out", &ov[0, 0, 0], nx, "x", &xv[0, 0, 0], nx, True)
+        _disjoint("rope", "out", &ov[0, 0, 0], nx, "cos", &cv[0, 0], nt)
+        _disjoint("rope", "out", &ov[0, 0, 0], nx, "sin", &sv[0, 0], nt)
         with nogil:
             rc = hc_rope_style_f32(&xv[0, 0, 0], &cv[0, 0], &sv[0, 0], t, heads, hd, neox, &ov[0, 0, 0])
         check(rc, "rope")
@@ -156,6 +176,13 @@ cdef object _gate_mul(str fn, gate, up, out, int gelu):
         raise _shape_error(fn, "out", out.shape, (m, f))
     cdef int rc = 0
     if m and f:
+        if _misaligned(&gv[0, 0], 4):
+            gv = _np.array(gv)   # an aligned copy: the kernels read through typed pointers
+        if _misaligned(&uv[0, 0], 4):
+            uv = _np.array(uv)
+        _aligned(fn, "out", &ov[0, 0], 4)
+        _disjoint(fn, "out", &ov[0, 0], m * f * 4, "gate", &gv[0, 0], m * f * 4, True)
+        _disjoint(fn, "out", &ov[0, 0], m * f * 4, "up", &uv[0, 0], m * f * 4, True)
         with nogil:
             if gelu:
                 rc = hc_gelu_mul_f32(&gv[0, 0], &uv[0, 0], m * f, &ov[0, 0])
@@ -180,7 +207,12 @@ def add_(x, y):
     if yv.shape[0] != xv.shape[0] or yv.shape[1] != xv.shape[1]:
         raise _shape_error("add_", "y", y.shape, x.shape)
     cdef int rc = 0
+    cdef Py_ssize_t nb = xv.shape[0] * xv.shape[1] * 4
     if xv.shape[0] and xv.shape[1]:
+        _aligned("add_", "x", &xv[0, 0], 4)
+        if _misaligned(&yv[0, 0], 4):
+            yv = _np.array(yv)   # an aligned copy: the kernels read through typed pointers
+        _disjoint("add_", "x", &xv[0, 0], nb, "y", &yv[0, 0], nb, True)
         with nogil:
             rc = hc_add_f32(&xv[0, 0], &yv[0, 0], xv.shape[0] * xv.shape[1])
         check(rc, "add_")
@@ -203,6 +235,10 @@ def add_rows_(x, b):
         raise _shape_error("add_rows_", "b", b.shape, (xv.shape[1],))
     cdef int rc = 0
     if xv.shape[0] and xv.shape[1]:
+        _aligned("add_rows_", "x", &xv[0, 0], 4)
+        if _misaligned(&bv[0], 4):
+            bv = _np.array(bv)   # an aligned copy: the kernels read through typed pointers
+        _disjoint("add_rows_", "x", &xv[0, 0], xv.shape[0] * xv.shape[1] * 4, "b", &bv[0], bv.shape[0] * 4)
         with nogil:
             rc = hc_add_rows_f32(&xv[0, 0], &bv[0], xv.shape[0], xv.shape[1])
         check(rc, "add_rows_")
@@ -211,9 +247,12 @@ def add_rows_(x, b):
 
 def scale_(x, double s):
     """``x *= s`` in place (s rounded to float32); x float32, C-contiguous, any shape. Returns ``x``."""
-    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
-        raise TypeError(f"scale_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable
+            and x.flags.aligned):
+        raise TypeError(f"scale_: x must be a writeable, aligned, C-contiguous float32 array, got {type(x).__name__}"
                         f" {getattr(x, 'dtype', '')}")
+    if not -3.4e38 <= s <= 3.4e38:
+        raise ValueError(f"scale_: s must be a finite float32 value, got {s}")
     cdef float[::1] xv = x.reshape(-1)
     cdef float fs = <float>s
     cdef int rc = 0
@@ -227,11 +266,12 @@ def scale_(x, double s):
 def softcap_(x, double cap):
     """Soft-capping in place: ``x = tanh(x * (1/cap)) * cap`` in the unit's float32 (cap > 0,
     rounded to float32); x float32, C-contiguous, any shape. Returns ``x``."""
-    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
-        raise TypeError(f"softcap_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable
+            and x.flags.aligned):
+        raise TypeError(f"softcap_: x must be a writeable, aligned, C-contiguous float32 array, got {type(x).__name__}"
                         f" {getattr(x, 'dtype', '')}")
-    if not cap > 0:
-        raise ValueError(f"softcap_: cap must be positive, got {cap}")
+    if not 0 < cap <= 3.4e38:
+        raise ValueError(f"softcap_: cap must be positive and finite, got {cap}")
     cdef float[::1] xv = x.reshape(-1)
     cdef float fc = <float>cap
     cdef int rc = 0
@@ -254,8 +294,8 @@ def moe_route(logits, int k, bint norm=False, double scale=1.0):
     cdef Py_ssize_t t = lv.shape[0], E = lv.shape[1]
     if not 1 <= k <= E:
         raise ValueError(f"moe_route: k must be in 1..{E} (the experts), got {k}")
-    if not scale > 0:
-        raise ValueError(f"moe_route: scale must be positive, got {scale}")
+    if not 0 < scale <= 3.4e38:
+        raise ValueError(f"moe_route: scale must be positive and finite, got {scale}")
     sel = _np.empty((t, k), _np.int32)
     w = _np.empty((t, k), _np.float32)
     cdef int32_t[:, ::1] sv = sel
@@ -263,6 +303,8 @@ def moe_route(logits, int k, bint norm=False, double scale=1.0):
     cdef float fs = <float>scale
     cdef int rc = 0
     if t:
+        if E and _misaligned(&lv[0, 0], 4):
+            lv = _np.array(lv)   # an aligned copy: the kernels read through typed pointers
         with nogil:
             rc = hc_moe_route_f32(&lv[0, 0], t, E, k, 1 if norm else 0, fs, &sv[0, 0], &wv[0, 0])
         check(rc, "moe_route (router logits must be finite)")
@@ -291,7 +333,15 @@ def axpy_rows_(y, x, w):
     if wv.shape[0] != yv.shape[0]:
         raise _shape_error("axpy_rows_", "w", w.shape, (yv.shape[0],))
     cdef int rc = 0
+    cdef Py_ssize_t ny = yv.shape[0] * yv.shape[1] * 4
     if yv.shape[0] and yv.shape[1]:
+        _aligned("axpy_rows_", "y", &yv[0, 0], 4)
+        if _misaligned(&xv[0, 0], 4):
+            xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
+        if _misaligned(&wv[0], 4):
+            wv = _np.array(wv)
+        _disjoint("axpy_rows_", "y", &yv[0, 0], ny, "x", &xv[0, 0], ny, True)
+        _disjoint("axpy_rows_", "y", &yv[0, 0], ny, "w", &wv[0], yv.shape[0] * 4)
         with nogil:
             rc = hc_axpy_rows_f32(&yv[0, 0], &xv[0, 0], &wv[0], yv.shape[0], yv.shape[1])
         check(rc, "axpy_rows_")
@@ -300,8 +350,9 @@ def axpy_rows_(y, x, w):
 
 def sigmoid_(x):
     """``x = 1 / (1 + exp(-x))`` in place (the unit's exp); x float32, C-contiguous. Returns ``x``."""
-    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable):
-        raise TypeError(f"sigmoid_: x must be a writeable C-contiguous float32 array, got {type(x).__name__}"
+    if not (isinstance(x, _np.ndarray) and x.dtype == _np.float32 and x.flags.c_contiguous and x.flags.writeable
+            and x.flags.aligned):
+        raise TypeError(f"sigmoid_: x must be a writeable, aligned, C-contiguous float32 array, got {type(x).__name__}"
                         f" {getattr(x, 'dtype', '')}")
     cdef float[::1] xv = x.reshape(-1)
     if xv.shape[0]:

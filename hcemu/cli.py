@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+# the exception types hcemu documents (docs/reliability.md): reported as one line, exit status 1
+ERRORS = (ValueError, TypeError, OSError, RuntimeError, OverflowError, IndexError, KeyError, MemoryError)
+
 # module names under hcemu.commands, in the order `hcemu --help` lists them
 COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "serve-sim", "economics",
             "validate", "kernels")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as exc:
+    except ERRORS as exc:
         print(f"hcemu {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

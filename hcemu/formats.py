@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from hcemu._validate import check_field_types
+
 TILE_ROWS = 16
 """Output rows per ROM tile: one CIM unit evaluates 16 rows of a tile per pass."""
 
@@ -116,6 +118,7 @@ class WeightFormat:
     kind: str = "int"
 
     def __post_init__(self):
+        check_field_types(self)
         if self.kind != "int":
             bk = BLOCK_KINDS.get(self.kind)
             if bk is None:
@@ -207,6 +210,7 @@ class ActFormat:
     group: int = 32
 
     def __post_init__(self):
+        check_field_types(self)
         if self.granularity not in ("block", "token"):
             raise ValueError(f"activation granularity must be 'block' or 'token', got {self.granularity!r}")
         if self.granularity == "block" and self.group not in WEIGHT_GROUPS:
@@ -254,6 +258,7 @@ class Plan:
     source_formats: bool = False
 
     def __post_init__(self):
+        check_field_types(self)
         if self.kv not in KV_FORMATS:
             raise ValueError(f"kv format must be one of {KV_FORMATS}, got {self.kv!r}")
         for item in self.overrides:

@@ -87,6 +87,35 @@ def layout_shape(fmt: WeightFormat, n: int, k: int) -> tuple[int, int]:
     return -(-n // TILE_ROWS), n_blocks
 
 
+def packed_arrays(fmt: WeightFormat, n: int, k: int) -> dict:
+    """``{name: (dtype, shape)}`` of the arrays of an ``n x k`` matrix in ``fmt``'s ROM layout (the
+    module docstring): ``codes`` uint8 (n_row_tiles, n_blocks, tile_bytes); integer formats: ``scales``
+    float16 (n_row_tiles, n_blocks, 16), or (n_row_tiles, 16) per channel, ``offsets`` like scales when
+    asymmetric; block kinds: ``scales`` (n_row_tiles, units, 16) fp16 (uint8 for e8m0/ue4m3 bytes),
+    ``offsets`` fp16 where the kind has them, ``subscales`` int8 / ``submins`` uint8 per sub-block.
+    ValueError for a ``k`` the format cannot hold."""
+    nt, nb = layout_shape(fmt, n, k)
+    out = {"codes": (np.dtype(np.uint8), (nt, nb, tile_bytes(fmt)))}
+    bk = fmt.block
+    if bk is None:
+        meta = (nt, TILE_ROWS) if fmt.per_channel else (nt, nb, TILE_ROWS)
+        out["scales"] = (np.dtype(np.float16), meta)
+        if fmt.asymmetric:
+            out["offsets"] = (np.dtype(np.float16), meta)
+        return out
+    if k % bk.super_k:
+        raise ValueError(f"{fmt.name}: K={k} is not a multiple of its {bk.super_k}-weight super-block")
+    units = {"f16": k // bk.super_k, "e8m0": k // 32, "ue4m3": k // bk.sub_k}[bk.scale]
+    out["scales"] = (np.dtype(np.float16 if bk.scale == "f16" else np.uint8), (nt, units, TILE_ROWS))
+    if bk.offset != "none":
+        out["offsets"] = (np.dtype(np.float16), (nt, k // bk.super_k if bk.offset == "dmin" else k // 32, TILE_ROWS))
+    if bk.has_subscales:
+        out["subscales"] = (np.dtype(np.int8), (nt, k // bk.sub_k, TILE_ROWS))
+    if bk.has_submins:
+        out["submins"] = (np.dtype(np.uint8), (nt, k // bk.sub_k, TILE_ROWS))
+    return out
+
+
 def _check_codes(q: np.ndarray, fmt: WeightFormat) -> np.ndarray:
     q = np.asarray(q)
     if q.ndim != 2:

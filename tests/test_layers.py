@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "hcemu"
 
 LAYERS: list[tuple[str, ...]] = [
     # 0 descriptions every layer shares: formats, the tile layout, event counters, file writing, sampling
-    ("hcemu._io", "hcemu.formats", "hcemu.layout", "hcemu.events", "hcemu.sampling"),
+    ("hcemu._io", "hcemu._validate", "hcemu.formats", "hcemu.layout", "hcemu.events", "hcemu.sampling"),
     # 1 the compiled C core and its Python wrappers, each with its numpy oracle
     ("hcemu._core", "hcemu.kernels"),
     # 2 models: specs, presets, sources (GGUF, synthetic), tokenizer, the float reference

@@ -1,4 +1,4 @@
 """The functional hard-coded chip: ROM banks, CIM units, SRAM KV cache, vector unit, event counters."""
-from hcemu.chip.chip import Chip, StepResult
+from hcemu.chip.chip import Chip, ChipBusyError, StepResult
 
-__all__ = ["Chip", "StepResult"]
+__all__ = ["Chip", "ChipBusyError", "StepResult"]

@@ -10,6 +10,8 @@ counted by the rules of ``docs/events.md``.
 """
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -25,6 +27,29 @@ from hcemu.model.ops import rope_tables
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
+
+
+class ChipBusyError(RuntimeError):
+    """A :class:`Chip` (or a :class:`~hcemu.chip.system.System`) was asked to run while another thread
+    was running it: it holds one sequence's KV cache, so its steps refuse concurrent use (one per
+    thread; chips may share a RomImage)."""
+
+
+def exclusive(method):
+    """Make ``method`` refuse (:class:`ChipBusyError`) while another thread is inside an exclusive
+    method of the same object (``self._busy``, a ``threading.RLock``; the same thread may nest)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            kind = type(self).__name__
+            raise ChipBusyError(f"{kind}.{method.__name__}: another thread is running this {kind.lower()} (it "
+                                f"holds one sequence's KV cache; use one {kind} per thread)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return run
 
 
 class _EventRows:
@@ -119,6 +144,10 @@ class Chip:
     whole model) holds only its layers, and the embedding or the head where the partition put them:
     such a chip runs inside a :class:`hcemu.chip.system.System` (:meth:`embed`, :meth:`run_layers`,
     :meth:`head`); its KV cache holds its own layers; it counts its events into the whole model's regions.
+    Thread safety: a chip holds one sequence; :meth:`prefill`, :meth:`decode`, :meth:`generate`,
+    :meth:`reset` and the stages :meth:`embed`, :meth:`run_layers`, :meth:`head` raise
+    :class:`ChipBusyError` while another thread is inside one of them (use one chip per thread; chips
+    on one RomImage run in parallel, the kernels release the GIL).
     profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
     ``layers_call_seconds`` the part of it spent in the compiled layers' calls, their Python wrapper
@@ -128,6 +157,7 @@ class Chip:
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
                  kv_format: str | None = None, n_threads: int = 1, profile: bool = False,
                  fuse_products: bool = True, compiled: bool = True):
+        self._busy = threading.RLock()
         self.image = image
         self.spec = spec = image.spec
         self.die = die = image.die
@@ -137,6 +167,8 @@ class Chip:
             plan = replace(plan, kv=kv_format)  # validates the format
         self.plan = plan
         self.n_threads = int(n_threads)
+        if not 1 <= self.n_threads <= _core.MAX_THREADS:
+            raise ValueError(f"n_threads must be in 1..{_core.MAX_THREADS}, got {n_threads}")
         if kv_capacity_tokens is None and kv_sram_bytes is None:
             kv_capacity_tokens = min(spec.max_context, 8192)
         self.kv = KVCache(die.n_die_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
@@ -300,7 +332,9 @@ class Chip:
         """Tokens the KV cache holds."""
         return self.kv.capacity_tokens
 
+    @exclusive
     def reset(self) -> None:
+        """Forget the sequence (empty the KV cache)."""
         self.kv.reset()
 
     def op_seconds(self) -> dict:
@@ -320,6 +354,7 @@ class Chip:
             self._decoder.reset_op_times()
 
     # ------------------------------------------------------------------ execution
+    @exclusive
     def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
         """Run prompt tokens through the chip in chunks of up to 64, appending their K/V to SRAM.
 
@@ -341,6 +376,7 @@ class Chip:
         return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev=ev),
                           routes=np.concatenate(routes) if routes else None)
 
+    @exclusive
     def decode(self, token: int) -> StepResult:
         """One decode step: the token at the current position; logits of the next."""
         self._check_whole()
@@ -406,6 +442,7 @@ class Chip:
         return self.head(x, ev)
 
     # ------------------------------------------------------------------ the three stages of a pass
+    @exclusive
     def embed(self, tokens, events: Events) -> np.ndarray:
         """The embedding lookup: float32 (t, d_model) rows for ``tokens`` (checked: ids in the
         vocabulary, room in the KV cache), counted into ``events``' embed region."""
@@ -418,6 +455,7 @@ class Chip:
         events.counts[events.embed] += len(tokens) * self._embed_const
         return x
 
+    @exclusive
     def run_layers(self, x: np.ndarray, events: Events, routes: list | None = None) -> None:
         """This chip's layers on the residual stream ``x`` float32 (t, d_model), in place, for tokens
         at positions ``[position, position + t)``; their K/V are appended but not committed
@@ -454,6 +492,7 @@ class Chip:
             if routes is not None:
                 routes.append(sel)
 
+    @exclusive
     def head(self, x: np.ndarray, events: Events) -> np.ndarray:
         """The output head on ``x`` float32 (t, d_model): final norm and output product, float32
         logits (t, vocab), counted into ``events``' head region."""
@@ -568,6 +607,7 @@ class Chip:
         return out
 
     # ------------------------------------------------------------------ generation
+    @exclusive
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
         self._check_whole()

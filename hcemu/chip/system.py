@@ -10,11 +10,12 @@ a one-chip run's) and the links' traffic into :class:`~hcemu.events.LinkEvents`.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.chip.chip import MAX_CHUNK, Chip, StepResult, run_generation
+from hcemu.chip.chip import MAX_CHUNK, Chip, StepResult, exclusive, run_generation
 from hcemu.chip.links import decode as link_decode
 from hcemu.chip.links import encode as link_encode
 from hcemu.events import Events, LinkEvents
@@ -45,6 +46,7 @@ class System:
 
     def __init__(self, images, links="fp32", *, kv_capacity_tokens: int | None = None, kv_format: str | None = None,
                  n_threads: int = 1, profile: bool = False, fuse_products: bool = True, compiled: bool = True):
+        self._busy = threading.RLock()
         images = list(images)
         if not images or not all(isinstance(i, RomImage) for i in images):
             raise TypeError("System: images must be a non-empty sequence of RomImage")
@@ -95,6 +97,7 @@ class System:
     def capacity_tokens(self) -> int:
         return min(d.capacity_tokens for d in self.dies)
 
+    @exclusive
     def reset(self) -> None:
         for d in self.dies:
             d.reset()
@@ -103,6 +106,7 @@ class System:
         return self.dies[0]._check_tokens(tokens)
 
     # ------------------------------------------------------------------ execution
+    @exclusive
     def prefill(self, tokens, *, all_logits: bool = False) -> SystemStepResult:
         """Prompt tokens through every die in chunks of up to 64 (as :meth:`Chip.prefill`)."""
         tokens = self._check_tokens(tokens)
@@ -118,6 +122,7 @@ class System:
         logits = np.concatenate(outs)
         return SystemStepResult(logits, ev, self._step_bank_rows(tokens, len(logits)), links)
 
+    @exclusive
     def decode(self, token: int) -> SystemStepResult:
         """One decode step through every die: the token at the current position; logits of the next."""
         tokens = self._check_tokens([token])
@@ -125,6 +130,7 @@ class System:
         logits = self._forward(tokens, ev, links, slice(None))
         return SystemStepResult(logits, ev, self._step_bank_rows(tokens, 1), links)
 
+    @exclusive
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """As :meth:`Chip.generate`; the :class:`~hcemu.chip.chip.Generation` also carries the link events."""
         return run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token)

@@ -21,13 +21,15 @@ class reports shapes the other way round, ``(n_out, n_in)``, as :class:`RawTenso
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hcemu.model.architectures import ARCHITECTURES, get_architecture
+from hcemu.model.gguf_check import check_gguf
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES, ModelSource, RawTensor
-from hcemu.model.spec import ModelSpec, RopeScaling
+from hcemu.model.spec import MAX_MATRICES, ModelSpec, RopeScaling
 
 SUPPORTED_TYPES = FLOAT_TYPES + BLOCK_TYPES
 
@@ -66,8 +68,10 @@ class GGUFSource(ModelSource):
     """A GGUF file of one of the supported architectures.
 
     ``path``: the ``.gguf`` file. Raises ``FileNotFoundError`` if it does not exist and ``ValueError``
-    if it is not a readable GGUF file (bad magic, truncated, corrupt header), of an unsupported
-    architecture, or holds a tensor its architecture does not expect (or lacks one it needs).
+    if it is not a readable GGUF file (bad magic, truncated, corrupt header, counts or sizes the file
+    cannot hold: :func:`~hcemu.model.gguf_check.check_gguf` runs before the ``gguf`` reader), of an
+    unsupported architecture, has metadata that make no valid :class:`ModelSpec`, or holds a tensor
+    its architecture does not expect (or lacks one it needs).
     """
 
     def __init__(self, path):
@@ -76,6 +80,7 @@ class GGUFSource(ModelSource):
         if not self.path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {self.path}")
         size = os.path.getsize(self.path)
+        check_gguf(self.path)
         try:
             self._reader = _reader_class(gguf)(str(self.path), "r")
         except Exception as e:  # the reader raises ValueError, KeyError, IndexError, ... on bad bytes
@@ -118,37 +123,69 @@ class GGUFSource(ModelSource):
             raise ValueError(f"{self.path}: required metadata key {key!r} is missing")
         return default
 
+    def _number(self, key, kind, default=None, required=False):
+        """Metadata ``key`` as an int (``kind`` int) or a float, or ``default``; ValueError names a value
+        of another type (a string, a list, a bool)."""
+        v = self._get(key, default, required)
+        if v is None:
+            return None
+        ok = isinstance(v, int) and not isinstance(v, bool) if kind is int else (
+            isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not ok:
+            raise ValueError(f"{self.path}: metadata {key!r} must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {type(v).__name__} {v!r}"[:300])
+        return kind(v)
+
     def _build_spec(self) -> ModelSpec:
+        try:
+            spec = self._spec_without_scaling()
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(self.path)) else
+                             f"{self.path}: the metadata make no valid model: {msg}") from None
+        if spec.n_matrices > MAX_MATRICES:
+            raise ValueError(f"{self.path}: the metadata describe {spec.n_matrices} matrices over {spec.n_layers} "
+                             f"layers (limit {MAX_MATRICES})")
+        return replace(spec, rope_scaling=self._rope_scaling(spec.head_dim, spec.rope_theta))
+
+    def _spec_without_scaling(self) -> ModelSpec:
         A = self.arch
         a = A.name + "."
-        n_layers = int(self._get(a + "block_count", required=True))
-        d_model = int(self._get(a + "embedding_length", required=True))
-        d_ff = int(self._get(a + "feed_forward_length", required=True))
-        n_heads = int(self._get(a + "attention.head_count", required=True))
-        n_kv = int(self._get(a + "attention.head_count_kv", n_heads))
-        head_dim = int(self._get(a + "attention.key_length", 0) or self._get(a + "rope.dimension_count", 0)
-                       or d_model // n_heads)
-        v_len = int(self._get(a + "attention.value_length", head_dim))
-        rot = int(self._get(a + "rope.dimension_count", 0) or head_dim)
+        num = self._number
+        n_layers = num(a + "block_count", int, required=True)
+        if n_layers > len(self._tensors):   # before anything loops over the layers
+            raise ValueError(f"{self.path}: {a}block_count {n_layers} exceeds the {len(self._tensors)} tensors "
+                             f"the file holds")
+        d_model = num(a + "embedding_length", int, required=True)
+        d_ff = num(a + "feed_forward_length", int, required=True)
+        n_heads = num(a + "attention.head_count", int, required=True)
+        n_kv = num(a + "attention.head_count_kv", int, n_heads)
+        if n_heads < 1:
+            raise ValueError(f"{self.path}: {a}attention.head_count must be positive, got {n_heads}")
+        head_dim = (num(a + "attention.key_length", int, 0) or num(a + "rope.dimension_count", int, 0)
+                    or d_model // n_heads)
+        v_len = num(a + "attention.value_length", int, head_dim)
+        rot = num(a + "rope.dimension_count", int, 0) or head_dim
         if v_len != head_dim or rot != head_dim:
             raise ValueError(f"{self.path}: head dimensions key {head_dim} / value {v_len} / rotary {rot} differ; "
                              "only models rotating whole heads of equal K and V width are supported")
         tokens = self.metadata.get("tokenizer.ggml.tokens")
         if "token_embd.weight" in self._tensors:
-            vocab = int(self._tensors["token_embd.weight"].shape[1])
-        elif tokens is not None:
+            vocab = int(self._tensors["token_embd.weight"].shape[-1])
+        elif isinstance(tokens, list):
             vocab = len(tokens)
         else:
-            vocab = int(self._get(a + "vocab_size", required=True))
-        eps = float(self._get(a + "attention.layer_norm_rms_epsilon", 1e-5))
+            vocab = num(a + "vocab_size", int, required=True)
+        eps = num(a + "attention.layer_norm_rms_epsilon", float, 1e-5)
         # The GGUF float32 epsilon (9.99999975e-06) is reported as the decimal it was written from.
         eps = _f32_decimal(eps)
-        theta = float(self._get(a + "rope.freq_base", 10000.0))
-        ctx = int(self._get(a + "context_length", 2048))
-        name = str(self._get("general.name", "") or self.path.stem)
+        theta = num(a + "rope.freq_base", float, 10000.0)
+        ctx = num(a + "context_length", int, 2048)
+        name = self._get("general.name", "")
+        name = name if isinstance(name, str) and name else self.path.stem
         kw = {}
         # sliding-window layers
-        window = int(self._get(a + "attention.sliding_window", 0) or 0)
+        window = num(a + "attention.sliding_window", int, 0) or 0
         if A.swa_period and window:
             pattern = self._get(a + "attention.sliding_window_pattern", A.swa_period)
             if isinstance(pattern, (list, tuple)):
@@ -160,41 +197,40 @@ class GGUFSource(ModelSource):
                 period = int(pattern)
                 swa = tuple(i for i in range(n_layers) if period == 0 or i % period < period - 1)
             kw.update(sliding_window=window, swa_layers=swa)
-            kw["rope_theta_swa"] = _f32_decimal(float(self._get(a + "rope.freq_base_swa", A.swa_rope_theta) or 0))
+            kw["rope_theta_swa"] = _f32_decimal(num(a + "rope.freq_base_swa", float, A.swa_rope_theta) or 0)
         if A.scale_embeddings:
             kw["embed_scale"] = float(np.sqrt(np.float32(d_model)))
         if A.attn_softcap:
-            kw["attn_softcap"] = float(self._get(a + "attn_logit_softcapping", A.attn_softcap) or 0)
+            kw["attn_softcap"] = num(a + "attn_logit_softcapping", float, A.attn_softcap) or 0.0
         if A.final_softcap:
-            kw["final_softcap"] = float(self._get(a + "final_logit_softcapping", A.final_softcap) or 0)
+            kw["final_softcap"] = num(a + "final_logit_softcapping", float, A.final_softcap) or 0.0
         if A.name in ("gemma2", "gemma3") and n_layers == {"gemma2": 46, "gemma3": 62}[A.name]:
             kw["attn_scale"] = float(np.float32(1.0) / np.sqrt(np.float32(d_model // n_heads)))  # the 27B
         # mixture of experts
-        n_exp = int(self._get(a + "expert_count", 0) or 0)
+        n_exp = num(a + "expert_count", int, 0) or 0
         if A.moe == "required" and not n_exp:
             raise ValueError(f"{self.path}: architecture {A.name} needs {a}expert_count")
         if n_exp and A.moe == "none":
             raise ValueError(f"{self.path}: architecture {A.name} has no mixture-of-experts form, but the file "
                              f"sets {a}expert_count = {n_exp}")
         if n_exp:
-            used = int(self._get(a + "expert_used_count", required=True))
+            used = num(a + "expert_used_count", int, required=True)
             gating = self._get(a + "expert_gating_func", 0)
             if gating not in (0, 1):  # 0: unset (softmax), 1: softmax; 2 is sigmoid
                 raise ValueError(f"{self.path}: {a}expert_gating_func = {gating} (sigmoid routing) is not supported")
             for key in ("expert_shared_count", "leading_dense_block_count", "expert_group_count"):
-                if int(self._get(a + key, 0) or 0):
+                if num(a + key, int, 0):
                     raise ValueError(f"{self.path}: {a}{key} is not supported")
-            d_exp = int(self._get(a + "expert_feed_forward_length", 0) or 0)
+            d_exp = num(a + "expert_feed_forward_length", int, 0) or 0
             if A.name in ("qwen2moe", "qwen3moe") and not d_exp:
                 d_exp = d_ff // used
             kw.update(n_experts=n_exp, n_experts_used=used, d_ff_expert=d_exp if d_exp != d_ff else 0,
                       expert_weights_norm=A.expert_weights_norm)
             if A.shared_expert:
-                kw.update(d_ff_shared=int(self._get(a + "expert_shared_feed_forward_length", 0) or d_ff),
+                kw.update(d_ff_shared=num(a + "expert_shared_feed_forward_length", int, 0) or d_ff,
                           shared_expert_gate=True)
         return ModelSpec(name=name, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv,
-                         head_dim=head_dim, d_ff=d_ff, vocab_size=vocab, rope_theta=theta,
-                         rope_scaling=self._rope_scaling(head_dim, theta), norm_eps=eps,
+                         head_dim=head_dim, d_ff=d_ff, vocab_size=vocab, rope_theta=theta, norm_eps=eps,
                          tied_embeddings="output.weight" not in self._tensors, max_context=ctx,
                          source=str(self.path), arch=A.name, rope_style=A.rope_style, qkv_bias=A.qkv_bias,
                          qk_norm=A.qk_norm, post_norms=A.post_norms, ffn_act=A.ffn_act, **kw)
@@ -254,23 +290,29 @@ class GGUFSource(ModelSource):
         """
         a = self.arch.name + ".rope.scaling."
         stype = self._get(a + "type")
-        orig = int(self._get(a + "original_context_length", 8192) or 8192)
+        orig = self._number(a + "original_context_length", int, 8192) or 8192
         if stype is not None and stype not in ("llama3", "linear", "none"):
             raise ValueError(f"{self.path}: rope scaling type {stype!r} is not supported "
                              "(supported: linear, llama3)")
         for t in ("rope_factors_long.weight", "rope_factors_short.weight"):
             if t in self._tensors:
                 raise ValueError(f"{self.path}: tensor {t!r} (long-context RoPE factors) is not supported")
-        if stype == "linear":
-            factor = float(self._get(a + "factor", 1.0) or 1.0)
-            return None if factor == 1.0 else RopeScaling(factor, type="linear")
-        if "rope_freqs.weight" not in self._tensors:
-            if stype == "llama3":
-                return RopeScaling(float(self._get(a + "factor", 8.0)), 1.0, 4.0, orig)
-            return None
+        try:
+            if stype == "linear":
+                factor = self._number(a + "factor", float, 1.0) or 1.0
+                return None if factor == 1.0 else RopeScaling(factor, type="linear")
+            if "rope_freqs.weight" not in self._tensors:
+                if stype == "llama3":
+                    return RopeScaling(self._number(a + "factor", float, 8.0), 1.0, 4.0, orig)
+                return None
+        except ValueError as exc:
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(self.path)) else f"{self.path}: {a}*: {msg}") from None
         f = self.float32("rope_freqs.weight").astype(np.float64)
         if f.shape != (head_dim // 2,):
             raise ValueError(f"{self.path}: rope_freqs.weight has shape {f.shape}, expected ({head_dim // 2},)")
+        if not (np.isfinite(f).all() and (f > 0).all()):
+            raise ValueError(f"{self.path}: rope_freqs.weight holds divisors that are not positive and finite")
         factor = float(f.max())
         if factor <= 1.0 + 1e-6:
             return None
@@ -286,7 +328,10 @@ class GGUFSource(ModelSource):
             low, high = round(low, 3), round(high, 3)
         else:
             low, high = 1.0, 4.0
-        scaling = RopeScaling(factor, low, high, orig)
+        try:
+            scaling = RopeScaling(factor, low, high, orig)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: rope_freqs.weight does not follow Llama 3 scaling ({exc})") from None
         from hcemu.model.ops import llama3_frequency_divisors
 
         got = llama3_frequency_divisors(inv_freq, scaling)

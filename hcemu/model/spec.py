@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from hcemu._validate import check_field_types, from_dict
+
 LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 """The seven projections of a dense Llama layer (the other block kinds are listed by
 :meth:`ModelSpec.layer_matrices`)."""
 LAYER_NORMS = ("attn_norm", "ffn_norm")
 EXPERT_MATRICES = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 """Per-expert matrix kinds of a mixture-of-experts layer (names ``blk.{i}.{kind}.{e}.weight``)."""
+
+MAX_MATRICES = 1 << 22
+"""Sane limit on the matrices a spec read from a file may list (:attr:`ModelSpec.n_matrices`; a 405B dense
+model lists ~1.1k, a 671B mixture of experts ~47k): checked before any list of names is built, so a file
+claiming 10^9 layers or experts is refused at once."""
 
 ROPE_STYLES = ("normal", "neox")
 QK_NORMS = ("none", "head", "full")
@@ -43,10 +52,16 @@ class RopeScaling:
     type: str = "llama3"
 
     def __post_init__(self):
+        check_field_types(self)
         if self.type not in ROPE_SCALING_TYPES:
             raise ValueError(f"RopeScaling.type must be one of {ROPE_SCALING_TYPES}, got {self.type!r}")
         if not self.factor > 0:
             raise ValueError(f"RopeScaling.factor must be positive, got {self.factor}")
+        if self.type == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(f"RopeScaling (llama3) needs 0 < low_freq_factor < high_freq_factor, got "
+                             f"{self.low_freq_factor} and {self.high_freq_factor}")
+        if self.original_context < 1:
+            raise ValueError(f"RopeScaling.original_context must be positive, got {self.original_context}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ class ModelSpec:
     expert_weights_scale: float = 1.0  # routing weights are multiplied by this
 
     def __post_init__(self):
+        check_field_types(self)
         for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_context"):
             if getattr(self, f) < 1:
                 raise ValueError(f"ModelSpec.{f} must be positive, got {getattr(self, f)}")
@@ -109,6 +125,14 @@ class ModelSpec:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        for f in ("rope_theta", "rope_theta_swa"):
+            v = getattr(self, f)
+            if not (v > 1 or (f == "rope_theta_swa" and v == 0)):
+                raise ValueError(f"ModelSpec.{f} must exceed 1 (RoPE wavelengths 2*pi*theta**(2j/head_dim) grow "
+                                 f"with j), got {v}")
+        if not 0 < self.norm_eps < 1 or float(np.float32(self.norm_eps)) == 0:
+            raise ValueError(f"ModelSpec.norm_eps must be in (0, 1) and nonzero in float32 (the vector unit's "
+                             f"precision), got {self.norm_eps}")
         for f, allowed in (("rope_style", ROPE_STYLES), ("qk_norm", QK_NORMS), ("ffn_act", FFN_ACTS)):
             if getattr(self, f) not in allowed:
                 raise ValueError(f"ModelSpec.{f} must be one of {allowed}, got {getattr(self, f)!r}")
@@ -215,6 +239,12 @@ class ModelSpec:
         for kind in EXPERT_MATRICES:
             yield f"blk.{layer}.{kind}.{expert}.weight", kind, self.matrix_shape(kind)
 
+    @property
+    def n_matrices(self) -> int:
+        """How many matrices :meth:`matrices` lists (counted, not listed)."""
+        per_layer = len(self.layer_matrix_kinds()) + len(EXPERT_MATRICES) * self.n_experts
+        return 1 + self.n_layers * per_layer + (0 if self.tied_embeddings else 1)
+
     def matrices(self):
         """Yield ``(gguf_name, kind, layer, (n_out, n_in))`` for every weight matrix, embedding first;
         per layer its :meth:`layer_matrices`, then its experts in order.
@@ -301,12 +331,16 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        d = dict(d)
-        if d.get("rope_scaling"):
-            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
-        if "swa_layers" in d:
-            d["swa_layers"] = tuple(d["swa_layers"])
-        return cls(**d)
+        """From :meth:`to_dict`'s JSON object; TypeError/ValueError name a wrong, unknown or missing field."""
+        if isinstance(d, dict):
+            d = dict(d)
+            if d.get("rope_scaling") is not None:
+                d["rope_scaling"] = from_dict(RopeScaling, d["rope_scaling"], "ModelSpec.rope_scaling")
+            if "swa_layers" in d:
+                if not isinstance(d["swa_layers"], list) or not all(isinstance(i, int) for i in d["swa_layers"]):
+                    raise TypeError(f"ModelSpec.swa_layers must be a list of integers, got {d['swa_layers']!r}")
+                d["swa_layers"] = tuple(d["swa_layers"])
+        return from_dict(cls, d)
 
 
 MODEL_PRESETS: dict[str, ModelSpec] = {}

@@ -73,16 +73,24 @@ class Tokenizer:
         self.eos_id = None if eos_id is None else int(eos_id)
         self.add_bos = bool(add_bos)
         self.chat_template = chat_template
-        tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-        tk.pre_tokenizer = _pre_tokenizer(pre)
-        tk.decoder = decoders.ByteLevel()
+        for what, i in (("bos_id", self.bos_id), ("eos_id", self.eos_id)):
+            if i is not None and not 0 <= i < len(tokens):
+                raise ValueError(f"tokenizer {what} {i} is outside the vocabulary 0..{len(tokens) - 1}")
         special = []
         if token_types is not None:
             if len(token_types) != len(tokens):
                 raise ValueError(f"token_type has {len(token_types)} entries but there are {len(tokens)} tokens")
             special = [tokens[i] for i, ty in enumerate(token_types)
                        if int(ty) in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
-        tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+        try:  # the tokenizers library raises a bare Exception for a vocabulary its BPE model refuses
+            tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+            tk.pre_tokenizer = _pre_tokenizer(pre)
+            tk.decoder = decoders.ByteLevel()
+            tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"the tokenizers library refuses this vocabulary or its merges: {exc}") from None
         self.special_tokens = tuple(special)
         self._tk = tk
         for t in special:  # added tokens must keep their GGUF ids
@@ -102,10 +110,28 @@ class Tokenizer:
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
             if key not in meta:
                 raise ValueError(f"{src.path}: metadata key {key!r} is missing")
-        return cls(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"],
-                   meta.get("tokenizer.ggml.token_type"), str(meta.get("tokenizer.ggml.pre", "gpt2")),
-                   meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id"),
-                   bool(meta.get("tokenizer.ggml.add_bos_token", False)), meta.get("tokenizer.chat_template"))
+
+        def typed(key, ok, kind, default=None):
+            v = meta.get(key, default)
+            if v is not None and not ok(v):
+                raise ValueError(f"{src.path}: metadata {key!r} must be {kind}, got {type(v).__name__}")
+            return v
+
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+        try:
+            return cls(typed("tokenizer.ggml.tokens", strings, "a list of strings"),
+                       typed("tokenizer.ggml.merges", strings, "a list of strings"),
+                       typed("tokenizer.ggml.token_type", lambda v: isinstance(v, list) and all(map(is_int, v)),
+                             "a list of integers"),
+                       typed("tokenizer.ggml.pre", lambda v: isinstance(v, str), "a string", "gpt2"),
+                       typed("tokenizer.ggml.bos_token_id", is_int, "an integer"),
+                       typed("tokenizer.ggml.eos_token_id", is_int, "an integer"),
+                       typed("tokenizer.ggml.add_bos_token", lambda v: isinstance(v, bool), "true or false", False),
+                       typed("tokenizer.chat_template", lambda v: isinstance(v, str), "a string"))
+        except ValueError as exc:
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(src.path)) else f"{src.path}: {msg}") from None
 
     # ---- text <-> ids
     def encode(self, text: str, add_special: bool = False) -> list[int]:

@@ -188,6 +188,16 @@ def decode(data: np.ndarray, ggml_type: str, k: int, what: str = "tensor") -> di
     return f
 
 
+def undefined_scale_bytes(d: np.ndarray, scale: str) -> np.ndarray:
+    """Mask of scale bytes no writer produces: e8m0 0xFF (NaN); ue4m3 with bit 7 set, or 0x7F (NaN).
+    All False for fp16 scales (their rule is finiteness)."""
+    if scale == "e8m0":
+        return d == 0xFF
+    if scale == "ue4m3":
+        return ((d & 0x80) != 0) | (d == 0x7F)
+    return np.zeros(np.shape(d), bool)
+
+
 def check_fields(f: dict, bk: BlockKind, what: str = "tensor") -> None:
     """Raise :class:`CorruptBlockError` for scales no writer produces (NaN/inf; undefined bytes)."""
     per = {"f16": bk.super_k, "e8m0": 32, "ue4m3": bk.sub_k}[bk.scale]
@@ -203,7 +213,7 @@ def check_fields(f: dict, bk: BlockKind, what: str = "tensor") -> None:
         if bad.any():
             fail(bad, f"scale d is {d[tuple(np.argwhere(bad)[0])]}")
     elif bk.scale == "e8m0":
-        bad = d == 0xFF
+        bad = undefined_scale_bytes(d, "e8m0")
         if bad.any():
             fail(bad, "e8m0 scale byte 0xFF (NaN)")
         vmax = np.abs(np.asarray(FP4_VALUES, np.float64)[f["codes"].reshape(d.shape + (32,))]).max(axis=-1)
@@ -211,12 +221,10 @@ def check_fields(f: dict, bk: BlockKind, what: str = "tensor") -> None:
         if bad.any():
             fail(bad, f"e8m0 scale 2^{int(d[tuple(np.argwhere(bad)[0])]) - 128} overflows float32 weights")
     else:
-        bad = (d & 0x80) != 0
+        bad = undefined_scale_bytes(d, "ue4m3")
         if bad.any():
-            fail(bad, f"ue4m3 scale byte 0x{int(d[tuple(np.argwhere(bad)[0])]):02X} has bit 7 set")
-        bad = d == 0x7F
-        if bad.any():
-            fail(bad, "ue4m3 scale byte 0x7F (NaN)")
+            byte = int(d[tuple(np.argwhere(bad)[0])])
+            fail(bad, f"ue4m3 scale byte 0x{byte:02X} has bit 7 set" if byte & 0x80 else "ue4m3 scale byte 0x7F (NaN)")
     if f["o"] is not None:
         o = f["o"]
         bad = ~np.isfinite(o)

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from hcemu._validate import check_field_types, from_dict
 from hcemu.formats import TILE_ROWS, Plan
 from hcemu.layout import layout_shape, tile_bytes
 
 MIN_WORD_BITS = 32      # one row's 4-byte share of a 64-byte line must sit inside one word
 MAX_WORD_BITS = 2048    # the smallest weight tile (int4, 16 x 32) has 2048 bits; a word must divide it
+MAX_BANK_ROWS = 1 << 24       # sane limits (far above any real ROM: 2048 rows, 16 banks per tile, ~100 tiles)
+MAX_BANKS_PER_TILE = 1 << 16  # that keep every address and placement entry well inside int64 and the
+MAX_LAYER_BANKS = 1 << 30     # rom_encode / rom_decode tables (entries < 2**31)
 
 
 def _is_pow2(x: int) -> bool:
@@ -44,6 +48,7 @@ class RomGeometry:
     tiles_per_region: int = 64
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("bank_rows", "word_bits", "banks_per_tile"):
             v = getattr(self, name)
             if not isinstance(v, int) or not _is_pow2(v):
@@ -52,6 +57,10 @@ class RomGeometry:
             raise ValueError(f"RomGeometry.word_bits must be in {MIN_WORD_BITS}..{MAX_WORD_BITS}, got {self.word_bits}")
         if not isinstance(self.tiles_per_region, int) or self.tiles_per_region < 1:
             raise ValueError(f"RomGeometry.tiles_per_region must be a positive integer, got {self.tiles_per_region!r}")
+        if (self.bank_rows > MAX_BANK_ROWS or self.banks_per_tile > MAX_BANKS_PER_TILE
+                or self.layer_banks > MAX_LAYER_BANKS):
+            raise ValueError(f"RomGeometry beyond the supported sizes: bank_rows <= {MAX_BANK_ROWS}, banks_per_tile "
+                             f"<= {MAX_BANKS_PER_TILE}, banks per layer <= {MAX_LAYER_BANKS}; got {self}")
 
     @property
     def bank_bits(self) -> int:
@@ -75,7 +84,8 @@ class RomGeometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RomGeometry":
-        return cls(**d)
+        """From :meth:`to_dict`'s JSON object; TypeError/ValueError name a wrong, unknown or missing field."""
+        return from_dict(cls, d)
 
     @classmethod
     def for_model(cls, spec, plan: Plan, bank_rows: int = 2048, word_bits: int = 512,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import struct
@@ -29,11 +30,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from hcemu._validate import from_dict
 from hcemu.events import FIELD_INDEX, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
-from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_bytes
+from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, packed_arrays, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
-from hcemu.model.spec import EXPERT_MATRICES, ModelSpec
+from hcemu.model.spec import EXPERT_MATRICES, MAX_MATRICES, ModelSpec
 from hcemu.rom.address import AddressMap
 from hcemu.rom.die import DieAssignment
 from hcemu.rom.geometry import RomGeometry
@@ -75,14 +77,26 @@ def plan_to_dict(plan: Plan) -> dict:
 
 
 def plan_from_dict(d: dict) -> Plan:
-    return Plan(d["name"], _fmt_from_dict(d["matrices"]), _fmt_from_dict(d["embedding"]),
-                _fmt_from_dict(d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""),
-                tuple((key, _fmt_from_dict(f)) for key, f in d.get("overrides", ())),
-                bool(d.get("source_formats", False)))
+    """The Plan of :func:`plan_to_dict`'s JSON object; TypeError/ValueError name a wrong, unknown or
+    missing field."""
+    if not isinstance(d, dict):
+        raise TypeError(f"Plan must be an object (a JSON dict), got {type(d).__name__}")
+    fields = {**d}
+    for key in ("matrices", "embedding", "output"):
+        if key in fields:
+            fields[key] = _fmt_from_dict(fields[key], f"Plan.{key}")
+    if "activations" in fields:
+        fields["activations"] = from_dict(ActFormat, fields["activations"], "Plan.activations")
+    if "overrides" in fields:
+        ov = fields["overrides"]
+        if not isinstance(ov, list) or not all(isinstance(x, list) and len(x) == 2 for x in ov):
+            raise TypeError(f"Plan.overrides must be a list of [key, format] pairs, got {ov!r}"[:300])
+        fields["overrides"] = tuple((key, _fmt_from_dict(f, f"Plan.overrides[{key!r}]")) for key, f in ov)
+    return from_dict(Plan, fields)
 
 
-def _fmt_from_dict(d: dict) -> WeightFormat:
-    return WeightFormat(d["bits"], d["group"], d["asymmetric"], d.get("kind", "int"))
+def _fmt_from_dict(d: dict, what: str = "WeightFormat") -> WeightFormat:
+    return from_dict(WeightFormat, d, what)
 
 
 def _as_float32(a: np.ndarray, ggml_type: str) -> np.ndarray:
@@ -372,7 +386,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                     f.write(buf)
                     nbytes += buf.size
                 pos = start + nbytes
-                want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                want = math.prod(shape) * np.dtype(dtype).itemsize
                 if nbytes != want:
                     raise RuntimeError(f"section of shape {shape} {dtype}: wrote {nbytes} bytes, expected {want}")
                 return {"offset": start, "nbytes": nbytes, "dtype": np.dtype(dtype).name, "shape": list(shape),
@@ -394,7 +408,6 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                                      f"{', '.join(FLOAT_TYPES + BLOCK_TYPES)}")
                 src = raw.data if method != "requantize" else source.float32(name)
                 del raw
-                nt, nb = layout_shape(fmt, n, k)
                 rows_per_chunk = max(16, (chunk_elems // k) // 16 * 16)
                 stats = ErrorStats()
                 meta = {a: [] for a in META_ARRAYS}
@@ -433,11 +446,9 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                             bar.update((r1 - r0) * k)
                         yield pw.codes
 
-                sections = {"codes": section(code_chunks(), np.uint8, (nt, nb, tile_bytes(fmt)))}
-                for a in META_ARRAYS:
-                    if meta[a]:
-                        shape = (nt,) + meta[a][0].shape[1:]
-                        sections[a] = section(meta[a], meta[a][0].dtype, shape)
+                arrays = packed_arrays(fmt, n, k)
+                parts = {"codes": code_chunks(), **meta}
+                sections = {a: section(parts[a], dtype, shape) for a, (dtype, shape) in arrays.items()}
                 del src, meta
                 err = stats.to_dict()
                 if method == "import":
@@ -493,6 +504,170 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                          tuple(notes))
 
 
+_REPORT_NUMBERS = ("rmse", "max_abs", "count", "sum_sq_err", "sum_sq_ref", "bits_per_weight")
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _canon(v) -> str:
+    """A JSON value as canonical text: equal texts mean equal values of equal JSON types (1 != 1.0 != true)."""
+    return json.dumps(v, sort_keys=True)
+
+
+def check_directory(d, path: str, payload_end: int):
+    """Check that the directory ``d`` of the image at ``path`` describes exactly what
+    :func:`compile_model` writes for its spec, plan, geometry and die: the matrices and vectors in
+    order with their formats, shapes and placement, the address map, and per tensor its sections with
+    the dtype and shape of the ROM layout (:func:`~hcemu.layout.packed_arrays`), aligned, inside
+    ``[PREAMBLE_BYTES, payload_end)`` and not overlapping; the report fields have their JSON types.
+    Counts are bounded before any list the spec implies is built (a spec claiming 10^9 layers costs
+    nothing), and the placement is built only once every section is known to lie in the file.
+    Returns ``(spec, plan, geometry, die, address_map)``; raises RomImageError naming the field.
+    """
+    def bad(msg):
+        return RomImageError(f"{path}: corrupt directory: {msg}")
+
+    def obj(v, what, keys=None, optional=()):
+        if not isinstance(v, dict):
+            raise bad(f"{what} must be an object, got {type(v).__name__}")
+        if keys is not None:
+            missing = [k for k in keys if k not in v and k not in optional]
+            extra = sorted(str(k) for k in v if k not in keys)
+            if missing or extra:
+                raise bad(f"{what}: missing {missing or '-'}, unknown {extra or '-'}")
+        return v
+
+    def lst(v, what):
+        if not isinstance(v, list):
+            raise bad(f"{what} must be a list, got {type(v).__name__}")
+        return v
+
+    def number(v, what, none_ok=False):
+        if v is None and none_ok:
+            return
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise bad(f"{what} must be a number, got {type(v).__name__} {v!r}")
+
+    def same(got, want, what):
+        if _canon(got) != _canon(want):
+            raise bad(f"{what} is {got!r}, expected {want!r}")
+
+    obj(d, "the directory")
+    for key in ("spec", "plan", "geometry", "address_map", "tensors", "vectors", "totals"):
+        if key not in d:
+            raise bad(f"no {key!r}")
+    same(d.get("format", "hcrom"), "hcrom", "format")
+    same(d.get("version", VERSION), VERSION, "version")
+    try:
+        spec = ModelSpec.from_dict(d["spec"])
+        plan = plan_from_dict(d["plan"])
+        geometry = RomGeometry.from_dict(d["geometry"])
+        die = DieAssignment.from_dict(obj(d["die"], "die")) if "die" in d else DieAssignment.whole(spec.n_layers)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
+    if die.n_layers != spec.n_layers:
+        raise bad(f"the die description is of a {die.n_layers}-layer model, the spec has {spec.n_layers}")
+    if plan.source_formats:
+        raise bad("the plan still asks for source formats (a compiled image holds them as overrides)")
+    tensors, vectors = lst(d["tensors"], "tensors"), lst(d["vectors"], "vectors")
+    if spec.n_matrices > MAX_MATRICES or die.n_die_layers > len(tensors) + len(vectors):
+        raise bad(f"the spec lists {spec.n_matrices} matrices over {spec.n_layers} layers (limit {MAX_MATRICES}); "
+                  f"the directory holds {len(tensors)} matrices and {len(vectors)} vectors")
+    matrices, _ = _image_matrices(spec, plan, die)
+    norms = _image_norms(spec, die)
+    if len(tensors) != len(matrices) or len(vectors) != len(norms):
+        raise bad(f"{len(tensors)} matrices and {len(vectors)} vectors, but the spec ({spec.n_layers} layers, "
+                  f"{die.describe()}) needs {len(matrices)} and {len(norms)}")
+    aliases = obj(d.get("aliases", {}), "aliases")
+    same(aliases, {"output.weight": "token_embd.weight"} if spec.tied_embeddings and die.head else {}, "aliases")
+    extents = []
+
+    def sections(v, what, layout):
+        obj(v, f"{what} sections", tuple(layout))
+        for kind, (dtype, shape) in layout.items():
+            sec = obj(v[kind], f"{what}/{kind}", ("offset", "nbytes", "dtype", "shape", "sha256"))
+            same(sec["dtype"], dtype.name, f"{what}/{kind} dtype")
+            same(sec["shape"], list(shape), f"{what}/{kind} shape")
+            nbytes = math.prod(shape) * dtype.itemsize
+            same(sec["nbytes"], nbytes, f"{what}/{kind} nbytes")
+            off = sec["offset"]
+            if (not isinstance(off, int) or isinstance(off, bool) or off % ALIGN or off < PREAMBLE_BYTES
+                    or off + nbytes > payload_end):
+                raise bad(f"section {what}/{kind} at {off!r}+{nbytes} is misplaced (payload "
+                          f"{PREAMBLE_BYTES}..{payload_end}, {ALIGN}-byte aligned)")
+            sha = sec["sha256"]
+            if not isinstance(sha, str) or len(sha) != 64 or not _SHA256_HEX.issuperset(sha):
+                raise bad(f"{what}/{kind} sha256 is not a SHA-256 hex digest: {sha!r}")
+            extents.append((off, off + nbytes, f"{what}/{kind}"))
+
+    report_keys = ("name", "kind", "layer", "region", "format", "bits_per_weight", "fmt", "n", "k", "source_type",
+                   "method", "count", "rmse", "max_abs", "sqnr_db", "exact", "sum_sq_err", "sum_sq_ref",
+                   "bank_base_row", "banks", "tensor_scale", "sections")
+    for i, (t, (name, kind, layer, region, fmt, (n, k))) in enumerate(zip(tensors, matrices)):
+        what = f"tensors[{i}]"
+        obj(t, what, report_keys, optional=("count", "sum_sq_err", "sum_sq_ref", "bits_per_weight", "tensor_scale"))
+        want = {"name": name, "kind": kind, "layer": layer, "region": region, "format": fmt.name,
+                "fmt": _fmt_to_dict(fmt), "n": n, "k": k}
+        for key, value in want.items():
+            same(t[key], value, f"{what}.{key}")
+        if not isinstance(t["source_type"], str) or t["method"] not in ("import", "quantize", "requantize"):
+            raise bad(f"{what}: source_type {t['source_type']!r} / method {t['method']!r}")
+        for key in _REPORT_NUMBERS:
+            if key in t:
+                number(t[key], f"{what}.{key}")
+        number(t["sqnr_db"], f"{what}.sqnr_db", none_ok=True)
+        if not isinstance(t["exact"], bool):
+            raise bad(f"{what}.exact must be true or false, got {t['exact']!r}")
+        if "tensor_scale" in t:
+            ts = t["tensor_scale"]
+            if fmt.block is None or fmt.block.name != "nvfp4" or not isinstance(ts, float) or not 0 < ts < math.inf:
+                raise bad(f"{what}.tensor_scale {ts!r}: only NVFP4 matrices hold one, a positive finite float")
+        try:
+            layout = packed_arrays(fmt, n, k)
+        except ValueError as exc:   # a width the format cannot tile
+            raise bad(f"{what}: {exc}") from None
+        sections(t["sections"], name, layout)
+    for i, (v, (name, layer, length)) in enumerate(zip(vectors, norms)):
+        what = f"vectors[{i}]"
+        obj(v, what, ("name", "layer", "n", "source_type", "sections"))
+        same([v["name"], v["layer"], v["n"]], [name, layer, length], f"{what} (name, layer, n)")
+        if not isinstance(v["source_type"], str):
+            raise bad(f"{what}.source_type must be a string")
+        sections(v["sections"], name, {"values": (np.dtype(np.float32), (length,))})
+    extents.sort()
+    for (_s0, e0, a), (s1, _e1, b) in zip(extents, extents[1:]):
+        if s1 < e0:
+            raise bad(f"sections {a} and {b} overlap")
+    # every matrix's bytes lie in the file now, so the placement's numbers are bounded by it
+    try:
+        amap = AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices],
+                          spec.n_experts)
+    except ValueError as exc:  # a layer the geometry cannot hold
+        raise bad(f"the spec, plan and geometry do not make an image: {exc}") from None
+    stored, placed = obj(d["address_map"], "address_map"), amap.to_dict()
+    if spec.n_experts == 0 and "n_experts" not in stored:   # images written before experts existed
+        placed.pop("n_experts", None)
+    same(stored, placed, "address_map")
+    for i, (t, (name, *_rest)) in enumerate(zip(tensors, matrices)):
+        p = amap.by_name[name]
+        same([t["bank_base_row"], t["banks"]], [p.base_row, p.n_banks], f"tensors[{i}] (bank_base_row, banks)")
+    totals = obj(d["totals"], "totals", ("count", "rmse", "max_abs", "sqnr_db", "exact", "sum_sq_err",
+                                         "sum_sq_ref", "exact_tensors", "tensors"))
+    for key, value in totals.items():
+        if key == "exact":
+            if not isinstance(value, bool):
+                raise bad("totals.exact must be true or false")
+        else:
+            number(value, f"totals.{key}", none_ok=key == "sqnr_db")
+    notes = lst(d.get("notes", []), "notes")
+    if not all(isinstance(x, str) for x in notes):
+        raise bad("notes must be strings")
+    for key in ("source", "created_by"):
+        if not isinstance(d.get(key, ""), str):
+            raise bad(f"{key} must be a string")
+    number(d.get("compile_seconds", 0.0), "compile_seconds")
+    return spec, plan, geometry, die, amap
+
+
 def _created_by() -> str:
     from hcemu import __version__
     return f"hcemu {__version__}"
@@ -509,36 +684,26 @@ class RomImage:
     (seconds on an 8B image); the preamble and directory checksums are always checked.
     """
 
-    def __init__(self, path: str, directory: dict, mm: mmap.mmap | None):
+    def __init__(self, path: str, directory: dict, mm: mmap.mmap | None, payload_end: int | None = None):
+        """Checks ``directory`` (:func:`check_directory`; sections must end by ``payload_end``, default
+        the map's size) and raises RomImageError naming what is wrong."""
         self.path = path
         self.directory = directory
         self._mm = mm
-        self.spec = ModelSpec.from_dict(directory["spec"])
-        self.plan = plan_from_dict(directory["plan"])
-        self.geometry = RomGeometry.from_dict(directory["geometry"])
+        end = payload_end if payload_end is not None else (len(mm) if mm is not None else 0)
+        self.spec, self.plan, self.geometry, self.die, self.address_map = check_directory(directory, path, end)
         self._tensors = {t["name"]: t for t in directory["tensors"]}
         self._vectors = {v["name"]: v for v in directory["vectors"]}
         self.aliases = dict(directory.get("aliases", {}))
-        try:
-            self.die = (DieAssignment.from_dict(directory["die"]) if "die" in directory
-                        else DieAssignment.whole(self.spec.n_layers))
-        except (TypeError, ValueError) as exc:
-            raise RomImageError(f"{path}: corrupt die description: {exc}") from None
-        if self.die.n_layers != self.spec.n_layers:
-            raise RomImageError(f"{path}: the die description is of a {self.die.n_layers}-layer model, "
-                                f"the spec has {self.spec.n_layers}")
         self.directory_sha256 = ""  # SHA-256 of the directory (hex), set by load()
-        self.address_map = AddressMap(self.geometry, self.spec.n_layers,
-                                      [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
-                                       for t in directory["tensors"]], self.spec.n_experts)
-        stored = [r["banks"] for r in directory["address_map"]["regions"]]
-        if stored != [int(b) for b in self.address_map.region_banks]:
-            raise RomImageError(f"{path}: directory's bank counts {stored} disagree with the placement rule")
         self._cache: dict[str, PackedWeights] = {}
 
     # ---- loading
     @classmethod
     def load(cls, path, verify: bool = True) -> "RomImage":
+        """Open and check an image. Raises FileNotFoundError (no such file), another OSError (not
+        readable: a directory, no permission), RomImageError (a ValueError: not an image, truncated,
+        corrupt, or a directory that does not describe what the compiler writes)."""
         path = os.fspath(path)
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -556,7 +721,7 @@ class RomImage:
                 raise RomImageError(f"{path}: truncated: {size} bytes, the preamble says {file_bytes}")
             if size > file_bytes:
                 raise RomImageError(f"{path}: {size - file_bytes} unexpected trailing bytes (file {size}, preamble says {file_bytes})")
-            if pre_bytes != PREAMBLE_BYTES or dir_off + dir_len != file_bytes:
+            if pre_bytes != PREAMBLE_BYTES or dir_off < PREAMBLE_BYTES or dir_off + dir_len != file_bytes:
                 raise RomImageError(f"{path}: corrupt preamble (directory at {dir_off}+{dir_len}, file {file_bytes})")
             f.seek(dir_off)
             blob = f.read(dir_len)
@@ -564,15 +729,15 @@ class RomImage:
                 raise RomImageError(f"{path}: corrupt directory (SHA-256 mismatch)")
             try:
                 directory = json.loads(blob.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RomImageError(f"{path}: unreadable directory: {exc}") from None
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, int digits
+                raise RomImageError(f"{path}: unreadable directory: {type(exc).__name__}: {exc}") from None
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        img = cls(path, directory, mm)
+        try:
+            img = cls(path, directory, mm, payload_end=dir_off)
+        except BaseException:
+            mm.close()
+            raise
         img.directory_sha256 = dir_sha.hex()
-        for what, sec in img._sections():
-            end = sec["offset"] + sec["nbytes"]
-            if sec["offset"] % ALIGN or end > dir_off:
-                raise RomImageError(f"{path}: section {what} at {sec['offset']}+{sec['nbytes']} is misplaced")
         if verify:
             img.verify()
         return img
@@ -580,16 +745,31 @@ class RomImage:
     def _sections(self):
         for t in self.directory["tensors"] + self.directory["vectors"]:
             for kind, sec in t["sections"].items():
-                yield f"{t['name']}/{kind}", sec
+                yield t, f"{t['name']}/{kind}", kind, sec
 
     def verify(self) -> None:
-        """Check every section's SHA-256; RomImageError names the first corrupt one."""
-        for what, sec in self._sections():
+        """Check every section's SHA-256, and that scales, offsets and norm vectors hold defined values
+        (finite floats; no undefined MXFP4/NVFP4 scale byte): a file edited and re-signed passes the
+        checksums. RomImageError names the first bad section."""
+        from hcemu.rom.blocks import undefined_scale_bytes
+
+        for t, what, kind, sec in self._sections():
             h = hashlib.sha256(memoryview(self._mm)[sec["offset"]: sec["offset"] + sec["nbytes"]]).hexdigest()
             if h != sec["sha256"]:
                 raise RomImageError(f"{self.path}: corrupt section {what} (SHA-256 mismatch)")
+            a = self._array(sec) if kind != "codes" else None
+            if a is None:
+                continue
+            if a.dtype.kind == "f":
+                if not np.isfinite(a).all():
+                    raise RomImageError(f"{self.path}: section {what} holds NaN or infinity")
+            elif kind == "scales":
+                block = _fmt_from_dict(t["fmt"]).block
+                if block is not None and undefined_scale_bytes(a, block.scale).any():
+                    raise RomImageError(f"{self.path}: section {what} holds undefined {block.scale} scale bytes")
 
     def _array(self, sec: dict) -> np.ndarray:
+        # dtype, shape and bounds were checked against the format and the file by check_directory
         dt = np.dtype(sec["dtype"])
         a = np.frombuffer(self._mm, dtype=dt, count=sec["nbytes"] // dt.itemsize, offset=sec["offset"])
         return a.reshape(sec["shape"])

@@ -163,11 +163,15 @@ def import_blocks(data: np.ndarray, ggml_type: str, k: int, fmt: WeightFormat, w
     b = _blocks(data, ggml_type, k, what)
     n, nb, _ = b.shape
     d = b[..., 0:2].copy().view(np.float16).reshape(n, nb)
+    if not np.isfinite(d).all():
+        raise ValueError(f"{what}: a {ggml_type} block scale is NaN or infinite")
     if ggml_type == "Q8_0":
         q = b[..., 2:].copy().view(np.int8).reshape(n, k)
         return pack(q, d, fmt)
     if ggml_type == "Q4_1":
         m = b[..., 2:4].copy().view(np.float16).reshape(n, nb)
+        if not np.isfinite(m).all():
+            raise ValueError(f"{what}: a Q4_1 block offset is NaN or infinite")
         return pack(_nibbles(b[..., 4:]).reshape(n, k), d, fmt, m)
     u = _nibbles(b[..., 2:]).reshape(n, k)  # Q4_0
     if fmt.asymmetric:
