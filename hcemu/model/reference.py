@@ -5,6 +5,9 @@ math of :mod:`hcemu.model.ops` (RMSNorm, consecutive-pair RoPE, SiLU, softmax), 
 and tied embeddings when the spec says so. Matrix products are numpy float32 ``matmul`` (BLAS), so
 results are close to, not bit-identical with, other float32 implementations.
 
+LoRA adapters (:class:`hcemu.model.lora.LoraAdapter`) run on a side path, as llama.cpp applies them:
+``y = h @ W.T + s * ((h @ A.T) @ B.T)`` per adapter, in float32, in the order given (never merged into W).
+
 State: a float32 KV cache of ``(n_layers, capacity, n_kv_heads, head_dim)`` for K and for V, grown
 as needed. :meth:`prefill` resets it; :meth:`decode` appends one token.
 """
@@ -24,9 +27,10 @@ class FloatLlama:
 
     All weights are dequantized on construction (float32: 4 bytes per parameter, so 0.55 GB for
     SmolLM2-135M); ``layers`` limits how many transformer blocks run (for quick tests, default all).
+    adapters: LoRA adapters applied on every forward (see :meth:`set_adapters`).
     """
 
-    def __init__(self, source: ModelSource, dtype=np.float32, layers: int | None = None):
+    def __init__(self, source: ModelSource, dtype=np.float32, layers: int | None = None, adapters=()):
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"FloatLlama computes in float32 only, got dtype {np.dtype(dtype)}")
         spec = source.spec
@@ -56,7 +60,36 @@ class FloatLlama:
             L["ffn_norm"] = load(f"blk.{i}.ffn_norm.weight", (spec.d_model,))
             self.layers.append(L)
         self._out_t = np.ascontiguousarray(self.output.T)
+        self.set_adapters(adapters)
         self.reset()
+
+    def set_adapters(self, adapters=()) -> None:
+        """Apply these LoRA adapters (a LoraAdapter or a sequence of them; empty: none) from now on.
+        Each adapted product becomes ``h @ W.T + sum over adapters of s * ((h @ A.T) @ B.T)``."""
+        from hcemu.model.lora import LoraAdapter
+
+        if isinstance(adapters, LoraAdapter):
+            adapters = (adapters,)
+        self.adapters = tuple(adapters)
+        side = {}
+        for ad in self.adapters:
+            if not isinstance(ad, LoraAdapter):
+                raise TypeError(f"adapters must be LoraAdapter objects, got {type(ad).__name__}")
+            for (li, kind), p in ad.pairs.items():
+                n, k = self.spec.matrix_shape(kind)
+                if p.a.shape[1] != k or p.b.shape[0] != n:
+                    raise ValueError(f"adapter {ad.name!r} does not fit {self.spec.name}'s {kind} ({n}x{k})")
+                if li < self.n_layers:
+                    side.setdefault((li, kind), []).append(
+                        (np.ascontiguousarray(p.a.T), np.ascontiguousarray(p.b.T), F32(p.scale)))
+        self._side = side
+
+    def _mm(self, li: int, kind: str, h: np.ndarray) -> np.ndarray:
+        """``h @ W.T`` of layer ``li``'s matrix plus its adapters' side paths."""
+        y = h @ self.layers[li][kind]
+        for at, bt, s in self._side.get((li, kind), ()):
+            y = y + s * ((h @ at) @ bt)
+        return y
 
     # ---- cache
     def reset(self) -> None:
@@ -118,9 +151,9 @@ class FloatLlama:
         x = self.embedding[toks]
         for li, L in enumerate(self.layers):
             h = ops.rmsnorm(x, L["attn_norm"], s.norm_eps)
-            q = (h @ L["attn_q"]).reshape(t, nh, hd)
-            k = (h @ L["attn_k"]).reshape(t, nkv, hd)
-            v = (h @ L["attn_v"]).reshape(t, nkv, hd)
+            q = self._mm(li, "attn_q", h).reshape(t, nh, hd)
+            k = self._mm(li, "attn_k", h).reshape(t, nkv, hd)
+            v = self._mm(li, "attn_v", h).reshape(t, nkv, hd)
             q = ops.apply_rope(q, cos, sin)
             k = ops.apply_rope(k, cos, sin)
             self._k[li, p0:T] = k
@@ -134,10 +167,10 @@ class FloatLlama:
             probs = ops.softmax(scores, axis=-1)
             att = probs @ V[:, None]                           # (nkv, g, t, hd)
             att = att.transpose(2, 0, 1, 3).reshape(t, nh * hd)
-            x = x + att @ L["attn_output"]
+            x = x + self._mm(li, "attn_output", att)
             h = ops.rmsnorm(x, L["ffn_norm"], s.norm_eps)
-            ff = ops.silu(h @ L["ffn_gate"]) * (h @ L["ffn_up"])
-            x = x + ff @ L["ffn_down"]
+            ff = ops.silu(self._mm(li, "ffn_gate", h)) * self._mm(li, "ffn_up", h)
+            x = x + self._mm(li, "ffn_down", ff)
         self.pos = T
         if not all_logits:
             x = x[-1:]
