@@ -58,6 +58,22 @@ cdef extern from "hcemu.h" nogil:
     hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
     uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
     int hc_openmp()
+# ---- LoRA adapters in SRAM (csrc/hc_lora.c)
+cdef extern from "hcemu.h" nogil:
+    ctypedef struct hc_adapter:
+        int64_t n, k, rank
+        int fp16
+        const hc_weights *a
+        const hc_weights *b
+        const float *a32
+        const float *b32
+    int HC_ADAPTERS_MAX
+    ctypedef struct hc_adapter_slot:
+        int n
+        const hc_adapter *a[8]
+    int hc_adapter_check(const hc_adapter *ad)
+    int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_scales, int64_t act_group,
+                         const float *x, int64_t m, float *y, int64_t ldy)
 # ---- decoder layers as one compiled pass (csrc/hc_chip.c)
 cdef extern from "hcemu.h" nogil:
     ctypedef struct hc_layer:
@@ -85,14 +101,15 @@ cdef extern from "hcemu.h" nogil:
         const float *rope_cos
         const float *rope_sin
         const hc_layer *layers
+        const hc_adapter_slot *adapters
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile
         int64_t failed_layer, failed_op
         double seconds
         int64_t calls
-        double op_seconds[11]
-        int64_t op_calls[11]
+        double op_seconds[12]
+        int64_t op_calls[12]
     const char *hc_decoder_op_name(int op)
     int hc_decoder_check(const hc_decoder *m)
     int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,

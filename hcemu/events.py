@@ -17,11 +17,13 @@ rom_meta_bits              bits of fp16 scales and offsets read from ROM
 rom_tiles                  ROM tile reads (one tile = 16 rows x tile_k inputs, read once per pass)
 sram_kv_bytes_read         KV-cache bytes streamed from SRAM by attention (values and scales)
 sram_kv_bytes_written      KV-cache bytes appended to SRAM
-sram_adapter_bytes_read    LoRA adapter bytes read from SRAM
+sram_adapter_bytes_read    LoRA adapter bytes read from SRAM (A and B, codes and scales)
 attn_macs                  attention multiply-accumulates (q.k and p.v) in the attention unit
 act_quant_elems            activations quantized to int8 before a CIM product
 vec_flops                  float32 vector-unit operations (norms, RoPE, softmax, SiLU, residual, scaling)
 vec_transcendentals        exp / rsqrt / sin-cos evaluations in the vector unit
+adapter_macs_w8            LoRA side-path multiply-accumulates with int8 A and B (int8 activations)
+adapter_macs_f16           LoRA side-path multiply-accumulates with fp16 A and B (float32 activations)
 =========================  ======================================================================
 """
 from __future__ import annotations
@@ -45,6 +47,8 @@ FIELDS = (
     "act_quant_elems",
     "vec_flops",
     "vec_transcendentals",
+    "adapter_macs_w8",
+    "adapter_macs_f16",
 )
 FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hcemu import _core
+from hcemu.chip.lora import DEFAULT_ADAPTER_SRAM_BYTES, SramAdapter, selection_slots
 from hcemu.events import Events, embed_counts, head_vector_counts, layer_vector_counts
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
+from hcemu.kernels.lora import adapter_apply
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
 from hcemu.model.spec import LAYER_MATRICES
@@ -37,6 +39,11 @@ class StepResult:
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
+    adapters: tuple = ()
+
+
+class SramBudgetError(ValueError):
+    """An adapter (or the KV cache) does not fit the chip's SRAM."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Chip:
     (:class:`hcemu._core.Decoder`, csrc/hc_chip.c) instead of the interpreted loop of
     :meth:`_layers_interpreted`, which calls the same kernels in the same order from Python (the
     readable form of the dataflow; values and events are identical, tests hold them so).
+    sram_bytes: the chip's SRAM, shared by the KV cache (allocated first) and the resident LoRA
+    adapters (default: the KV cache plus ``DEFAULT_ADAPTER_SRAM_BYTES``); see :meth:`load_adapter`.
     profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
     ``layers_call_seconds`` the part of it spent in the compiled layers' calls, their Python wrapper
@@ -89,7 +98,7 @@ class Chip:
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
                  kv_format: str | None = None, n_threads: int = 1, profile: bool = False,
-                 fuse_products: bool = True, compiled: bool = True):
+                 fuse_products: bool = True, compiled: bool = True, sram_bytes: int | None = None):
         self.image = image
         self.spec = spec = image.spec
         plan = image.plan
@@ -105,6 +114,14 @@ class Chip:
         self._g_d = act.group_for(spec.d_model)
         self._g_q = act.group_for(spec.q_dim)
         self._g_f = act.group_for(spec.d_ff)
+        self.sram_bytes = int(self.kv.nbytes + DEFAULT_ADAPTER_SRAM_BYTES if sram_bytes is None else sram_bytes)
+        if self.sram_bytes < self.kv.nbytes:
+            raise SramBudgetError(f"the KV cache ({self.kv.capacity_tokens} tokens, {self.kv.nbytes} bytes) does not fit "
+                                  f"the {self.sram_bytes} bytes of SRAM")
+        self._resident: dict[str, SramAdapter] = {}
+        self._selection: tuple = ()
+        self._sel_slots = None  # per layer, 7 lists of CimAdapters (interpreted path); None: no adapter
+        self._sel_counts = None  # int64 (n_layers, fields): the selection's events per token pass
         self._layers = [self._load_layer(i, fuse_products) for i in range(spec.n_layers)]
         self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
         self._embedding = image.matrix("token_embd.weight")
@@ -191,6 +208,94 @@ class Chip:
     def reset(self) -> None:
         self.kv.reset()
 
+    # ------------------------------------------------------------------ adapters
+    @property
+    def adapters(self) -> dict:
+        """Resident adapters, ``{name: SramAdapter}`` (a copy)."""
+        return dict(self._resident)
+
+    @property
+    def adapter_sram_bytes(self) -> int:
+        """SRAM bytes held by the resident adapters."""
+        return sum(a.nbytes for a in self._resident.values())
+
+    @property
+    def sram_free_bytes(self) -> int:
+        """SRAM left for more adapters: ``sram_bytes`` less the KV cache and the resident adapters."""
+        return self.sram_bytes - self.kv.nbytes - self.adapter_sram_bytes
+
+    def load_adapter(self, adapter, *, name: str | None = None, fmt: str = "int8", scale: float = 1.0) -> SramAdapter:
+        """Make a LoRA adapter resident in SRAM (the ROM image is untouched); returns its SramAdapter.
+
+        adapter: a :class:`hcemu.model.lora.LoraAdapter`, or the path of an adapter GGUF (read with the
+        user ``scale``). fmt: ``"int8"`` (default) or ``"fp16"``. name: the key requests select it by
+        (default the adapter's name). Raises :class:`SramBudgetError` when it does not fit the free
+        SRAM, ValueError for a name already resident, LoraError for an adapter that does not fit the model.
+        """
+        from hcemu.model.lora import LoraAdapter, load_lora
+
+        if not isinstance(adapter, LoraAdapter):
+            adapter = load_lora(adapter, self.spec, scale=scale)
+        sa = SramAdapter(adapter, self.spec, fmt, name)
+        if sa.name in self._resident:
+            raise ValueError(f"an adapter named {sa.name!r} is already resident; unload it or pick another name")
+        if sa.nbytes > self.sram_free_bytes:
+            raise SramBudgetError(
+                f"adapter {sa.name!r} needs {sa.nbytes} bytes of SRAM ({fmt}); the chip's {self.sram_bytes} bytes hold "
+                f"the KV cache ({self.kv.nbytes}) and {len(self._resident)} adapter(s) ({self.adapter_sram_bytes}): "
+                f"{self.sram_free_bytes} bytes free")
+        self._resident[sa.name] = sa
+        return sa
+
+    def unload_adapter(self, name: str) -> None:
+        """Free a resident adapter's SRAM (KeyError if none has that name)."""
+        if name not in self._resident:
+            raise KeyError(f"no resident adapter named {name!r}; resident: {sorted(self._resident)}")
+        del self._resident[name]
+        if name in self._selection:
+            self._select(())
+
+    def _names(self, adapter) -> tuple:
+        """The resident names a request's ``adapter`` argument selects (loading a LoraAdapter not yet resident)."""
+        from hcemu.model.lora import LoraAdapter
+
+        if adapter is None:
+            return ()
+        items = adapter if isinstance(adapter, (list, tuple)) else (adapter,)
+        names = []
+        for a in items:
+            if isinstance(a, str):
+                if a not in self._resident:
+                    raise KeyError(f"no resident adapter named {a!r}; resident: {sorted(self._resident)}")
+                names.append(a)
+            elif isinstance(a, SramAdapter):
+                if self._resident.get(a.name) is not a:
+                    raise ValueError(f"adapter {a.name!r} is not resident on this chip")
+                names.append(a.name)
+            elif isinstance(a, LoraAdapter):
+                hit = [sa.name for sa in self._resident.values() if sa.source is a]
+                names.append(hit[0] if hit else self.load_adapter(a).name)
+            else:
+                raise TypeError(f"adapter must be a name, an SramAdapter or a LoraAdapter, got {type(a).__name__}")
+        return tuple(names)
+
+    def _select(self, names: tuple) -> None:
+        """Point the side paths at the adapters ``names`` (no-op when already selected)."""
+        if names == self._selection:
+            return
+        if not names:
+            self._sel_slots = self._sel_counts = None
+            if self._decoder is not None:
+                self._decoder.set_adapters(None)
+        else:
+            ads = [self._resident[n] for n in names]
+            slots = selection_slots(ads, self.spec.n_layers)
+            if self._decoder is not None:
+                self._decoder.set_adapters(slots)
+            self._sel_slots = slots
+            self._sel_counts = sum(a.layer_counts for a in ads)
+        self._selection = names
+
     def op_seconds(self) -> dict:
         """With ``profile`` and ``compiled``: ``{op: (seconds, calls)}`` of the kernel calls inside the
         compiled layers, and ``"layers"``: (seconds of the whole compiled calls, steps)."""
@@ -208,13 +313,16 @@ class Chip:
             self._decoder.reset_op_times()
 
     # ------------------------------------------------------------------ execution
-    def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
+    def prefill(self, tokens, *, all_logits: bool = False, adapter=None) -> StepResult:
         """Run prompt tokens through the chip in chunks of up to 64, appending their K/V to SRAM.
 
         The output head runs only where logits leave the chip: on the last prompt token, or on every
-        token when ``all_logits`` (evaluation).
+        token when ``all_logits`` (evaluation). adapter: the LoRA adapter(s) this step applies — None
+        (the ROM model alone), a resident adapter's name, an SramAdapter, a LoraAdapter (made resident
+        if it is not), or a sequence of those (their updates add up, in that order).
         """
         tokens = self._check_tokens(tokens)
+        self._select(self._names(adapter))
         ev = Events(self.spec.n_layers)
         outs = []
         for c in range(0, len(tokens), MAX_CHUNK):
@@ -225,14 +333,16 @@ class Chip:
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)))
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)), self._selection)
 
-    def decode(self, token: int) -> StepResult:
-        """One decode step: the token at the current position; logits of the next."""
+    def decode(self, token: int, *, adapter=None) -> StepResult:
+        """One decode step: the token at the current position; logits of the next (adapter: as
+        :meth:`prefill`)."""
         tokens = self._check_tokens([token])
+        self._select(self._names(adapter))
         ev = Events(self.spec.n_layers)
         logits = self._forward(tokens, ev, slice(None))
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1))
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1), self._selection)
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -277,6 +387,8 @@ class Chip:
             self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
             raise
         counts[:self.spec.n_layers] += t * self._layer_const
+        if self._sel_counts is not None:
+            counts[:self.spec.n_layers] += t * self._sel_counts
         self.kv.commit(t)
         x = x[head_rows]
         if not len(x):
@@ -299,38 +411,72 @@ class Chip:
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
         rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
         kv, eps = self.kv, s.norm_eps
+        sel = self._sel_slots
+        none = [()] * 7
+
+        def side(slot, q8, sc, xin, y, col=0):  # the adapters of one matrix, in order (docs/chip.md)
+            for ca in slot:
+                adapter_apply(ca, q8, sc, xin, y, col)
+
         for i, L in enumerate(self._layers):
+            aq, ak, av, ao, ag, au, ad = none if sel is None else sel[i]
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wqkv is not None:
                 qkv = matmul(q8, sc, L.wqkv, n_threads=nt, events=ev, region=i)
+                side(aq, q8, sc, h, qkv, 0)
+                side(ak, q8, sc, h, qkv, qd)
+                side(av, q8, sc, h, qkv, qd + kvd)
                 q = np.ascontiguousarray(qkv[:, :qd]).reshape(t, H, hd)
                 k = np.ascontiguousarray(qkv[:, qd:qd + kvd]).reshape(t, Hkv, hd)
                 v = np.ascontiguousarray(qkv[:, qd + kvd:]).reshape(t, Hkv, hd)
             else:
-                q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
-                k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
-                v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+                q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i)
+                k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i)
+                v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i)
+                side(aq, q8, sc, h, q)
+                side(ak, q8, sc, h, k)
+                side(av, q8, sc, h, v)
+                q, k, v = q.reshape(t, H, hd), k.reshape(t, Hkv, hd), v.reshape(t, Hkv, hd)
             rope(q, cos, sin, out=q)
             rope(k, cos, sin, out=k)
             kv_append(i, k, v, events=ev, region=i)
             a = attend(q, kv, i, start, events=ev, region=i)
-            add(x, linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i))
+            if ao:  # quantize once for the ROM product and the side path (= linear)
+                qa, sa = quantize(a, g_q)
+                o = matmul(qa, sa, L.wo, n_threads=nt, events=ev, region=i)
+                side(ao, qa, sa, a, o)
+            else:
+                o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
+            add(x, o)
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wgate_up is not None:
                 gu = matmul(q8, sc, L.wgate_up, n_threads=nt, events=ev, region=i)
+                side(ag, q8, sc, h, gu, 0)
+                side(au, q8, sc, h, gu, f)
                 g = np.ascontiguousarray(gu[:, :f])
                 u = np.ascontiguousarray(gu[:, f:])
             else:
                 g = matmul(q8, sc, L.wg, n_threads=nt, events=ev, region=i)
                 u = matmul(q8, sc, L.wu, n_threads=nt, events=ev, region=i)
+                side(ag, q8, sc, h, g)
+                side(au, q8, sc, h, u)
             silu_mul(g, u, out=g)
-            add(x, linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i))
+            if ad:
+                qg, sg = quantize(g, g_f)
+                o = matmul(qg, sg, L.wd, n_threads=nt, events=ev, region=i)
+                side(ad, qg, sg, g, o)
+            else:
+                o = linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i)
+            add(x, o)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
-        """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
+    def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None, adapter=None):
+        """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`.
+
+        adapter: the LoRA adapter(s) of this request (see :meth:`prefill`); switching between requests
+        repoints the side paths at other resident adapters, the ROM is not reloaded."""
         from hcemu.sampling import Sampler
 
         if max_new_tokens < 0:
@@ -343,7 +489,7 @@ class Chip:
                 f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
                 f"{self.kv.capacity_tokens - self.kv.length} token slots fit")
         t0 = time.perf_counter()
-        res = self.prefill(prompt)
+        res = self.prefill(prompt, adapter=adapter)
         t_prefill = time.perf_counter() - t0
         prefill_events, decode_events = res.events, Events(self.spec.n_layers)
         bank_rows = res.bank_rows
@@ -358,7 +504,7 @@ class Chip:
             if tok in stop_ids or len(out) == max_new_tokens:
                 break
             t0 = time.perf_counter()
-            step = self.decode(tok)
+            step = self.decode(tok, adapter=res.adapters)
             t_decode += time.perf_counter() - t0
             decode_events += step.events
             bank_rows = bank_rows + step.bank_rows
@@ -367,7 +513,8 @@ class Chip:
         return Generation(
             prompt_ids=[int(i) for i in prompt], ids=out,
             prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
-            prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows)
+            prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows,
+            adapters=res.adapters, adapter_sram_bytes=self.adapter_sram_bytes)
 
 
 @dataclass
@@ -382,6 +529,8 @@ class Generation:
     prefill_events: Events
     decode_events: Events
     bank_rows: np.ndarray
+    adapters: tuple = ()            # names of the LoRA adapters the request applied
+    adapter_sram_bytes: int = 0     # SRAM held by all resident adapters during the request
 
     @property
     def host_prefill_tok_s(self) -> float:
