@@ -210,3 +210,36 @@ def test_accuracy_with_adapter_against_the_float_reference(image_path, smollm2_g
         ref.set_adapters(load_lora(adapters["r16a"], src.spec))
         moved = compare_logits(base, ref.logits(ids)[:-1], ids[1:]).kld.mean()
         assert moved > 4 * res["kld_mean"], (moved, res["kld_mean"])
+
+
+def test_run_and_eval_cli_with_lora(image_path, smollm2_gguf, adapters, capsys):
+    import json
+
+    from hcemu.cli import main
+
+    args = ["run", image_path, "--prompt", "Name three colours.", "--max-new-tokens", "6", "--json", "--no-progress"]
+    assert main(args) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert main(args + ["--lora", adapters["r16a"], "--lora", adapters["r8qv"] + ":0.5"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [a["scale"] for a in rep["adapters"]] == [1.0, 0.5] and rep["adapters"][0]["ranks"] == [16]
+    assert rep["adapter_sram_bytes"] == sum(a["sram_bytes"] for a in rep["adapters"]) > 0
+    ev, ev0 = rep["events"]["total"], base["events"]["total"]
+    assert ev["adapter_macs_w8"] > 0 and ev0["adapter_macs_w8"] == 0 and ev["sram_adapter_bytes_read"] > 0
+    si, si0 = rep["silicon"], base["silicon"]
+    assert si["adapter_sram_bytes"] == rep["adapter_sram_bytes"] and si["sram_mm2"] > si0["sram_mm2"]
+    assert main(args + ["--lora", adapters["r16a"], "--lora-format", "fp16"]) == 0
+    rep16 = json.loads(capsys.readouterr().out)
+    assert rep16["events"]["total"]["adapter_macs_f16"] > 0
+    # text output names the adapter
+    assert main(args[:-2] + ["--no-progress", "--lora", adapters["r16a"]]) == 0
+    assert "LoRA" in capsys.readouterr().out
+    # a missing or malformed adapter is a clean error
+    assert main(args + ["--lora", "/nonexistent.gguf"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(args + ["--lora", smollm2_gguf]) == 1
+    assert "adapter" in capsys.readouterr().err
+    assert main(["eval", smollm2_gguf, "--plan", "int4", "--max-tokens", "48", "--ctx", "48", "--json",
+                 "--no-progress", "--lora", adapters["r16a"]]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["lora"] == [adapters["r16a"]] and ev["kld_mean"] < 0.05

@@ -14,6 +14,13 @@ def register(sub) -> None:
     p.add_argument("--plan", default=None,
                    help="quantization plan (default: hc1-int4 where the model's widths allow, else int4)")
     p.add_argument("--cost", default="default", help="cost-assumption preset")
+    p.add_argument("--lora-rank", type=int, default=None,
+                   help="add a row for the chip with LoRA adapters of this rank in SRAM, one applied per request")
+    p.add_argument("--lora-matrices", default="all",
+                   help="matrices the adapters cover: 'all' or a comma list of attn_q,attn_k,attn_v,attn_output,"
+                        "ffn_gate,ffn_up,ffn_down (default all)")
+    p.add_argument("--lora-resident", type=int, default=1, help="adapters resident in SRAM (default 1)")
+    p.add_argument("--lora-format", choices=("int8", "fp16"), default="int8", help="adapters' SRAM format")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the rows as CSV")
@@ -36,8 +43,17 @@ def run(args) -> int:
     spec = get_preset(args.model)
     plan = default_plan(spec) if args.plan is None else get_plan(args.plan)
     n_gen = args.context if args.generated is None else args.generated
+    adapters = ()
+    if args.lora_rank is not None:
+        from hcemu.model.spec import LAYER_MATRICES
+        from hcemu.perf.analytic import LoraShape
+
+        kinds = LAYER_MATRICES if args.lora_matrices == "all" else tuple(
+            k.strip() for k in args.lora_matrices.split(",") if k.strip())
+        adapters = (LoraShape(args.lora_rank, kinds, args.lora_format),)
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
-                        host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads)
+                        host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads,
+                        adapters=adapters, resident_adapters=args.lora_resident)
     if args.json:
         print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},
                          indent=2))

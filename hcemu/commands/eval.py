@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="kernel threads per worker")
     p.add_argument("--kv", choices=KV_FORMATS, default=None,
                    help="KV-cache format of the chip (default: the plan's)")
+    from hcemu.commands.run import add_lora_args
+
+    add_lora_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -29,6 +32,7 @@ def run(args) -> int:
     from hcemu.model.tokenizer import load_tokenizer
     from hcemu.rom.cache import ensure_image
     from hcemu.chip.evaluate import evaluate
+    from hcemu.commands.run import lora_specs
     from hcemu.model import source_path
     from hcemu.model.texts import licence_text
     from hcemu.rom.image import RomImage
@@ -56,9 +60,10 @@ def run(args) -> int:
             if args.max_tokens:
                 ids = ids[: args.max_tokens]
             res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, kv_format=args.kv,
-                           executor=executor,
+                           executor=executor, adapters=lora_specs(args), adapter_format=args.lora_format,
                            progress=not args.no_progress and not args.json)
-            rows.append({"model": args.model, "plan": plan, "kv": args.kv or image.plan.kv, **res})
+            rows.append({"model": args.model, "plan": plan, "kv": args.kv or image.plan.kv,
+                         "lora": list(args.lora), **res})
     finally:
         if executor is not None:
             executor.shutdown()
