@@ -253,7 +253,7 @@ class Chip:
             raise KeyError(f"no resident adapter named {name!r}; resident: {sorted(self._resident)}")
         del self._resident[name]
         if name in self._selection:
-            self._select(())
+            self.select_adapters(None)
 
     def _names(self, adapter) -> tuple:
         """The resident names a request's ``adapter`` argument selects (loading a LoraAdapter not yet resident)."""
@@ -279,8 +279,15 @@ class Chip:
                 raise TypeError(f"adapter must be a name, an SramAdapter or a LoraAdapter, got {type(a).__name__}")
         return tuple(names)
 
+    def select_adapters(self, adapter) -> tuple:
+        """Point the side paths at ``adapter`` (as :meth:`prefill` takes it) and return the selected
+        names. Every step selects its own adapters; this is that switch alone: it repoints 7 slots per
+        layer at resident SRAM adapters (no ROM reload, no copy), and is a no-op when nothing changes."""
+        names = self._names(adapter)
+        self._select(names)
+        return names
+
     def _select(self, names: tuple) -> None:
-        """Point the side paths at the adapters ``names`` (no-op when already selected)."""
         if names == self._selection:
             return
         if not names:
@@ -322,7 +329,7 @@ class Chip:
         if it is not), or a sequence of those (their updates add up, in that order).
         """
         tokens = self._check_tokens(tokens)
-        self._select(self._names(adapter))
+        self.select_adapters(adapter)
         ev = Events(self.spec.n_layers)
         outs = []
         for c in range(0, len(tokens), MAX_CHUNK):
@@ -339,7 +346,7 @@ class Chip:
         """One decode step: the token at the current position; logits of the next (adapter: as
         :meth:`prefill`)."""
         tokens = self._check_tokens([token])
-        self._select(self._names(adapter))
+        self.select_adapters(adapter)
         ev = Events(self.spec.n_layers)
         logits = self._forward(tokens, ev, slice(None))
         return StepResult(logits, ev, self._step_bank_rows(tokens, 1), self._selection)

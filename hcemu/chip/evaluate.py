@@ -125,3 +125,59 @@ def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_thr
         "kld_p99": float(np.percentile(kld, 99)),
         "same_top1": float(top1.mean()),
     }
+
+
+def compensation_study(model: str, plans, ranks, tokens, *, calibration_tokens=None, ctx: int = 512,
+                       n_threads: int = 1, progress: bool = False) -> list[dict]:
+    """KLD and top-1 against the float reference of the chip with a rank-r compensation adapter of its
+    ROM quantization error (:mod:`hcemu.rom.compensate`) in SRAM, for each plan and rank (0 = none).
+
+    model: a GGUF path or fetchable name (the float reference needs its weights). With
+    ``calibration_tokens`` the SVD is weighted by the input RMS measured on them ("weighted"), else
+    plain ("svd"). The reference is never given the adapter: it corrects the chip towards it.
+    Returns one row per (plan, rank): ``plan, method, rank, sram_bytes, tokens, ppl_reference, ppl_chip,
+    kld_mean, kld_p99, same_top1``.
+    """
+    from hcemu.chip.chip import Chip
+    from hcemu.model import load_source, source_path
+    from hcemu.model.reference import FloatLlama
+    from hcemu.rom.cache import ensure_image
+    from hcemu.rom.compensate import ErrorFactors
+    from hcemu.rom.image import RomImage
+
+    ranks = sorted({int(r) for r in ranks})
+    if not ranks or ranks[0] < 0:
+        raise ValueError(f"ranks must be >= 0, got {ranks}")
+    parts = windows(tokens, ctx)
+    if not parts:
+        raise ValueError("the text is too short to evaluate (fewer than 2 tokens)")
+    src = load_source(source_path(model))
+    ref = FloatLlama(src)
+    ref_logits = [ref.logits(w)[:-1] for w in parts]
+    rms = ref.input_rms(calibration_tokens) if calibration_tokens is not None else None
+    del ref
+    rows = []
+    for plan in plans:
+        image = RomImage.load(ensure_image(model, plan, progress=progress), verify=False)
+        top = max(ranks)
+        factors = ErrorFactors(src, image, top, rms, progress=progress) if top else None
+        for r in ranks:
+            adapter = factors.adapter(r) if r and factors.factors else None
+            chip = Chip(image, n_threads=n_threads, kv_capacity_tokens=max(len(w) for w in parts),
+                        sram_bytes=2**40)
+            names = (chip.load_adapter(adapter).name,) if adapter is not None else ()
+            stats = []
+            for w, rl in zip(parts, ref_logits):
+                chip.reset()
+                cl = chip.prefill(w, all_logits=True, adapter=names).logits[:-1]
+                stats.append(compare_logits(rl, cl, w[1:]))
+            kld = np.concatenate([s.kld for s in stats])
+            rows.append({
+                "plan": plan, "method": "weighted" if rms is not None else "svd", "rank": r,
+                "sram_bytes": chip.adapter_sram_bytes, "matrices": len(adapter.pairs) if adapter else 0,
+                "tokens": int(len(kld)),
+                "ppl_reference": float(np.exp(np.concatenate([s.nll_reference for s in stats]).mean())),
+                "ppl_chip": float(np.exp(np.concatenate([s.nll_chip for s in stats]).mean())),
+                "kld_mean": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)),
+                "same_top1": float(np.concatenate([s.same_top1 for s in stats]).mean())})
+    return rows

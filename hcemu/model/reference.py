@@ -84,8 +84,25 @@ class FloatLlama:
                         (np.ascontiguousarray(p.a.T), np.ascontiguousarray(p.b.T), F32(p.scale)))
         self._side = side
 
+    def input_rms(self, tokens, chunk: int = 256) -> dict:
+        """Root mean square of every layer matrix's input channels over ``tokens`` (run from an empty
+        cache): ``{(layer, kind): float32 (n_in,)}`` — the activation statistics of calibration."""
+        self._sumsq = {}
+        try:
+            self.logits(tokens, chunk)
+            n = len(np.asarray(tokens))
+            return {key: np.sqrt(v / n).astype(F32) for key, v in self._sumsq.items()}
+        finally:
+            self._sumsq = None
+
+    _sumsq = None
+
     def _mm(self, li: int, kind: str, h: np.ndarray) -> np.ndarray:
         """``h @ W.T`` of layer ``li``'s matrix plus its adapters' side paths."""
+        if self._sumsq is not None:
+            acc = self._sumsq.get((li, kind))
+            sq = (h.astype(np.float64) ** 2).sum(axis=0)
+            self._sumsq[(li, kind)] = sq if acc is None else acc + sq
         y = h @ self.layers[li][kind]
         for at, bt, s in self._side.get((li, kind), ()):
             y = y + s * ((h @ at) @ bt)
