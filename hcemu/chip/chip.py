@@ -425,6 +425,14 @@ class Chip:
             for ca in slot:
                 adapter_apply(ca, q8, sc, xin, y, col)
 
+        def linear_side(xin, group, w, slot, region):  # quantize once for the ROM product and its side path
+            if not slot:
+                return linear(xin, group, w, n_threads=nt, events=ev, region=region)
+            qx, sx = quantize(xin, group)
+            y = matmul(qx, sx, w, n_threads=nt, events=ev, region=region)
+            side(slot, qx, sx, xin, y)
+            return y
+
         for i, L in enumerate(self._layers):
             aq, ak, av, ao, ag, au, ad = none if sel is None else sel[i]
             h = rmsnorm(x, L.attn_norm, eps)
@@ -449,13 +457,7 @@ class Chip:
             rope(k, cos, sin, out=k)
             kv_append(i, k, v, events=ev, region=i)
             a = attend(q, kv, i, start, events=ev, region=i)
-            if ao:  # quantize once for the ROM product and the side path (= linear)
-                qa, sa = quantize(a, g_q)
-                o = matmul(qa, sa, L.wo, n_threads=nt, events=ev, region=i)
-                side(ao, qa, sa, a, o)
-            else:
-                o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
-            add(x, o)
+            add(x, linear_side(a, g_q, L.wo, ao, i))
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wgate_up is not None:
@@ -470,13 +472,7 @@ class Chip:
                 side(ag, q8, sc, h, g)
                 side(au, q8, sc, h, u)
             silu_mul(g, u, out=g)
-            if ad:
-                qg, sg = quantize(g, g_f)
-                o = matmul(qg, sg, L.wd, n_threads=nt, events=ev, region=i)
-                side(ad, qg, sg, g, o)
-            else:
-                o = linear(g, g_f, L.wd, n_threads=nt, events=ev, region=i)
-            add(x, o)
+            add(x, linear_side(g, g_f, L.wd, ad, i))
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None, adapter=None):
