@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hcemu.formats import TILE_ROWS, kv_bytes_per_token_layer
+from hcemu.formats import TILE_ROWS, adapter_sram_bytes, kv_bytes_per_token_layer
 from hcemu.layout import layout_shape, tile_bytes
 
 FIELDS = (
@@ -230,3 +230,16 @@ def attention_counts(spec, kv: str) -> tuple[np.ndarray, np.ndarray]:
     per_key[FIELD_INDEX["vec_flops"]] = 5 * spec.n_heads
     per_key[FIELD_INDEX["vec_transcendentals"]] = spec.n_heads
     return per_pass, per_key
+
+
+def adapter_counts(fmt: str, n: int, k: int, rank: int) -> np.ndarray:
+    """One token pass through the LoRA side path of one adapted ``n x k`` matrix of rank ``rank`` held
+    as ``fmt`` (``"int8"`` or ``"fp16"``): A and B streamed from SRAM once
+    (:func:`hcemu.formats.adapter_sram_bytes`), ``rank * (k + n)`` MACs by precision, the intermediate's
+    ``rank`` values quantized for B (int8 only), ``n`` float adds into the product."""
+    c = _zeros()
+    c[FIELD_INDEX["sram_adapter_bytes_read"]] = adapter_sram_bytes(fmt, n, k, rank)
+    c[FIELD_INDEX["adapter_macs_w8" if fmt == "int8" else "adapter_macs_f16"]] = rank * (k + n)
+    c[FIELD_INDEX["act_quant_elems"]] = rank if fmt == "int8" else 0
+    c[FIELD_INDEX["vec_flops"]] = n
+    return c

@@ -213,15 +213,3 @@ def adapter_matrix_bytes(fmt: str, n: int, k: int) -> int:
 def adapter_sram_bytes(fmt: str, n: int, k: int, rank: int) -> int:
     """SRAM bytes of one adapted ``n x k`` matrix of rank ``rank``: A (rank x k) and B (n x rank)."""
     return adapter_matrix_bytes(fmt, rank, k) + adapter_matrix_bytes(fmt, n, rank)
-
-
-def adapter_pass_counts(fmt: str, n: int, k: int, rank: int) -> dict:
-    """Event increments of one token pass through the side path of one adapted ``n x k`` matrix
-    (docs/events.md "LoRA adapters"): A and B streamed from SRAM once, ``rank * (k + n)`` MACs
-    (int8 or fp16), the intermediate's ``rank`` values quantized (int8 only), ``n`` float adds."""
-    counts = {"sram_adapter_bytes_read": adapter_sram_bytes(fmt, n, k, rank),
-              ("adapter_macs_w8" if fmt == "int8" else "adapter_macs_f16"): rank * (k + n),
-              "vec_flops": n}
-    if fmt == "int8":
-        counts["act_quant_elems"] = rank
-    return counts

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, FIELDS
-from hcemu.formats import adapter_pass_counts, adapter_sram_bytes, adapter_weight_format, ADAPTER_FORMATS
+from hcemu.events import FIELDS, adapter_counts
+from hcemu.formats import ADAPTER_FORMATS, adapter_sram_bytes, adapter_weight_format
 from hcemu.kernels.lora import CimAdapter
 from hcemu.model.lora import LoraAdapter, LoraError
 from hcemu.model.spec import LAYER_MATRICES
@@ -37,7 +37,7 @@ class SramAdapter:
     ``slots[(layer, kind)]``: the :class:`~hcemu.kernels.lora.CimAdapter` of each adapted matrix;
     ``nbytes``: SRAM bytes it occupies (:func:`hcemu.formats.adapter_sram_bytes` summed);
     ``layer_counts``: int64 (n_layers, len(FIELDS)) events of one token pass through every layer's
-    side paths (:func:`hcemu.formats.adapter_pass_counts`).
+    side paths (:func:`hcemu.events.adapter_counts`).
     """
 
     def __init__(self, adapter: LoraAdapter, spec, fmt: str = "int8", name: str | None = None):
@@ -66,8 +66,7 @@ class SramAdapter:
                 a, b = _fp16(p.a, f"{where}.lora_a"), _fp16(sb, f"{where}.lora_b (scaled)")
             self.slots[(layer, kind)] = CimAdapter(a, b)
             nbytes += adapter_sram_bytes(fmt, n, k, r)
-            for field, v in adapter_pass_counts(fmt, n, k, r).items():
-                self.layer_counts[layer, FIELD_INDEX[field]] += v
+            self.layer_counts[layer] += adapter_counts(fmt, n, k, r)
         self.nbytes = int(nbytes)
 
     def __repr__(self) -> str:

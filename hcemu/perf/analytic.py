@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import (FIELD_INDEX, FIELDS, Events, attention_counts, embed_counts, head_vector_counts,
+from hcemu.events import (Events, adapter_counts, attention_counts, embed_counts, head_vector_counts,
                           layer_vector_counts, product_counts)
-from hcemu.formats import ADAPTER_FORMATS, Plan, WeightFormat, adapter_pass_counts, adapter_sram_bytes, kv_bytes_per_token_layer
+from hcemu.formats import ADAPTER_FORMATS, Plan, WeightFormat, adapter_sram_bytes, kv_bytes_per_token_layer
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
 
 
@@ -58,12 +58,8 @@ class LoraShape:
             raise ValueError(f"adapter format must be one of {ADAPTER_FORMATS}, got {self.fmt!r}")
 
     def layer_counts(self, spec: ModelSpec) -> np.ndarray:
-        """int64 per-pass counts of one layer's side paths (:func:`hcemu.formats.adapter_pass_counts`)."""
-        c = np.zeros(len(FIELDS), np.int64)
-        for kind in self.kinds:
-            for field, v in adapter_pass_counts(self.fmt, *spec.matrix_shape(kind), self.rank).items():
-                c[FIELD_INDEX[field]] += v
-        return c
+        """int64 per-pass counts of one layer's side paths (:func:`hcemu.events.adapter_counts`)."""
+        return sum(adapter_counts(self.fmt, *spec.matrix_shape(kind), self.rank) for kind in self.kinds)
 
     def sram_bytes(self, spec: ModelSpec) -> int:
         """SRAM bytes the adapter occupies over all layers."""
