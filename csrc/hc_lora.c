@@ -26,7 +26,9 @@ int hc_adapter_check(const hc_adapter *ad) {
     if (ad->fp16) return (ad->a32 && ad->b32) ? HC_OK : HC_EINVAL;
     if (!ad->a || !ad->b || hc_weights_check(ad->a) || hc_weights_check(ad->b)) return HC_EINVAL;
     if (ad->a->bits != 8 || ad->b->bits != 8) return HC_EINVAL;
-    if (ad->a->n != ad->rank || ad->a->k != ad->k || ad->b->n != ad->n || ad->b->k != ad->rank) return HC_EINVAL;
+    if (ad->a->n != ad->rank || ad->a->k != ad->k || ad->b->n != ad->n) return HC_EINVAL;
+    /* B takes r inputs, or (r < HC_ADAPTER_BLOCK) one zero-padded block of HC_ADAPTER_BLOCK */
+    if (ad->b->k != ad->rank && !(ad->rank < HC_ADAPTER_BLOCK && ad->b->k == HC_ADAPTER_BLOCK)) return HC_EINVAL;
     return HC_OK;
 }
 
@@ -34,15 +36,15 @@ int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_sca
                      const float *x, int64_t m, float *y, int64_t ldy) {
     int rc = hc_adapter_check(ad);
     if (rc) return rc;
-    const int64_t n = ad->n, k = ad->k, r = ad->rank;
+    const int64_t n = ad->n, k = ad->k, r = ad->rank, kb = ad->fp16 ? r : ad->b->k;
     if (m < 1 || !y || ldy < n) return HC_EINVAL;
     if (ad->fp16 ? !x : (!q || !act_scales || act_group < 1 || k % act_group)) return HC_EINVAL;
-    /* scratch: u (m, r) float, v (m, n) float, uq (m, r) int8, us (m) float */
-    const size_t need = (size_t)m * (size_t)(r + n + 1) * sizeof(float) + (size_t)m * (size_t)r + 64;
+    /* scratch: u (m, kb) float, v (m, n) float, uq (m, kb) int8, us (m) float */
+    const size_t need = (size_t)m * (size_t)(kb + n + 1) * sizeof(float) + (size_t)m * (size_t)kb + 64;
     _Alignas(64) char stack_buf[16384];
     char *buf = need <= sizeof(stack_buf) ? stack_buf : malloc(need);
     if (!buf) return HC_ENOMEM;
-    float *u = (float *)buf, *v = u + m * r, *us = v + m * n;
+    float *u = (float *)buf, *v = u + m * kb, *us = v + m * n;
     int8_t *uq = (int8_t *)(us + m);
     if (ad->fp16) {
         for (int64_t i = 0; i < m && rc == HC_OK; i++) {
@@ -54,8 +56,13 @@ int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_sca
         }
     } else {
         rc = hc_cim_matmul(ad->a, q, act_scales, m, act_group, u, 1);
-        if (rc == HC_OK) rc = hc_quantize_act(u, m, r, r, uq, us);
-        if (rc == HC_OK) rc = hc_cim_matmul(ad->b, uq, us, m, r, v, 1);
+        if (rc == HC_OK && kb > r) /* spread the rows (m, r) -> (m, kb), zero padding: amax, scale and */
+            for (int64_t i = m - 1; i >= 0; i--) { /* codes of the r values are unchanged */
+                memmove(u + i * kb, u + i * r, (size_t)r * sizeof(float));
+                memset(u + i * kb + r, 0, (size_t)(kb - r) * sizeof(float));
+            }
+        if (rc == HC_OK) rc = hc_quantize_act(u, m, kb, kb, uq, us);
+        if (rc == HC_OK) rc = hc_cim_matmul(ad->b, uq, us, m, kb, v, 1);
     }
     if (rc == HC_OK)
         for (int64_t i = 0; i < m; i++) {

@@ -210,6 +210,10 @@ int hc_openmp(void);
  * fp16 (fp16 = 1): A, B hold fp16 values (given here as the exactly equal float32 numbers, row-major
  * (r, k) and (n, r)); both products are 16-lane float32 dots (the vector unit's order) of the
  * float32 activations x.                                                                         */
+#define HC_ADAPTER_BLOCK 32
+/* int8 B of rank r < HC_ADAPTER_BLOCK may be held as one zero-padded block of HC_ADAPTER_BLOCK inputs
+ * (b->k == 32): the same codes and the same one scale per row, through the faster block kernels;
+ * A x is then zero-padded to 32 values before it is quantized (amax and codes unchanged). */
 typedef struct {
     int64_t n, k, rank;
     int fp16;

@@ -41,8 +41,9 @@ cdef class CimAdapter:
                 raise ValueError(f"CimAdapter: int8 adapters need int8 matrices, got {self.a_cw.fmt.name}, "
                                  f"{self.b_cw.fmt.name}")
             r, k, n = self.a_cw.n, self.a_cw.k, self.b_cw.n
-            if self.b_cw.k != r:
-                raise ValueError(f"CimAdapter: a is {r}x{k} but b is {n}x{self.b_cw.k}: b needs {r} inputs")
+            if self.b_cw.k != r and not (r < 32 and self.b_cw.k == 32 and not self.b_cw.fmt.per_channel):
+                raise ValueError(f"CimAdapter: a is {r}x{k} but b is {n}x{self.b_cw.k}: b needs {r} inputs "
+                                 f"(or, for r < 32, one zero-padded block of 32)")
             self.fmt = "int8"
             self.ad.fp16 = 0
             self.ad.a = &self.a_cw.w

@@ -104,3 +104,29 @@ def test_bad_input_is_refused():
     x[1, 3] = np.inf
     with pytest.raises(ValueError):
         adapter_apply(CimAdapter(a16, b16), None, None, x, y)
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("r, m", [(16, 1), (8, 5), (1, 2), (31, 70)])
+def test_rank_below_32_held_as_one_padded_block_gives_the_same_bits(isa_name, r, m, restore_isa):
+    """B of rank r < 32 with one scale per row, or the same codes and scale as one zero-padded block of
+    32 (the host layout SramAdapter uses, through the block kernels): identical outputs, both = oracle."""
+    from hcemu.chip.lora import _b_layout
+
+    hcemu.set_isa(isa_name)
+    n, k = 80, 96
+    rng = np.random.default_rng(r)
+    a32 = (rng.standard_normal((r, k)) / np.sqrt(k)).astype(np.float32)
+    b32 = (rng.standard_normal((n, r)) * 0.3).astype(np.float32)
+    a = quantize_matrix(a32, adapter_weight_format(k))
+    b_row = quantize_matrix(b32, adapter_weight_format(r))
+    b_blk = quantize_matrix(*_b_layout(b32))
+    assert b_row.fmt.per_channel and b_blk.fmt.group == 32 and b_blk.k == 32
+    np.testing.assert_array_equal(b_blk.scales[:, 0, :], b_row.scales)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q, s = quantize_activations_ref(x, 32)
+    y0 = rng.standard_normal((m, n)).astype(np.float32)
+    got_row = adapter_apply(CimAdapter(a, b_row), q, s, None, y0.copy())
+    got_blk = adapter_apply(CimAdapter(a, b_blk), q, s, None, y0.copy())
+    np.testing.assert_array_equal(got_row.view(np.int32), got_blk.view(np.int32))
+    np.testing.assert_array_equal(got_blk.view(np.int32), adapter_apply_ref(a, b_blk, q, s, None, y0).view(np.int32))

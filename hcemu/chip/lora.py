@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hcemu.events import FIELDS, adapter_counts
-from hcemu.formats import ADAPTER_FORMATS, adapter_sram_bytes, adapter_weight_format
+from hcemu.formats import ADAPTER_BLOCK, ADAPTER_FORMATS, WeightFormat, adapter_sram_bytes, adapter_weight_format
 from hcemu.kernels.lora import CimAdapter
 from hcemu.model.lora import LoraAdapter, LoraError
 from hcemu.model.spec import LAYER_MATRICES
@@ -21,6 +21,18 @@ DEFAULT_ADAPTER_SRAM_BYTES = 32 * 2**20
 """SRAM a :class:`~hcemu.chip.Chip` sets aside for adapters beside its KV cache when no ``sram_bytes``
 is given (assumption: room for several rank-16 adapters on every matrix of a small model, e.g. six of
 5.2 MB on SmolLM2-135M in int8; a Llama 3.1 8B one needs 42 MB)."""
+
+
+def _b_layout(sb: np.ndarray):
+    """``(matrix, WeightFormat)`` the host holds an int8 ``B`` (n x r) in: for r < 32 its one scale per
+    row is held as one block of 32 inputs whose padding is zero (the same codes and scale, the faster
+    block kernels); else :func:`hcemu.formats.adapter_weight_format`."""
+    n, r = sb.shape
+    if r < ADAPTER_BLOCK:
+        padded = np.zeros((n, ADAPTER_BLOCK), np.float32)
+        padded[:, :r] = sb
+        return padded, WeightFormat(8, ADAPTER_BLOCK)
+    return sb, adapter_weight_format(r)
 
 
 def _fp16(x: np.ndarray, what: str) -> np.ndarray:
@@ -61,7 +73,7 @@ class SramAdapter:
             sb = np.float32(p.scale) * p.b
             if fmt == "int8":
                 a = quantize_matrix(p.a, adapter_weight_format(k), f"{where}.lora_a")
-                b = quantize_matrix(sb, adapter_weight_format(r), f"{where}.lora_b (scaled)")
+                b = quantize_matrix(*_b_layout(sb), f"{where}.lora_b (scaled)")
             else:
                 a, b = _fp16(p.a, f"{where}.lora_a"), _fp16(sb, f"{where}.lora_b (scaled)")
             self.slots[(layer, kind)] = CimAdapter(a, b)

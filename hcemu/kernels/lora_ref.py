@@ -25,7 +25,9 @@ def adapter_apply_ref(a, b, q, act_scales, x, y, col: int = 0) -> np.ndarray:
     y = np.array(y, dtype=np.float32, copy=True)
     if isinstance(a, PackedWeights):
         u = cim_matmul_ref(q, act_scales, a)
-        uq, us = quantize_activations_ref(u, a.n)
+        if b.k > a.n:  # B held as one zero-padded block: pad A x with zeros (amax and codes unchanged)
+            u = np.concatenate([u, np.zeros((u.shape[0], b.k - a.n), np.float32)], axis=1)
+        uq, us = quantize_activations_ref(u, b.k)
         v = cim_matmul_ref(uq, us, b)
     else:
         u = dot16_ref(x, a.astype(np.float32))
