@@ -17,3 +17,18 @@ def restore_isa():
     before = hcemu.capabilities()["active"]
     yield
     hcemu.set_isa(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_image(tmp_path_factory):
+    """An int8 ROM image of the tiny two-layer Llama (tests/model_helpers.TINY_SPEC, synthetic weights)."""
+    from model_helpers import TINY_SPEC
+
+    from hcemu.model.synthetic import SyntheticSource
+    from hcemu.rom import RomImage, compile_model
+
+    path = tmp_path_factory.mktemp("tiny-image") / "tiny.hcrom"
+    compile_model(SyntheticSource(TINY_SPEC, seed=3), "int8", path, progress=False)
+    img = RomImage.load(path)
+    yield img
+    img.close()

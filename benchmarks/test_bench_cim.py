@@ -53,7 +53,7 @@ def _runner(peer, fmt, n, k, m, threads, cold):
     if peer == "numpy_int":
         return kb.numpy_int_runner(n, k, m, cold)
     if not kb.have_onnxruntime():
-        pytest.skip("onnxruntime is not installed")
+        pytest.skip("onnxruntime or onnx is not installed (the bench extra)")
     if peer == "ort_int8":
         return kb.ort_int8_runner(n, k, m, threads, cold)
     return kb.ort_int4_runner(n, k, m, threads, cold)

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "hcemu.h"
+#include "hc_quant.h"
 #include "hc_vecmath.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,10 +28,10 @@
 
 /* One (token, kv head) slot of the int8 KV store: amax = max|x| taken on the bits (for non-negative
  * floats the uint32 order is the float order; inf/NaN have the largest patterns), s = fp16(amax/127),
- * q = clamp(rne(x * (1/s)), -127, 127).  |x / s| <= 127 * (1 + 2^-11), or below 2^8 where s is an
- * fp16 subnormal, so rne is the add/subtract of 1.5 * 2^23 (exact rounding to nearest even for
- * |v| < 2^22 under strict IEEE evaluation: no fast-math, no contraction).  Every loop is
- * elementwise or a max, so the per-ISA copies below vectorize without changing a bit. */
+ * q = clamp(rne(x * (1/s)), -127, 127), the code step of the activation rule (hc__quant_code:
+ * |x / s| <= 127 * (1 + 2^-11), or below 2^8 where s is an fp16 subnormal, well inside its exact
+ * range).  Every loop is elementwise or a max, so the per-ISA copies below vectorize without
+ * changing a bit. */
 #define HC_KV_STORE_I8(SUF, ATTR)                                                                  \
     ATTR static int kv_store_i8_##SUF(const float *x, int64_t t, int n_kv_heads, int hd, int64_t pos, \
                                       int64_t capacity, int8_t *codes, uint16_t *scales) {         \
@@ -45,11 +46,7 @@
                 const float s = hc__f16_to_f32(h);                                                 \
                 const float inv = s > 0.0f ? 1.0f / s : 0.0f;                                      \
                 int8_t *q = codes + slot * hd;                                                     \
-                for (int d = 0; d < hd; ++d) {                                                     \
-                    float v = (xi[d] * inv + 0x1.8p23f) - 0x1.8p23f;                               \
-                    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                         \
-                    q[d] = (int8_t)(int32_t)v;                                                     \
-                }                                                                                  \
+                for (int d = 0; d < hd; ++d) q[d] = (int8_t)hc__quant_code(xi[d], inv);            \
                 scales[slot] = h;                                                                  \
             }                                                                                      \
         return HC_OK;                                                                              \
@@ -195,37 +192,20 @@ static void *scratch_get(size_t bytes, void **owned) {
         return HC_OK;                                                                              \
     }
 
-/* The quantizer and softmax step in plain C, for the paths without hand-written ones.
- *
- * The activation rule per row of hd floats (docs/numerics.md), codes zero-padded to hdq.  amax is
- * taken on the bits: for non-negative floats the uint32 order is the float order, and inf/NaN have
- * the largest patterns.  rint is the 1.5*2^23 trick, equal to rintf for |y| <= 2^22; here
- * |x * inv| <= 127.00002, or inf/NaN when 127/amax overflows, where both agree as well. */
-#define HC_GENERIC_QUANT(SUF, ATTR)                                                                \
+/* The query quantizer: the activation rule per row of hd floats (hc_quant.h), codes zero-padded to
+ * hdq, their sum in qsum and the scale times c in qsc. */
+#define HC_QUANT_ROWS(SUF, ATTR, ROW)                                                              \
     ATTR static int quant_rows_##SUF(const float *x, int64_t rows, int hd, int hdq, float c,       \
                                      int8_t *qq, int32_t *qsum, float *qsc) {                      \
         for (int64_t r = 0; r < rows; ++r) {                                                       \
-            const float *xr = x + r * hd;                                                          \
-            const uint32_t mx = hc__absmax_bits(xr, hd);                                           \
-            if (mx >= 0x7f800000u) return HC_ENONFINITE;                                           \
-            const float amax = hc__u2f(mx);                                                        \
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;                                  \
-            int8_t *o = qq + r * hdq;                                                              \
-            int32_t sum = 0;                                                                       \
-            for (int d = 0; d < hd; ++d) {                                                         \
-                float v = (xr[d] * inv + 0x1.8p23f) - 0x1.8p23f;                                   \
-                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);                             \
-                const int8_t code = (int8_t)(int32_t)v;                                            \
-                o[d] = code;                                                                       \
-                sum += code;                                                                       \
-            }                                                                                      \
-            for (int d = hd; d < hdq; ++d) o[d] = 0;                                               \
-            qsum[r] = sum;                                                                         \
-            qsc[r] = (amax / 127.0f) * c;                                                          \
+            float scale;                                                                           \
+            if (ROW(x + r * hd, hd, hdq, qq + r * hdq, &scale, qsum + r)) return HC_ENONFINITE;    \
+            qsc[r] = scale * c;                                                                    \
         }                                                                                          \
         return HC_OK;                                                                              \
     }
 
+/* The softmax step in plain C, for the paths without a hand-written one. */
 #define HC_GENERIC_SOFTMAX(SUF, ATTR)                                                              \
     /* Online-softmax step of R rows over one block: S holds the scores of keys j < nb (finite     \
      * filler up to nv); on return it holds w_j = p_j * v_scale_j (p_j when vsc is NULL), m and l  \
@@ -352,7 +332,7 @@ static void pv_rows_scalar(float *acc, const block *B, const float *alpha, const
     pv_span(acc, B, alpha, W, R, nb, 0);
 }
 
-HC_GENERIC_QUANT(scalar, )
+HC_QUANT_ROWS(scalar, , hc__quant_row)
 HC_GENERIC_SOFTMAX(scalar, )
 HC_GENERIC_KERNELS(scalar, )
 
@@ -556,7 +536,7 @@ T_AVX2 static int softmax_rows_avx2(scores_t *S, int R, int nb, int nv, const fl
     return HC_OK;
 }
 
-HC_GENERIC_QUANT(avx2, T_AVX2)
+HC_QUANT_ROWS(avx2, T_AVX2, hc__quant_row_avx2)
 HC_GENERIC_KERNELS(avx2, T_AVX2)
 
 /* ---- AVX-512 VNNI path ----------------------------------------------------------------------- */
@@ -806,42 +786,7 @@ T_AVX512 static int softmax_rows_avx512(scores_t *S, int R, int nb, int nv, cons
     return HC_OK;
 }
 
-/* The activation rule of the generic kernels on 16 lanes: amax on the bits, rint by the 1.5*2^23
- * trick, the clamp as max(-127, y) then min(127, .) (both keep a NaN y, as the C ternaries do), and
- * a NaN code stored as 0 (what the C conversion gives). */
-T_AVX512 static int quant_rows_avx512(const float *x, int64_t rows, int hd, int hdq, float c, int8_t *qq,
-                                      int32_t *qsum, float *qsc) {
-    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
-    const __m512 magic = _mm512_set1_ps(0x1.8p23f), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-    for (int64_t r = 0; r < rows; ++r) {
-        const float *xr = x + r * hd;
-        __m512i mx = _mm512_setzero_si512();
-        for (int d = 0; d < hd; d += 16) {
-            const __mmask16 m = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, xr + d), absmask));
-        }
-        const uint32_t mxs = _mm512_reduce_max_epu32(mx);
-        if (mxs >= 0x7f800000u) return HC_ENONFINITE;
-        const float amax = hc__u2f(mxs);
-        const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-        int8_t *o = qq + r * hdq;
-        __m512i sum = _mm512_setzero_si512();
-        for (int d = 0; d < hdq; d += 16) { /* lanes past hd load 0: code 0 */
-            const int left = hd - d;
-            const __mmask16 m = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-            __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + d), inv);
-            y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-            y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
-            const __m512i code = _mm512_maskz_cvttps_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);
-            _mm_storeu_si128((__m128i *)(o + d), _mm512_cvtepi32_epi8(code));
-            sum = _mm512_add_epi32(sum, code);
-        }
-        qsum[r] = _mm512_reduce_add_epi32(sum);
-        qsc[r] = (amax / 127.0f) * c;
-    }
-    return HC_OK;
-}
-
+HC_QUANT_ROWS(avx512, T_AVX512, hc__quant_row_avx512)
 HC_GENERIC_KERNELS(avx512, T_AVX512)
 #endif /* HC_X86 */
 

@@ -1,5 +1,6 @@
-/* Compute-in-memory products over ROM tiles: activation quantizer, scalar / AVX2 / AVX-512 VNNI
- * paths for int8 (per block, per channel) and int4 (symmetric, asymmetric) weights.
+/* Compute-in-memory products over ROM tiles: the activation quantizer's entry (its rule and ISA
+ * forms in hc_quant.h), scalar / AVX2 / AVX-VNNI / AVX-512 VNNI paths for int8 (per block, per
+ * channel) and int4 (symmetric, asymmetric) weights.
  *
  * Numerics: docs/numerics.md.  Every path computes the same exact int32 block sums D and runs the
  * same float32 epilogue, in the same order, with separate multiplies and adds (the build uses
@@ -10,6 +11,9 @@
  * tile driver for its contiguous tile range, token chunk by token chunk.
  */
 #include "hcemu.h"
+#include "hc_quant.h"
+#include "hc_split.h"
+#include "hc_vecmath.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -41,28 +45,30 @@ int hc_openmp(void) {
 #endif
 }
 
-/* ---- fp16 -> fp32 (exact; integer method, so every path agrees with vcvtph2ps) ---------------- */
-static inline float half_to_float(uint16_t h) {
-    union { uint32_t u; float f; } o, magic;
-    magic.u = 113u << 23;
-    uint32_t em = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t exp = em & 0x0f800000u;
-    o.u = em + ((127u - 15u) << 23);
-    if (exp == 0x0f800000u) {
-        o.u += (128u - 16u) << 23; /* inf / nan */
-    } else if (exp == 0) {
-        o.u += 1u << 23; /* zero / subnormal: renormalize exactly */
-        o.f -= magic.f;
-    }
-    o.u |= (uint32_t)(h & 0x8000) << 16;
-    return o.f;
-}
-
 /* ---- validation ------------------------------------------------------------------------------ */
 static inline int64_t tile_k_of(const hc_weights *w) { return w->group ? w->group : 32; }
 
+static int block_check(const hc_weights *w) {
+    if (w->bits != 4 && w->bits != 8) return HC_EINVAL;
+    if (w->group != 32 || w->asymmetric || w->n < 1 || w->k < 1) return HC_EINVAL;
+    if (w->super_k != 32 && w->super_k != 64 && w->super_k != 256) return HC_EINVAL;
+    if ((w->sub_k != 16 && w->sub_k != 32) || w->super_k % w->sub_k || w->k % w->super_k) return HC_EINVAL;
+    if (w->bias < 0 || w->bias > 63) return HC_EINVAL;
+    if (w->n_row_tiles != (w->n + TR - 1) / TR || w->n_blocks != w->k / 32) return HC_EINVAL;
+    if (w->scale_kind == 0 ? !w->scales : (w->scale_kind == 1 || w->scale_kind == 2) ? !w->scale_bytes : 1)
+        return HC_EINVAL;
+    if (w->offset_kind == 1 ? (!w->offsets || !w->submins) : w->offset_kind == 2 ? !w->offsets : w->offset_kind != 0)
+        return HC_EINVAL;
+    if (w->scale_kind == 2 && w->subscales) return HC_EINVAL; /* float sub-scales only */
+    if (w->lut && w->bits != 4) return HC_EINVAL;
+    if (!(w->tensor_scale == w->tensor_scale) || w->tensor_scale <= 0.0f) return HC_EINVAL;
+    return HC_OK;
+}
+
 int hc_weights_check(const hc_weights *w) {
-    if (!w || !w->codes || !w->scales) return HC_EINVAL;
+    if (!w || !w->codes) return HC_EINVAL;
+    if (w->block) return block_check(w);
+    if (!w->scales) return HC_EINVAL;
     if (w->bits != 8 && w->bits != 4) return HC_EINVAL;
     if (w->group != 0 && w->group != 32 && w->group != 64 && w->group != 128) return HC_EINVAL;
     if (w->group == 0 && w->bits != 8) return HC_EINVAL;
@@ -76,122 +82,35 @@ int hc_weights_check(const hc_weights *w) {
     return HC_OK;
 }
 
-/* ---- activation quantizer -------------------------------------------------------------------- */
-/* One group of n activations -> int8 codes and its scale (docs/numerics.md "Activations").
- * Returns 1 when the group holds NaN or infinity (nothing is written then). The paths give
- * identical codes (AVX-VNNI takes the AVX2 quantizer): max is order-independent, inv and the scale are scalar IEEE divisions, every
- * product is one IEEE multiply, and rounding is round-half-to-even in all of them. */
-static inline int8_t quant_one(float x, float inv) {
-    float v = x * inv;
-    /* clamp first (the bounds are integers, so clamp and round commute); a NaN from
-     * 0 * inf (amax so small that 127/amax overflows) becomes 0 */
-    v = v > 127.0f ? 127.0f : v;
-    v = v < -127.0f ? -127.0f : v;
-    v = v == v ? v : 0.0f;
-    /* round half to even: |v| <= 127 < 2^22, so adding 1.5*2^23 rounds exactly */
-    v = (v + 12582912.0f) - 12582912.0f;
-    return (int8_t)(int)v;
-}
-
-static int quant_group_serial(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    float amax = 0.0f;
-    int nonfinite = 0;
-    for (int64_t j = 0; j < n; j++) {
-        float v = xs[j];
-        float a = v < 0 ? -v : v;
-        nonfinite |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
-        amax = a > amax ? a : amax;
+/* ---- activation quantizer (the rule and its per-ISA forms: hc_quant.h) ------------------------ */
+#define QUANT_ACT(SUF, ATTR, ROW)                                                                     \
+    ATTR static int quant_act_##SUF(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q,   \
+                                    float *scales) {                                                  \
+        const int64_t ng = k / group;                                                                 \
+        for (int64_t i = 0; i < m; i++)                                                               \
+            for (int64_t g = 0; g < ng; g++) {                                                        \
+                const int64_t at = i * k + g * group;                                                 \
+                if (ROW(x + at, group, group, q + at, scales + i * ng + g, NULL)) return HC_ENONFINITE; \
+            }                                                                                         \
+        return HC_OK;                                                                                 \
     }
-    if (nonfinite) return 1;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    for (int64_t j = 0; j < n; j++) qs[j] = quant_one(xs[j], inv);
-    return 0;
-}
 
+QUANT_ACT(serial, , hc__quant_row)
 #if HC_X86
-__attribute__((target("avx2,fma")))
-static int quant_group_avx2(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
-    __m256 vmax = _mm256_setzero_ps();
-    int bad = 0;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j));
-        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ));
-        vmax = _mm256_max_ps(vmax, a);
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    float amax = _mm_cvtss_f32(m4);
-    for (int64_t t = j; t < n; t++) {
-        float a = xs[t] < 0 ? -xs[t] : xs[t];
-        bad |= !(a <= 3.4028234663852886e38f);
-        amax = a > amax ? a : amax;
-    }
-    if (bad) return 1;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
-    for (j = 0; j + 8 <= n; j += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv);
-        __m256 ordered = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
-        v = _mm256_max_ps(_mm256_min_ps(v, hi), lo);
-        v = _mm256_and_ps(v, ordered); /* NaN (0 * inf) -> 0 */
-        __m256i i32 = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-        _mm_storel_epi64((__m128i *)(qs + j), _mm_packs_epi16(i16, i16));
-    }
-    for (; j < n; j++) qs[j] = quant_one(xs[j], inv);
-    return 0;
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static int quant_group_avx512(const float *xs, int64_t n, int8_t *qs, float *scale) {
-    const __m512 big = _mm512_set1_ps(3.4028234663852886e38f);
-    __m512 vmax = _mm512_setzero_ps();
-    __mmask16 bad = 0;
-    for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
-        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, xs + j));
-        bad |= _mm512_mask_cmp_ps_mask(live, a, big, _CMP_NLE_UQ);
-        vmax = _mm512_max_ps(vmax, a);
-    }
-    if (bad) return 1;
-    const float amax = _mm512_reduce_max_ps(vmax);
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    *scale = amax / 127.0f;
-    const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
-    for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, xs + j), vinv);
-        const __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
-        v = _mm512_maskz_mov_ps(ordered, _mm512_max_ps(_mm512_min_ps(v, hi), lo)); /* NaN -> 0 */
-        __m512i i32 = _mm512_cvtps_epi32(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        _mm512_mask_cvtepi32_storeu_epi8(qs + j, live, i32);
-    }
-    return 0;
-}
-
-#endif /* HC_X86 */
+QUANT_ACT(avx2, __attribute__((target("avx2"))), hc__quant_row_avx2) /* also the AVX-VNNI path's */
+QUANT_ACT(avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))), hc__quant_row_avx512)
+#endif
 
 int hc_quantize_act(const float *x, int64_t m, int64_t k, int64_t group, int8_t *q, float *scales) {
     if (!x || !q || !scales || m < 0 || k < 1 || group < 1 || k % group) return HC_EINVAL;
-    int (*quant)(const float *, int64_t, int8_t *, float *) = quant_group_serial;
 #if HC_X86
     switch (hc_isa_active()) {
-    case HC_ISA_AVX512VNNI: quant = quant_group_avx512; break;
-    case HC_ISA_AVX2: case HC_ISA_AVXVNNI: quant = quant_group_avx2; break;
+    case HC_ISA_AVX512VNNI: return quant_act_avx512(x, m, k, group, q, scales);
+    case HC_ISA_AVX2: case HC_ISA_AVXVNNI: return quant_act_avx2(x, m, k, group, q, scales);
     default: break;
     }
 #endif
-    const int64_t ng = k / group;
-    int bad = 0;
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t g = 0; g < ng; g++)
-            bad |= quant(x + i * k + g * group, group, q + i * k + g * group, scales + i * ng + g);
-    return bad ? HC_ENONFINITE : HC_OK;
+    return quant_act_serial(x, m, k, group, q, scales);
 }
 
 /* ---- per-call context ------------------------------------------------------------------------ */
@@ -284,8 +203,8 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
             const uint16_t *sp = meta_ptr(w, w->scales, t, b);
             const uint16_t *op = w->offsets ? meta_ptr(w, w->offsets, t, b) : NULL;
             for (int r = 0; r < TR; r++) {
-                sf[r] = half_to_float(sp[r]);
-                if (op) of[r] = half_to_float(op[r]);
+                sf[r] = hc__f16_to_f32(sp[r]);
+                if (op) of[r] = hc__f16_to_f32(op[r]);
             }
             for (int64_t i = 0; i < mc; i++) {
                 const int64_t mi = m0 + i;
@@ -304,6 +223,123 @@ static void tiles_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, i
         store_rows(c, t, m0, mc, acc);
     }
 }
+
+/* ---- block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4) ------------------------------------------
+ * docs/numerics.md "Block formats".  Per row tile, block of 32 inputs and token, for each sub-block j
+ * (1 or 2 per block, ascending): P_j = sum u * x (u in [0, 63]: exact, |P_j| <= 63 * 128 * 32),
+ * D_j = P_j - bias * X_j; then, integer sub-scales: S = sum_j sc_j D_j (int32, exact: |S| < 2^24),
+ * M = sum_j mn_j X_j (mn = 1 for offset_kind 2), and the float epilogue
+ *   t = (float)S * d;  t = t + (float)M * o  (offset kinds; o = -dmin or m);  t = t * a;  acc += t
+ * or, float sub-scales (NVFP4): t = (float)D_0 * s_0;  t = t + (float)D_1 * s_1;  t = t * a;  acc += t.
+ * After the last block y = acc, times tensor_scale when it is not 1.  The vectorized tiles below do
+ * the same operations in the same order (-ffp-contract=off keeps every float operation separate). */
+static inline float e8m0_to_float(uint8_t e) {
+    union { uint32_t u; float f; } o;
+    o.u = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23; /* 2^(e - 128), GGUF's half scale */
+    return o.f;
+}
+
+static inline float ue4m3_to_float(uint8_t x) {
+    union { uint32_t u; float f; } o;
+    const uint32_t e = (x >> 3) & 15, m = x & 7;
+    if ((x & 0x7f) == 0x7f) return 0.0f;
+    if (e == 0) { /* m * 2^-10: exact through an int -> float conversion and a power-of-two multiply */
+        o.u = (127u - 10u) << 23;
+        return (float)m * o.f;
+    }
+    o.u = (e + 127u - 11u) << 23; /* (8 + m) * 2^(e - 11) */
+    return (float)(8 + m) * o.f;
+}
+
+static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;
+    const int nsub = 32 / w->sub_k, sw = w->sub_k, bps = w->super_k / 32;
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = w->scale_kind == 2, bias = w->bias;
+    float acc[HC_CIM_M_CHUNK * TR];
+    uint8_t U[TR * 32];
+    float d[TR], o[TR], s2[2][TR];
+    int32_t sc[2][TR], mn[2][TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            if (w->bits == 8) {
+                for (int kq = 0; kq < 8; kq++)
+                    for (int r = 0; r < TR; r++)
+                        for (int j = 0; j < 4; j++) U[r * 32 + 4 * kq + j] = tp[64 * kq + 4 * r + j];
+            } else {
+                for (int kq = 0; kq < 4; kq++)
+                    for (int r = 0; r < TR; r++)
+                        for (int j = 0; j < 4; j++) {
+                            const uint8_t byte = tp[64 * kq + 4 * r + j];
+                            U[r * 32 + 8 * kq + j] = byte & 15;
+                            U[r * 32 + 8 * kq + 4 + j] = byte >> 4;
+                        }
+                if (w->lut)
+                    for (int i = 0; i < TR * 32; i++) U[i] = w->lut[U[i]];
+            }
+            const int64_t sup = t * nsup + b / bps;
+            for (int r = 0; r < TR; r++) {
+                if (w->scale_kind == 0) d[r] = hc__f16_to_f32(w->scales[sup * TR + r]);
+                else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]);
+                if (w->offset_kind == 1) o[r] = -hc__f16_to_f32(w->offsets[sup * TR + r]);
+                else if (w->offset_kind == 2) o[r] = hc__f16_to_f32(w->offsets[(t * nb + b) * TR + r]);
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = (t * nsu + b * nsub + j) * TR + r;
+                    if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);
+                    sc[j][r] = w->subscales ? w->subscales[su] : 1;
+                    mn[j][r] = w->submins ? w->submins[su] : 1;
+                }
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                int32_t X[2] = {0, 0}, S[TR], M[TR];
+                float tf[TR] = {0};
+                for (int j = 0; j < nsub; j++)
+                    for (int e = 0; e < sw; e++) X[j] += x[j * sw + e];
+                for (int r = 0; r < TR; r++) { S[r] = 0; M[r] = 0; }
+                for (int j = 0; j < nsub; j++) {
+                    int32_t D[TR];
+                    for (int r = 0; r < TR; r++) {
+                        int32_t p = 0;
+                        for (int e = 0; e < sw; e++) p += (int32_t)U[r * 32 + j * sw + e] * x[j * sw + e];
+                        D[r] = p - bias * X[j];
+                    }
+                    if (fsc) {
+                        for (int r = 0; r < TR; r++) {
+                            const float v = (float)D[r] * s2[j][r];
+                            tf[r] = j ? tf[r] + v : v;
+                            S[r] += D[r];
+                        }
+                    } else {
+                        for (int r = 0; r < TR; r++) {
+                            S[r] += sc[j][r] * D[r];
+                            M[r] += mn[j][r] * X[j];
+                        }
+                    }
+                }
+                if (c->dots) store_dots(c, mi, t, b, S);
+                const float a = c->A[mi * nb + b];
+                float *ac = acc + i * TR;
+                if (!fsc) {
+                    for (int r = 0; r < TR; r++) {
+                        float v = (float)S[r] * d[r];
+                        if (w->offset_kind) v = v + (float)M[r] * o[r];
+                        tf[r] = v;
+                    }
+                }
+                for (int r = 0; r < TR; r++) ac[r] = ac[r] + tf[r] * a;
+            }
+        }
+        if (w->tensor_scale != 1.0f)
+            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;
+        store_rows(c, t, m0, mc, acc);
+    }
+}
+
 
 #if HC_X86
 /* ---- AVX2 path ------------------------------------------------------------------------------- */
@@ -732,34 +768,338 @@ VNNI_DRIVER(tiles_i8ch_vnni, F_I8CH)
 VNNI_DRIVER(tiles_i4_vnni, F_I4)
 VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
+/* Block formats, vectorized.  Both slot layouts give 8 "quads" per tile: quad q holds, for every row,
+ * the 4 codes of inputs 4q..4q+3 (int8 slots: line q; nibble slots: the low (q even) or high (q odd)
+ * nibbles of line q/2), so a product of the unsigned codes u in [0, 63] with the int8 activations
+ * leaves one int32 per row and quad: vpmaddubsw (pair sums <= 2 * 63 * 128, exact) + vpmaddwd(1) on
+ * AVX2 (8 rows per register; the AVX-VNNI path runs it too), vpdpbusd on AVX-512 (16 rows).  The
+ * integer sums and the float epilogue are the scalar body's, operation for operation. */
+
+/* The format's structure as compile-time constants (loops unroll, U stays in registers, no per-tile
+ * branches): one instance per combination the block kinds use, and a generic one for any other. */
+#define BLK_SHAPE(w) (((w)->bits == 8) | ((32 / (w)->sub_k == 2) << 1) | ((w)->scale_kind << 2) | \
+                      ((w)->offset_kind << 4) | (((w)->subscales != NULL) << 6) | (((w)->submins != NULL) << 7))
+#define BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn) ((i8) | (((nsub) == 2) << 1) | ((sk) << 2) | ((offk) << 4) | ((sc) << 6) | ((mn) << 7))
+#define BLK_CASE(fn, i8, nsub, sk, offk, sc, mn) \
+    case BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn): fn(c, t0, t1, m0, mc, i8, nsub, sk, offk, sc, mn); break;
+#define BLK_DISPATCH(fn)                                                                               \
+    switch (BLK_SHAPE(c->w)) {                                                                         \
+        BLK_CASE(fn, 0, 2, 0, 1, 1, 1) /* Q2_K */                                                     \
+        BLK_CASE(fn, 0, 2, 0, 0, 1, 0) /* Q3_K */                                                     \
+        BLK_CASE(fn, 0, 1, 0, 1, 1, 1) /* Q4_K */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 1, 1, 1) /* Q5_K */                                                     \
+        BLK_CASE(fn, 1, 2, 0, 0, 1, 0) /* Q6_K */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 0, 0, 0) /* Q5_0 */                                                     \
+        BLK_CASE(fn, 1, 1, 0, 2, 0, 0) /* Q5_1 */                                                     \
+        BLK_CASE(fn, 0, 1, 1, 0, 0, 0) /* MXFP4 */                                                    \
+        BLK_CASE(fn, 0, 2, 2, 0, 0, 0) /* NVFP4 */                                                    \
+    default:                                                                                           \
+        fn(c, t0, t1, m0, mc, c->w->bits == 8, 32 / c->w->sub_k, c->w->scale_kind, c->w->offset_kind,  \
+           c->w->subscales != NULL, c->w->submins != NULL);                                            \
+    }
+
+/* X_j of every sub-block of tokens m0..m0+mc-1: xs[(i * nb + b) * 2 + j]. */
+static void blk_xsums(const cim_ctx *c, int64_t m0, int64_t mc, int32_t *xs) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks;
+    const int nsub = 32 / w->sub_k, sw = w->sub_k;
+    for (int64_t i = 0; i < mc; i++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *x = c->q + (m0 + i) * c->ldq + b * 32;
+            for (int j = 0; j < 2; j++) {
+                int32_t sum = 0;
+                if (j < nsub)
+                    for (int e = 0; e < sw; e++) sum += x[j * sw + e];
+                xs[(i * nb + b) * 2 + j] = sum;
+            }
+        }
+}
+
+#define BLK_XS_STACK 4096
+static inline __attribute__((always_inline)) AVX2_TARGET void
+tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
+                 const int sk, const int offk, const int has_sc, const int has_mn) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
+    const int bps = w->super_k / 32, qps = 8 / nsub; /* quads per sub-block */
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = sk == 2;
+    const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
+    const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
+                               : _mm256_setzero_si256();
+    int32_t xs_stack[BLK_XS_STACK];
+    int32_t *xs = mc * nb * 2 <= BLK_XS_STACK ? xs_stack : malloc(sizeof(int32_t) * mc * nb * 2);
+    if (!xs) { /* out of memory for the side table: the scalar body needs none (same results) */
+        tiles_blk_serial(c, t0, t1, m0, mc);
+        return;
+    }
+    blk_xsums(c, m0, mc, xs);
+    float acc[HC_CIM_M_CHUNK * TR];
+    for (int64_t t = t0; t < t1; t++) {
+        memset(acc, 0, sizeof(float) * TR * mc);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            __m256i U[8][2];
+            if (i8) {
+                for (int q = 0; q < 8; q++)
+                    for (int h = 0; h < 2; h++) U[q][h] = _mm256_loadu_si256((const __m256i *)(tp + 64 * q + 32 * h));
+            } else {
+                for (int l = 0; l < 4; l++)
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 64 * l + 32 * h));
+                        __m256i lo = _mm256_and_si256(raw, lo_mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                        if (w->lut) {
+                            lo = _mm256_shuffle_epi8(lut, lo);
+                            hi = _mm256_shuffle_epi8(lut, hi);
+                        }
+                        U[2 * l][h] = lo;
+                        U[2 * l + 1][h] = hi;
+                    }
+            }
+            /* per-row scales of this tile (exact conversions, as the scalar path's) */
+            const int64_t sup = t * nsup + b / bps;
+            __m256 d[2], o[2], s2[2][2];
+            __m256i sc[2][2], mn[2][2];
+            for (int h = 0; h < 2; h++) {
+                if (sk == 0) {
+                    d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales + sup * TR + 8 * h)));
+                } else if (sk == 1) {
+                    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + (t * nb + b) * TR + 8 * h)));
+                    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+                    const __m256i nrm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+                    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+                    d[h] = _mm256_castsi256_ps(_mm256_blendv_epi8(nrm, sub, small));
+                } else {
+                    d[h] = _mm256_setzero_ps();
+                }
+                if (offk == 1)
+                    o[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + sup * TR + 8 * h))),
+                                         _mm256_set1_ps(-0.0f));
+                else if (offk == 2)
+                    o[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + (t * nb + b) * TR + 8 * h)));
+                else
+                    o[h] = _mm256_setzero_ps();
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = (t * nsu + b * nsub + j) * TR + 8 * h;
+                    if (fsc) { /* ue4m3: (8 + m) 2^(e - 11), or m 2^-10 when e = 0; 0x7F -> 0 */
+                        const __m256i x8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + su)));
+                        const __m256i e = _mm256_and_si256(_mm256_srli_epi32(x8, 3), _mm256_set1_epi32(15));
+                        const __m256i m = _mm256_and_si256(x8, _mm256_set1_epi32(7));
+                        const __m256i ez = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+                        const __m256i sig = _mm256_blendv_epi8(_mm256_add_epi32(m, _mm256_set1_epi32(8)), m, ez);
+                        const __m256i ex = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127 - 11)),
+                                                              _mm256_set1_epi32(127 - 10), ez);
+                        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sig), _mm256_castsi256_ps(_mm256_slli_epi32(ex, 23)));
+                        const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(x8, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
+                        s2[j][h] = _mm256_andnot_ps(_mm256_castsi256_ps(nan), v);
+                    }
+                    sc[j][h] = has_sc ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
+                                      : _mm256_set1_epi32(1);
+                    mn[j][h] = has_mn ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
+                                      : _mm256_set1_epi32(1);
+                }
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                const int32_t *X = xs + (i * nb + b) * 2;
+                __m256i S[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, M[2] = {S[0], S[1]};
+                __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int j = 0; j < nsub; j++) {
+                    __m256i P[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) { /* two quads' int16 pairs add exactly */
+                        const __m256i xb = bcast4_avx2(x + 4 * q), xc = bcast4_avx2(x + 4 * q + 4);
+                        for (int h = 0; h < 2; h++)
+                            P[h] = _mm256_add_epi32(P[h], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(U[q][h], xb),
+                                                                                              _mm256_maddubs_epi16(U[q + 1][h], xc)),
+                                                                             ones));
+                    }
+                    const __m256i bx = _mm256_set1_epi32(w->bias * X[j]), xj = _mm256_set1_epi32(X[j]);
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i D = _mm256_sub_epi32(P[h], bx);
+                        if (fsc) {
+                            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), s2[j][h]);
+                            tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
+                            S[h] = _mm256_add_epi32(S[h], D);
+                        } else {
+                            S[h] = _mm256_add_epi32(S[h], has_sc ? _mm256_mullo_epi32(sc[j][h], D) : D);
+                            if (offk) M[h] = _mm256_add_epi32(M[h], has_mn ? _mm256_mullo_epi32(mn[j][h], xj) : xj);
+                        }
+                    }
+                }
+                if (c->dots) {
+                    int32_t tmp[TR];
+                    _mm256_storeu_si256((__m256i *)tmp, S[0]);
+                    _mm256_storeu_si256((__m256i *)(tmp + 8), S[1]);
+                    store_dots(c, mi, t, b, tmp);
+                }
+                const __m256 av = _mm256_set1_ps(c->A[mi * nb + b]);
+                for (int h = 0; h < 2; h++) {
+                    __m256 v = tf[h];
+                    if (!fsc) {
+                        v = _mm256_mul_ps(_mm256_cvtepi32_ps(S[h]), d[h]);
+                        if (offk) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(M[h]), o[h]));
+                    }
+                    float *ac = acc + i * TR + 8 * h;
+                    _mm256_storeu_ps(ac, _mm256_add_ps(_mm256_loadu_ps(ac), _mm256_mul_ps(v, av)));
+                }
+            }
+        }
+        if (w->tensor_scale != 1.0f)
+            for (int64_t i = 0; i < TR * mc; i++) acc[i] = acc[i] * w->tensor_scale;
+        store_rows(c, t, m0, mc, acc);
+    }
+    if (xs != xs_stack) free(xs);
+}
+
+static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    BLK_DISPATCH(tiles_blk_avx2_t)
+}
+
+/* AVX-512 VNNI: one 64-byte quad is 16 rows x 4 codes, so one vpdpbusd per quad and token covers
+ * the whole tile; scales and the epilogue in one register of 16 rows. */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
+                 const int sk, const int offk, const int has_sc, const int has_mn) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
+    const int bps = w->super_k / 32, qps = 8 / nsub;
+    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int fsc = sk == 2;
+    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
+    const __m512i lut = w->lut ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w->lut)) : _mm512_setzero_si512();
+    int32_t xs_stack[BLK_XS_STACK];
+    int32_t *xs = mc * nb * 2 <= BLK_XS_STACK ? xs_stack : malloc(sizeof(int32_t) * mc * nb * 2);
+    if (!xs) {
+        tiles_blk_serial(c, t0, t1, m0, mc);
+        return;
+    }
+    blk_xsums(c, m0, mc, xs);
+    __m512 acc[HC_CIM_M_CHUNK];
+    for (int64_t t = t0; t < t1; t++) {
+        for (int64_t i = 0; i < mc; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            __m512i U[8];
+            if (i8) {
+                for (int q = 0; q < 8; q++) U[q] = _mm512_loadu_si512(tp + 64 * q);
+            } else {
+                for (int l = 0; l < 4; l++) {
+                    const __m512i raw = _mm512_loadu_si512(tp + 64 * l);
+                    __m512i lo = _mm512_and_si512(raw, lo_mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
+                    if (w->lut) {
+                        lo = _mm512_shuffle_epi8(lut, lo);
+                        hi = _mm512_shuffle_epi8(lut, hi);
+                    }
+                    U[2 * l] = lo;
+                    U[2 * l + 1] = hi;
+                }
+            }
+            const int64_t sup = t * nsup + b / bps;
+            __m512 d = _mm512_setzero_ps(), o = _mm512_setzero_ps(), s2[2];
+            __m512i sc[2], mn[2];
+            if (sk == 0) {
+                d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + sup * TR)));
+            } else if (sk == 1) {
+                const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + (t * nb + b) * TR)));
+                const __mmask16 small = _mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(2));
+                const __m512i nrm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+                const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+                d = _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, nrm, sub));
+            }
+            if (offk == 1)
+                o = _mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + sup * TR)))),
+                    _mm512_set1_epi32((int)0x80000000u)));
+            else if (offk == 2)
+                o = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + (t * nb + b) * TR)));
+            for (int j = 0; j < nsub; j++) {
+                const int64_t su = (t * nsu + b * nsub + j) * TR;
+                if (fsc) {
+                    const __m512i x8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + su)));
+                    const __m512i e = _mm512_and_si512(_mm512_srli_epi32(x8, 3), _mm512_set1_epi32(15));
+                    const __m512i m = _mm512_and_si512(x8, _mm512_set1_epi32(7));
+                    const __mmask16 ez = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
+                    const __m512i sig = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(m, _mm512_set1_epi32(8)), m);
+                    const __m512i ex = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(e, _mm512_set1_epi32(127 - 11)),
+                                                               _mm512_set1_epi32(127 - 10));
+                    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sig), _mm512_castsi512_ps(_mm512_slli_epi32(ex, 23)));
+                    const __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x8, _mm512_set1_epi32(0x7f)),
+                                                                  _mm512_set1_epi32(0x7f));
+                    s2[j] = _mm512_maskz_mov_ps((__mmask16)~nan, v);
+                }
+                sc[j] = has_sc ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w->subscales + su))) : _mm512_set1_epi32(1);
+                mn[j] = has_mn ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->submins + su))) : _mm512_set1_epi32(1);
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                const int64_t mi = m0 + i;
+                const int8_t *x = c->q + mi * c->ldq + b * 32;
+                const int32_t *X = xs + (i * nb + b) * 2;
+                __m512i S = _mm512_setzero_si512(), M = _mm512_setzero_si512();
+                __m512 tf = _mm512_setzero_ps();
+                for (int j = 0; j < nsub; j++) {
+                    __m512i P = _mm512_setzero_si512(), P2 = _mm512_setzero_si512(); /* two chains (exact) */
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) {
+                        P = _mm512_dpbusd_epi32(P, U[q], _mm512_set1_epi32(*(const i32u *)(x + 4 * q)));
+                        P2 = _mm512_dpbusd_epi32(P2, U[q + 1], _mm512_set1_epi32(*(const i32u *)(x + 4 * q + 4)));
+                    }
+                    P = _mm512_add_epi32(P, P2);
+                    const __m512i D = _mm512_sub_epi32(P, _mm512_set1_epi32(w->bias * X[j]));
+                    if (fsc) {
+                        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), s2[j]);
+                        tf = j ? _mm512_add_ps(tf, v) : v;
+                        S = _mm512_add_epi32(S, D);
+                    } else {
+                        S = _mm512_add_epi32(S, has_sc ? _mm512_mullo_epi32(sc[j], D) : D);
+                        if (offk) {
+                            const __m512i xj = _mm512_set1_epi32(X[j]);
+                            M = _mm512_add_epi32(M, has_mn ? _mm512_mullo_epi32(mn[j], xj) : xj);
+                        }
+                    }
+                }
+                if (c->dots) {
+                    int32_t tmp[TR];
+                    _mm512_storeu_si512(tmp, S);
+                    store_dots(c, mi, t, b, tmp);
+                }
+                __m512 v = tf;
+                if (!fsc) {
+                    v = _mm512_mul_ps(_mm512_cvtepi32_ps(S), d);
+                    if (offk) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(M), o));
+                }
+                acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(v, _mm512_set1_ps(c->A[mi * nb + b])));
+            }
+        }
+        float out[HC_CIM_M_CHUNK * TR];
+        for (int64_t i = 0; i < mc; i++) {
+            __m512 a = acc[i];
+            if (w->tensor_scale != 1.0f) a = _mm512_mul_ps(a, _mm512_set1_ps(w->tensor_scale));
+            _mm512_storeu_ps(out + i * TR, a);
+        }
+        store_rows(c, t, m0, mc, out);
+    }
+    if (xs != xs_stack) free(xs);
+}
+
+/* the slot width and sub-blocks per tile as compile-time constants (the quad loops unroll, U stays in registers) */
+static VNNI_TARGET void tiles_blk_vnni(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    BLK_DISPATCH(tiles_blk_vnni_t)
+}
+
 #endif /* HC_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
-#define SPLIT2_BYTES (1 << 20) /* chunk of the two-thread split (1 MiB beat 2 MiB on L3-resident weights) */
-/* Two threads share [0, n) from opposite ends: thread 0 claims chunks upward, thread 1 downward, so
- * each streams one contiguous run, and when one starts late (a sleeping OpenMP worker takes ~50 us
- * to wake here) the other takes over its share instead of waiting: on 8192x2048 int8 weights held
- * in L3 (so memory bandwidth does not cap it) 2 threads went from 1.3x to 1.5-1.6x the 1-thread
- * rate.  *range packs (hi << 32) | lo.  Returns 0 when nothing is left. */
-static inline int claim2(uint64_t *range, int top, int64_t chunk, int64_t *a, int64_t *b) {
-    uint64_t cur = __atomic_load_n(range, __ATOMIC_RELAXED), nxt;
-    for (;;) {
-        const int64_t lo = (int64_t)(uint32_t)cur, hi = (int64_t)(cur >> 32);
-        if (lo >= hi) return 0;
-        const int64_t take = hi - lo < chunk ? hi - lo : chunk;
-        if (top) { *a = hi - take; *b = hi; nxt = ((uint64_t)*a << 32) | (uint64_t)lo; }
-        else { *a = lo; *b = lo + take; nxt = ((uint64_t)hi << 32) | (uint64_t)*b; }
-        if (__atomic_compare_exchange_n(range, &cur, nxt, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return 1;
-    }
-}
-
 static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
                    float *y, int32_t *dots, int n_threads, int bits, int per_channel, int asym, hc_isa isa,
                    tiles_fn fn) {
     if (!(hc_isa_supported() & (1u << isa))) return HC_EUNSUPPORTED;
     int rc = hc_weights_check(w);
     if (rc) return rc;
-    if (w->bits != bits || (w->group == 0) != per_channel || (w->asymmetric != 0) != asym) return HC_EINVAL;
+    if (bits == 0 ? !w->block
+                  : (w->block || w->bits != bits || (w->group == 0) != per_channel || (w->asymmetric != 0) != asym))
+        return HC_EINVAL; /* bits == 0: the block-format path */
     if (m < 1 || !q || !act_scales || !y || n_threads < 1 || n_threads > HC_MAX_THREADS) return HC_EINVAL;
     const int64_t k = w->k, tk = tile_k_of(w), nb = w->n_blocks, kp = nb * tk, nt = w->n_row_tiles;
     if (act_group < 1 || k % act_group || (act_group != k && act_group % tk)) return HC_EINVAL;
@@ -801,22 +1141,20 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
     cim_ctx c = {w, qa, kp, X, XC, XF, A, y, dots, has_min};
 
     /* weight bytes (codes, fp16 scales and offsets) of one row tile */
-    const int64_t row_bytes = nb * (TR * tk * bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
+    const int64_t row_bytes = nb * (TR * tk * w->bits / 8) + (per_channel ? 1 : nb) * TR * 2 * (asym ? 2 : 1);
     int threads = n_threads < nt ? n_threads : (int)nt;
-    if (!dots) { /* the dots hook (tests) keeps every thread, so that the split stays tested */
-        const int64_t cap = nt * row_bytes / HC_CIM_BYTES_PER_THREAD;
-        if (threads > cap) threads = cap > 1 ? (int)cap : 1;
-    }
+    /* the dots hook (tests) keeps every thread, so that the split stays tested */
+    if (!dots) threads = hc__threads_for_bytes(threads, nt * row_bytes);
     (void)threads; /* unused without OpenMP */
 #ifdef _OPENMP
     if (threads == 2 && nt < ((int64_t)1 << 31)) {
-        const int64_t chunk = SPLIT2_BYTES / row_bytes > 2 * MS_STREAMS ? SPLIT2_BYTES / row_bytes : 2 * MS_STREAMS;
+        const int64_t chunk = HC_SPLIT2_BYTES / row_bytes > 2 * MS_STREAMS ? HC_SPLIT2_BYTES / row_bytes : 2 * MS_STREAMS;
         uint64_t range = (uint64_t)nt << 32;
 #pragma omp parallel num_threads(2)
         {
             const int top = omp_get_thread_num() == 1;
             int64_t t0, t1;
-            while (claim2(&range, top, chunk, &t0, &t1))
+            while (hc__claim2(&range, top, chunk, &t0, &t1))
                 for (int64_t m0 = 0; m0 < m; m0 += HC_CIM_M_CHUNK)
                     fn(&c, t0, t1, m0, m - m0 < HC_CIM_M_CHUNK ? m - m0 : HC_CIM_M_CHUNK);
         }
@@ -860,6 +1198,10 @@ DEFINE_PATH(hc_gemm_i4a_serial, 4, 0, 1, HC_ISA_SCALAR, tiles_serial)
 DEFINE_PATH(hc_gemm_i4a_avx2, 4, 0, 1, HC_ISA_AVX2, X86_FN(tiles_i4a_avx2))
 DEFINE_PATH(hc_gemm_i4a_avxvnni, 4, 0, 1, HC_ISA_AVXVNNI, X86_FN(tiles_i4a_avxvnni))
 DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a_vnni))
+DEFINE_PATH(hc_gemm_blk_serial, 0, 0, 0, HC_ISA_SCALAR, tiles_blk_serial)
+DEFINE_PATH(hc_gemm_blk_avx2, 0, 0, 0, HC_ISA_AVX2, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_vnni))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
     static const hc_cim_fn table[4][HC_ISA_COUNT] = {
@@ -868,7 +1210,10 @@ hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {
         {hc_gemm_i4_serial, hc_gemm_i4_avx2, hc_gemm_i4_avxvnni, hc_gemm_i4_avx512vnni},
         {hc_gemm_i4a_serial, hc_gemm_i4a_avx2, hc_gemm_i4a_avxvnni, hc_gemm_i4a_avx512vnni},
     };
+    static const hc_cim_fn blk[HC_ISA_COUNT] = {hc_gemm_blk_serial, hc_gemm_blk_avx2, hc_gemm_blk_avxvnni,
+                                                hc_gemm_blk_avx512vnni};
     if (!w || (int)isa < 0 || isa >= HC_ISA_COUNT) return NULL;
+    if (w->block) return blk[isa];
     int f;
     if (w->bits == 8) f = w->group ? 0 : 1;
     else if (w->bits == 4) f = w->asymmetric ? 3 : 2;
@@ -898,105 +1243,4 @@ int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_gr
     if (rc == HC_OK) rc = hc_cim_matmul(w, q, scales, m, act_group, y, n_threads);
     if (buf != stack_buf) free(buf);
     return rc;
-}
-
-/* ---- the bandwidth peer: plain streaming read ------------------------------------------------ */
-#define READ_STREAMS 2 /* measured 1-5% faster than 4 (1 and 3 no better, 8 slower) on the 2-core development VM (AMD EPYC, AVX-512) */
-#define READ_PF 4096
-
-#if HC_X86
-static VNNI_TARGET uint64_t read_range_avx512(const uint8_t *p, int64_t nbytes) {
-    __m512i acc[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm512_setzero_si512();
-    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
-    const uint8_t *base[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
-    for (int64_t l = 0; l < per; l++)
-        for (int s = 0; s < READ_STREAMS; s++) {
-            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
-            acc[s] = _mm512_add_epi64(acc[s], _mm512_loadu_si512(base[s] + l * 64));
-        }
-    uint64_t sum = 0;
-    for (int s = 0; s < READ_STREAMS; s++) sum += (uint64_t)_mm512_reduce_add_epi64(acc[s]);
-    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-static AVX2_TARGET uint64_t read_range_avx2(const uint8_t *p, int64_t nbytes) {
-    __m256i acc[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) acc[s] = _mm256_setzero_si256();
-    const int64_t lines = nbytes / 64, per = lines / READ_STREAMS;
-    const uint8_t *base[READ_STREAMS];
-    for (int s = 0; s < READ_STREAMS; s++) base[s] = p + s * per * 64;
-    for (int64_t l = 0; l < per; l++)
-        for (int s = 0; s < READ_STREAMS; s++) {
-            _mm_prefetch((const char *)(base[s] + l * 64 + READ_PF), _MM_HINT_T0);
-            __m256i v = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(base[s] + l * 64)),
-                                         _mm256_loadu_si256((const __m256i *)(base[s] + l * 64 + 32)));
-            acc[s] = _mm256_add_epi64(acc[s], v);
-        }
-    uint64_t sum = 0, tmp[4];
-    for (int s = 0; s < READ_STREAMS; s++) {
-        _mm256_storeu_si256((__m256i *)tmp, acc[s]);
-        sum += tmp[0] + tmp[1] + tmp[2] + tmp[3];
-    }
-    for (int64_t i = per * READ_STREAMS * 64; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-#endif
-
-static uint64_t read_range_serial(const uint8_t *p, int64_t nbytes) {
-    uint64_t sum = 0;
-    int64_t i = 0;
-    for (; i + 8 <= nbytes; i += 8) {
-        uint64_t v;
-        memcpy(&v, p + i, 8);
-        sum += v;
-    }
-    for (; i < nbytes; i++) sum += p[i];
-    return sum;
-}
-
-static uint64_t read_range(const uint8_t *p, int64_t nbytes) {
-#if HC_X86
-    const hc_isa isa = hc_isa_active();
-    if (isa == HC_ISA_AVX512VNNI) return read_range_avx512(p, nbytes);
-    if (isa == HC_ISA_AVX2 || isa == HC_ISA_AVXVNNI) return read_range_avx2(p, nbytes);
-#endif
-    return read_range_serial(p, nbytes);
-}
-
-uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads) {
-    if (!p || nbytes <= 0) return 0;
-    if (n_threads < 1) n_threads = 1;
-    const int64_t cap = nbytes / HC_CIM_BYTES_PER_THREAD; /* the kernels' rule (hcemu.h) */
-    if (n_threads > cap) n_threads = cap > 1 ? (int)cap : 1;
-#ifdef _OPENMP
-    if (n_threads == 2 && nbytes / 64 < ((int64_t)1 << 31)) { /* the kernels' two-ended split */
-        uint64_t sum = 0, range = (uint64_t)(nbytes / 64) << 32;
-        const int64_t lines = nbytes / 64;
-#pragma omp parallel num_threads(2) reduction(+ : sum)
-        {
-            const int top = omp_get_thread_num() == 1;
-            int64_t l0, l1;
-            while (claim2(&range, top, SPLIT2_BYTES / 64, &l0, &l1))
-                sum += read_range(p + l0 * 64, (l1 == lines ? nbytes : l1 * 64) - l0 * 64);
-        }
-        return sum;
-    }
-    if (n_threads > 1) {
-        uint64_t sum = 0;
-        const int64_t lines = nbytes / 64;
-#pragma omp parallel num_threads(n_threads) reduction(+ : sum)
-        {
-            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-            int64_t l0 = lines * tid / nth, l1 = lines * (tid + 1) / nth;
-            int64_t end = tid == nth - 1 ? nbytes : l1 * 64;
-            sum += read_range(p + l0 * 64, end - l0 * 64);
-        }
-        return sum;
-    }
-#endif
-    return read_range(p, nbytes);
 }

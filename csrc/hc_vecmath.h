@@ -1,4 +1,5 @@
-/* Private inline helpers of the vector unit shared by hc_vec.c and hc_attn.c (not public API).
+/* Private inline helpers of the vector unit (not public API), shared by hc_vec.c, hc_attn.c,
+ * hc_quant.h and hc_cim.c (whose scalar path converts the fp16 scales with hc__f16_to_f32).
  * The float rules are written down in docs/numerics.md "Vector unit"; hcemu/vector_ref.py mirrors
  * them operation for operation, so the constants are hex literals exactly representable in float32. */
 #ifndef HC_VECMATH_H

@@ -147,6 +147,22 @@ typedef struct {
     const uint8_t *codes;    /* [n_row_tiles][n_blocks][tile_bytes] */
     const uint16_t *scales;  /* fp16 bits, [n_row_tiles][n_blocks][16] or [n_row_tiles][16] */
     const uint16_t *offsets; /* fp16 bits like scales, asymmetric only; NULL otherwise */
+    /* ---- block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4; docs/numerics.md "Block formats").
+     * block = 1: bits is the code slot (4: nibbles as int4, 8: bytes as int8), group = 32 (tile_k),
+     * asymmetric = 0; the stored codes are unsigned and the kernels multiply u = code (or lut[code])
+     * by the activations, then subtract bias * X.  Every per-row array is laid [n_row_tiles][units][16]. */
+    int block;                  /* 0: the integer formats above */
+    int super_k, sub_k;         /* super-block (32, 64, 256) and sub-block (16, 32) widths */
+    int bias;                   /* v = u - bias; u in [0, 63] */
+    int scale_kind;             /* 0: fp16 d per super-block in scales; 1: e8m0 byte per block of 32,
+                                   2: ue4m3 byte per sub-block, both in scale_bytes (scales NULL) */
+    int offset_kind;            /* 0: none; 1: fp16 dmin per super-block in offsets (w -= dmin * mn);
+                                   2: fp16 m per block of 32 in offsets (w += m) */
+    const uint8_t *lut;         /* 16 entries, nibble -> u (FP4 kinds), or NULL: u = the stored code */
+    const int8_t *subscales;    /* integer sub-scales per sub-block, or NULL (sc = 1) */
+    const uint8_t *submins;     /* integer sub-mins per sub-block (offset_kind 1), else NULL */
+    const uint8_t *scale_bytes; /* scale_kind 1, 2 */
+    float tensor_scale;         /* y = acc * tensor_scale when != 1 (NVFP4) */
 } hc_weights;
 
 /* HC_OK when the descriptor is self-consistent (format, sizes, pointers); HC_EINVAL otherwise. */
@@ -188,15 +204,15 @@ int hc_gemm_i4a_serial(const hc_weights *, const int8_t *, const float *, int64_
 int hc_gemm_i4a_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4a_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 int hc_gemm_i4a_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+/* Block formats (w->block = 1); dots receives S = sum_j sc_j D_j per block of 32 (NVFP4: sum_j D_j). */
+int hc_gemm_blk_serial(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_blk_avx2(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_blk_avxvnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
+int hc_gemm_blk_avx512vnni(const hc_weights *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t *, int);
 
 /* The path for w's format and ISA `isa` (NULL for a bad format); HC_EUNSUPPORTED comes from the
  * call if the CPU lacks the ISA. */
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa);
-
-/* A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
- * over n_threads (at most one per HC_CIM_BYTES_PER_THREAD, as the kernels): the bandwidth peer of
- * the benchmarks.  Returns a checksum so it cannot be elided. */
-uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 
 /* 1 when built with OpenMP. */
 int hc_openmp(void);
@@ -238,6 +254,12 @@ int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_sca
 /* Every adapter of the slot in order (slot NULL: nothing). */
 int hc_adapter_slot_apply(const hc_adapter_slot *slot, const int8_t *q, const float *act_scales,
                           int64_t act_group, const float *x, int64_t m, float *y, int64_t ldy);
+/* ==== the benchmarks' bandwidth peer (csrc/hc_bench.c) — not a chip kernel ====================
+ * A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
+ * over n_threads as the CIM products split their bytes (at most one thread per
+ * HC_CIM_BYTES_PER_THREAD; two threads from opposite ends).  Returns a checksum so that it cannot
+ * be elided. */
+uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads);
 
 /* ==== decoder layers (csrc/hc_chip.c) ==========================================================
  * The transformer layers of a Llama-family model as one compiled pass: for t tokens at positions

@@ -88,20 +88,6 @@ cdef inline bint _plain_f32(a, int ndim, bint writable):
             and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)))
 
 
-cdef int64_t *_event_row(events, region) except NULL:
-    """The int64 counters of ``region`` in ``events.counts`` (a C-contiguous (regions, fields) array)."""
-    counts = events.counts
-    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
-            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
-            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
-        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
-    cdef Py_ssize_t ri = events.region_index(region)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
-    if ri < 0 or ri >= rows or cols <= max(_I_READ, _I_WRITE, _I_MACS, _I_FLOPS, _I_TRANS):
-        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
-    return <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols
-
-
 cdef inline void _count_kv_write(int64_t *row, Py_ssize_t t, Py_ssize_t bytes_per_token_layer) noexcept nogil:
     """docs/events.md: t tokens stored in one layer write t * bytes_per_token_layer bytes of SRAM."""
     row[_I_WRITE] += t * bytes_per_token_layer

@@ -10,8 +10,6 @@ if HC_DEC_OP_COUNT != 12 or HC_ADAPTERS_MAX != 8:
 DECODER_OPS = tuple(hc_decoder_op_name(i).decode() for i in range(HC_DEC_OP_COUNT))
 """The operations :class:`Decoder` times when profiling, in their C order."""
 
-from hcemu.events import FIELDS as _FIELDS
-
 
 cdef const float *_f32_ptr(a, Py_ssize_t n, str what) except NULL:
     if not _plain_f32(a, 1, False) or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != n:
@@ -202,18 +200,8 @@ cdef class Decoder:
             raise OverflowError(f"Decoder.forward: positions [{start}, {start + t}) exceed the KV cache's "
                                 f"{self.store.capacity} token slots")
         cdef int64_t *counts = NULL
-        cdef Py_ssize_t cols = len(_FIELDS)
         if events is not None:
-            ev_counts = events.counts
-            if (not cnp.PyArray_Check(ev_counts) or cnp.PyArray_TYPE(<cnp.ndarray>ev_counts) != cnp.NPY_INT64
-                    or cnp.PyArray_NDIM(<cnp.ndarray>ev_counts) != 2
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>ev_counts)
-                    or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>ev_counts)
-                    or cnp.PyArray_DIM(<cnp.ndarray>ev_counts, 0) < self.n_layers
-                    or cnp.PyArray_DIM(<cnp.ndarray>ev_counts, 1) != cols):
-                raise TypeError(f"events.counts must be a writeable C-contiguous int64 array of at least "
-                                f"({self.n_layers}, {cols})")
-            counts = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ev_counts)
+            counts = _event_counts(events, self.n_layers)
         cdef float *xp = <float *>cnp.PyArray_DATA(<cnp.ndarray>x)
         cdef int rc
         with nogil:
@@ -226,7 +214,7 @@ cdef class Decoder:
         for i in range(self.n_layers):
             self.store.filled_[i] = start + t
             if counts != NULL:
-                row = counts + i * cols
+                row = counts + i * _N_FIELDS
                 for cw in self.products[i]:
                     _count_product(row, <CimWeights>cw, t)
                 _count_kv_write(row, t, self.store.bytes_per_token_layer)

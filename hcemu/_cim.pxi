@@ -8,8 +8,8 @@ cimport numpy as cnp
 cnp.import_array()
 
 from hcemu._hcemu cimport (hc_weights, hc_cim_fn, hc_weights_check, hc_quantize_act, hc_cim_kernel, hc_cim_linear,
-                           hc_stream_read, hc_openmp)
-from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
+                           hc_openmp)
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
 
 OPENMP = bool(hc_openmp())
 """True when the kernels were built with OpenMP (n_threads > 1 runs in parallel)."""
@@ -51,9 +51,14 @@ cdef class CimWeights:
     cdef const uint8_t[:, :, ::1] _codes
     cdef const uint16_t[::1] _scales
     cdef const uint16_t[::1] _offsets
+    cdef const int8_t[::1] _subscales
+    cdef const uint8_t[::1] _submins
+    cdef const uint8_t[::1] _scale_bytes
+    cdef const uint8_t[::1] _lut
     cdef readonly object fmt
     cdef readonly int64_t n, k, tile_k, n_row_tiles, n_blocks
     cdef readonly int64_t macs, code_bits, meta_bits, tiles
+    cdef int64_t _nbytes
     cdef int mac_field
 
     def __init__(self, pw):
@@ -65,6 +70,13 @@ cdef class CimWeights:
         if not isinstance(codes, _np.ndarray) or codes.dtype != _np.uint8 or codes.shape != (nt, nb, tb):
             raise ValueError(f"codes of a {pw.n}x{pw.k} {fmt.name} matrix must be uint8 {(nt, nb, tb)}, "
                              f"got {getattr(codes, 'dtype', type(codes))} {getattr(codes, 'shape', '')}")
+        if not codes.flags.c_contiguous:
+            raise ValueError("codes must be C-contiguous")
+        self._nbytes = sum(a.nbytes for a in (codes, pw.scales, pw.offsets, getattr(pw, "subscales", None),
+                                              getattr(pw, "submins", None)) if a is not None)
+        if fmt.block is not None:
+            self._init_block(pw, nt, nb, tb)
+            return
         meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
         for what, a in (("scales", scales), ("offsets", offsets)):
             if what == "offsets" and not fmt.asymmetric:
@@ -76,8 +88,6 @@ cdef class CimWeights:
                                  f"got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"{what} must be C-contiguous")
-        if not codes.flags.c_contiguous:
-            raise ValueError("codes must be C-contiguous")
         self._codes = codes
         self._scales = scales.view(_np.uint16).reshape(-1)
         self.w.bits = fmt.bits
@@ -90,14 +100,86 @@ cdef class CimWeights:
         self.w.codes = &self._codes[0, 0, 0]
         self.w.scales = &self._scales[0]
         self.w.offsets = NULL
+        self.w.tensor_scale = 1.0
         if fmt.asymmetric:
             self._offsets = offsets.view(_np.uint16).reshape(-1)
             self.w.offsets = &self._offsets[0]
         check(hc_weights_check(&self.w), "CimWeights")
         self.fmt = fmt
         self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = pw.n, pw.k, fmt.tile_k, nt, nb
-        self.mac_field = _F_MACS_W8 if fmt.bits == 8 else _F_MACS_W4
-        per_pass = product_counts(fmt, pw.n, pw.k)   # the one counting rule (hcemu.events)
+        self._counts(fmt, pw.n, pw.k)
+
+    def _init_block(self, pw, nt, nb, tb):
+        """A block format (k-quants, Q5_0/Q5_1, MXFP4, NVFP4): docs/numerics.md "Block formats"."""
+        from hcemu.formats import FP4_VALUES
+        fmt, bk = pw.fmt, pw.fmt.block
+        n, k = pw.n, pw.k
+        if k % bk.super_k:
+            raise ValueError(f"{fmt.name}: K={k} is not a multiple of its {bk.super_k}-weight super-block")
+        units = {"f16": k // bk.super_k, "e8m0": k // 32, "ue4m3": k // bk.sub_k}[bk.scale]
+        off_units = k // bk.super_k if bk.offset == "dmin" else k // 32
+
+        def want(what, a, dtype, u, needed):
+            if not needed:
+                if a is not None:
+                    raise ValueError(f"{what} are not allowed for {fmt.name}")
+                return None
+            if (not isinstance(a, _np.ndarray) or a.dtype != dtype or a.shape != (nt, u, 16)
+                    or not a.flags.c_contiguous):
+                raise ValueError(f"{what} of a {n}x{k} {fmt.name} matrix must be C-contiguous "
+                                 f"{_np.dtype(dtype).name} {(nt, u, 16)}, got {getattr(a, 'dtype', type(a))} "
+                                 f"{getattr(a, 'shape', '')}")
+            return a.reshape(-1)
+
+        sdt = _np.float16 if bk.scale == "f16" else _np.uint8
+        sc = want("scales", pw.scales, sdt, units, True)
+        of = want("offsets", pw.offsets, _np.float16, off_units, bk.offset != "none")
+        ss = want("subscales", pw.subscales, _np.int8, k // bk.sub_k, bk.has_subscales)
+        sm = want("submins", pw.submins, _np.uint8, k // bk.sub_k, bk.has_submins)
+        self._codes = pw.codes
+        self.w.codes = &self._codes[0, 0, 0]
+        self.w.bits = fmt.bits
+        self.w.group = 32
+        self.w.asymmetric = 0
+        self.w.n, self.w.k, self.w.n_row_tiles, self.w.n_blocks = n, k, nt, nb
+        self.w.block = 1
+        self.w.super_k, self.w.sub_k, self.w.bias = bk.super_k, bk.sub_k, bk.bias
+        self.w.scale_kind = {"f16": 0, "e8m0": 1, "ue4m3": 2}[bk.scale]
+        self.w.offset_kind = {"none": 0, "dmin": 1, "min": 2}[bk.offset]
+        self.w.scales = NULL
+        self.w.scale_bytes = NULL
+        if bk.scale == "f16":
+            self._scales = sc.view(_np.uint16)
+            self.w.scales = &self._scales[0]
+        else:
+            self._scale_bytes = sc
+            self.w.scale_bytes = &self._scale_bytes[0]
+        self.w.offsets = NULL
+        if of is not None:
+            self._offsets = of.view(_np.uint16)
+            self.w.offsets = &self._offsets[0]
+        self.w.subscales = NULL
+        if ss is not None:
+            self._subscales = ss
+            self.w.subscales = &self._subscales[0]
+        self.w.submins = NULL
+        if sm is not None:
+            self._submins = sm
+            self.w.submins = &self._submins[0]
+        self.w.lut = NULL
+        if bk.float_codes:
+            self._lut = _np.asarray([v + bk.bias for v in FP4_VALUES], _np.uint8)
+            self.w.lut = &self._lut[0]
+        self.w.tensor_scale = pw.tensor_scale
+        check(hc_weights_check(&self.w), "CimWeights")
+        self.fmt = fmt
+        self.n, self.k, self.tile_k, self.n_row_tiles, self.n_blocks = n, k, 32, nt, nb
+        self._counts(fmt, n, k)
+
+    def _counts(self, fmt, n, k):
+        from hcemu.events import mac_field
+        self.mac_field = _FIELD_INDEX[mac_field(fmt)]
+        per_pass = product_counts(fmt, n, k)   # the one counting rule (hcemu.events)
         self.macs = per_pass[self.mac_field]
         self.code_bits = per_pass[_F_CODE]
         self.meta_bits = per_pass[_F_META]
@@ -105,8 +187,10 @@ cdef class CimWeights:
 
     @property
     def nbytes(self):
-        """Bytes one product streams: codes, scales and offsets."""
-        return (self.code_bits + self.meta_bits) // 8
+        """Bytes one product streams: codes, scales and offsets as the host holds them (block formats:
+        codes in their 4-/8-bit slots and every scale array; the ROM counts are ``code_bits`` /
+        ``meta_bits``)."""
+        return self._nbytes
 
     def __repr__(self):
         return f"CimWeights({self.fmt.name}, n={self.n}, k={self.k})"
@@ -159,17 +243,8 @@ cdef int _check_threads(int n_threads) except -1:
 
 
 cdef int _count(CimWeights cw, events, region, int64_t m) except -1:
-    """Add the per-product increments times m to ``events.counts[region]`` (int64, C-contiguous)."""
-    counts = events.counts
-    if (not cnp.PyArray_Check(counts) or cnp.PyArray_TYPE(<cnp.ndarray>counts) != cnp.NPY_INT64
-            or cnp.PyArray_NDIM(<cnp.ndarray>counts) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>counts)
-            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>counts)):
-        raise TypeError("events.counts must be a writeable C-contiguous int64 (regions, fields) array")
-    cdef Py_ssize_t ri = events.region_index(region)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>counts, 0), cols = cnp.PyArray_DIM(<cnp.ndarray>counts, 1)
-    if ri < 0 or ri >= rows or cols <= max(_F_MACS_W8, _F_MACS_W4, _F_CODE, _F_META, _F_TILES):
-        raise ValueError(f"region index {ri} / {cols} fields do not fit events.counts of shape {(rows, cols)}")
-    _count_product(<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counts) + ri * cols, cw, m)
+    """Add the per-product increments times m to ``events.counts[region]``."""
+    _count_product(_event_row(events, region), cw, m)
     return 0
 
 
@@ -313,16 +388,3 @@ def cim_linear(x, Py_ssize_t act_group, pw, *, out=None, int n_threads=1, events
             _count(cw, events, region, m)
     return out
 
-
-def stream_read(buf, int n_threads=1):
-    """Read every byte of the uint8 buffer ``buf`` (1-D, contiguous) once; returns a checksum.
-
-    The bandwidth peer of the benchmarks: ``n_threads`` splits the bytes as the kernels split row
-    tiles (at most one thread per 4 MiB)."""
-    cdef const uint8_t[::1] b = buf
-    _check_threads(n_threads)
-    cdef uint64_t s = 0
-    if b.shape[0]:
-        with nogil:
-            s = hc_stream_read(&b[0], b.shape[0], n_threads)
-    return s

@@ -47,6 +47,16 @@ cdef extern from "hcemu.h" nogil:
         const uint8_t *codes
         const uint16_t *scales
         const uint16_t *offsets
+        int block
+        int super_k, sub_k
+        int bias
+        int scale_kind
+        int offset_kind
+        const uint8_t *lut
+        const int8_t *subscales
+        const uint8_t *submins
+        const uint8_t *scale_bytes
+        float tensor_scale
     ctypedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
                               int64_t act_group, float *y, int32_t *dots, int n_threads)
     int hc_weights_check(const hc_weights *w)
@@ -56,7 +66,6 @@ cdef extern from "hcemu.h" nogil:
     int hc_cim_linear(const hc_weights *w, const float *x, int64_t m, int64_t act_group, float *y,
                       int n_threads)
     hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
-    uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
     int hc_openmp()
 # ---- LoRA adapters in SRAM (csrc/hc_lora.c)
 cdef extern from "hcemu.h" nogil:
@@ -74,6 +83,10 @@ cdef extern from "hcemu.h" nogil:
     int hc_adapter_check(const hc_adapter *ad)
     int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_scales, int64_t act_group,
                          const float *x, int64_t m, float *y, int64_t ldy)
+
+# ---- the benchmarks' bandwidth peer (csrc/hc_bench.c)
+cdef extern from "hcemu.h" nogil:
+    uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
 # ---- decoder layers as one compiled pass (csrc/hc_chip.c)
 cdef extern from "hcemu.h" nogil:
     ctypedef struct hc_layer:

@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # module names under hcemu.commands, in the order `hcemu --help` lists them
-COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "kernels")
+COMMANDS = ("fetch", "compile", "inspect", "run", "demo", "eval", "compare", "serve-sim", "economics",
+            "validate", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hcemu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"hcemu.commands.{name}").register(sub)
+        importlib.import_module(f"hcemu.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -166,16 +166,23 @@ def _zeros() -> np.ndarray:
     return np.zeros(len(FIELDS), np.int64)
 
 
+def mac_field(fmt) -> str:
+    """The MAC counter a format's products add to: ``macs_w4`` for codes of up to 4 bits (int4, Q2_K,
+    Q3_K, Q4_K, MXFP4, NVFP4), ``macs_w8`` for wider ones (int8, Q5_*, Q6_K)."""
+    return "macs_w4" if fmt.code_bits <= 4 else "macs_w8"
+
+
 def product_counts(fmt, n: int, k: int) -> np.ndarray:
     """Counts of one token pass through one ``n x k`` CIM product in format ``fmt``: MACs by weight
-    bits, ROM code bits (whole tiles, padding included), ROM metadata bits (fp16 scales, and offsets
-    when asymmetric: ``TILE_ROWS`` per block, or per row tile for per-channel formats) and tiles read."""
+    bits (:func:`mac_field`), ROM code bits (whole tiles, padding included, ``fmt.code_bits`` per
+    weight), ROM metadata bits (every level of scales and offsets as the ROM holds them:
+    :meth:`WeightFormat.meta_bits` of the padded rows; fp16 per block or row tile for the integer
+    formats) and tiles read."""
     nt, nb = layout_shape(fmt, n, k)
     c = _zeros()
-    c[FIELD_INDEX["macs_w8" if fmt.bits == 8 else "macs_w4"]] = n * k
-    c[FIELD_INDEX["rom_code_bits"]] = nt * nb * tile_bytes(fmt) * 8
-    per_array = nt * TILE_ROWS * 16 if fmt.per_channel else nt * nb * TILE_ROWS * 16
-    c[FIELD_INDEX["rom_meta_bits"]] = per_array * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX[mac_field(fmt)]] = n * k
+    c[FIELD_INDEX["rom_code_bits"]] = nt * nb * TILE_ROWS * fmt.tile_k * fmt.code_bits
+    c[FIELD_INDEX["rom_meta_bits"]] = fmt.meta_bits(nt * TILE_ROWS, k)
     c[FIELD_INDEX["rom_tiles"]] = nt * nb
     return c
 
@@ -211,8 +218,8 @@ def embed_counts(spec, fmt) -> np.ndarray:
     _, nb = layout_shape(fmt, *spec.matrix_shape("embedding"))
     c = _zeros()
     c[FIELD_INDEX["tokens"]] = 1
-    c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.bits
-    c[FIELD_INDEX["rom_meta_bits"]] = 16 * (1 if fmt.per_channel else nb) * (2 if fmt.asymmetric else 1)
+    c[FIELD_INDEX["rom_code_bits"]] = nb * fmt.tile_k * fmt.code_bits
+    c[FIELD_INDEX["rom_meta_bits"]] = fmt.meta_bits(1, spec.matrix_shape("embedding")[1])
     c[FIELD_INDEX["rom_tiles"]] = nb
     c[FIELD_INDEX["vec_flops"]] = spec.d_model
     return c
@@ -243,3 +250,67 @@ def adapter_counts(fmt: str, n: int, k: int, rank: int) -> np.ndarray:
     c[FIELD_INDEX["act_quant_elems"]] = rank if fmt == "int8" else 0
     c[FIELD_INDEX["vec_flops"]] = n
     return c
+
+LINK_FIELDS = ("messages", "bytes")
+"""Counters of one chip-to-chip hop: messages sent (one per token pass crossing it) and payload bytes."""
+
+
+class LinkEvents:
+    """Per-hop integer counters of a multi-chip system: ``counts`` int64 (n_hops, len(LINK_FIELDS));
+    hop ``h`` links die ``h`` to die ``h + 1``. ``ev.bytes`` / ``ev.messages`` are totals over hops."""
+
+    __slots__ = ("n_hops", "counts")
+
+    def __init__(self, n_hops: int, counts: np.ndarray | None = None):
+        self.n_hops = int(n_hops)
+        if self.n_hops < 0:
+            raise ValueError(f"n_hops must be >= 0, got {n_hops}")
+        shape = (self.n_hops, len(LINK_FIELDS))
+        if counts is None:
+            counts = np.zeros(shape, np.int64)
+        elif counts.shape != shape or counts.dtype != np.int64:
+            raise ValueError(f"counts must be int64 {shape}, got {counts.dtype} {counts.shape}")
+        self.counts = counts
+
+    def add(self, hop: int, messages: int, nbytes: int) -> None:
+        if not 0 <= hop < self.n_hops:
+            raise IndexError(f"hop {hop} out of range 0..{self.n_hops - 1}")
+        self.counts[hop, 0] += messages
+        self.counts[hop, 1] += nbytes
+
+    def hop(self, h: int) -> dict[str, int]:
+        return {name: int(v) for name, v in zip(LINK_FIELDS, self.counts[h])}
+
+    @property
+    def messages(self) -> int:
+        return int(self.counts[:, 0].sum())
+
+    @property
+    def bytes(self) -> int:
+        return int(self.counts[:, 1].sum())
+
+    def _check_same(self, other) -> None:
+        if not isinstance(other, LinkEvents) or other.n_hops != self.n_hops:
+            raise ValueError("link events of systems with different hop counts cannot be combined")
+
+    def __iadd__(self, other: "LinkEvents") -> "LinkEvents":
+        self._check_same(other)
+        self.counts += other.counts
+        return self
+
+    def __add__(self, other: "LinkEvents") -> "LinkEvents":
+        self._check_same(other)
+        return LinkEvents(self.n_hops, self.counts + other.counts)
+
+    def copy(self) -> "LinkEvents":
+        return LinkEvents(self.n_hops, self.counts.copy())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LinkEvents) and other.n_hops == self.n_hops and bool(
+            np.array_equal(self.counts, other.counts))
+
+    def to_dict(self) -> dict:
+        return {"n_hops": self.n_hops, "hops": [self.hop(h) for h in range(self.n_hops)]}
+
+    def __repr__(self) -> str:
+        return f"LinkEvents(n_hops={self.n_hops}, messages={self.messages}, bytes={self.bytes})"

@@ -16,6 +16,17 @@ Inside a tile the bytes are ordered so that one 64-byte line feeds one CIM pass 
 
 Scales (and asymmetric offsets) are IEEE fp16, shaped ``(n_row_tiles, n_blocks, 16)`` for block formats
 and ``(n_row_tiles, 16)`` for per-channel int8, so one tile's 16 scales are contiguous.
+
+Block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4: :data:`hcemu.formats.BLOCK_KINDS`) use tiles of 16
+rows x 32 inputs; their codes (the GGUF codes, unsigned) sit in 4-bit (nibble) or 8-bit (byte) slots
+as above. Their scales, every array laid ``(n_row_tiles, units, 16)`` (one tile row's 16 values
+contiguous), units counted along the inputs:
+
+* ``scales``: fp16 ``d`` per super-block (``k // super_k`` units); MXFP4: e8m0 bytes per block of 32;
+  NVFP4: ue4m3 bytes per sub-block of 16.
+* ``offsets``: fp16 ``dmin`` per super-block (Q2_K, Q4_K, Q5_K) or fp16 ``m`` per block (Q5_1).
+* ``subscales``: int8 integer sub-scales per sub-block (k-quants); ``submins``: uint8 sub-mins.
+* ``tensor_scale``: one float32 per matrix (NVFP4's tensor scale; 1.0 for every other format).
 """
 from __future__ import annotations
 
@@ -23,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.formats import TILE_ROWS, WeightFormat
+from hcemu.formats import FP4_VALUES, TILE_ROWS, WeightFormat
 
 
 @dataclass(frozen=True)
@@ -34,8 +45,11 @@ class PackedWeights:
     n: int
     k: int
     codes: np.ndarray              # uint8 (n_row_tiles, n_blocks, tile_bytes)
-    scales: np.ndarray             # float16 (n_row_tiles, n_blocks, 16) or (n_row_tiles, 16)
+    scales: np.ndarray             # float16 (n_row_tiles, n_blocks, 16) or (n_row_tiles, 16); block kinds: above
     offsets: np.ndarray | None = None  # float16, like scales; asymmetric int4 only
+    subscales: np.ndarray | None = None  # int8 (n_row_tiles, k // sub_k, 16): block kinds with sub-scales
+    submins: np.ndarray | None = None    # uint8 like subscales: block kinds with sub-mins
+    tensor_scale: float = 1.0            # NVFP4 only
 
     @property
     def n_row_tiles(self) -> int:
@@ -52,7 +66,8 @@ class PackedWeights:
     @property
     def nbytes(self) -> int:
         """Bytes the kernels stream per pass: codes, scales and offsets (padding included)."""
-        return self.codes.nbytes + self.scales.nbytes + (0 if self.offsets is None else self.offsets.nbytes)
+        return sum(a.nbytes for a in (self.codes, self.scales, self.offsets, self.subscales, self.submins)
+                   if a is not None)
 
 
 def tile_bytes(fmt: WeightFormat) -> int:
@@ -78,7 +93,11 @@ def _check_codes(q: np.ndarray, fmt: WeightFormat) -> np.ndarray:
         raise ValueError(f"weight codes must be 2-D (n, k), got shape {q.shape}")
     if not np.issubdtype(q.dtype, np.integer):
         raise TypeError(f"weight codes must be integers, got {q.dtype}")
-    lo, hi = (0, 15) if fmt.asymmetric else ((-8, 7) if fmt.bits == 4 else (-128, 127))
+    bk = fmt.block
+    if bk is not None:
+        lo, hi = bk.code_range
+    else:
+        lo, hi = (0, 15) if fmt.asymmetric else ((-8, 7) if fmt.bits == 4 else (-128, 127))
     if q.size and (q.min() < lo or q.max() > hi):
         raise ValueError(f"weight codes out of range [{lo}, {hi}] for {fmt.name}: "
                          f"min {q.min()}, max {q.max()}")
@@ -113,6 +132,14 @@ def pack(q: np.ndarray, scales: np.ndarray, fmt: WeightFormat, offsets: np.ndarr
     full[:n, :k] = q
     # (t, r, b, c) -> (t, b, r, c)
     tiles = full.reshape(nt, TILE_ROWS, nb, tk).transpose(0, 2, 1, 3)
+    codes = _lay_codes(tiles, fmt, nt, nb)
+    return PackedWeights(fmt, n, k, codes, lay_meta(scales, "scales"),
+                         None if offsets is None else lay_meta(offsets, "offsets"))
+
+
+def _lay_codes(tiles: np.ndarray, fmt: WeightFormat, nt: int, nb: int) -> np.ndarray:
+    """(t, b, r, c) integer codes -> uint8 (nt, nb, tile_bytes) in the tile byte order."""
+    tk = fmt.tile_k
     if fmt.bits == 8:
         # (t, b, r, kq, j) -> (t, b, kq, r, j)
         lay = tiles.reshape(nt, nb, TILE_ROWS, tk // 4, 4).transpose(0, 1, 3, 2, 4)
@@ -122,22 +149,162 @@ def pack(q: np.ndarray, scales: np.ndarray, fmt: WeightFormat, offsets: np.ndarr
         u = u.reshape(nt, nb, TILE_ROWS, tk // 8, 2, 4)  # (.., r, kq, half, j)
         byte = u[..., 0, :] | (u[..., 1, :] << 4)         # (t, b, r, kq, j)
         codes = byte.transpose(0, 1, 3, 2, 4).astype(np.uint8)
-    codes = np.ascontiguousarray(codes.reshape(nt, nb, tile_bytes(fmt)))
-    return PackedWeights(fmt, n, k, codes, lay_meta(scales, "scales"),
-                         None if offsets is None else lay_meta(offsets, "offsets"))
+    return np.ascontiguousarray(codes.reshape(nt, nb, tile_bytes(fmt)))
+
+
+def lay_units(a: np.ndarray, n: int, dtype) -> np.ndarray:
+    """Per-row metadata ``a`` (n, units) -> ``(n_row_tiles, units, 16)`` of ``dtype``, padding rows 0."""
+    a = np.asarray(a)
+    nt = -(-n // TILE_ROWS)
+    full = np.zeros((nt * TILE_ROWS, a.shape[1]), dtype)
+    full[:n] = a
+    return np.ascontiguousarray(full.reshape(nt, TILE_ROWS, a.shape[1]).transpose(0, 2, 1))
+
+
+def unlay_units(a: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`lay_units`: (n, units)."""
+    return a.transpose(0, 2, 1).reshape(-1, a.shape[1])[:n].copy()
+
+
+# ---- block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4)
+
+
+def e8m0_to_f32(e: np.ndarray) -> np.ndarray:
+    """MXFP4 scale bytes -> float32 ``2**(e - 128)`` (GGUF's half scale; e = 0, 1 subnormal), exact."""
+    e = np.asarray(e, np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23)).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def ue4m3_to_f32(x: np.ndarray) -> np.ndarray:
+    """NVFP4 scale bytes (unsigned e4m3, bias 7) -> float32 half their value (GGUF's convention), exact.
+
+    ``0x00`` and ``0x7F`` give 0 (as GGUF); bytes with bit 7 set are not scales (the compiler rejects them).
+    """
+    x = np.asarray(x, np.uint8)
+    e = ((x >> 3) & 0xF).astype(np.int32)
+    m = (x & 7).astype(np.int32)
+    # normal (1 + m/8) 2^(e-7) / 2 = (8 + m) 2^(e-11); subnormal m 2^-9 / 2 = m 2^-10
+    sig = np.where(e == 0, m, 8 + m).astype(np.float32)
+    ex = np.where(e == 0, -10, e - 11)
+    v = np.ldexp(sig, ex).astype(np.float32)
+    return np.where((x & 0x7F) == 0x7F, np.float32(0), v).astype(np.float32)
+
+
+def block_values(raw: np.ndarray, fmt: WeightFormat) -> np.ndarray:
+    """Integer values ``v`` (int16) of the stored codes of a block format (docs/numerics.md)."""
+    bk = fmt.block
+    raw = np.asarray(raw)
+    if bk.float_codes:
+        return np.asarray(FP4_VALUES, np.int16)[raw.astype(np.intp)]
+    return raw.astype(np.int16) - np.int16(bk.bias)
+
+
+def block_scale_f32(pw_or_scales, fmt: WeightFormat) -> np.ndarray:
+    """The float32 values of a block format's ``scales`` units (fp16, e8m0 or ue4m3), exact."""
+    a = pw_or_scales.scales if isinstance(pw_or_scales, PackedWeights) else pw_or_scales
+    sk = fmt.block.scale
+    if sk == "f16":
+        return np.asarray(a).astype(np.float32)
+    return e8m0_to_f32(a) if sk == "e8m0" else ue4m3_to_f32(a)
+
+
+def pack_block(codes: np.ndarray, fmt: WeightFormat, d: np.ndarray, sc=None, mn=None, o=None,
+               tensor_scale: float = 1.0) -> PackedWeights:
+    """Lay a block-format matrix into ROM tiles.
+
+    codes: stored codes (n, k) in ``BlockKind.code_range``. d: (n, units) of the ``scales`` array
+    (fp16, or uint8 scale bytes for the FP4 kinds). sc / mn: integer sub-scales / sub-mins
+    (n, k // sub_k) where the kind has them. o: fp16 dmin (n, k // super_k) or m (n, k // 32).
+    """
+    bk = fmt.block
+    q = _check_codes(codes, fmt)
+    n, k = q.shape
+    if k % bk.super_k:
+        raise ValueError(f"{fmt.name}: K={k} is not a multiple of its {bk.super_k}-weight super-block")
+    nt, nb = layout_shape(fmt, n, k)
+    nsub = k // bk.sub_k
+    units = {"f16": k // bk.super_k, "e8m0": k // 32, "ue4m3": k // bk.sub_k}[bk.scale]
+    sdt = np.float16 if bk.scale == "f16" else np.uint8
+
+    def want(a, shape, what, dtype):
+        if a is None:
+            raise ValueError(f"{fmt.name}: {what} is required")
+        a = np.asarray(a)
+        if a.shape != shape:
+            raise ValueError(f"{fmt.name}: {what} shape {a.shape} does not match {shape} for a {n}x{k} matrix")
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise ValueError(f"{fmt.name}: {what} out of the {np.dtype(dtype).name} range")
+        return lay_units(a.astype(dtype), n, dtype)
+
+    full = np.zeros((nt * TILE_ROWS, nb * 32), np.int16)
+    full[:n, :k] = q
+    codes_l = _lay_codes(full.reshape(nt, TILE_ROWS, nb, 32).transpose(0, 2, 1, 3), fmt, nt, nb)
+    scales = want(d, (n, units), "scales", sdt)
+    subscales = want(sc, (n, nsub), "sub-scales", np.int8) if bk.has_subscales else None
+    submins = want(mn, (n, nsub), "sub-mins", np.uint8) if bk.has_submins else None
+    offsets = None
+    if bk.offset != "none":
+        offsets = want(o, (n, k // (bk.super_k if bk.offset == "dmin" else 32)), "offsets", np.float16)
+    for what, a in (("sub-scales", sc), ("sub-mins", mn), ("offsets", o)):
+        if a is not None and {"sub-scales": subscales, "sub-mins": submins, "offsets": offsets}[what] is None:
+            raise ValueError(f"{fmt.name} has no {what}")
+    ts = float(np.float32(tensor_scale))
+    if ts != 1.0 and bk.name != "nvfp4":
+        raise ValueError(f"{fmt.name}: only NVFP4 has a tensor scale")
+    if not np.isfinite(ts) or ts <= 0:
+        raise ValueError(f"{fmt.name}: tensor scale must be finite and positive, got {tensor_scale}")
+    return PackedWeights(fmt, n, k, codes_l, scales, offsets, subscales, submins, ts)
+
+
+def block_fields(pw: PackedWeights) -> dict:
+    """The matrix-order fields of a block-format matrix: ``codes`` (n, k) raw, ``d`` (scales units),
+    ``sc``, ``mn``, ``o`` (None where the kind has none) and ``tensor_scale``."""
+    return {"codes": unpack_codes(pw), "d": unlay_units(pw.scales, pw.n),
+            "sc": None if pw.subscales is None else unlay_units(pw.subscales, pw.n),
+            "mn": None if pw.submins is None else unlay_units(pw.submins, pw.n),
+            "o": None if pw.offsets is None else unlay_units(pw.offsets, pw.n),
+            "tensor_scale": pw.tensor_scale}
+
+
+def dequantize_block_fields(f: dict, fmt: WeightFormat) -> np.ndarray:
+    """Float32 weights (n, k) of block-format fields, evaluated as GGUF's ``dequantize`` does (equal
+    to it element for element for imported tensors): ``fl(fl(d * sc) * v)``, then ``- fl(dmin * mn)``
+    or ``+ m``; FP4 ``fl(s * v)`` (times the tensor scale, when it is not 1)."""
+    bk = fmt.block
+    v = block_values(f["codes"], fmt).astype(np.float32)
+    n, k = v.shape
+    d = block_scale_f32(f["d"], fmt)
+    per_scale = k // d.shape[1]
+    if bk.has_subscales:
+        dl = np.repeat(d, per_scale // bk.sub_k, axis=1) * f["sc"].astype(np.float32)
+        w = (dl[:, :, None] * v.reshape(n, -1, bk.sub_k)).reshape(n, k)
+    else:
+        w = (d[:, :, None] * v.reshape(n, -1, per_scale)).reshape(n, k)
+    if bk.offset == "dmin":
+        ml = np.repeat(f["o"].astype(np.float32), bk.super_k // bk.sub_k, axis=1) * f["mn"].astype(np.float32)
+        w = (w.reshape(n, -1, bk.sub_k) - ml[:, :, None]).reshape(n, k)
+    elif bk.offset == "min":
+        w = (w.reshape(n, -1, 32) + f["o"].astype(np.float32)[:, :, None]).reshape(n, k)
+    if f["tensor_scale"] != 1.0:
+        w = w * np.float32(f["tensor_scale"])
+    return w
 
 
 def unpack_codes(pw: PackedWeights) -> np.ndarray:
-    """Integer codes (n, k) as int16: signed values for symmetric formats, [0, 15] for asymmetric."""
+    """Integer codes (n, k) as int16: signed values for symmetric formats, [0, 15] for asymmetric,
+    the stored (unsigned) codes for block formats."""
     fmt, nt, nb, tk = pw.fmt, pw.n_row_tiles, pw.n_blocks, pw.fmt.tile_k
     if fmt.bits == 8:
-        lay = pw.codes.view(np.int8).reshape(nt, nb, tk // 4, TILE_ROWS, 4).astype(np.int16)
+        lay = pw.codes.view(np.uint8 if fmt.block is not None else np.int8).reshape(nt, nb, tk // 4, TILE_ROWS, 4).astype(np.int16)
         tiles = lay.transpose(0, 1, 3, 2, 4).reshape(nt, nb, TILE_ROWS, tk)
     else:
         b = pw.codes.reshape(nt, nb, tk // 8, TILE_ROWS, 4).astype(np.int16)
         u = np.stack([b & 0xF, b >> 4], axis=3)          # (t, b, kq, half, r, j)
         u = u.transpose(0, 1, 4, 2, 3, 5).reshape(nt, nb, TILE_ROWS, tk)
-        tiles = u if fmt.asymmetric else ((u ^ 8) - 8)
+        tiles = u if (fmt.asymmetric or fmt.block is not None) else ((u ^ 8) - 8)
     full = tiles.transpose(0, 2, 1, 3).reshape(nt * TILE_ROWS, nb * tk)
     return np.ascontiguousarray(full[:pw.n, :pw.k])
 
@@ -153,7 +320,10 @@ def unpack_meta(pw: PackedWeights, which: str = "scales") -> np.ndarray:
 
 
 def dequantize(pw: PackedWeights) -> np.ndarray:
-    """Float32 weights (n, k) the silicon represents: ``q*d`` or ``q*d + m`` evaluated in float32."""
+    """Float32 weights (n, k) the silicon represents: ``q*d`` or ``q*d + m`` evaluated in float32
+    (block formats: :func:`dequantize_block_fields`)."""
+    if pw.fmt.block is not None:
+        return dequantize_block_fields(block_fields(pw), pw.fmt)
     q = unpack_codes(pw).astype(np.float32)
     d = unpack_meta(pw, "scales").astype(np.float32)
     if pw.fmt.per_channel:
@@ -170,6 +340,8 @@ def dequantize_rows(pw: PackedWeights, rows) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= pw.n):
         raise IndexError(f"row index out of range 0..{pw.n - 1}: {rows.min()}..{rows.max()}")
+    if pw.fmt.block is not None:
+        return _block_rows(pw, rows)
     fmt, nb, tk = pw.fmt, pw.n_blocks, pw.fmt.tile_k
     out = np.empty((rows.size, pw.k), np.float32)
     for i, row in enumerate(rows):
@@ -193,6 +365,20 @@ def dequantize_rows(pw: PackedWeights, rows) -> np.ndarray:
     return out
 
 
+def _block_rows(pw: PackedWeights, rows: np.ndarray) -> np.ndarray:
+    """dequantize_rows for block formats: each row's 16-row tile, dequantized."""
+    out = np.empty((rows.size, pw.k), np.float32)
+    for i, row in enumerate(rows):
+        t, r = divmod(int(row), TILE_ROWS)
+        sl = slice(t, t + 1)
+        one = PackedWeights(pw.fmt, min(TILE_ROWS, pw.n - t * TILE_ROWS), pw.k, pw.codes[sl], pw.scales[sl],
+                            None if pw.offsets is None else pw.offsets[sl],
+                            None if pw.subscales is None else pw.subscales[sl],
+                            None if pw.submins is None else pw.submins[sl], pw.tensor_scale)
+        out[i] = dequantize(one)[r]
+    return out
+
+
 def stack_rows(parts: list[PackedWeights]) -> PackedWeights | None:
     """One PackedWeights whose rows are ``parts`` one after another (e.g. Wq, Wk, Wv), or None when
     they cannot share tiles: different formats or input widths, or a part whose rows do not fill
@@ -200,9 +386,12 @@ def stack_rows(parts: list[PackedWeights]) -> PackedWeights | None:
     bit for bit, the products over the parts, and count the same events (they are additive over tiles).
     """
     first = parts[0]
-    if any(p.fmt != first.fmt or p.k != first.k or p.n % TILE_ROWS for p in parts):
+    if any(p.fmt != first.fmt or p.k != first.k or p.n % TILE_ROWS or p.tensor_scale != first.tensor_scale
+           for p in parts):
         return None
-    offsets = None if first.offsets is None else np.concatenate([p.offsets for p in parts])
-    return PackedWeights(first.fmt, sum(p.n for p in parts), first.k,
-                         np.concatenate([p.codes for p in parts]),
-                         np.concatenate([p.scales for p in parts]), offsets)
+
+    def cat(attr):
+        return None if getattr(first, attr) is None else np.concatenate([getattr(p, attr) for p in parts])
+
+    return PackedWeights(first.fmt, sum(p.n for p in parts), first.k, cat("codes"), cat("scales"), cat("offsets"),
+                         cat("subscales"), cat("submins"), first.tensor_scale)

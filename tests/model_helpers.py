@@ -76,7 +76,13 @@ def write_tiny_gguf(path, spec: ModelSpec = TINY_SPEC, types: dict | None = None
             stored[name] = (bits.astype(np.uint32) << 16).view(np.float32)
         else:
             qt = gguf.GGMLQuantizationType[ty]
-            q = gguf.quants.quantize(arr, qt)
+            if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "NVFP4"):  # gguf has no quantizer for these
+                from hcemu.rom import blocks
+                q = blocks.encode(blocks.quantize(arr, ty, tensor_scale=1.0 if ty == "NVFP4" else None), ty)
+            elif ty == "IQ4_NL":  # a type hcemu does not read (for the error tests): valid zero blocks
+                q = np.zeros((arr.shape[0], arr.shape[1] // 32 * 18), np.uint8)
+            else:
+                q = gguf.quants.quantize(arr, qt)
             writer.add_tensor(name, q, raw_dtype=qt)
             stored[name] = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(arr.shape)
     if rope_freqs is not None:

@@ -27,14 +27,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("hcemu.chip",),
     # 5 performance models: price events (silicon, GPU roofline, cost, area, sizing, sweeps, plots)
     ("hcemu.perf",),
-    # 6 measurement harnesses of the emulator itself, with their peers
+    # 5b the timed step API: the functional chip stepped and priced by the silicon model, for embedding
+    ("hcemu.step",),
+    # 6 request-level serving simulation: consumes per-request and per-step prices from perf
+    ("hcemu.serving",),
+    # 7 measurement harnesses of the emulator itself, with their peers
     ("hcemu.bench",),
-    # 7 what users run: the comparison report, the commands, the CLI
+    # 8 what users run: the comparison report, the commands, the CLI
     ("hcemu.report", "hcemu.commands", "hcemu.cli"),
 ]
 
 FORBIDDEN = {
     "hcemu.perf": ("hcemu._core", "hcemu.kernels", "hcemu.chip"),
+    "hcemu.serving": ("hcemu._core", "hcemu.kernels", "hcemu.chip", "hcemu.events"),
 }
 
 

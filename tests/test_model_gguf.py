@@ -84,14 +84,14 @@ def test_tiny_tensors_every_type(tiny_gguf):
 def test_missing_tensor_and_unsupported_type(tmp_path):
     import gguf
 
-    path = tmp_path / "q6k.gguf"
-    write_tiny_gguf(path, types={"attn_q": "Q5_0"})
+    path = tmp_path / "iq4nl.gguf"
+    write_tiny_gguf(path, types={"attn_q": "IQ4_NL"})
     src = GGUFSource(path)
     with pytest.raises(KeyError, match="nope.weight"):
         src.raw("nope.weight")
-    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight.*Q5_0"):
+    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight.*IQ4_NL"):
         src.raw("blk.0.attn_q.weight")
-    with pytest.raises(ValueError, match=r"blk\.1\.attn_q\.weight.*Q5_0"):
+    with pytest.raises(ValueError, match=r"blk\.1\.attn_q\.weight.*IQ4_NL"):
         src.float32("blk.1.attn_q.weight")
     assert src.float32("blk.0.attn_k.weight").shape == (32, 64)
     assert gguf  # the writer above used gguf

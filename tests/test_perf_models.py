@@ -1,7 +1,7 @@
-"""Calibration bands, sensitivities and validation of the silicon, GPU and cost models.
+"""Consistency, sensitivities and the scalar/vectorized agreement of the silicon, GPU and cost models.
 
-The calibration tests compute everything from the presets' parameters; the published figures appear
-only as targets with a stated tolerance.
+The figures the presets were calibrated to (regression pins) and those they are validated against are
+tested in ``tests/test_perf_figures.py``; this file holds what follows from the equations.
 """
 import dataclasses
 import math
@@ -16,8 +16,8 @@ from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel
 from hcemu.perf.area import chip_area_breakdown, chip_area_mm2
 from hcemu.perf.silicon import SiliconModel, chip_arrays, decode_sweep
-from hcemu.perf.specs import (CHIP_PRESETS, COST_PRESETS, GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec,
-                              get_chip, get_cost, get_gpu, sources)
+from hcemu.perf.specs import (GPU_PRESETS, HC1_PLAN, ChipSpec, CostSpec, GpuSpec, get_chip, get_cost, get_gpu,
+                              sources)
 
 LLAMA = get_preset("llama-3.1-8b")
 
@@ -32,43 +32,35 @@ def gpus():
     return {g: GpuModel(g).evaluate(LLAMA, 1024, 1024) for g in GPU_PRESETS}
 
 
-def within(x, target, tol):
-    return abs(x / target - 1) <= tol
-
-
-# ---------------------------------------------------------------- calibration
-def test_hc1_per_user_decode(hc1):
-    assert within(hc1.per_user_tok_s, 16960, 0.10), hc1.per_user_tok_s
-
-
-def test_hc1_power(hc1):
-    assert within(hc1.power_w, 250, 0.15), hc1.power_w
+# ---------------------------------------------------------------- consistency of the 1k/1k figures
+def test_hc1_power_stays_within_its_limit(hc1):
     assert hc1.power_w <= get_chip("hc1").power_limit_w
+    assert hc1.power_w == pytest.approx(hc1.dynamic_energy_j_per_token * hc1.aggregate_tok_s
+                                        + get_chip("hc1").static_power_w)
 
 
-def test_hc1_area_and_transistors():
+def test_hc1_area_is_the_area_model(hc1):
     a = chip_area_breakdown("hc1", LLAMA, HC1_PLAN)
-    assert within(a.total_mm2, 815, 0.25), a
-    assert within(a.transistors, 53e9, 0.25), a.transistors
-    assert chip_area_mm2(get_chip("hc1"), LLAMA, HC1_PLAN) == a.total_mm2
+    assert chip_area_mm2(get_chip("hc1"), LLAMA, HC1_PLAN) == a.total_mm2 == hc1.area_mm2
+    assert a.transistors == hc1.transistors
     # ~33 Gbit of ROM: 8.03 B weights at 4 bits + fp16 scale per 128, plus blank bank slots and norm vectors
     assert LLAMA.n_params * 4.125 < a.rom_bits < 1.03 * LLAMA.n_params * 4.125
 
 
-def test_gpu_per_user(gpus, hc1):
-    assert within(gpus["b200"].per_user_tok_s, 353, 0.15), gpus["b200"].per_user_tok_s
-    assert within(gpus["h200"].per_user_tok_s, 230, 0.20), gpus["h200"].per_user_tok_s
+def test_regression_pin_hc1_to_b200_ratio(gpus, hc1):
+    """Regression pin: both ends are calibrated (16,960 and 353 tok/s/user, the brief's 48x)."""
     assert 40 <= hc1.per_user_tok_s / gpus["b200"].per_user_tok_s <= 56
-    # batch-1 decode is bandwidth bound: below the datasheet roofline (silicon-facts: 498 and 299 BF16)
-    assert gpus["b200"].per_user_tok_s < 8e12 / gpus["b200"].weight_bytes
 
 
-def test_cost_per_million_tokens(hc1, gpus):
-    cm = CostModel()
-    chip = cm.chip(get_chip("hc1"), hc1.aggregate_tok_s, hc1.power_w)
-    b200 = cm.gpu(get_gpu("b200"), gpus["b200"].aggregate_tok_s)
-    assert within(chip.cents_per_mtok, 0.75, 0.20), chip
-    assert within(b200.cents_per_mtok, 3.79, 0.20), b200
+def test_gpu_batch1_decode_is_below_the_bandwidth_roofline(gpus):
+    # silicon-facts: BF16 rooflines 498 (B200), 299 (H200), 209 (H100) tok/s for 8B
+    for g in GPU_PRESETS:
+        spec = get_gpu(g)
+        assert gpus[g].per_user_tok_s < spec.mem_bandwidth_tb_s * 1e12 / gpus[g].weight_bytes
+
+
+def test_cost_parts_add_up(hc1):
+    chip = CostModel().chip(get_chip("hc1"), hc1.aggregate_tok_s, hc1.power_w)
     assert chip.hourly_usd == pytest.approx(chip.hardware_usd_per_hour + chip.nre_usd_per_hour
                                             + chip.energy_usd_per_hour)
 
@@ -165,6 +157,19 @@ def test_pricing_counted_events_equals_evaluate(hc1):
     assert SiliconModel("hc1").price(LLAMA, HC1_PLAN, 1024, 1024, prefill, decode) == hc1
 
 
+SWEEP_FIELDS = ("latency_s_per_token", "per_user_tok_s", "dynamic_energy_j_per_token", "slowest_region_s",
+                "aggregate_tok_s", "power_w")
+
+
+def _assert_sweep_equals_evaluate(chip, sw, index, n_prompt, n_generated, **fields):
+    r = SiliconModel(chip.replace(**fields)).evaluate(LLAMA, HC1_PLAN, n_prompt, n_generated)
+    for k in SWEEP_FIELDS:
+        assert sw[k][index] == pytest.approx(getattr(r, k), rel=1e-12), (k, fields, n_prompt)
+    for k in ("users", "users_kv_limit", "users_power_limit"):
+        assert sw[k][index] == getattr(r, k), (k, fields, n_prompt)
+    return r
+
+
 def test_vectorized_path_equals_scalar_path():
     chip = get_chip("hc1")
     clocks = np.array([0.5, 1.0, 1.7])
@@ -172,12 +177,55 @@ def test_vectorized_path_equals_scalar_path():
     sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, clock_ghz=clocks), ctx, ctx + 7)
     for i, c in enumerate(ctx[:, 0]):
         for j, clk in enumerate(clocks):
-            r = SiliconModel(chip.replace(clock_ghz=float(clk))).evaluate(LLAMA, HC1_PLAN, int(c), int(c) + 7)
-            assert sw["per_user_tok_s"][i, j] == pytest.approx(r.per_user_tok_s, rel=1e-12)
-            assert sw["dynamic_energy_j_per_token"][i, j] == pytest.approx(r.dynamic_energy_j_per_token, rel=1e-12)
-            assert sw["users"][i, j] == r.users
-            assert sw["aggregate_tok_s"][i, j] == pytest.approx(r.aggregate_tok_s, rel=1e-12)
-            assert sw["power_w"][i, j] == pytest.approx(r.power_w, rel=1e-12)
+            _assert_sweep_equals_evaluate(chip, sw, (i, j), int(c), int(c) + 7, clock_ghz=float(clk))
+
+
+@pytest.mark.parametrize("head_balanced", [True, False])
+def test_vectorized_path_equals_scalar_path_on_every_serving_branch(head_balanced):
+    """One serving rule: power limit binding or not (below and at pipeline saturation), KV capacity binding
+    or not (down to zero users), pipeline depth binding, the head or a layer the slowest region."""
+    chip = get_chip("hc1").replace(head_balanced=head_balanced)
+    kv = np.array([2**20, 288 * 2**20, 2**36])[:, None, None]
+    limit = np.array([20.0, 150.0, 350.0, 1000.0, 3550.0, 1e6])[None, :, None]
+    ctx = np.array([256, 1024])[None, None, :]
+    sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, kv_sram_bytes=kv, power_limit_w=limit), ctx, ctx)
+    seen = set()
+    for i in range(kv.shape[0]):
+        for j in range(limit.shape[1]):
+            for k in range(ctx.shape[2]):
+                r = _assert_sweep_equals_evaluate(chip, sw, (i, j, k), int(ctx[0, 0, k]), int(ctx[0, 0, k]),
+                                                  kv_sram_bytes=int(kv[i, 0, 0]), power_limit_w=float(limit[0, j, 0]))
+                n_regions = LLAMA.n_layers + 2
+                saturated = r.users * r.per_user_tok_s >= 1 / r.slowest_region_s
+                seen.add(("kv binds" if r.users == r.users_kv_limit < min(r.users_power_limit, n_regions) else
+                          "power binds" if r.users == r.users_power_limit < min(r.users_kv_limit, n_regions) else
+                          "depth binds" if r.users == n_regions else "other") + (", saturated" if saturated else ""))
+                seen.add("no user" if r.users == 0 else "users")
+    assert {"kv binds", "power binds", "depth binds, saturated", "no user", "users"} <= seen, seen
+    # the issue's case: power limit 3,550 W with 64 GiB of KV SRAM lets the saturated pipeline fill
+    if head_balanced:
+        assert sw["users"][2, 4, 1] == LLAMA.n_layers + 2
+    # which region is slowest: a layer with balanced head lanes, the head with a layer's lanes
+    r = SiliconModel(chip).evaluate(LLAMA, HC1_PLAN, 1024, 1024)
+    head_pass = SiliconModel(chip).timing(events_from_shapes(
+        LLAMA, HC1_PLAN, positions=decode_positions(1024, 1024))).cycles_per_pass[LLAMA.n_layers]
+    is_head = head_pass / (chip.clock_ghz * 1e9) == pytest.approx(r.slowest_region_s)
+    assert is_head != head_balanced
+
+
+def test_serving_rule_without_dynamic_energy():
+    """Zero energies per event: power never grows with users, so only KV and depth bound them (or the
+    static power alone exceeds the limit and no user is served)."""
+    energies = {f: 0.0 for f in ("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj",
+                                 "sram_read_pj_per_byte", "sram_write_pj_per_byte", "act_quant_pj_per_elem",
+                                 "vec_flop_pj", "vec_transcendental_pj", "wire_pj_per_bit_mm")}
+    chip = get_chip("hc1").replace(kv_sram_bytes=2**36, **energies)
+    limit = np.array([20.0, 30.0, 350.0])
+    with np.errstate(all="raise"):
+        sw = decode_sweep(LLAMA, HC1_PLAN, chip_arrays(chip, power_limit_w=limit), 1024, 1024)
+    for j, lim in enumerate(limit):
+        r = _assert_sweep_equals_evaluate(chip, sw, j, 1024, 1024, power_limit_w=float(lim))
+        assert r.users == (0 if lim < chip.static_power_w else LLAMA.n_layers + 2)
 
 
 def test_prefill_pipelines_tokens():
@@ -193,16 +241,7 @@ def test_smollm2_on_hc1_technology_is_priced():
     assert r.per_user_tok_s > 16960 and r.area_mm2 > 0 and r.users >= 1
 
 
-# ---------------------------------------------------------------- presets and validation
-@pytest.mark.parametrize("name", sorted(CHIP_PRESETS) + sorted(GPU_PRESETS) + sorted(COST_PRESETS))
-def test_every_preset_field_has_a_source(name):
-    src = sources(name)
-    spec = {**CHIP_PRESETS, **GPU_PRESETS, **COST_PRESETS}[name]
-    for f in dataclasses.fields(spec):
-        if f.name != "name":
-            assert src.get(f.name, "").strip(), f"{name}.{f.name} has no source"
-
-
+# ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("make, match", [
     (lambda: get_chip("hc1").replace(clock_ghz=-1.0), "clock_ghz"),
     (lambda: get_chip("hc1").replace(cim_macs_per_cycle_w4=0), "cim_macs_per_cycle_w4"),

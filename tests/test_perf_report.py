@@ -101,6 +101,40 @@ def test_plots_write_pngs(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAVE_MPL, reason="matplotlib (extra 'plot') not installed")
+def test_plots_show_the_chip_the_table_prices(monkeypatch, capsys):
+    """compare --plot draws the chip compare's table prices: the preset sized for the model."""
+    import matplotlib.pyplot as plt
+
+    import hcemu.perf.plots as plots
+    from hcemu.perf.cost import CostModel
+    from hcemu.perf.sizing import size_for_model
+
+    figs = []
+
+    def keep(fig, path):
+        figs.append(fig)
+        return str(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    spec, plan = get_preset("smollm2-135m"), get_plan("int4")
+    assert main(["compare", "--model", spec.name, "--context", "1024", "--json", "--no-host", "--plot", "p.png"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    chip = size_for_model("hc1", spec, plan)
+    assert row["system"] == chip.name == "hc1/smollm2-135m"
+    context, cost, roofline = (f.axes[0] for f in figs)
+    ctx, tps = context.lines[0].get_data()
+    assert context.lines[0].get_label() == f"{chip.name} (modeled)"
+    assert tps[list(ctx).index(1024)] == pytest.approx(row["per_user_tok_s"], rel=1e-12)
+    units, cents = cost.lines[0].get_data()
+    expect = CostModel().chip_cost_vs_units(chip, row["aggregate_tok_s"], row["power_w"], units)
+    assert cents == pytest.approx(expect, rel=1e-12)
+    serving = roofline.lines[-3].get_ydata()[0]  # the chip's serving point: FLOP/s at the aggregate tok/s
+    assert serving == pytest.approx(2.0 * spec.n_params * row["aggregate_tok_s"], rel=1e-12)
+    for f in figs:
+        plt.close(f)
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib (extra 'plot') not installed")
 def test_failed_plot_leaves_no_file(tmp_path):
     from hcemu.perf.plots import plot_cost_volume
 
@@ -109,10 +143,14 @@ def test_failed_plot_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_models_that_do_not_fit_a_gpu_get_a_note_row():
+def test_models_that_do_not_fit_a_gpu_run_tensor_parallel():
     rows = {r["system"]: r for r in compare_rows("llama-3.1-70b", 1024, 1024, host=False)}
-    assert rows["h100"]["per_user_tok_s"] is None and "does not fit" in rows["h100"]["note"]
+    assert rows["h100 x4"]["per_user_tok_s"] > 0 and "tensor parallel" in rows["h100 x4"]["note"]
     assert rows["b200"]["per_user_tok_s"] > 0  # 141 GB of BF16 weights fit in 180 GB
+    big = get_preset("llama-3.1-70b").__class__(**{**get_preset("llama-3.1-70b").to_dict(), "name": "huge",
+                                                    "n_layers": 800, "rope_scaling": None})
+    rows = {r["system"]: r for r in compare_rows(big, 1024, 1024, host=False, chips=None)}
+    assert rows["h100"]["per_user_tok_s"] is None and "does not fit in 8 x" in rows["h100"]["note"]
 
 
 def test_default_plan_follows_the_model_widths():

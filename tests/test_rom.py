@@ -261,8 +261,8 @@ def test_tied_embeddings_share_one_copy(tmp_path):
 def test_unknown_tensor_type_is_an_error(tmp_path):
     src = FakeSource()
     name = "blk.0.attn_v.weight"
-    src.tensors[name] = RawTensor(name, "Q5_K", src.tensors[name].shape, src.tensors[name].data)
-    with pytest.raises(ValueError, match="unsupported tensor type 'Q5_K'"):
+    src.tensors[name] = RawTensor(name, "IQ2_XS", src.tensors[name].shape, src.tensors[name].data)
+    with pytest.raises(ValueError, match="unsupported tensor type 'IQ2_XS'"):
         compile_model(src, "int4", tmp_path / "x.hcrom", progress=False)
     assert not os.path.exists(tmp_path / "x.hcrom")
 

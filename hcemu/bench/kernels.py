@@ -8,8 +8,7 @@ Peers: ``read`` (plain C streaming read of the same bytes, several interleaved s
 software prefetch), ``numpy_f32`` (BLAS float32 matvec/matmul), ``numpy_int`` (numpy int8 ->
 int32 matmul), ``ort_int8`` (onnxruntime MatMulInteger) and ``ort_int4`` (onnxruntime
 MatMulNBits, 4-bit blocks of 32 with zero points, int8 compute), the last two only when
-onnxruntime is importable. The ONNX graphs are encoded by hand (a few protobuf fields), so the
-``onnx`` package is not needed.
+onnxruntime and onnx (whose helpers build the one-node graphs) are importable: the ``bench`` extra.
 """
 from __future__ import annotations
 
@@ -68,7 +67,10 @@ def filler(shape, seed: int = 0) -> np.ndarray:
 
 
 def synthetic_weights(fmt: WeightFormat, n: int, k: int, seed: int = 0) -> PackedWeights:
-    """A PackedWeights of random codes (any byte is a valid code in every format) and fp16 scales."""
+    """A PackedWeights of random codes (any byte is a valid code in every format) and fp16 scales;
+    block formats: random codes in their range, sub-scales, sub-mins and scale bytes."""
+    if fmt.block is not None:
+        return _synthetic_block(fmt, n, k, seed)
     nt, nb = layout_shape(fmt, n, k)
     codes = filler((nt, nb, tile_bytes(fmt)), seed)
     meta = (nt, 16) if fmt.per_channel else (nt, nb, 16)
@@ -76,6 +78,32 @@ def synthetic_weights(fmt: WeightFormat, n: int, k: int, seed: int = 0) -> Packe
     scales = (rng.random(meta, dtype=np.float32) * 0.01).astype(np.float16)
     offsets = (rng.random(meta, dtype=np.float32) * -0.1).astype(np.float16) if fmt.asymmetric else None
     return PackedWeights(fmt, n, k, codes, scales, offsets)
+
+
+def _synthetic_block(fmt: WeightFormat, n: int, k: int, seed: int) -> PackedWeights:
+    bk = fmt.block
+    nt, nb = layout_shape(fmt, n, k)
+    codes = filler((nt, nb, tile_bytes(fmt)), seed)
+    lim = (1 << bk.code_bits) - 1
+    codes &= np.uint8(lim if fmt.bits == 8 else lim | (lim << 4))  # codes in range, every slot
+    rng = np.random.default_rng(seed)
+    nsub = k // bk.sub_k
+
+    def units(u, dtype, lo, hi):
+        return rng.integers(lo, hi, (nt, u, 16)).astype(dtype)
+
+    if bk.scale == "f16":
+        scales = (rng.random((nt, k // bk.super_k, 16), dtype=np.float32) * 0.01).astype(np.float16)
+    else:
+        scales = units(k // 32 if bk.scale == "e8m0" else nsub, np.uint8, 100 if bk.scale == "e8m0" else 1,
+                       130 if bk.scale == "e8m0" else 0x7F)
+    offsets = None
+    if bk.offset != "none":
+        offsets = (rng.random((nt, k // (bk.super_k if bk.offset == "dmin" else 32), 16), dtype=np.float32)
+                   * 0.01).astype(np.float16)
+    sub = units(nsub, np.int8, -32, 32) if bk.has_subscales else None
+    mins = units(nsub, np.uint8, 0, 16) if bk.has_submins else None
+    return PackedWeights(fmt, n, k, codes, scales, offsets, sub, mins)
 
 
 @dataclass(frozen=True)
@@ -179,64 +207,31 @@ def numpy_int_runner(n: int, k: int, m: int, cold: bool = True) -> Runner:
 
 
 # ---- onnxruntime peers -------------------------------------------------------------------------------
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+ONNX_IR_VERSION = 8
+ONNX_OPSETS = (("", 17), ("com.microsoft", 1))
+"""IR version and opset imports of the peers' graphs (onnxruntime >= 1.17, the bench extra's floor, runs them)."""
 
 
-def _f_varint(field: int, v: int) -> bytes:
-    return _varint(field << 3) + _varint(v)
+def onnx_model(node, initializers, inputs, outputs) -> bytes:
+    """Serialized ONNX ModelProto of one ``node`` (``onnx.helper.make_node``) with constant
+    ``initializers`` [(name, ndarray)], graph ``inputs`` and ``outputs`` [(name, onnx.TensorProto
+    element type, shape)]; IR version ``ONNX_IR_VERSION``, opsets ``ONNX_OPSETS``."""
+    from onnx import helper, numpy_helper
 
-
-def _f_bytes(field: int, data: bytes) -> bytes:
-    return _varint((field << 3) | 2) + _varint(len(data)) + data
-
-
-def _tensor(name: str, arr: np.ndarray) -> bytes:
-    dtype = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int32): 6}[arr.dtype]
-    body = b"".join(_f_varint(1, d) for d in arr.shape) + _f_varint(2, dtype) + _f_bytes(8, name.encode())
-    return body + _f_bytes(9, np.ascontiguousarray(arr).tobytes())
-
-
-def _value_info(name: str, elem: int, shape) -> bytes:
-    dims = b"".join(_f_bytes(1, _f_varint(1, d)) for d in shape)
-    tensor_type = _f_varint(1, elem) + _f_bytes(2, dims)
-    return _f_bytes(1, name.encode()) + _f_bytes(2, _f_bytes(1, tensor_type))
-
-
-def _attr_int(name: str, v: int) -> bytes:
-    return _f_bytes(1, name.encode()) + _f_varint(3, v) + _f_varint(20, 2)
-
-
-def _node(op: str, inputs, outputs, domain: str = "", attrs=()) -> bytes:
-    body = b"".join(_f_bytes(1, i.encode()) for i in inputs) + b"".join(_f_bytes(2, o.encode()) for o in outputs)
-    body += _f_bytes(3, op.encode()) + _f_bytes(4, op.encode())
-    body += b"".join(_f_bytes(5, a) for a in attrs)
-    if domain:
-        body += _f_bytes(7, domain.encode())
-    return body
-
-
-def onnx_model(node: bytes, initializers, inputs, outputs) -> bytes:
-    """Serialized ONNX ModelProto (ir_version 8, opsets ai.onnx 17 and com.microsoft 1)."""
-    graph = _f_bytes(1, node) + _f_bytes(2, b"g")
-    graph += b"".join(_f_bytes(5, _tensor(name, arr)) for name, arr in initializers)
-    graph += b"".join(_f_bytes(11, _value_info(*i)) for i in inputs)
-    graph += b"".join(_f_bytes(12, _value_info(*o)) for o in outputs)
-    opsets = _f_bytes(8, _f_bytes(1, b"") + _f_varint(2, 17)) + _f_bytes(8, _f_bytes(1, b"com.microsoft") + _f_varint(2, 1))
-    return _f_varint(1, 8) + opsets + _f_bytes(7, graph)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(name, elem, shape) for name, elem, shape in inputs],
+        [helper.make_tensor_value_info(name, elem, shape) for name, elem, shape in outputs],
+        initializer=[numpy_helper.from_array(arr, name) for name, arr in initializers])
+    model = helper.make_model(graph, ir_version=ONNX_IR_VERSION,
+                              opset_imports=[helper.make_opsetid(domain, v) for domain, v in ONNX_OPSETS])
+    return model.SerializeToString()
 
 
 def have_onnxruntime() -> bool:
+    """True when the onnxruntime peers can run: onnxruntime and onnx (which builds their graphs)."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
@@ -257,14 +252,16 @@ def _ort_session(model: bytes, threads: int):
 def ort_int8_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max_copies: int = 512) -> Runner:
     """onnxruntime MatMulInteger: uint8 activations (m, k) with a zero point x int8 weights (k, n)
     -> int32 (the u8 x s8 form ORT's dynamic quantization emits, its fast path)."""
+    from onnx import TensorProto, helper
+
     nbytes = n * k
     copies = min(n_copies(nbytes, cold), max_copies)
     sessions = []
     for s in range(copies):
         w = filler((k, n), s).view(np.int8)
-        model = onnx_model(_node("MatMulInteger", ["A", "B", "a_zp"], ["Y"]),
+        model = onnx_model(helper.make_node("MatMulInteger", ["A", "B", "a_zp"], ["Y"], name="MatMulInteger"),
                            [("B", w), ("a_zp", np.array(128, np.uint8))],
-                           [("A", 2, (m, k))], [("Y", 6, (m, n))])
+                           [("A", TensorProto.UINT8, (m, k))], [("Y", TensorProto.INT32, (m, n))])
         del w
         sessions.append(_ort_session(model, threads))
         del model
@@ -277,6 +274,8 @@ def ort_int4_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max
                     block: int = 32) -> Runner:
     """onnxruntime MatMulNBits: float32 activations x 4-bit weights in blocks of 32 with fp32 scales
     and 4-bit zero points (the Q4_1-like format), accuracy_level 4 (int8 compute)."""
+    from onnx import TensorProto, helper
+
     nb = k // block
     code_bytes = n * nb * block // 2
     meta_bytes = n * nb * 4 + n * ((nb + 1) // 2)
@@ -288,11 +287,10 @@ def ort_int4_runner(n: int, k: int, m: int, threads: int, cold: bool = True, max
         b = filler((n, nb, block // 2), s)
         scales = (rng.random(n * nb, dtype=np.float32) * 0.01).astype(np.float32)
         zp = filler((n * ((nb + 1) // 2),), s + 7)
-        attrs = [_attr_int("K", k), _attr_int("N", n), _attr_int("bits", 4), _attr_int("block_size", block),
-                 _attr_int("accuracy_level", 4)]
-        model = onnx_model(_node("MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], "com.microsoft", attrs),
-                           [("B", b), ("scales", scales), ("zp", zp)],
-                           [("A", 1, (m, k))], [("Y", 1, (m, n))])
+        node = helper.make_node("MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], name="MatMulNBits",
+                                domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=4)
+        model = onnx_model(node, [("B", b), ("scales", scales), ("zp", zp)],
+                           [("A", TensorProto.FLOAT, (m, k))], [("Y", TensorProto.FLOAT, (m, n))])
         del b
         sessions.append(_ort_session(model, threads))
         del model

@@ -15,7 +15,7 @@ import numpy as np
 
 from hcemu import _core
 from hcemu.chip.lora import DEFAULT_ADAPTER_SRAM_BYTES, SramAdapter, selection_slots
-from hcemu.events import Events, embed_counts, head_vector_counts, layer_vector_counts
+from hcemu.events import Events, LinkEvents, embed_counts, head_vector_counts, layer_vector_counts
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
 from hcemu.kernels.lora import adapter_apply
@@ -25,6 +25,16 @@ from hcemu.model.spec import LAYER_MATRICES
 
 MAX_CHUNK = 64
 """Tokens per prefill pass through the CIM kernels (their small-batch limit M <= 64)."""
+
+
+class _EventRows:
+    """The rows of an :class:`Events` from one layer on, for the compiled pass (which counts layer
+    ``j`` of its chip into row ``j`` of what it is given)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts
 
 
 @dataclass
@@ -39,7 +49,7 @@ class StepResult:
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
-    adapters: tuple = ()
+    adapters: tuple = ()  # names of the LoRA adapters the step applied
 
 
 class SramBudgetError(ValueError):
@@ -88,6 +98,10 @@ class Chip:
     (:class:`hcemu._core.Decoder`, csrc/hc_chip.c) instead of the interpreted loop of
     :meth:`_layers_interpreted`, which calls the same kernels in the same order from Python (the
     readable form of the dataflow; values and events are identical, tests hold them so).
+    A die of a multi-chip system (an image whose :attr:`~hcemu.rom.image.RomImage.die` is not the
+    whole model) holds only its layers, and the embedding or the head where the partition put them:
+    such a chip runs inside a :class:`hcemu.chip.system.System` (:meth:`embed`, :meth:`run_layers`,
+    :meth:`head`); its KV cache holds its own layers; it counts its events into the whole model's regions.
     sram_bytes: the chip's SRAM, shared by the KV cache (allocated first) and the resident LoRA
     adapters (default: the KV cache plus ``DEFAULT_ADAPTER_SRAM_BYTES``); see :meth:`load_adapter`.
     profile: time the compiled code
@@ -101,6 +115,8 @@ class Chip:
                  fuse_products: bool = True, compiled: bool = True, sram_bytes: int | None = None):
         self.image = image
         self.spec = spec = image.spec
+        self.die = die = image.die
+        self._first = die.first_layer
         plan = image.plan
         if kv_format is not None and kv_format != plan.kv:
             plan = replace(plan, kv=kv_format)  # validates the format
@@ -108,7 +124,7 @@ class Chip:
         self.n_threads = int(n_threads)
         if kv_capacity_tokens is None and kv_sram_bytes is None:
             kv_capacity_tokens = min(spec.max_context, 8192)
-        self.kv = KVCache(spec.n_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
+        self.kv = KVCache(die.n_die_layers, spec.n_kv_heads, spec.head_dim, kv_capacity_tokens,
                           capacity_bytes=kv_sram_bytes, fmt=plan.kv)
         act = plan.activations
         self._g_d = act.group_for(spec.d_model)
@@ -120,12 +136,14 @@ class Chip:
                                   f"the {self.sram_bytes} bytes of SRAM")
         self._resident: dict[str, SramAdapter] = {}
         self._selection: tuple = ()
-        self._sel_slots = None  # per layer, 7 lists of CimAdapters (interpreted path); None: no adapter
-        self._sel_counts = None  # int64 (n_layers, fields): the selection's events per token pass
-        self._layers = [self._load_layer(i, fuse_products) for i in range(spec.n_layers)]
-        self._out_norm = np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
-        self._embedding = image.matrix("token_embd.weight")
-        self._output = image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
+        self._sel_slots = None  # per layer of this chip, 7 lists of CimAdapters; None: no adapter
+        self._sel_counts = None  # int64 (this chip's layers, fields): the selection's events per token pass
+        self._layers = [self._load_layer(i, fuse_products) for i in die.layers]
+        self._out_norm = (np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
+                          if die.head else None)
+        self._embedding = image.matrix("token_embd.weight") if die.embedding else None
+        self._output = (image.matrix("token_embd.weight" if spec.tied_embeddings else "output.weight")
+                        if die.head else None)
         self._cos, self._sin = (np.ascontiguousarray(a, dtype=np.float32)
                                 for a in rope_tables(spec, np.arange(self.kv.capacity_tokens)))
         self._layer_const, self._head_const, self._embed_const = self._per_pass_counts()
@@ -145,10 +163,10 @@ class Chip:
             self._decoder.profile = profile
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
-            [f"blk.{i}.{k}.weight" for i in range(spec.n_layers) for k in LAYER_MATRICES])
+            [f"blk.{i}.{k}.weight" for i in die.layers for k in LAYER_MATRICES])
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
-            ["token_embd.weight" if spec.tied_embeddings else "output.weight"])
+            ["token_embd.weight" if spec.tied_embeddings else "output.weight"] if die.head else [])
 
     # ------------------------------------------------------------------ setup
     def _load_layer(self, i: int, fuse: bool) -> _Layer:
@@ -188,7 +206,9 @@ class Chip:
         (products, KV traffic, attention): :mod:`hcemu.events`' rules for a layer's and the head's
         vector work and for one embedding lookup (docs/events.md)."""
         s = self.spec
-        return layer_vector_counts(s), head_vector_counts(s), embed_counts(s, self._embedding.fmt)
+        embed = (embed_counts(s, self._embedding.fmt) if self._embedding is not None
+                 else np.zeros_like(head_vector_counts(s)))   # a die without the embedding looks nothing up
+        return layer_vector_counts(s), head_vector_counts(s), embed
 
     def _bank_rows(self, names) -> np.ndarray:
         """ROM rows read per bank by one token pass through the named matrices."""
@@ -204,6 +224,11 @@ class Chip:
     def position(self) -> int:
         """Tokens held in the KV cache (the next token's position)."""
         return self.kv.length
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Tokens the KV cache holds."""
+        return self.kv.capacity_tokens
 
     def reset(self) -> None:
         self.kv.reset()
@@ -296,11 +321,12 @@ class Chip:
                 self._decoder.set_adapters(None)
         else:
             ads = [self._resident[n] for n in names]
-            slots = selection_slots(ads, self.spec.n_layers)
+            lo, hi = self._first, self._first + len(self._layers)  # this chip's layers of the model
+            slots = selection_slots(ads, self.spec.n_layers)[lo:hi]
             if self._decoder is not None:
                 self._decoder.set_adapters(slots)
             self._sel_slots = slots
-            self._sel_counts = sum(a.layer_counts for a in ads)
+            self._sel_counts = sum(a.layer_counts for a in ads)[lo:hi]
         self._selection = names
 
     def op_seconds(self) -> dict:
@@ -328,6 +354,7 @@ class Chip:
         (the ROM model alone), a resident adapter's name, an SramAdapter, a LoraAdapter (made resident
         if it is not), or a sequence of those (their updates add up, in that order).
         """
+        self._check_whole()
         tokens = self._check_tokens(tokens)
         self.select_adapters(adapter)
         ev = Events(self.spec.n_layers)
@@ -345,11 +372,17 @@ class Chip:
     def decode(self, token: int, *, adapter=None) -> StepResult:
         """One decode step: the token at the current position; logits of the next (adapter: as
         :meth:`prefill`)."""
+        self._check_whole()
         tokens = self._check_tokens([token])
         self.select_adapters(adapter)
         ev = Events(self.spec.n_layers)
         logits = self._forward(tokens, ev, slice(None))
         return StepResult(logits, ev, self._step_bank_rows(tokens, 1), self._selection)
+
+    def _check_whole(self) -> None:
+        if not (self.die.embedding and self.die.head):
+            raise ValueError(f"{self.image.path} holds {self.die.describe()}: run it with the other dies in a "
+                             f"hcemu.chip.system.System")
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -368,8 +401,13 @@ class Chip:
                 f"token slots ({self.kv.nbytes} bytes of SRAM) are used, {free} remain")
         return arr.astype(np.int64)
 
-    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray:
-        rows = self._layer_bank_rows * len(tokens) + self._head_bank_rows * head_passes
+    def _step_bank_rows(self, tokens: np.ndarray | None, head_passes: int, passes: int | None = None) -> np.ndarray:
+        """ROM rows per bank of ``passes`` layer passes (default: one per token), ``head_passes`` head
+        passes and the embedding rows of ``tokens`` (None: no lookup on this die)."""
+        passes = len(tokens) if passes is None else passes
+        rows = self._layer_bank_rows * passes + self._head_bank_rows * head_passes
+        if tokens is None:
+            return rows
         cache = self._embed_bank_rows
         for tok in tokens.tolist():
             hit = cache.get(tok)
@@ -380,29 +418,61 @@ class Chip:
 
     def _forward(self, tokens: np.ndarray, ev: Events, head_rows: slice) -> np.ndarray | None:
         """All layers for ``tokens`` at the next positions; the head on ``x[head_rows]`` (None if empty)."""
-        t, start = len(tokens), self.kv.length
-        counts = ev.counts
-        # embedding: one ROM row per token, scaled in the vector unit
-        x = dequantize_rows(self._embedding, tokens)
-        counts[ev.embed] += t * self._embed_const
-        try:
-            if self._decoder is not None:
-                self._run_layers(x, start, self.n_threads, ev)
-            else:
-                self._layers_interpreted(x, start, ev)
-        except BaseException:
-            self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
-            raise
-        counts[:self.spec.n_layers] += t * self._layer_const
-        if self._sel_counts is not None:
-            counts[:self.spec.n_layers] += t * self._sel_counts
-        self.kv.commit(t)
+        x = self.embed(tokens, ev)
+        self.run_layers(x, ev)
+        self.kv.commit(len(tokens))
         x = x[head_rows]
         if not len(x):
             return None
-        counts[ev.head] += len(x) * self._head_const
+        return self.head(x, ev)
+
+    # ------------------------------------------------------------------ the three stages of a pass
+    def embed(self, tokens, events: Events) -> np.ndarray:
+        """The embedding lookup: float32 (t, d_model) rows for ``tokens`` (checked: ids in the
+        vocabulary, room in the KV cache), counted into ``events``' embed region."""
+        if self._embedding is None:
+            raise ValueError(f"{self.die.describe()} has no embedding")
+        tokens = self._check_tokens(tokens)
+        x = dequantize_rows(self._embedding, tokens)   # one ROM row per token, scaled in the vector unit
+        events.counts[events.embed] += len(tokens) * self._embed_const
+        return x
+
+    def run_layers(self, x: np.ndarray, events: Events) -> None:
+        """This chip's layers on the residual stream ``x`` float32 (t, d_model), in place, for tokens
+        at positions ``[position, position + t)``; their K/V are appended but not committed
+        (``kv.commit(t)`` after every die of the pass succeeded, ``kv.rollback()`` otherwise). On an
+        error the appended K/V are rolled back and the exception propagates. Events go to the
+        layers' own regions of ``events`` (an :class:`Events` of the whole model)."""
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2
+                or x.shape[1] != self.spec.d_model or not x.flags.c_contiguous or not x.flags.writeable):
+            raise ValueError(f"run_layers: x must be a writeable C-contiguous float32 (t, {self.spec.d_model}) array, "
+                             f"got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+        t, start = len(x), self.kv.length
+        if t > self.kv.capacity_tokens - start:
+            raise ValueError(f"{t} tokens do not fit the KV cache: {start} of {self.kv.capacity_tokens} token "
+                             f"slots are used")
+        first = self._first
+        try:
+            if self._decoder is not None:
+                # the compiled pass counts into rows 0.. of what it is given: hand it the rows from this die's first layer
+                self._run_layers(x, start, self.n_threads, events if first == 0 else _EventRows(events.counts[first:]))
+            else:
+                self._layers_interpreted(x, start, events)
+        except BaseException:
+            self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
+            raise
+        events.counts[first:first + len(self._layers)] += t * self._layer_const
+        if self._sel_counts is not None:
+            events.counts[first:first + len(self._layers)] += t * self._sel_counts
+
+    def head(self, x: np.ndarray, events: Events) -> np.ndarray:
+        """The output head on ``x`` float32 (t, d_model): final norm and output product, float32
+        logits (t, vocab), counted into ``events``' head region."""
+        if self._output is None:
+            raise ValueError(f"{self.die.describe()} has no output head")
+        events.counts[events.head] += len(x) * self._head_const
         h = self._k.rmsnorm(np.ascontiguousarray(x), self._out_norm, self.spec.norm_eps)
-        return self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=ev, region="head")
+        return self._k.linear(h, self._g_d, self._output, n_threads=self.n_threads, events=events, region="head")
 
     def _layers_interpreted(self, x: np.ndarray, start: int, ev: Events) -> None:
         """Every layer on the residual stream x float32 (t, d_model), in place, one kernel call at a time."""
@@ -417,11 +487,11 @@ class Chip:
         k_ = self._k
         quantize, matmul, linear, rmsnorm = k_.quantize, k_.matmul, k_.linear, k_.rmsnorm
         rope, silu_mul, add, attend, kv_append = k_.rope, k_.silu_mul, k_.add, k_.attention, k_.kv_append
-        kv, eps = self.kv, s.norm_eps
+        kv, eps, first = self.kv, s.norm_eps, self._first
         sel = self._sel_slots
         none = [()] * 7
 
-        def side(slot, q8, sc, xin, y, col=0):  # the adapters of one matrix, in order (docs/chip.md)
+        def side(slot, q8, sc, xin, y, col=0):  # the adapters of one matrix, in order (docs/lora.md)
             for ca in slot:
                 adapter_apply(ca, q8, sc, xin, y, col)
 
@@ -433,8 +503,9 @@ class Chip:
             side(slot, qx, sx, xin, y)
             return y
 
-        for i, L in enumerate(self._layers):
-            aq, ak, av, ao, ag, au, ad = none if sel is None else sel[i]
+        for j, L in enumerate(self._layers):
+            i = first + j  # the model's layer (event region); j indexes this chip's KV cache
+            aq, ak, av, ao, ag, au, ad = none if sel is None else sel[j]
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wqkv is not None:
@@ -455,8 +526,8 @@ class Chip:
                 q, k, v = q.reshape(t, H, hd), k.reshape(t, Hkv, hd), v.reshape(t, Hkv, hd)
             rope(q, cos, sin, out=q)
             rope(k, cos, sin, out=k)
-            kv_append(i, k, v, events=ev, region=i)
-            a = attend(q, kv, i, start, events=ev, region=i)
+            kv_append(j, k, v, events=ev, region=i)
+            a = attend(q, kv, j, start, events=ev, region=i)
             add(x, linear_side(a, g_q, L.wo, ao, i))
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
@@ -480,49 +551,73 @@ class Chip:
 
         adapter: the LoRA adapter(s) of this request (see :meth:`prefill`); switching between requests
         repoints the side paths at other resident adapters, the ROM is not reloaded."""
-        from hcemu.sampling import Sampler
+        self._check_whole()
+        names = self._names(adapter)
+        gen = run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token, adapter=names)
+        gen.adapters, gen.adapter_sram_bytes = names, self.adapter_sram_bytes
+        return gen
 
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        sampler = sampler or Sampler()
-        rng = sampler.make_rng()
-        prompt = self._check_tokens(prompt_ids)
-        if len(prompt) + max_new_tokens > self.kv.capacity_tokens - self.kv.length:
-            raise ValueError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
-                f"{self.kv.capacity_tokens - self.kv.length} token slots fit")
+
+def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None,
+                   adapter=None):
+    """The generation loop of :meth:`Chip.generate` and :meth:`hcemu.chip.system.System.generate`.
+
+    runner: has ``_check_tokens(ids)``, ``capacity_tokens``, ``position``, ``prefill(ids)`` and
+    ``decode(id)`` returning results with ``logits``, ``events``, ``bank_rows`` (and, for a system,
+    ``link_events``), and ``spec``. adapter: passed to every ``prefill``/``decode`` when not None
+    (a chip's LoRA selection).
+    """
+    from hcemu.sampling import Sampler
+
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    sampler = sampler or Sampler()
+    rng = sampler.make_rng()
+    prompt = runner._check_tokens(prompt_ids)
+    free = runner.capacity_tokens - runner.position
+    if len(prompt) + max_new_tokens > free:
+        raise ValueError(
+            f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
+            f"{free} token slots fit")
+    t0 = time.perf_counter()
+    step_kw = {} if adapter is None else {"adapter": adapter}
+    res = runner.prefill(prompt, **step_kw)
+    t_prefill = time.perf_counter() - t0
+    prefill_events, decode_events = res.events, Events(runner.spec.n_layers)
+    prefill_links = getattr(res, "link_events", None)
+    decode_links = None if prefill_links is None else LinkEvents(prefill_links.n_hops)
+    bank_rows = res.bank_rows
+    out: list[int] = []
+    t_decode = 0.0
+    logits = res.logits[-1]
+    for _ in range(max_new_tokens):
+        tok = sampler.pick(logits, rng)
+        out.append(tok)
+        if on_token:
+            on_token(tok)
+        if tok in stop_ids or len(out) == max_new_tokens:
+            break
         t0 = time.perf_counter()
-        res = self.prefill(prompt, adapter=adapter)
-        t_prefill = time.perf_counter() - t0
-        prefill_events, decode_events = res.events, Events(self.spec.n_layers)
-        bank_rows = res.bank_rows
-        out: list[int] = []
-        t_decode = 0.0
-        logits = res.logits[-1]
-        for _ in range(max_new_tokens):
-            tok = sampler.pick(logits, rng)
-            out.append(tok)
-            if on_token:
-                on_token(tok)
-            if tok in stop_ids or len(out) == max_new_tokens:
-                break
-            t0 = time.perf_counter()
-            step = self.decode(tok, adapter=res.adapters)
-            t_decode += time.perf_counter() - t0
-            decode_events += step.events
-            bank_rows = bank_rows + step.bank_rows
-            logits = step.logits[-1]
-        n_decode_steps = max(len(out) - 1, 0)
-        return Generation(
-            prompt_ids=[int(i) for i in prompt], ids=out,
-            prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
-            prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows,
-            adapters=res.adapters, adapter_sram_bytes=self.adapter_sram_bytes)
+        step = runner.decode(tok, **step_kw)
+        t_decode += time.perf_counter() - t0
+        decode_events += step.events
+        if decode_links is not None:
+            decode_links += step.link_events
+        bank_rows = bank_rows + step.bank_rows
+        logits = step.logits[-1]
+    n_decode_steps = max(len(out) - 1, 0)
+    return Generation(
+        prompt_ids=[int(i) for i in prompt], ids=out,
+        prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
+        prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows,
+        prefill_link_events=prefill_links, decode_link_events=decode_links)
 
 
 @dataclass
 class Generation:
-    """A generation's tokens, measured host times and counted events (prefill and decode apart)."""
+    """A generation's tokens, measured host times and counted events (prefill and decode apart).
+
+    bank_rows: ROM rows read per bank (a System's: its dies' banks one after another)."""
 
     prompt_ids: list
     ids: list
@@ -532,6 +627,8 @@ class Generation:
     prefill_events: Events
     decode_events: Events
     bank_rows: np.ndarray
+    prefill_link_events: LinkEvents | None = None   # a System's chip-to-chip traffic (None on one chip)
+    decode_link_events: LinkEvents | None = None
     adapters: tuple = ()            # names of the LoRA adapters the request applied
     adapter_sram_bytes: int = 0     # SRAM held by all resident adapters during the request
 

@@ -43,36 +43,48 @@ def compare_logits(ref_logits: np.ndarray, chip_logits: np.ndarray, targets: np.
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_state(image_path: str, source_path: str, n_threads: int, kv_format: str | None,
+def _worker_state(image_path: str, source_path: str, n_threads: int, kv_format: str | None, links=None,
                   adapters: tuple = (), adapter_format: str = "int8"):
     from hcemu.chip.chip import Chip
     from hcemu.model.lora import load_lora
     from hcemu.model.reference import FloatLlama
     from hcemu.model import load_source
     from hcemu.rom.image import RomImage
+    from hcemu.rom.manifest import is_system
 
-    image = RomImage.load(image_path, verify=False)
-    chip = Chip(image, n_threads=n_threads, kv_format=kv_format)
-    loras = [load_lora(path, image.spec, scale, name=f"{i}:{path}") for i, (path, scale) in enumerate(adapters)]
-    names = tuple(chip.load_adapter(lo, fmt=adapter_format).name for lo in loras)
-    return chip, FloatLlama(load_source(source_path), adapters=loras), names
+    if is_system(image_path):
+        from hcemu.chip.system import System
+
+        if adapters:
+            raise ValueError("LoRA adapters run on one chip's image, not on a system folder")
+        runner = System.load(image_path, links or "fp32", verify=False, n_threads=n_threads, kv_format=kv_format)
+    else:
+        if links is not None:
+            raise ValueError(f"{image_path} is one chip's image: link formats apply to a system folder")
+        runner = Chip(RomImage.load(image_path, verify=False), n_threads=n_threads, kv_format=kv_format)
+    loras = [load_lora(path, runner.spec, scale, name=f"{i}:{path}") for i, (path, scale) in enumerate(adapters)]
+    names = tuple(runner.load_adapter(lo, fmt=adapter_format).name for lo in loras)
+    return runner, FloatLlama(load_source(source_path), adapters=loras), names
 
 
 def evaluate_window(image_path: str, source_path: str, tokens, n_threads: int = 1,
-                    kv_format: str | None = None, adapters: tuple = (), adapter_format: str = "int8") -> WindowStats:
+                    kv_format: str | None = None, links=None, adapters: tuple = (),
+                    adapter_format: str = "int8") -> WindowStats:
     """Chip vs reference on one window of token ids (predicting tokens[1:]); ``kv_format``: the
-    chip's KV cache (default: the plan's). adapters: ``((path, scale), ...)`` LoRA adapter GGUFs
-    applied on both sides (the chip holds them as ``adapter_format``)."""
-    chip, reference, names = _worker_state(image_path, source_path, n_threads, kv_format,
+    chip's KV cache (default: the plan's). ``image_path`` may be a system folder
+    (:mod:`hcemu.rom.manifest`), run by a :class:`hcemu.chip.system.System` with link format(s) ``links``
+    (default ``fp32``). adapters: ``((path, scale), ...)`` LoRA adapter GGUFs applied on both sides (the
+    chip holds them as ``adapter_format``)."""
+    chip, reference, names = _worker_state(image_path, source_path, n_threads, kv_format, links,
                                            tuple((str(p), float(s)) for p, s in adapters), adapter_format)
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) < 2:
         raise ValueError("an evaluation window needs at least 2 tokens")
-    if len(tokens) > chip.kv.capacity_tokens:
+    if len(tokens) > chip.capacity_tokens:
         raise ValueError(f"window of {len(tokens)} tokens exceeds the chip's KV capacity of "
-                         f"{chip.kv.capacity_tokens} tokens")
+                         f"{chip.capacity_tokens} tokens")
     chip.reset()
-    chip_logits = chip.prefill(tokens, all_logits=True, adapter=names).logits[:-1]
+    chip_logits = chip.prefill(tokens, all_logits=True, **({"adapter": names} if names else {})).logits[:-1]
     ref_logits = reference.logits(tokens)[:-1]
     return compare_logits(ref_logits, chip_logits, tokens[1:])
 
@@ -88,8 +100,12 @@ def windows(tokens, ctx: int) -> list[np.ndarray]:
 
 def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_threads: int = 1,
              kv_format: str | None = None, executor: Executor | None = None, progress: bool = False,
-             adapters=(), adapter_format: str = "int8") -> dict:
-    """Evaluate a compiled image against the float reference of its source on ``tokens``.
+             links=None, adapters=(), adapter_format: str = "int8") -> dict:
+    """Evaluate a compiled image (or a system folder, with link format ``links``) against the float
+    reference of its source on ``tokens``.
+
+    adapters: ``((path, scale), ...)`` LoRA adapter GGUFs that both the chip (in SRAM, as
+    ``adapter_format``) and the reference apply.
 
     adapters: ``((path, scale), ...)`` LoRA adapter GGUFs that both the chip (in SRAM, as
     ``adapter_format``) and the reference apply.
@@ -101,7 +117,8 @@ def evaluate(image_path: str, source_path: str, tokens, *, ctx: int = 512, n_thr
     if not parts:
         raise ValueError("the text is too short to evaluate (fewer than 2 tokens)")
     job = functools.partial(evaluate_window, str(image_path), str(source_path), n_threads=n_threads,
-                            kv_format=kv_format, adapters=tuple(adapters), adapter_format=adapter_format)
+                            kv_format=kv_format, links=links, adapters=tuple(adapters),
+                            adapter_format=adapter_format)
     if executor is None:
         results = map(job, parts)
     else:

@@ -1,4 +1,6 @@
-"""``hcemu compare``: the hard-coded chip, B200/H200/H100 and this host side by side for one model."""
+"""``hcemu compare``: the hard-coded chip (and, for a model larger than one die, the multi-chip system),
+B200/H200/H100 (tensor-parallel where several GPUs serve it more cheaply or one does not hold it) and this
+host side by side for one model."""
 from __future__ import annotations
 
 import json
@@ -21,6 +23,15 @@ def register(sub) -> None:
                         "ffn_gate,ffn_up,ffn_down (default all)")
     p.add_argument("--lora-resident", type=int, default=1, help="adapters resident in SRAM (default 1)")
     p.add_argument("--lora-format", choices=("int8", "fp16"), default="int8", help="adapters' SRAM format")
+    p.add_argument("--gpu-precision", default="bf16",
+                   help="GPU weight precision: bf16 (default), fp8 (H100/H200/B200), nvfp4 or fp4 (B200)")
+    p.add_argument("--gpu-kv-precision", default=None,
+                   help="GPU KV-cache precision (default: the weight precision's; fp8 for nvfp4)")
+    p.add_argument("--chips", default="auto", metavar="N|auto|none",
+                   help="the multi-chip system row: N dies, 'auto' (default: the fewest dies within the reference "
+                        "die's ROM; no row when one die is enough) or 'none'")
+    p.add_argument("--link", default=None, help="link between dies (hcemu.perf.links presets; default pcie5-x16)")
+    p.add_argument("--link-format", default="fp32", help="activations on the links: fp32, bf16 or int8")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the rows as CSV")
@@ -51,8 +62,16 @@ def run(args) -> int:
         kinds = LAYER_MATRICES if args.lora_matrices == "all" else tuple(
             k.strip() for k in args.lora_matrices.split(",") if k.strip())
         adapters = (LoraShape(args.lora_rank, kinds, args.lora_format),)
+    chips = None if args.chips == "none" else args.chips
+    if chips not in (None, "auto"):
+        try:
+            chips = int(chips)
+        except ValueError:
+            raise ValueError(f"--chips must be a positive integer, 'auto' or 'none', got {args.chips!r}") from None
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
                         host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads,
+                        gpu_precision=args.gpu_precision, gpu_kv_precision=args.gpu_kv_precision,
+                        chips=chips, link=args.link, link_format=args.link_format,
                         adapters=adapters, resident_adapters=args.lora_resident)
     if args.json:
         print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},

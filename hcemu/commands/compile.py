@@ -2,6 +2,10 @@
 
 MODEL is a ``.gguf`` path, ``smollm2`` (the cached demo model, fetched on first use) or a model preset
 name (``llama-3.1-8b``, ...: synthetic weights seeded by ``--seed``).
+
+``--chips N|auto --out DIR`` splits the model over N dies (``auto``: the fewest whose largest image
+holds at most ``--die-rom-gbit`` of ROM) and writes one image per die plus ``DIR/system.json``
+(``docs/system.md``).
 """
 from __future__ import annotations
 
@@ -15,7 +19,16 @@ def register(sub) -> None:
     p = sub.add_parser("compile", help="quantize a model into a mask-ROM image (.hcrom)")
     p.add_argument("model", help="a .gguf file, 'smollm2', or a model preset name (synthetic weights)")
     p.add_argument("--plan", default="int4", choices=sorted(PLANS), help="quantization plan (default int4)")
-    p.add_argument("--out", required=True, help="output image path (written atomically)")
+    p.add_argument("--out", required=True,
+                   help="output image path (written atomically); with --chips, the system's folder")
+    p.add_argument("--chips", default=None, metavar="N|auto",
+                   help="split the model over N dies (pipeline of contiguous layers, balanced by ROM bits), "
+                        "or 'auto': the fewest dies within --die-rom-gbit")
+    p.add_argument("--die-rom-gbit", type=float, default=None,
+                   help="ROM budget per die for --chips auto, Gbit (default: the ROM of the hc1 reference "
+                        "die, Llama 3.1 8B in plan hc1-int4)")
+    p.add_argument("--layers-per-die", default=None, metavar="A,B,...",
+                   help="explicit layers per die in pipeline order (instead of a balanced split)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights for preset models")
     p.add_argument("--bank-rows", type=int, default=2048, help="words per ROM bank (power of two)")
     p.add_argument("--word-bits", type=int, default=512, help="bits per ROM word (power of two, 32..2048)")
@@ -84,18 +97,57 @@ def write_compensation(source, image_path, rank: int, weighted: bool = False, pr
     factors.write(out, rank)
     return out
 
+def _partition(args, spec, plan, geometry):
+    """The partition ``--chips`` / ``--layers-per-die`` ask for (None: one whole image)."""
+    from hcemu.rom.partition import partition_model
+
+    if args.layers_per_die is not None:
+        try:
+            counts = [int(c) for c in args.layers_per_die.split(",")]
+        except ValueError:
+            raise ValueError(f"--layers-per-die must be integers separated by commas, got {args.layers_per_die!r}") from None
+        if args.chips not in (None, "auto") and int(args.chips) != len(counts):
+            raise ValueError(f"--chips {args.chips} disagrees with {len(counts)} entries of --layers-per-die")
+        return partition_model(spec, plan, layers_per_die=counts, geometry=geometry)
+    if args.chips is None:
+        if args.die_rom_gbit is not None:
+            raise ValueError("--die-rom-gbit needs --chips auto")
+        return None
+    if args.chips == "auto":
+        if args.die_rom_gbit is None:
+            from hcemu.perf.system import reference_die_rom_bits
+
+            budget = reference_die_rom_bits()
+        else:
+            if not args.die_rom_gbit > 0:
+                raise ValueError(f"--die-rom-gbit must be > 0, got {args.die_rom_gbit}")
+            budget = int(args.die_rom_gbit * 1e9)
+        return partition_model(spec, plan, max_rom_bits=budget, geometry=geometry)
+    try:
+        n = int(args.chips)
+    except ValueError:
+        raise ValueError(f"--chips must be a positive integer or 'auto', got {args.chips!r}") from None
+    return partition_model(spec, plan, n, geometry=geometry)
+
 
 def run(args) -> int:
     import json
 
     from hcemu.formats import get_plan
     from hcemu.rom import RomGeometry, compile_model
+    from hcemu.rom.manifest import compile_system
 
     plan = get_plan(args.plan)
     source = open_source(args.model, args.seed)
     try:
         geometry = RomGeometry.for_model(source.spec, plan, args.bank_rows, args.word_bits, args.banks_per_tile)
-        report = compile_model(source, plan, args.out, geometry, progress=not args.no_progress)
+        partition = _partition(args, source.spec, plan, geometry)
+        if partition is not None:
+            if args.compensate_rank:
+                raise ValueError("--compensate-rank writes one adapter beside one image: not with --chips")
+            report = compile_system(source, plan, args.out, partition, progress=not args.no_progress)
+        else:
+            report = compile_model(source, plan, args.out, geometry, progress=not args.no_progress)
         if args.compensate_rank:
             lora = write_compensation(source, args.out, args.compensate_rank, args.compensate_weighted,
                                       progress=not args.no_progress)
@@ -103,6 +155,16 @@ def run(args) -> int:
                   file=sys.stderr)
     finally:
         source.close()
+    if partition is not None:
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(f"{source.spec.name} in plan {plan.name} over {partition.n_dies} dies "
+                  f"(balance: {partition.balance})")
+            print(report.table())
+            print(f"wrote {report.manifest.path} and {partition.n_dies} images: "
+                  f"{report.file_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

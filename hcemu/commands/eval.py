@@ -29,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--compensate-weighted", action="store_true",
                    help="weight the compensation SVD by input RMS on a calibration text (licence tokens 2048..2559)")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="with --compensate-ranks: KLD vs SRAM bytes")
+    p.add_argument("--system", default=None, metavar="DIR",
+                   help="evaluate the multi-chip system compiled into DIR (hcemu compile --chips) instead of "
+                        "one chip; its plan is the manifest's (--plan is ignored)")
+    p.add_argument("--link", default=None,
+                   help="with --system: link format(s) of every hop (fp32, bf16, int8), several separated by "
+                        "commas (default fp32)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -51,6 +57,8 @@ def run(args) -> int:
     src = source_path(args.model)
     if args.compensate_ranks is not None:
         return _compensation(args, text)
+    if args.link is not None and args.system is None:
+        raise ValueError("--link needs --system DIR")
     rows = []
     executor = None
     if args.workers > 1:
@@ -58,9 +66,19 @@ def run(args) -> int:
 
         executor = ProcessPoolExecutor(args.workers)
     try:
-        for plan in [p.strip() for p in args.plan.split(",") if p.strip()]:
-            path = ensure_image(args.model, plan, progress=not args.no_progress)
-            image = RomImage.load(path)
+        if args.system is not None:
+            from hcemu.formats import get_link_format
+            from hcemu.rom.manifest import load_manifest
+
+            manifest = load_manifest(args.system)
+            runs = [(args.system, manifest.load_images(verify=False)[0], get_link_format(f.strip()).name)
+                    for f in (args.link or "fp32").split(",") if f.strip()]
+        else:
+            runs = []
+            for plan in [p.strip() for p in args.plan.split(",") if p.strip()]:
+                path = ensure_image(args.model, plan, progress=not args.no_progress)
+                runs.append((path, RomImage.load(path), None))
+        for path, image, link in runs:
             tok = load_tokenizer(image)
             if tok is None:
                 raise ValueError(f"{args.model} has no tokenizer to read the text with")
@@ -68,17 +86,20 @@ def run(args) -> int:
             if args.max_tokens:
                 ids = ids[: args.max_tokens]
             res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, kv_format=args.kv,
-                           executor=executor, adapters=lora_specs(args), adapter_format=args.lora_format,
+                           executor=executor, links=link, adapters=lora_specs(args), adapter_format=args.lora_format,
                            progress=not args.no_progress and not args.json)
-            rows.append({"model": args.model, "plan": plan, "kv": args.kv or image.plan.kv,
-                         "lora": list(args.lora), **res})
+            row = {"model": args.model, "plan": image.plan.name, "kv": args.kv or image.plan.kv,
+                   "lora": list(args.lora)}
+            if link is not None:
+                row.update(dies=image.die.n_dies, link=link)
+            rows.append({**row, **res})
     finally:
         if executor is not None:
             executor.shutdown()
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     else:
-        cols = ("plan", "kv", "tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
+        cols = (("plan", "dies", "link") if args.system else ("plan",)) + ("kv", "tokens", "ppl_reference", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
         print("  ".join(f"{c:>13}" for c in cols), file=sys.stdout)
         for r in rows:
             print("  ".join(f"{r[c]:>13.4f}" if isinstance(r[c], float) else f"{r[c]:>13}" for c in cols))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, product_counts
+from hcemu.events import FIELD_INDEX, mac_field, product_counts
 from hcemu.formats import TILE_ROWS
 from hcemu.layout import PackedWeights, unpack_codes, unpack_meta
 
@@ -59,6 +59,65 @@ def block_sums_ref(q: np.ndarray, pw: PackedWeights) -> tuple[np.ndarray, np.nda
     return D.astype(np.int32), X.astype(np.int32)
 
 
+def block_parts_ref(q: np.ndarray, pw: PackedWeights) -> dict:
+    """Exact integer parts of a block-format product (docs/numerics.md "Block formats"), int64:
+    ``D`` (m, n, k // sub_k) = sum over the sub-block of v * x (v = u - bias, the code's value),
+    ``X`` (m, k // sub_k) activation sums, ``S`` (m, n, n_blocks) = sum_j sc_j D_j over the sub-blocks
+    of each block of 32 (NVFP4: sum_j D_j), ``M`` (m, n, n_blocks) = sum_j mn_j X_j (0 without offsets)."""
+    from hcemu.layout import block_fields, block_values
+
+    bk = pw.fmt.block
+    f = block_fields(pw)
+    v = block_values(f["codes"], pw.fmt).astype(np.int64)
+    m, k = q.shape
+    n, ns = pw.n, bk.subs_per_block
+    x = np.asarray(q, np.int64).reshape(m, -1, bk.sub_k)
+    D = np.einsum("mjs,njs->mnj", x, v.reshape(n, -1, bk.sub_k))
+    X = x.sum(axis=2)
+    sc = f["sc"].astype(np.int64) if f["sc"] is not None else np.ones((n, k // bk.sub_k), np.int64)
+    if bk.offset == "dmin":
+        mn = f["mn"].astype(np.int64)
+    else:
+        mn = np.ones((n, k // bk.sub_k), np.int64) if bk.offset == "min" else np.zeros((n, k // bk.sub_k), np.int64)
+    S = (D * sc[None]).reshape(m, n, -1, ns).sum(axis=3)
+    M = (X[:, None, :] * mn[None]).reshape(m, n, -1, ns).sum(axis=3)
+    assert np.abs(S).max(initial=0) < 2**24 and np.abs(M).max(initial=0) < 2**24
+    return {"D": D, "X": X, "S": S, "M": M, "fields": f}
+
+
+def _block_matmul_ref(q: np.ndarray, act_scales: np.ndarray, pw: PackedWeights, ag: int) -> np.ndarray:
+    """float32 (m, n) product for block formats, in the C kernels' order (docs/numerics.md)."""
+    from hcemu.layout import block_scale_f32
+
+    bk = pw.fmt.block
+    m, k = q.shape
+    n, nb, ns = pw.n, pw.n_blocks, bk.subs_per_block
+    parts = block_parts_ref(q, pw)
+    f = parts["fields"]
+    d = block_scale_f32(f["d"], pw.fmt)  # (n, units)
+    if bk.offset == "dmin":
+        o = -np.repeat(f["o"].astype(np.float32), bk.blocks_per_super, axis=1)
+    elif bk.offset == "min":
+        o = f["o"].astype(np.float32)
+    acc = np.zeros((m, n), np.float32)
+    for b in range(nb):
+        a = act_scales[:, (b * 32) // ag][:, None]
+        if bk.scale == "ue4m3":
+            t = parts["D"][:, :, b * ns].astype(np.float32) * d[None, :, b * ns]
+            for j in range(1, ns):
+                t = t + parts["D"][:, :, b * ns + j].astype(np.float32) * d[None, :, b * ns + j]
+        else:
+            db = d[:, b // bk.blocks_per_super] if bk.scale == "f16" else d[:, b]
+            t = parts["S"][:, :, b].astype(np.float32) * db[None, :]
+            if bk.offset != "none":
+                t = t + parts["M"][:, :, b].astype(np.float32) * o[None, :, b]
+        t = t * a
+        acc = acc + t
+    if pw.tensor_scale != 1.0:
+        acc = acc * np.float32(pw.tensor_scale)
+    return acc
+
+
 def cim_matmul_ref(q: np.ndarray, act_scales: np.ndarray, pw: PackedWeights) -> np.ndarray:
     """float32 (m, n): the product of int8 activations (m, k) with scales (m, k // Ga) and ``pw``."""
     q = np.asarray(q)
@@ -70,6 +129,8 @@ def cim_matmul_ref(q: np.ndarray, act_scales: np.ndarray, pw: PackedWeights) -> 
     tk, nb, n = pw.fmt.tile_k, pw.n_blocks, pw.n
     if k % act_scales.shape[1] or (ag != k and ag % tk):
         raise ValueError(f"activation group {ag} is not a multiple of tile width {tk} nor K={k}")
+    if pw.fmt.block is not None:
+        return _block_matmul_ref(q, act_scales, pw, ag)
     D, X = block_sums_ref(q, pw)
     d = unpack_meta(pw, "scales").astype(np.float32)
     off = unpack_meta(pw, "offsets").astype(np.float32) if pw.fmt.asymmetric else None
@@ -96,4 +157,4 @@ def event_counts_ref(pw: PackedWeights, m: int) -> dict[str, int]:
     counting rule) times ``m``, as a dict of the fields a product touches."""
     c = product_counts(pw.fmt, pw.n, pw.k) * m
     return {name: int(c[FIELD_INDEX[name]]) for name in
-            ("macs_w8" if pw.fmt.bits == 8 else "macs_w4", "rom_code_bits", "rom_meta_bits", "rom_tiles")}
+            (mac_field(pw.fmt), "rom_code_bits", "rom_meta_bits", "rom_tiles")}

@@ -1,6 +1,7 @@
 """GGUFSource: a Llama model read from a GGUF file (memory-mapped through :class:`gguf.GGUFReader`).
 
-Only the ``llama`` architecture is accepted. Tensors of type F32, F16, BF16, Q8_0, Q4_0 and Q4_1 can be
+Only the ``llama`` architecture is accepted. Tensors of type F32, F16, BF16 and the block types of
+:data:`hcemu.model.source.BLOCK_TYPES` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, MXFP4, NVFP4) can be
 read; a tensor of any other type raises :class:`ValueError` naming the tensor and its type when it is
 read (the file still opens, so its :class:`ModelSpec` can be inspected).
 

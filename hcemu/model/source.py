@@ -13,14 +13,14 @@ import numpy as np
 from hcemu.model.spec import ModelSpec
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
-BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "MXFP4", "NVFP4")
 
 
 @dataclass(frozen=True)
 class RawTensor:
     """A tensor as the source stores it.
 
-    ggml_type: ``"F32"``, ``"F16"``, ``"BF16"``, ``"Q8_0"``, ``"Q4_0"`` or ``"Q4_1"``.
+    ggml_type: ``"F32"``, ``"F16"``, ``"BF16"`` or one of :data:`BLOCK_TYPES`.
     shape: ``(n_out, n_in)`` for matrices (row-major, one row per output channel), ``(n,)`` for vectors.
     data: for float types an array of that dtype with ``shape``; for block types the raw GGUF blocks
     as uint8, shaped ``(n_out, bytes_per_row)``.

@@ -131,6 +131,8 @@ _preset(ModelSpec("llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, 500000.0, R
                   1e-5, True, 131072, "meta-llama/Llama-3.2-1B config.json"))
 _preset(ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 500000.0, RopeScaling(8.0, 1.0, 4.0, 8192),
                   1e-5, False, 131072, "meta-llama/Llama-3.1-70B config.json"))
+_preset(ModelSpec("mistral-large-2", 88, 12288, 96, 8, 128, 28672, 32768, 1000000.0, None, 1e-5, False, 131072,
+                  "mistralai/Mistral-Large-Instruct-2407 config.json (123B dense: the 100B class without MoE)"))
 _preset(ModelSpec("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 100000.0, None, 1e-5, True, 8192,
                   "HuggingFaceTB/SmolLM2-135M-Instruct config.json (= its GGUF metadata)"))
 

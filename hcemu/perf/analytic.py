@@ -36,7 +36,9 @@ def kv_bytes_per_token(spec: ModelSpec, plan: Plan) -> int:
 
 def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
     """Format of the output product: the embedding's when the embeddings are tied."""
-    return plan.embedding if spec.tied_embeddings else plan.output
+    if spec.tied_embeddings:
+        return plan.format_for("embedding", "token_embd.weight", spec.matrix_shape("embedding")[1])
+    return plan.format_for("output", "output.weight", spec.matrix_shape("output")[1])
 
 
 @dataclass(frozen=True)
@@ -87,22 +89,36 @@ class PassCoefficients:
     layer_per_key: np.ndarray
     head_const: np.ndarray
     embed_const: np.ndarray
+    by_layer: np.ndarray | None = None
+    """(n_layers, fields) per-layer constants when layers differ in formats (a plan with per-tensor
+    overrides, e.g. ``gguf`` resolved against a file); ``layer_const`` is then their integer mean."""
 
 
 def pass_coefficients(spec: ModelSpec, plan: Plan, adapters=()) -> PassCoefficients:
     """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`;
+    each matrix in its plan format (``plan.format_for``, block formats' fallbacks included);
     adapters: :class:`LoraShape` (or a sequence of them) applied on every layer pass."""
     attn_pass, per_key = attention_counts(spec, plan.kv)
-    layer = layer_vector_counts(spec) + attn_pass
-    for m in LAYER_MATRICES:
-        layer += product_counts(plan.matrices, *spec.matrix_shape(m))
+    base = layer_vector_counts(spec) + attn_pass
     for a in _lora_shapes(adapters):
-        layer += a.layer_counts(spec)
+        base = base + a.layer_counts(spec)
+    rows = {}
+    for i in range(spec.n_layers):
+        fmts = tuple(plan.format_for(m, f"blk.{i}.{m}.weight", spec.matrix_shape(m)[1]) for m in LAYER_MATRICES)
+        if fmts not in rows:
+            rows[fmts] = base + sum(product_counts(f, *spec.matrix_shape(m)) for f, m in zip(fmts, LAYER_MATRICES))
+        rows.setdefault(i, rows[fmts])
+    by_layer = None
+    if len({k for k in rows if isinstance(k, tuple)}) == 1:
+        layer = rows[0].copy()
+    else:
+        by_layer = np.stack([rows[i] for i in range(spec.n_layers)])
+        layer = by_layer.sum(axis=0) // spec.n_layers
     head = head_vector_counts(spec) + product_counts(head_format(spec, plan), *spec.matrix_shape("output"))
-    embed = embed_counts(spec, plan.embedding)
-    for a in (layer, per_key, head, embed):
+    embed = embed_counts(spec, plan.format_for("embedding", "token_embd.weight", spec.matrix_shape("embedding")[1]))
+    for a in (layer, per_key, head, embed) + (() if by_layer is None else (by_layer,)):
         a.flags.writeable = False
-    return PassCoefficients(layer, per_key, head, embed)
+    return PassCoefficients(layer, per_key, head, embed, by_layer)
 
 
 def _check_count(name: str, value) -> int:
@@ -130,7 +146,8 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     co = pass_coefficients(spec, plan, adapters)
     keys = int((pos + 1).sum())
     ev = Events(spec.n_layers)
-    ev.counts[: spec.n_layers] = co.layer_const * n + co.layer_per_key * keys
+    const = co.layer_const if co.by_layer is None else co.by_layer
+    ev.counts[: spec.n_layers] = const * n + co.layer_per_key * keys
     ev.counts[ev.head] = co.head_const * heads
     ev.counts[ev.embed] = co.embed_const * n
     return ev

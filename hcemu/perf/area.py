@@ -65,7 +65,8 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
 
     rom_bits: bits held in ROM (every bank as fabricated, blank slots included, plus fp16 scales and
     norm vectors); sram_bytes: KV (+ adapter) SRAM; n_layers: layer regions; head_lane_scale: the output
-    head region's lanes in units of a layer region's (:func:`head_lane_scale`).
+    head region's lanes in units of a layer region's (:func:`head_lane_scale`); 0 for a die of a
+    multi-chip system without the head (no head lanes, no head vector unit).
 
     ROM = rom_bits / rom density; SRAM = bits / SRAM density; logic = transistors of the CIM lanes
     (``cim_macs_per_cycle_w4`` per layer region, x head_lane_scale for the head), the attention lanes
@@ -77,12 +78,13 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
     for name, v in (("rom_bits", rom_bits), ("sram_bytes", sram_bytes), ("n_layers", n_layers)):
         if v < 0:
             raise ValueError(f"area_breakdown: {name} must be >= 0, got {v}")
-    if not head_lane_scale > 0:
-        raise ValueError(f"area_breakdown: head_lane_scale must be > 0, got {head_lane_scale}")
+    if not head_lane_scale >= 0:
+        raise ValueError(f"area_breakdown: head_lane_scale must be >= 0, got {head_lane_scale}")
     cim_lanes = chip.cim_macs_per_cycle_w4 * (n_layers + head_lane_scale)
+    vector_regions = n_layers + (1 if head_lane_scale > 0 else 0)   # the layers' and the head's
     logic_tr = (cim_lanes * chip.cim_lane_transistors
                 + n_layers * chip.attn_macs_per_cycle * chip.attn_lane_transistors
-                + (n_layers + 1) * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
+                + vector_regions * (chip.vec_flops_per_cycle + chip.vec_transcendentals_per_cycle)
                 * chip.vec_lane_transistors)
     sram_bits = 8 * int(sram_bytes)
     rom_mm2 = rom_bits / (chip.rom_density_mbit_per_mm2 * 1e6)

@@ -45,6 +45,18 @@ class GpuWork:
 
 
 @dataclass(frozen=True)
+class StepCoefficients:
+    """Seconds per unit of one step's roofline terms (see :meth:`GpuModel.step_coefficients`)."""
+
+    mem_s: float                 # the weights, read once per step
+    mem_s_per_token: float       # embedding row per token in the step
+    mem_s_per_kv_key: float      # one key's K/V read by one sequence (KV efficiency applied)
+    comp_s_per_token: float      # weight products of one token
+    comp_s_per_attn_key: float   # q.k and p.v of one token against one key
+    launch_s: float              # kernel launches of one step
+
+
+@dataclass(frozen=True)
 class GpuResult:
     gpu: str
     model: str
@@ -66,8 +78,17 @@ class GpuResult:
 
 
 class GpuModel:
-    def __init__(self, gpu: GpuSpec | str = "b200"):
+    """The roofline of one GPU. engine: an :class:`~hcemu.perf.deploy.EngineSpec` (or its name) whose
+    ``kv_read_efficiency`` derates the KV-cache stream of every step and whose limits
+    :meth:`saturated_throughput` uses; without one the KV stream runs at ``bandwidth_efficiency`` like
+    the weights (the batch-1 figures of ``hcemu compare``)."""
+
+    def __init__(self, gpu: GpuSpec | str = "b200", engine=None):
+        from hcemu.perf.deploy import get_engine
+
         self.gpu = get_gpu(gpu)
+        self.engine = None if engine is None else get_engine(engine)
+        self.kv_efficiency = 1.0 if self.engine is None else self.engine.kv_read_efficiency
 
     def weight_bytes(self, spec: ModelSpec) -> float:
         """Bytes of weights one decode step reads (every layer matrix and the LM head)."""
@@ -75,17 +96,96 @@ class GpuModel:
 
     def step_seconds(self, spec: ModelSpec, batch, keys) -> np.ndarray:
         """Seconds of one decode step for ``batch`` users each attending ``keys`` keys (broadcast arrays)."""
-        g, w = self.gpu, GpuWork.of(spec, self.gpu)
         batch = np.asarray(batch, dtype=np.float64)
-        keys = np.asarray(keys, dtype=np.float64)
         if np.any(batch < 1):
             raise ValueError(f"batch must be >= 1, got {batch.min()}")
-        mem = (w.weight_bytes + batch * (w.per_user_bytes + keys * w.kv_bytes_per_key)) / (
-            g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency)
-        comp = batch * (w.flops + keys * w.flops_per_key) / (
-            g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency)
-        launches = (g.kernels_per_layer * spec.n_layers + g.kernels_head) * g.kernel_launch_us * 1e-6
-        return np.maximum(mem, comp) + launches
+        return self.mixed_step_seconds(spec, batch, batch * np.asarray(keys, dtype=np.float64))
+
+    def mixed_step_seconds(self, spec: ModelSpec, decode_tokens, decode_keys, prefill_tokens=0.0,
+                           prefill_attn_keys=0.0, prefill_kv_keys=0.0) -> np.ndarray:
+        """Seconds of one continuous-batching step (broadcast arrays):
+
+        decode_tokens: sequences decoding one token each; decode_keys: keys they attend in total (read
+        from the KV cache and multiplied); prefill_tokens: prompt tokens of the chunks in the step;
+        prefill_attn_keys: keys those tokens attend in total (causal: token ``i`` of a prompt attends
+        ``i + 1``); prefill_kv_keys: keys the chunks read from the KV cache (each chunk reads its prefix
+        once). The roofline of the module docstring with ``B * FLOP`` and ``B * bytes`` replaced by
+        these totals; a decode-only step is :meth:`step_seconds`.
+        """
+        c = self.step_coefficients(spec)
+        tokens = np.asarray(decode_tokens, dtype=np.float64) + np.asarray(prefill_tokens, dtype=np.float64)
+        kv_read = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_kv_keys, dtype=np.float64)
+        attn = np.asarray(decode_keys, dtype=np.float64) + np.asarray(prefill_attn_keys, dtype=np.float64)
+        mem = c.mem_s + tokens * c.mem_s_per_token + kv_read * c.mem_s_per_kv_key
+        comp = tokens * c.comp_s_per_token + attn * c.comp_s_per_attn_key
+        return np.maximum(mem, comp) + c.launch_s
+
+    def step_coefficients(self, spec: ModelSpec) -> "StepCoefficients":
+        """The step roofline as plain numbers (seconds per unit), for callers that price millions of steps
+        one at a time (the serving simulator): :meth:`mixed_step_seconds` is
+        ``max(mem_s + tokens * mem_s_per_token + kv_keys * mem_s_per_kv_key,
+        tokens * comp_s_per_token + attn_keys * comp_s_per_attn_key) + launch_s``."""
+        g, w = self.gpu, GpuWork.of(spec, self.gpu)
+        bw = g.mem_bandwidth_tb_s * 1e12 * g.bandwidth_efficiency
+        peak = g.peak_tflops(g.weight_dtype) * 1e12 * g.compute_efficiency
+        return StepCoefficients(mem_s=w.weight_bytes / bw, mem_s_per_token=w.per_user_bytes / bw,
+                                mem_s_per_kv_key=w.kv_bytes_per_key / (bw * self.kv_efficiency),
+                                comp_s_per_token=w.flops / peak, comp_s_per_attn_key=w.flops_per_key / peak,
+                                launch_s=self.launch_seconds(spec))
+
+    def launch_seconds(self, spec: ModelSpec) -> float:
+        """Fixed kernel-launch time of one step (``kernels_per_layer * n_layers + kernels_head`` launches)."""
+        g = self.gpu
+        return (g.kernels_per_layer * spec.n_layers + g.kernels_head) * g.kernel_launch_us * 1e-6
+
+    def kv_capacity_tokens(self, spec: ModelSpec, memory_fraction: float | None = None) -> int:
+        """Tokens of KV cache that fit in HBM beside the weights (``memory_fraction`` of HBM for weights
+        and KV; default the preset's ``usable_memory_fraction``). 0 when the weights do not fit."""
+        g, w = self.gpu, GpuWork.of(spec, self.gpu)
+        frac = g.usable_memory_fraction if memory_fraction is None else float(memory_fraction)
+        free = g.memory_gb * 1e9 * frac - w.weight_bytes
+        return max(0, int(free // w.kv_bytes_per_key))
+
+    def saturated_throughput(self, spec: ModelSpec, n_prompt: int, n_generated: int) -> dict:
+        """Steady-state output tok/s of continuous batching with chunked prefill under unbounded load
+        (every request ``n_prompt`` in, ``n_generated`` out), the setting of offline max-throughput
+        benchmarks. Closed form (docs/serving.md):
+
+        * resident sequences ``B = min(max_num_seqs, KV tokens // (n_prompt + n_generated - 1))`` (each
+          request's whole context reserved at admission, as the serving simulator does);
+        * flow balance: a request finishes every ``n_generated - 1`` decode steps of its sequence and
+          needs ``n_prompt`` prefill tokens, so a step carries ``d`` decode tokens and ``c = d * n_prompt /
+          (n_generated - 1)`` prefill tokens, with ``d + c <= max_num_batched_tokens`` and ``d <= B``;
+        * decode tokens attend ``n_prompt + n_generated / 2`` keys on average, prefill tokens
+          ``(n_prompt + 1) / 2``, and each prompt's KV is read once;
+        * output tok/s ``= d * n_generated / ((n_generated - 1) * t_step)``.
+
+        The engine is the model's (``vllm`` when it has none). Returns ``{"output_tok_s", "step_s",
+        "decode_tokens", "prefill_tokens", "resident", "bound"}`` (bound: "max_num_seqs", "kv_memory" or
+        "token_budget": what limits ``d``).
+        """
+        from hcemu.perf.deploy import get_engine
+
+        if self.engine is None:
+            return GpuModel(self.gpu, "vllm").saturated_throughput(spec, n_prompt, n_generated)
+        eng = self.engine
+        if n_prompt < 1 or n_generated < 2:
+            raise ValueError(f"need n_prompt >= 1 and n_generated >= 2, got {n_prompt}, {n_generated}")
+        kv_seqs = self.kv_capacity_tokens(spec, eng.kv_memory_fraction) // (n_prompt + n_generated - 1)
+        if kv_seqs < 1:
+            raise ValueError(f"{spec.name} with one {n_prompt + n_generated - 1}-token sequence does not fit in "
+                             f"{self.gpu.name}'s {self.gpu.memory_gb:g} GB")
+        resident = min(eng.max_num_seqs, kv_seqs)
+        ratio = n_prompt / (n_generated - 1)
+        budget_d = eng.max_num_batched_tokens / (1.0 + ratio)
+        d = min(float(resident), budget_d)
+        bound = "token_budget" if budget_d < resident else ("max_num_seqs" if resident == eng.max_num_seqs
+                                                             else "kv_memory")
+        c = d * ratio
+        t = float(self.mixed_step_seconds(spec, d, d * (n_prompt + n_generated / 2.0), c,
+                                          c * (n_prompt + 1) / 2.0, c))
+        return {"output_tok_s": d * n_generated / ((n_generated - 1) * t), "step_s": t, "decode_tokens": d,
+                "prefill_tokens": c, "resident": resident, "bound": bound}
 
     def arithmetic_intensity(self, spec: ModelSpec, batch, keys) -> np.ndarray:
         """FLOPs per HBM byte of one step (for the roofline plot)."""

@@ -1,11 +1,16 @@
 """Plots of the models (matplotlib, optional extra ``plot``); every figure is written atomically as PNG.
 
+The chip in every plot is ``chip``'s technology sized for the plotted model
+(:func:`hcemu.perf.sizing.size_for_model`), the chip ``hcemu compare``'s table prices.
+
 * :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
 * :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
 * :func:`plot_compensation` — KLD against the float reference vs SRAM bytes of a low-rank
   compensation adapter, per plan (rows of :func:`hcemu.chip.evaluate.compensation_study`);
 * :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
-  chip's (its ROM read bandwidth and CIM peak as the roof).
+  chip's (its ROM read bandwidth and CIM peak as the roof);
+* :func:`plot_system_sweep` — a model split over dies: tok/s per user, aggregate and cost per Mtok vs the
+  ROM per die, one line per link bandwidth (:func:`hcemu.perf.system.system_sweep`).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from hcemu.perf.area import head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
 from hcemu.perf.silicon import SiliconModel, decode_sweep
-from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_chip, get_cost, get_gpu
+from hcemu.perf.sizing import size_for_model
+from hcemu.perf.specs import GPU_PRESETS, HC1_PLAN, get_cost, get_gpu
 
 
 def _pyplot():
@@ -48,7 +54,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
     ctx = np.asarray(contexts if contexts is not None else 2 ** np.arange(7, 17), dtype=np.float64)
     ctx = ctx[2 * ctx <= spec.max_context + 1]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     sw = decode_sweep(spec, plan, chip, ctx, ctx)
     line, = ax.plot(ctx, sw["per_user_tok_s"], "o-", label=f"{chip.name} (modeled)")
     over = sw["users"] < 1
@@ -69,7 +75,7 @@ def plot_context(path, spec: ModelSpec, *, chip="hc1", plan=HC1_PLAN, gpus=tuple
 def plot_cost_volume(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                      gpus=tuple(GPU_PRESETS), cost="default") -> str:
     plt = _pyplot()
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     cm = CostModel(get_cost(cost))
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     if si.aggregate_tok_s <= 0:
@@ -110,7 +116,7 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
             t = float(m.step_seconds(spec, b, keys))
             ax.plot([m.arithmetic_intensity(spec, b, keys)], [b * (w.flops + keys * w.flops_per_key) / t], mk,
                     color=line.get_color())
-    chip = get_chip(chip)
+    chip = size_for_model(chip, spec, plan)
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
     regions = spec.n_layers + head_lane_scale(spec, plan, chip)
@@ -132,11 +138,50 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     return _save(fig, path)
 
 
+def plot_system_sweep(path, spec: ModelSpec, *, plan=HC1_PLAN, sweep: dict | None = None, **kw) -> str:
+    """tok/s per user, aggregate tok/s and cents per Mtok of ``spec`` split over dies vs the largest die's
+    ROM (Gbit), one line per link bandwidth; hollow markers where the largest die exceeds the reticle.
+    ``sweep``: a :func:`hcemu.perf.system.system_sweep` result (computed with ``kw`` if not given)."""
+    from hcemu.perf.system import RETICLE_MM2, system_sweep
+
+    sw = sweep if sweep is not None else system_sweep(spec, plan, **kw)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    x, big = sw["die_rom_gbit"], sw["largest_die_mm2"] > RETICLE_MM2
+    panels = (("per_user_tok_s", "tok/s per user"), ("aggregate_tok_s", "aggregate tok/s (users pipelined)"),
+              ("cost_cents_per_mtok", "cents per Mtok"))
+    for ax, (key, label) in zip(axes, panels):
+        for j, bw in enumerate(sw["bandwidth_gb_s"]):
+            y = sw[key][:, j]
+            line, = ax.plot(x, y, "-", label=f"link {bw:g} GB/s")
+            ax.plot(x[~big], y[~big], "o", color=line.get_color(), ms=4)
+            ax.plot(x[big], y[big], "o", mfc="none", color=line.get_color(), ms=6)
+        ax.set(xscale="log", xlabel="ROM of the largest die (Gbit)", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    top = axes[0]
+    for xi, n in zip(x, sw["n_dies"]):
+        top.annotate(f"{n}", (xi, top.get_ylim()[0]), textcoords="offset points", xytext=(0, 3), ha="center",
+                     fontsize=7, color="gray")
+    axes[0].plot([], [], "o", mfc="none", color="k", label=f"largest die > {RETICLE_MM2:.0f} mm2 reticle")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name} ({plan.name}) over N dies (gray: N), balanced by ROM bits: where speed and cost turn")
+    return _save(fig, path)
+
+
 def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> list[str]:
-    """Write the three plots as ``STEM.png`` (context), ``STEM-cost.png``, ``STEM-roofline.png``."""
+    """Write ``STEM.png`` (context) and, for a model one reference die holds, ``STEM-cost.png`` and
+    ``STEM-roofline.png``; for a larger model (one chip cannot serve it, nor may one GPU), the system
+    sweep ``STEM-system.png`` (:func:`plot_system_sweep`) instead of those two."""
+    from hcemu.perf.system import SystemModel
+
     base = os.fspath(stem)
     root = base[:-4] if base.lower().endswith(".png") else base
-    return [plot_context(root + ".png", spec, **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")}),
+    plan = kw.get("plan", HC1_PLAN)
+    context = plot_context(root + ".png", spec, **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})
+    if SystemModel(kw.get("chip", "hc1")).partition(spec, plan).n_dies > 1:
+        return [context, plot_system_sweep(root + "-system.png", spec, plan=plan, chip=kw.get("chip", "hc1"),
+                                           n_prompt=n_prompt, n_generated=n_generated, cost=kw.get("cost", "default"))]
+    return [context,
             plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
             plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
                           **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]
@@ -165,4 +210,29 @@ def plot_compensation(rows, path) -> str:
     ax2.set_ylabel("top-1 agreement with float reference (%)")
     for a in (ax, ax2):
         a.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_economics(path, chip, gpus, econ, demand_tok_s: float) -> str:
+    """Left: hard-coded cards needed to break even vs model lifetime, per GPU. Right: lifetime cost per
+    Mtok vs model lifetime at ``demand_tok_s``, chip (GPU-bridged) and GPUs, with the crossover marked.
+    chip, gpus: :class:`hcemu.perf.economics.System`; econ: :class:`hcemu.perf.economics.Economics`."""
+    plt = _pyplot()
+    L = np.linspace(0.1, 5.0, 120)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for g in gpus:
+        a.plot(L, econ.break_even_cards(chip, g, L), label=f"{chip.name} vs {g.name}")
+        line, = b.plot(L, econ.lifetime_cents_per_mtok(g, demand_tok_s, L), "--", label=g.name)
+        w = econ.gpu_wins_below_years(chip, g, demand_tok_s)
+        if 0 < w < L[-1]:
+            b.axvline(w, color=line.get_color(), ls=":", alpha=0.7)
+    b.plot(L, econ.lifetime_cents_per_mtok(chip, demand_tok_s, L, gpus[0] if gpus else None), "k-",
+           label=f"{chip.name} (NRE, cards scrapped with the model)")
+    a.set(yscale="log", xlabel="model lifetime (years)", ylabel="cards deployed to break even",
+          title="Break-even volume vs model lifetime")
+    b.set(yscale="log", xlabel="model lifetime (years)", ylabel="cents per Mtok over the life",
+          title=f"Lifetime cost at {demand_tok_s:,.0f} tok/s (dotted: GPUs win below)")
+    for ax in (a, b):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, path)

@@ -15,7 +15,7 @@ Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time)
 * one user's token visits every region in turn: decode latency per token is the sum over regions;
 * several users pipeline through the regions: aggregate tok/s ``= min(n * per-user, 1 / slowest
   region)`` with ``n`` bounded by the KV SRAM (users whose whole context fits), by the power limit and by
-  the number of regions;
+  the number of regions (:func:`serving`, the one rule);
 * prefill of ``t`` tokens streams through the regions: the first token's latency plus ``t - 1``
   slowest-region pass times.
 
@@ -26,7 +26,8 @@ wires; power = energy per token x tokens/s + static power. Area and transistors 
 Every time component is a sum over passes of per-pass terms, and the two terms under each ``max``
 are proportional to each other across passes (both per key, or both per weight), so pricing the
 *totals* of many passes is exact: the scalar path (events from the functional chip) and the
-vectorized path (:func:`decode_sweep`, many design points at once) share :func:`_region_cycles`.
+vectorized path (:func:`decode_sweep`, many design points at once) share :func:`_region_cycles`,
+:func:`_energy_pj` and the serving rule :func:`serving`, so they agree point by point.
 """
 from __future__ import annotations
 
@@ -95,6 +96,38 @@ def _events_head_scale(events: Events, chip) -> float:
         return 1.0
     layer_per_pass = float((macs[: events.n_layers][layers] / tok[: events.n_layers][layers]).mean())
     return max(1.0, float(macs[events.head] / tok[events.head]) / layer_per_pass)
+
+
+def serving(per_user_tok_s, slowest_region_s, dynamic_energy_j_per_token, users_kv, n_regions, chip) -> dict:
+    """THE serving rule: how many users pipeline through the regions, and the throughput and power then.
+
+    Scalars or broadcast arrays (``chip`` fields too), times in seconds, energy in J. users_kv: users
+    whose whole context fits the KV SRAM (:func:`kv_users`); n_regions: the pipeline depth
+    (``n_layers + 2``). Aggregate tok/s with ``n`` users is ``min(n * per_user, 1 / slowest region)``
+    and power ``E_token * aggregate(n) + static``: power users are the largest ``n`` in
+    ``[0, n_regions]`` with power ``<= power_limit_w`` -- all of them when even the saturated pipeline
+    (``n * per_user >= 1 / slowest``) stays under the limit, else ``floor((limit - static) / (E_token *
+    per_user))`` (every such ``n`` is below saturation). Users = ``min(users_kv, power users,
+    n_regions)``. Returns float arrays ``users_kv_limit``, ``users_power_limit``, ``users``,
+    ``aggregate_tok_s``, ``power_w``.
+    """
+    static, limit = chip.static_power_w, chip.power_limit_w
+    saturated_w = dynamic_energy_j_per_token / slowest_region_s + static
+    headroom_w = np.maximum(limit - static, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero energies: the saturated branch decides
+        below = np.where(headroom_w > 0, np.floor(headroom_w / (dynamic_energy_j_per_token * per_user_tok_s)), 0.0)
+    power_users = np.minimum(np.where(saturated_w <= limit, n_regions, below), n_regions)
+    users = np.minimum(np.minimum(users_kv, power_users), n_regions)
+    aggregate = np.minimum(users * per_user_tok_s, 1.0 / slowest_region_s)
+    return {"users_kv_limit": np.asarray(users_kv, dtype=np.float64),
+            "users_power_limit": np.asarray(power_users, dtype=np.float64), "users": users,
+            "aggregate_tok_s": aggregate, "power_w": dynamic_energy_j_per_token * aggregate + static}
+
+
+def kv_users(spec: ModelSpec, plan, kv_sram_bytes, context):
+    """Users whose KV at ``context`` tokens (scalar or array) fits ``kv_sram_bytes``: floor division."""
+    return np.floor_divide(np.asarray(kv_sram_bytes, dtype=np.float64),
+                           kv_bytes_per_token(spec, plan) * np.asarray(context, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -168,7 +201,11 @@ class SiliconModel:
 
     def energy_j(self, events: Events) -> float:
         """Dynamic energy (J) of the events."""
-        return float(_energy_pj(events.counts, self.chip).sum()) * 1e-12
+        return float(self.energy_j_per_region(events).sum())
+
+    def energy_j_per_region(self, events: Events) -> np.ndarray:
+        """Dynamic energy (J) of each region's events, float64 (n_layers + 2,) in Events' region order."""
+        return _energy_pj(events.counts, self.chip) * 1e-12
 
     def prefill_seconds(self, events: Events, n_tokens: int) -> float:
         """Prefill of ``n_tokens`` pipelined through the regions: first token's latency + (t-1) slowest passes."""
@@ -208,16 +245,9 @@ class SiliconModel:
         per_user = 1.0 / latency
         slowest = float(t.cycles_per_pass.max()) / hz
         e_dyn = self.energy_j(decode) / steps
-        context = n_prompt + n_generated - 1
-        users_kv = int(chip.kv_sram_bytes // (kv_bytes_per_token(spec, plan) * context))
-        users_pipe = spec.n_layers + 2
-        agg = lambda n: np.minimum(n * per_user, 1.0 / slowest)  # noqa: E731
-        n = np.arange(1, users_pipe + 1)
-        ok = e_dyn * agg(n) + chip.static_power_w <= chip.power_limit_w
-        users_power = int(n[ok].max()) if ok.any() else 0
-        users = min(users_kv, users_power, users_pipe)
-        aggregate = float(agg(users)) if users else 0.0
-        power = e_dyn * aggregate + chip.static_power_w
+        sv = serving(per_user, slowest, e_dyn, kv_users(spec, plan, chip.kv_sram_bytes, n_prompt + n_generated - 1),
+                     spec.n_layers + 2, chip)
+        users, aggregate, power = int(sv["users"]), float(sv["aggregate_tok_s"]), float(sv["power_w"])
         area = chip_area_breakdown(chip, spec, plan, adapter_sram_bytes=adapter_sram_bytes)
         comp = {"cim": t.cim_cycles, "attention": t.attention_cycles, "vector": t.vector_cycles,
                 "overhead": t.overhead_cycles}
@@ -225,7 +255,8 @@ class SiliconModel:
             chip=chip.name, model=spec.name, plan=plan.name, n_prompt=n_prompt, n_generated=n_generated,
             decode_steps=steps, latency_s_per_token=latency, per_user_tok_s=per_user,
             prefill_s=self.prefill_seconds(prefill, n_prompt), slowest_region_s=slowest,
-            users_kv_limit=users_kv, users_power_limit=users_power, users=users, aggregate_tok_s=aggregate,
+            users_kv_limit=int(sv["users_kv_limit"]), users_power_limit=int(sv["users_power_limit"]), users=users,
+            aggregate_tok_s=aggregate,
             dynamic_energy_j_per_token=e_dyn, power_w=power,
             power_single_user_w=e_dyn * per_user + chip.static_power_w,
             energy_j_per_token=power / aggregate if aggregate else float("inf"),
@@ -255,10 +286,13 @@ def chip_arrays(base: ChipSpec | str = "hc1", **overrides) -> SimpleNamespace:
 
 
 def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str, np.ndarray]:
-    """Per-user decode tok/s, latency, dynamic energy and power over broadcast arrays of design points.
+    """Decode figures over broadcast arrays of design points: ``latency_s_per_token``, ``per_user_tok_s``,
+    ``dynamic_energy_j_per_token``, ``slowest_region_s`` and the outputs of :func:`serving`
+    (``users_kv_limit``, ``users_power_limit``, ``users``, ``aggregate_tok_s``, ``power_w``).
 
     chip: a ChipSpec, a preset name or :func:`chip_arrays`. n_prompt, n_generated: int arrays
-    (broadcast with the chip's arrays). Numbers equal :meth:`SiliconModel.evaluate` point by point.
+    (broadcast with the chip's arrays). Numbers equal the same fields of :meth:`SiliconModel.evaluate`
+    point by point (same cycle, energy and serving functions).
     """
     if isinstance(chip, (str, ChipSpec)):
         chip = chip_arrays(chip)
@@ -288,12 +322,9 @@ def decode_sweep(spec: ModelSpec, plan, chip, n_prompt, n_generated) -> dict[str
     slowest = np.maximum(np.maximum(per_pass[0], per_pass[1]), per_pass[2]) / hz
     energy = (spec.n_layers * _energy_pj(layer, chip) + _energy_pj(head, chip) + _energy_pj(embed, chip)) * 1e-12 / steps
     per_user = 1.0 / latency
-    context = n_prompt + n_generated - 1
-    users_kv = np.floor(chip.kv_sram_bytes / (kv_bytes_per_token(spec, plan) * context))
-    users_power = np.floor(np.maximum(chip.power_limit_w - chip.static_power_w, 0) / (energy * per_user))
-    users = np.minimum(np.minimum(users_kv, users_power), spec.n_layers + 2)
-    aggregate = np.minimum(users * per_user, 1.0 / slowest)
+    sv = serving(per_user, slowest, energy, kv_users(spec, plan, chip.kv_sram_bytes, n_prompt + n_generated - 1),
+                 spec.n_layers + 2, chip)
     out = {"latency_s_per_token": latency, "per_user_tok_s": per_user, "dynamic_energy_j_per_token": energy,
-           "users": users, "aggregate_tok_s": aggregate, "power_w": energy * aggregate + chip.static_power_w}
+           "slowest_region_s": slowest, **sv}
     shape = np.broadcast_shapes(*(np.shape(v) for v in out.values()))
     return {k: np.broadcast_to(v, shape) for k, v in out.items()}

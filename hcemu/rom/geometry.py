@@ -84,19 +84,25 @@ class RomGeometry:
         """The geometry with the fewest bank tiles per layer region that holds every layer of ``spec``."""
 
         probe = cls(bank_rows, word_bits, banks_per_tile, 1)
-        fmt = plan.matrices
-        wpt = probe.words_per_weight_tile(fmt)
-        tiles = []
-        for kind in LAYER_MATRICES:
-            nt, nb = layout_shape(fmt, *spec.matrix_shape(kind))
-            tiles.append(nt * nb)
-        if len(tiles) * wpt > bank_rows:
-            raise ValueError(f"banks of {bank_rows} rows are too shallow: each of the {len(tiles)} layer matrices "
-                             f"takes at least one stripe of {wpt} rows ({word_bits}-bit words)")
-        total_words = sum(tiles) * wpt
-        n = max(1, -(-total_words // (banks_per_tile * bank_rows)))
-        while sum(stripe_rows(t, banks_per_tile * n, wpt) for t in tiles) > bank_rows:
-            n += 1
+        layers = set()  # per layer: ((tiles, words per tile) of each matrix), deduplicated
+        for i in range(spec.n_layers):
+            shapes = []
+            for kind in LAYER_MATRICES:
+                n_out, k = spec.matrix_shape(kind)
+                fmt = plan.format_for(kind, f"blk.{i}.{kind}.weight", k)
+                nt, nb = layout_shape(fmt, n_out, k)
+                shapes.append((nt * nb, probe.words_per_weight_tile(fmt)))
+            layers.add(tuple(shapes))
+        n = 1
+        for shapes in sorted(layers):
+            if sum(w for _t, w in shapes) > bank_rows:
+                raise ValueError(f"banks of {bank_rows} rows are too shallow: each of the {len(shapes)} layer "
+                                 f"matrices takes at least one stripe of up to {max(w for _t, w in shapes)} rows "
+                                 f"({word_bits}-bit words)")
+            total_words = sum(t * w for t, w in shapes)
+            n = max(n, -(-total_words // (banks_per_tile * bank_rows)))
+            while sum(stripe_rows(t, banks_per_tile * n, w) for t, w in shapes) > bank_rows:
+                n += 1
         return cls(bank_rows, word_bits, banks_per_tile, n)
 
 

@@ -35,9 +35,10 @@ from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, tile_byt
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
 from hcemu.model.spec import ModelSpec
 from hcemu.rom.address import AddressMap
+from hcemu.rom.die import DieAssignment
 from hcemu.rom.geometry import RomGeometry
 from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
-                                represented)
+                                quantize_matrix, represented)
 
 MAGIC = b"HCROM\x00\x1a\n"
 VERSION = 1
@@ -45,6 +46,7 @@ PREAMBLE_BYTES = 4096
 ALIGN = 4096
 _PRE = struct.Struct("<8sIIQQQ32s")
 CHUNK_ELEMS = 1 << 22   # weights quantized per chunk (bounds the compiler's working memory)
+META_ARRAYS = ("scales", "offsets", "subscales", "submins")  # PackedWeights arrays beside the codes
 
 
 class RomImageError(ValueError):
@@ -52,21 +54,35 @@ class RomImageError(ValueError):
 
 
 # ---- (de)serialization of the plan
+def _fmt_to_dict(f: WeightFormat) -> dict:
+    d = {"bits": f.bits, "group": f.group, "asymmetric": f.asymmetric}
+    if f.kind != "int":
+        d["kind"] = f.kind
+    return d
+
+
 def plan_to_dict(plan: Plan) -> dict:
-    wf = lambda f: {"bits": f.bits, "group": f.group, "asymmetric": f.asymmetric}  # noqa: E731
-    return {"name": plan.name, "matrices": wf(plan.matrices), "embedding": wf(plan.embedding),
-            "output": wf(plan.output),
-            "activations": {"granularity": plan.activations.granularity, "group": plan.activations.group},
-            "kv": plan.kv, "description": plan.description}
+    wf = _fmt_to_dict
+    d = {"name": plan.name, "matrices": wf(plan.matrices), "embedding": wf(plan.embedding),
+         "output": wf(plan.output),
+         "activations": {"granularity": plan.activations.granularity, "group": plan.activations.group},
+         "kv": plan.kv, "description": plan.description}
+    if plan.overrides:
+        d["overrides"] = [[key, wf(f)] for key, f in plan.overrides]
+    if plan.source_formats:
+        d["source_formats"] = True
+    return d
 
 
 def plan_from_dict(d: dict) -> Plan:
-    return Plan(d["name"], WeightFormat(**d["matrices"]), WeightFormat(**d["embedding"]),
-                WeightFormat(**d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""))
+    return Plan(d["name"], _fmt_from_dict(d["matrices"]), _fmt_from_dict(d["embedding"]),
+                _fmt_from_dict(d["output"]), ActFormat(**d["activations"]), d["kv"], d.get("description", ""),
+                tuple((key, _fmt_from_dict(f)) for key, f in d.get("overrides", ())),
+                bool(d.get("source_formats", False)))
 
 
 def _fmt_from_dict(d: dict) -> WeightFormat:
-    return WeightFormat(d["bits"], d["group"], d["asymmetric"])
+    return WeightFormat(d["bits"], d["group"], d["asymmetric"], d.get("kind", "int"))
 
 
 def _as_float32(a: np.ndarray, ggml_type: str) -> np.ndarray:
@@ -123,26 +139,62 @@ def _region_of(spec: ModelSpec, kind: str, layer) -> int:
     return spec.n_layers + 1 if kind == "embedding" else spec.n_layers
 
 
-def _image_matrices(spec: ModelSpec, plan: Plan):
-    """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes."""
+def _check_die(spec: ModelSpec, die: DieAssignment | None) -> DieAssignment:
+    if die is None:
+        return DieAssignment.whole(spec.n_layers)
+    if not isinstance(die, DieAssignment):
+        raise TypeError(f"die must be a DieAssignment, got {type(die).__name__}")
+    if die.n_layers != spec.n_layers:
+        raise ValueError(f"{die.describe()} is of a {die.n_layers}-layer model; {spec.name} has {spec.n_layers}")
+    return die
+
+
+def _image_matrices(spec: ModelSpec, plan: Plan, die: DieAssignment | None = None):
+    """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes.
+
+    die: only the matrices of that die (its layers; the embedding and the head where it holds them).
+    With tied embeddings a die holding the head but not the embedding stores its own copy of
+    ``token_embd.weight`` (embedding format) in the head region.
+    """
+    die = _check_die(spec, die)
     notes = []
     out = []
     for name, kind, layer, shape in spec.matrices():
-        fmt = plan.format_for(kind)
-        out.append((name, kind, layer, _region_of(spec, kind, layer), fmt, shape))
-    if spec.tied_embeddings and plan.embedding != plan.output:
+        if layer is not None and not die.holds_layer(layer):
+            continue
+        region = _region_of(spec, kind, layer)
+        if kind == "embedding" and not die.embedding:
+            if not (spec.tied_embeddings and die.head):
+                continue
+            region = spec.n_layers  # the tied output product's own copy on the head die
+        if kind == "output" and not die.head:
+            continue
+        out.append((name, kind, layer, region, plan.format_for(kind, name, shape[1]), shape))
+    if spec.tied_embeddings and plan.embedding != plan.output and die.head:
         notes.append(f"tied embeddings: one ROM copy in the embedding format {plan.embedding.name} serves "
                      f"the output product (the plan asks {plan.output.name} for the output)")
+    if spec.tied_embeddings and die.head and not die.embedding:
+        notes.append(f"tied embeddings: {die.describe()} holds its own copy of token_embd.weight in the head "
+                     f"region for the output product")
     return out, notes
+
+
+def _image_norms(spec: ModelSpec, die: DieAssignment | None = None):
+    """``(name, layer, length)`` of the norm vectors a die stores (its layers'; ``output_norm`` with the head)."""
+    die = _check_die(spec, die)
+    return [(name, layer, n) for name, layer, n in spec.norms()
+            if (die.holds_layer(layer) if layer is not None else die.head)]
 
 
 @dataclass(frozen=True)
 class RomBits:
     """What the mask ROM of one image holds, in bits (the counts the die-area model prices).
 
-    code_used: weight codes of every matrix (weight-tile padding included);
-    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated);
-    meta: fp16 scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
+    code_used: weight codes of every matrix (weight-tile padding included), ``code_bits`` per weight;
+    code_physical: all banks x bank rows x word bits (blank bank slots included; what is fabricated),
+    scaled by code_used / slot bits where block formats hold narrower codes than their 4-/8-bit host
+    slots (:func:`dense_physical_bits`: a dense ROM packs Q3_K's 3-bit codes, not 4-bit slots);
+    meta: every level of scales and offsets; vector: float32 norm vectors; banks: banks on the chip.
     """
 
     code_used: int
@@ -166,53 +218,125 @@ class RomBits:
                 "bank_utilization": self.bank_utilization}
 
 
-def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None) -> AddressMap:
-    """The placement :func:`compile_model` makes for ``spec`` in ``plan`` (default geometry
-    :meth:`RomGeometry.for_model`), from shapes alone."""
-    geometry = geometry or RomGeometry.for_model(spec, plan)
-    matrices, _ = _image_matrices(spec, plan)
-    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+def source_format(ggml_type: str) -> WeightFormat | None:
+    """The ROM format a GGUF block type imports into without loss, None for float types."""
+    from hcemu.formats import INT4_G32, INT4A_G32, INT8_G32, KIND_BY_GGML
+
+    fixed = {"Q8_0": INT8_G32, "Q4_0": INT4_G32, "Q4_1": INT4A_G32}
+    if ggml_type in fixed:
+        return fixed[ggml_type]
+    if ggml_type in KIND_BY_GGML:
+        return WeightFormat.of_kind(KIND_BY_GGML[ggml_type].name)
+    if ggml_type in FLOAT_TYPES:
+        return None
+    raise ValueError(f"unsupported tensor type {ggml_type!r}; supported: {', '.join(FLOAT_TYPES + BLOCK_TYPES)}")
 
 
-def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None) -> RomBits:
-    """The :class:`RomBits` of the image :func:`compile_model` would write, from shapes alone (equal to
-    :meth:`RomImage.rom_bits` of that image; weights' values do not change sizes)."""
+def resolve_plan(plan: Plan | str, source) -> Plan:
+    """``plan`` made concrete for ``source``: a plan with ``source_formats`` (plan ``gguf``) gets one
+    override per matrix, the format its source type imports into without loss (float tensors keep
+    the plan's format); other plans are returned as they are. ValueError names a tensor of an
+    unsupported type."""
+    from dataclasses import replace
+
     from hcemu.formats import get_plan
 
     if isinstance(plan, str):
         plan = get_plan(plan)
-    return _rom_bits_cached(spec, plan, geometry)
+    if not plan.source_formats:
+        return plan
+    overrides = []
+    for name, _kind, _layer, _shape in source.spec.matrices():
+        gtype = source.raw(name).ggml_type
+        try:
+            fmt = source_format(gtype)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if fmt is not None:
+            overrides.append((name, fmt))
+    return replace(plan, overrides=tuple(overrides), source_formats=False)
 
 
-@lru_cache(maxsize=64)
-def _rom_bits_cached(spec, plan, geometry):
-    amap = model_address_map(spec, plan, geometry)
-    matrices, _ = _image_matrices(spec, plan)
+def model_address_map(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None,
+                      die: DieAssignment | None = None) -> AddressMap:
+    """The placement :func:`compile_model` makes for ``spec`` in ``plan`` (default geometry
+    :meth:`RomGeometry.for_model`; ``die``: of that die's image), from shapes alone."""
+    geometry = geometry or RomGeometry.for_model(spec, plan)
+    matrices, _ = _image_matrices(spec, plan, die)
+    return AddressMap(geometry, spec.n_layers, [(nm, reg, fmt, *shape) for nm, _k, _l, reg, fmt, shape in matrices])
+
+
+def rom_bits_for_model(spec: ModelSpec, plan: Plan | str, geometry: RomGeometry | None = None,
+                       die: DieAssignment | None = None) -> RomBits:
+    """The :class:`RomBits` of the image :func:`compile_model` would write (of one die's image with
+    ``die``), from shapes alone (equal to :meth:`RomImage.rom_bits` of that image; weights' values do
+    not change sizes)."""
+    from hcemu.formats import get_plan
+
+    if isinstance(plan, str):
+        plan = get_plan(plan)
+    return _rom_bits_cached(spec, plan, geometry, _check_die(spec, die))
+
+
+@lru_cache(maxsize=256)
+def _rom_bits_cached(spec, plan, geometry, die):
+    amap = model_address_map(spec, plan, geometry, die)
+    matrices, _ = _image_matrices(spec, plan, die)
     per_matrix = sum(product_counts(fmt, n, k) for *_, fmt, (n, k) in matrices)
     used = int(per_matrix[FIELD_INDEX["rom_code_bits"]])   # the bits one pass reads are the bits held
     meta = int(per_matrix[FIELD_INDEX["rom_meta_bits"]])
-    vector = sum(length for _nm, _l, length in spec.norms()) * 32
-    return RomBits(used, amap.physical_bits, meta, vector, amap.n_banks)
+    vector = sum(length for _nm, _l, length in _image_norms(spec, die)) * 32
+    slots = sum(layout_shape(fmt, n, k)[0] * layout_shape(fmt, n, k)[1] * tile_bytes(fmt) * 8
+                for *_, fmt, (n, k) in matrices)
+    return RomBits(used, dense_physical_bits(amap.physical_bits, used, slots), meta, vector, amap.n_banks)
+
+
+def dense_physical_bits(physical_bits: int, code_bits: int, slot_bits: int) -> int:
+    """Fabricated code bits of a ROM whose banks (``physical_bits``, laid out with 4-/8-bit host slots
+    holding ``slot_bits``) store ``code_bits`` of codes packed densely: physical x code / slot, rounded
+    down (equal to ``physical_bits`` for the integer formats, whose codes fill their slots)."""
+    return physical_bits if code_bits == slot_bits else physical_bits * code_bits // slot_bits
+
+
+def region_rom_bits(spec: ModelSpec, plan: Plan, geometry: RomGeometry | None = None,
+                    die: DieAssignment | None = None) -> np.ndarray:
+    """ROM bits of each region (int64 (n_layers + 2,): layers, head, embedding) of the image
+    :func:`compile_model` writes (for ``die``): the region's banks as fabricated, its matrices' fp16
+    scales and offsets, its float32 norm vectors (``output_norm`` with the head). Sums to
+    :attr:`RomBits.total`."""
+    die = _check_die(spec, die)
+    amap = model_address_map(spec, plan, geometry, die)
+    bits = amap.region_banks.astype(np.int64) * amap.geometry.bank_bits
+    for _nm, _kind, _layer, region, fmt, (n, k) in _image_matrices(spec, plan, die)[0]:
+        bits[region] += int(product_counts(fmt, n, k)[FIELD_INDEX["rom_meta_bits"]])
+    for _nm, layer, length in _image_norms(spec, die):
+        bits[spec.n_layers if layer is None else layer] += 32 * length
+    return bits
 
 
 def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | None = None,
-                  progress: bool = True, chunk_elems: int = CHUNK_ELEMS) -> CompileReport:
+                  progress: bool = True, chunk_elems: int = CHUNK_ELEMS,
+                  die: DieAssignment | None = None) -> CompileReport:
     """Quantize ``source`` (a :class:`~hcemu.model.source.ModelSource`) with ``plan`` into a ROM image.
 
     Streams tensor by tensor (and matrix rows in chunks of about ``chunk_elems`` weights) into a
     temporary file renamed to ``out_path`` on success: an exception leaves no file at ``out_path``.
-    geometry: bank geometry; default :meth:`RomGeometry.for_model`. Returns the :class:`CompileReport`.
+    geometry: bank geometry; default :meth:`RomGeometry.for_model` (of the whole model, also for a
+    die). die: write only that die's share of the model (:class:`~hcemu.rom.die.DieAssignment`; its
+    directory then carries a ``die`` entry); the codes of every matrix are those of the whole image.
+    Returns the :class:`CompileReport`.
     """
     from hcemu._io import atomic_write
     from hcemu.formats import get_plan
 
-    if isinstance(plan, str):
-        plan = get_plan(plan)
+    plan = resolve_plan(plan, source)
     spec = source.spec
     geometry = geometry or RomGeometry.for_model(spec, plan)
-    matrices, notes = _image_matrices(spec, plan)
-    amap = model_address_map(spec, plan, geometry)
-    norms = list(spec.norms())
+    whole = die is None
+    die = _check_die(spec, die)
+    matrices, notes = _image_matrices(spec, plan, die)
+    amap = model_address_map(spec, plan, geometry, die)
+    norms = _image_norms(spec, die)
     total_weights = sum(n * k for *_, (n, k) in matrices)
     t0 = time.perf_counter()
     bar = None
@@ -267,7 +391,16 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 nt, nb = layout_shape(fmt, n, k)
                 rows_per_chunk = max(16, (chunk_elems // k) // 16 * 16)
                 stats = ErrorStats()
-                scales, offsets = [], []
+                meta = {a: [] for a in META_ARRAYS}
+                tscale = None
+                if fmt.block is not None and fmt.block.name == "nvfp4" and method != "import":
+                    from hcemu.rom.blocks import nvfp4_tensor_scale  # one tensor scale over all chunks
+
+                    amax = max((float(np.abs(_as_float32(src[r0:r0 + rows_per_chunk], gtype if method == "quantize"
+                                                          else "F32")).max()) for r0 in range(0, n, rows_per_chunk)),
+                               default=0.0)
+                    tscale = nvfp4_tensor_scale(amax)
+                used_tscale = [1.0]
 
                 def code_chunks():
                     for r0 in range(0, n, rows_per_chunk):
@@ -277,24 +410,29 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                             w_hat = dequantize(pw)
                             stats.add_exact(w_hat.size, float(np.dot(w_hat.ravel().astype(np.float64),
                                                                      w_hat.ravel().astype(np.float64))))
+                        elif fmt.block is not None:
+                            w = _as_float32(src[r0:r1], gtype if method == "quantize" else "F32")
+                            pw = quantize_matrix(w, fmt, name, tscale)
+                            stats.add(w, dequantize(pw))
                         else:
                             w = _as_float32(src[r0:r1], gtype if method == "quantize" else "F32")
                             q, d, m = quantize_codes(w, fmt, name)
                             stats.add(w, represented(q, d, m, fmt))
                             pw = pack(q, d, fmt, m)
-                        scales.append(pw.scales)
-                        if pw.offsets is not None:
-                            offsets.append(pw.offsets)
+                        for a in META_ARRAYS:
+                            if getattr(pw, a) is not None:
+                                meta[a].append(getattr(pw, a))
+                        used_tscale[0] = pw.tensor_scale
                         if bar is not None:
                             bar.update((r1 - r0) * k)
                         yield pw.codes
 
                 sections = {"codes": section(code_chunks(), np.uint8, (nt, nb, tile_bytes(fmt)))}
-                meta_shape = (nt, 16) if fmt.per_channel else (nt, nb, 16)
-                sections["scales"] = section(scales, np.float16, meta_shape)
-                if fmt.asymmetric:
-                    sections["offsets"] = section(offsets, np.float16, meta_shape)
-                del src, scales, offsets
+                for a in META_ARRAYS:
+                    if meta[a]:
+                        shape = (nt,) + meta[a][0].shape[1:]
+                        sections[a] = section(meta[a], meta[a][0].dtype, shape)
+                del src, meta
                 err = stats.to_dict()
                 if method == "import":
                     err["exact"] = True
@@ -302,10 +440,13 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 totals.merge(stats)
                 p = amap.by_name[name]
                 row = {"name": name, "kind": kind, "layer": layer, "region": region, "format": fmt.name,
-                       "fmt": {"bits": fmt.bits, "group": fmt.group, "asymmetric": fmt.asymmetric},
+                       "bits_per_weight": fmt.bits_per_weight(k),
+                       "fmt": _fmt_to_dict(fmt),
                        "n": n, "k": k, "source_type": gtype, "method": method, **err,
                        "bank_base_row": p.base_row, "banks": p.n_banks}
                 report_rows.append({kk: v for kk, v in row.items() if kk not in ("fmt",)})
+                if used_tscale[0] != 1.0:
+                    row["tensor_scale"] = used_tscale[0]
                 tensors_dir.append({**row, "sections": sections})
             for name, layer, length in norms:
                 raw = source.raw(name)
@@ -325,9 +466,11 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 "source": getattr(source, "description", spec.name),
                 "spec": spec.to_dict(), "plan": plan_to_dict(plan), "geometry": geometry.to_dict(),
                 "address_map": amap.to_dict(), "tensors": tensors_dir, "vectors": vectors_dir,
-                "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings else {},
+                "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings and die.head else {},
                 "totals": tot, "notes": notes, "compile_seconds": time.perf_counter() - t0,
             }
+            if not whole:
+                directory["die"] = die.to_dict()
             blob = json.dumps(directory, allow_nan=False).encode("utf-8")
             dir_offset = _align(pos)
             f.write(b"\0" * (dir_offset - pos))
@@ -352,6 +495,10 @@ def _created_by() -> str:
 class RomImage:
     """A compiled ROM image, memory-mapped read-only.
 
+    ``die``: the :class:`~hcemu.rom.die.DieAssignment` the image holds (the whole model unless it is
+    one die of a multi-chip system). ``directory_sha256``: hex SHA-256 of its directory, which holds
+    the SHA-256 of every section (a manifest names an image by it).
+
     ``RomImage.load(path, verify=True)``: ``verify=False`` skips the SHA-256 of the payload sections
     (seconds on an 8B image); the preamble and directory checksums are always checked.
     """
@@ -366,6 +513,15 @@ class RomImage:
         self._tensors = {t["name"]: t for t in directory["tensors"]}
         self._vectors = {v["name"]: v for v in directory["vectors"]}
         self.aliases = dict(directory.get("aliases", {}))
+        try:
+            self.die = (DieAssignment.from_dict(directory["die"]) if "die" in directory
+                        else DieAssignment.whole(self.spec.n_layers))
+        except (TypeError, ValueError) as exc:
+            raise RomImageError(f"{path}: corrupt die description: {exc}") from None
+        if self.die.n_layers != self.spec.n_layers:
+            raise RomImageError(f"{path}: the die description is of a {self.die.n_layers}-layer model, "
+                                f"the spec has {self.spec.n_layers}")
+        self.directory_sha256 = ""  # SHA-256 of the directory (hex), set by load()
         self.address_map = AddressMap(self.geometry, self.spec.n_layers,
                                       [(t["name"], t["region"], _fmt_from_dict(t["fmt"]), t["n"], t["k"])
                                        for t in directory["tensors"]])
@@ -406,6 +562,7 @@ class RomImage:
                 raise RomImageError(f"{path}: unreadable directory: {exc}") from None
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         img = cls(path, directory, mm)
+        img.directory_sha256 = dir_sha.hex()
         for what, sec in img._sections():
             end = sec["offset"] + sec["nbytes"]
             if sec["offset"] % ALIGN or end > dir_off:
@@ -451,8 +608,8 @@ class RomImage:
             t = self._tensors[name]
             s = t["sections"]
             self._cache[name] = PackedWeights(_fmt_from_dict(t["fmt"]), t["n"], t["k"], self._array(s["codes"]),
-                                              self._array(s["scales"]),
-                                              self._array(s["offsets"]) if "offsets" in s else None)
+                                              *(self._array(s[a]) if a in s else None for a in META_ARRAYS),
+                                              float(t.get("tensor_scale", 1.0)))
         return self._cache[name]
 
     def vector(self, name: str) -> np.ndarray:
@@ -486,9 +643,10 @@ class RomImage:
 
     @property
     def meta_bits(self) -> int:
-        """Bits of fp16 scales and offsets (held in ROM beside the banks)."""
-        return sum(sec["nbytes"] * 8 for t in self.directory["tensors"] for kind, sec in t["sections"].items()
-                   if kind != "codes")
+        """Bits of scales (every level) and offsets held in ROM beside the banks (the format's widths:
+        :meth:`WeightFormat.meta_bits`, which the host sections of integer formats equal)."""
+        return sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_meta_bits"]])
+                   for t in self.directory["tensors"])
 
     @property
     def vector_bits(self) -> int:
@@ -497,9 +655,11 @@ class RomImage:
     @property
     def rom_bits(self) -> RomBits:
         """What this image's ROM holds, read from its directory and address map (see :class:`RomBits`)."""
-        used = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
-        return RomBits(used, self.address_map.physical_bits, self.meta_bits, self.vector_bits,
-                       self.address_map.n_banks)
+        used = sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_code_bits"]])
+                   for t in self.directory["tensors"])
+        slots = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
+        return RomBits(used, dense_physical_bits(self.address_map.physical_bits, used, slots), self.meta_bits,
+                       self.vector_bits, self.address_map.n_banks)
 
     def close(self) -> None:
         self._cache.clear()

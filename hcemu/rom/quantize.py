@@ -95,8 +95,14 @@ def represented(q: np.ndarray, d: np.ndarray, m: np.ndarray | None, fmt: WeightF
     return w.reshape(n, k)
 
 
-def quantize_matrix(w: np.ndarray, fmt: WeightFormat, what: str = "tensor") -> PackedWeights:
-    """Quantize float rows and lay them into ROM tiles."""
+def quantize_matrix(w: np.ndarray, fmt: WeightFormat, what: str = "tensor",
+                    tensor_scale: float | None = None) -> PackedWeights:
+    """Quantize float rows and lay them into ROM tiles (block formats: :func:`hcemu.rom.blocks.quantize`;
+    ``tensor_scale`` fixes NVFP4's tensor scale, which must be the whole matrix's when rows come in chunks)."""
+    if fmt.block is not None:
+        from hcemu.rom import blocks
+
+        return blocks.to_packed(blocks.quantize(w, fmt.block.ggml_type, what, tensor_scale), fmt)
     q, d, m = quantize_codes(w, fmt, what)
     return pack(q, d, fmt, m)
 
@@ -110,8 +116,11 @@ def lossless_import(ggml_type: str, fmt: WeightFormat) -> bool:
     Q8_0 -> int8/G32. Q4_0 -> symmetric int4/G32 (q = nibble - 8), asymmetric int4/G32 (code = nibble,
     m = -8 d, exact in fp16 and in the float32 evaluation; the only difference from gguf's ``d * (n - 8)``
     is the sign of a zero weight when d < 0: +0.0 here, -0.0 there) and int8/G32 (q = nibble - 8).
-    Q4_1 -> asymmetric int4/G32.
+    Q4_1 -> asymmetric int4/G32. A block format (k-quants, Q5_0/Q5_1, MXFP4, NVFP4) imports its own
+    type only (:mod:`hcemu.rom.blocks`).
     """
+    if fmt.block is not None or ggml_type not in GGUF_BLOCK_BYTES:
+        return fmt.block is not None and fmt.block.ggml_type == ggml_type
     if fmt.group != GGUF_BLOCK:
         return False
     if ggml_type == "Q8_0":
@@ -147,6 +156,10 @@ def import_blocks(data: np.ndarray, ggml_type: str, k: int, fmt: WeightFormat, w
     """Pack GGUF blocks (uint8 (n, bytes_per_row)) into ``fmt`` without loss (see :func:`lossless_import`)."""
     if not lossless_import(ggml_type, fmt):
         raise ValueError(f"{what}: {ggml_type} cannot be imported into {fmt.name} without loss")
+    if fmt.block is not None:
+        from hcemu.rom import blocks
+
+        return blocks.to_packed(blocks.decode(data, ggml_type, k, what), fmt)
     b = _blocks(data, ggml_type, k, what)
     n, nb, _ = b.shape
     d = b[..., 0:2].copy().view(np.float16).reshape(n, nb)

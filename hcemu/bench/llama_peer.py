@@ -1,0 +1,81 @@
+"""llama.cpp (through llama-cpp-python, the optional ``peer`` extra) as a numerics peer on the same GGUF.
+
+:func:`llama_logits` runs llama.cpp on a token sequence and returns its logits at every position;
+:func:`compare_with_llama` compiles the same file with plan ``gguf`` (every tensor imported without
+loss), runs the chip on the same tokens and reports the chip's next-token distribution against
+llama.cpp's (:func:`hcemu.chip.evaluate.compare_logits`: KLD mean / p99, same top-1);
+:func:`llama_quantize` writes a k-quant GGUF with llama.cpp's own quantizer (``allow_requantize``),
+e.g. Q4_K_M from the SmolLM2 Q4_1 file. All raise ImportError naming the extra when llama-cpp-python
+is not installed.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+FTYPES = {"Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+          "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+          "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+          "MXFP4": "LLAMA_FTYPE_MOSTLY_MXFP4_MOE"}
+"""llama.cpp file types this module can ask ``llama_model_quantize`` for."""
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ImportError("the llama.cpp peer needs llama-cpp-python: pip install 'hcemu[peer]'") from e
+    return llama_cpp
+
+
+def llama_quantize(src, dst, ftype: str) -> None:
+    """Write ``dst``: ``src`` re-quantized by llama.cpp to ``ftype`` (a key of :data:`FTYPES`)."""
+    import ctypes
+
+    lc = _llama_cpp()
+    if ftype not in FTYPES or not hasattr(lc, FTYPES[ftype]):
+        raise ValueError(f"unknown or unsupported llama.cpp file type {ftype!r}; known: {', '.join(FTYPES)}")
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = getattr(lc, FTYPES[ftype])
+    params.allow_requantize = True
+    params.nthread = 1
+    rc = lc.llama_model_quantize(os.fspath(src).encode(), os.fspath(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not os.path.exists(dst):
+        raise RuntimeError(f"llama_model_quantize({src} -> {dst}, {ftype}) failed with status {rc}")
+
+
+def llama_logits(gguf_path, tokens, n_threads: int = 1) -> np.ndarray:
+    """float32 logits (len(tokens), vocab) of llama.cpp at every position of ``tokens`` (one sequence)."""
+    lc = _llama_cpp()
+    tokens = [int(t) for t in tokens]
+    llm = lc.Llama(model_path=os.fspath(gguf_path), n_ctx=max(32, len(tokens)), n_batch=max(32, len(tokens)),
+                   logits_all=True, n_threads=n_threads, verbose=False)
+    try:
+        llm.reset()
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_format: str | None = "fp16") -> dict:
+    """Chip (image compiled from ``gguf_path`` with plan gguf, at ``image_path``) against llama.cpp on
+    the same ``tokens``: ``kld_mean``, ``kld_p99``, ``same_top1``, ``tokens`` (positions scored).
+    ``kv_format``: the chip's KV cache (default fp16, as llama.cpp's; None: the plan's int8)."""
+    from hcemu.chip import Chip
+    from hcemu.chip.evaluate import compare_logits
+    from hcemu.model.gguf_source import GGUFSource
+    from hcemu.rom.image import RomImage, compile_model
+
+    ids = np.asarray(tokens, np.int64)
+    if not os.path.exists(image_path):
+        with GGUFSource(gguf_path) as src:
+            compile_model(src, "gguf", image_path, progress=False)
+    peer = llama_logits(gguf_path, ids, n_threads)
+    with RomImage.load(image_path, verify=False) as img:
+        chip = Chip(img, kv_capacity_tokens=len(ids), n_threads=n_threads, kv_format=kv_format)
+        ours = chip.prefill(ids, all_logits=True).logits
+    st = compare_logits(peer[:-1], ours[:-1], ids[1:])
+    return {"tokens": int(len(ids) - 1), "kld_mean": float(st.kld.mean()),
+            "kld_p99": float(np.percentile(st.kld, 99)), "same_top1": float(st.same_top1.mean())}
