@@ -9,7 +9,7 @@ counted by the rules of ``docs/events.md``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class StepResult:
     logits: np.ndarray
     events: Events
     bank_rows: np.ndarray
-    adapters: tuple = ()  # names of the LoRA adapters the step applied
+    adapters: tuple = field(default=(), kw_only=True)  # names of the LoRA adapters the step applied
 
 
 class SramBudgetError(ValueError):
@@ -367,7 +367,7 @@ class Chip:
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)), self._selection)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits)), adapters=self._selection)
 
     def decode(self, token: int, *, adapter=None) -> StepResult:
         """One decode step: the token at the current position; logits of the next (adapter: as
@@ -377,7 +377,7 @@ class Chip:
         self.select_adapters(adapter)
         ev = Events(self.spec.n_layers)
         logits = self._forward(tokens, ev, slice(None))
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1), self._selection)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1), adapters=self._selection)
 
     def _check_whole(self) -> None:
         if not (self.die.embedding and self.die.head):
