@@ -1,4 +1,4 @@
-"""The seed corpus: a tiny Llama GGUF (with a tokenizer) and ROM images compiled from it."""
+"""The seed corpus: a tiny Llama GGUF (with a tokenizer), ROM images compiled from it, and LoRA adapters for it."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,9 @@ SEED_ARCHS = (("qwen2moe", "int8"), ("gemma2", "int4"))
 windows, soft-capping and post-norms), from synthetic weights of the test suite's small specs with a
 40-token vocabulary."""
 
+SEED_ADAPTERS = (("F32", 2, None), ("F16", 4, ("attn_q", "attn_v")), ("Q8_0", 32, ("attn_q", "ffn_down")))
+"""LoRA adapter GGUFs for :data:`SEED_SPEC`: (tensor type, rank, matrices or None for all seven)."""
+
 
 def _tests_module(name: str):
     tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
@@ -26,12 +29,13 @@ def _tests_module(name: str):
 
 
 def make_seeds(folder: str) -> dict:
-    """Write ``seed.gguf`` and the seed images (:data:`SEED_PLANS` of it, :data:`SEED_ARCHS`) into
-    ``folder``; returns ``{"gguf": path, "images": {name: path}}``. Written once; later calls reuse the
-    files."""
+    """Write ``seed.gguf``, the seed images (:data:`SEED_PLANS` of it, :data:`SEED_ARCHS`) and the seed
+    adapters (:data:`SEED_ADAPTERS`) into ``folder``; returns ``{"gguf": path, "images": {name: path},
+    "adapters": {name: path}}``. Written once; later calls reuse the files."""
     from dataclasses import replace
 
     from hcemu.model.gguf_source import GGUFSource
+    from hcemu.model.lora import random_lora_pairs, write_lora
     from hcemu.model.synthetic import SyntheticSource
     from hcemu.rom.image import compile_model
 
@@ -53,4 +57,11 @@ def make_seeds(folder: str) -> dict:
             spec = replace(_tests_module("arch_models").ARCH_SPECS[arch], vocab_size=40, max_context=32)
             compile_model(SyntheticSource(spec, 1), plan, path, progress=False)
         images[f"{arch}-{plan}"] = path
-    return {"gguf": gguf_path, "images": images}
+    adapters = {}
+    for dtype, rank, kinds in SEED_ADAPTERS:
+        path = os.path.join(folder, f"seed-lora-{dtype}-r{rank}.gguf")
+        if not os.path.exists(path):
+            pairs = random_lora_pairs(SEED_SPEC, rank, **({} if kinds is None else {"kinds": kinds}), seed=rank)
+            write_lora(path, pairs, alpha=2.0 * rank, dtype=dtype, name=f"seed-{dtype}")
+        adapters[f"{dtype}-r{rank}"] = path
+    return {"gguf": gguf_path, "images": images, "adapters": adapters}

@@ -13,6 +13,8 @@ image_struct  structure-aware: the directory JSON mutated (shapes, offsets, dtyp
               directory and preamble SHA-256) so checksums do not catch it; an accepted image runs one
               prefill and one decode on a Chip
 gguf_bytes    the GGUF source on raw bytes: the seed GGUF with byte mutations
+adapter_bytes the LoRA adapter reader on raw bytes: seed adapter GGUFs (F32, F16, Q8_0) with byte mutations;
+              an accepted adapter is made resident on a Chip and selected for one prefill and one decode
 gguf_struct   structure-aware GGUF: header counts, metadata (types, values, huge array counts, corrupt
               vocabulary and merges), tensor infos (dimensions, types, offsets, huge counts) rewritten;
               an accepted file builds its tokenizer and, when it has every matrix, compiles and runs
@@ -35,7 +37,7 @@ import numpy as np
 
 from fuzz.draw import Draw, mutate_bytes
 
-TARGETS = ("image_bytes", "image_struct", "gguf_bytes", "gguf_struct", "kernels", "cli")
+TARGETS = ("image_bytes", "image_struct", "gguf_bytes", "gguf_struct", "adapter_bytes", "kernels", "cli")
 
 
 class Defect(Exception):
@@ -58,7 +60,20 @@ class Context:
         for plan, path in self.seeds["images"].items():
             with open(path, "rb") as f:
                 self.image_bytes[plan] = f.read()
+        self.adapter_bytes = {}
+        for name, path in self.seeds["adapters"].items():
+            with open(path, "rb") as f:
+                self.adapter_bytes[name] = f.read()
+        self._image = None
         self.cache = os.path.join(self.scratch, "cache")  # the CLI's image cache while a case runs
+
+    def image(self):
+        """The seed int4 image, loaded once (the adapter cases run chips on it)."""
+        if self._image is None:
+            from hcemu.rom.image import RomImage
+
+            self._image = RomImage.load(self.seeds["images"]["int4"])
+        return self._image
 
     def path(self, name: str) -> str:
         return os.path.join(self.scratch, name)
@@ -70,6 +85,8 @@ class Context:
         return p
 
     def close(self) -> None:
+        if self._image is not None:
+            self._image.close()
         self._tmp.cleanup()
 
 
@@ -82,6 +99,7 @@ def _documented():
         "chip": (ValueError, OverflowError),
         "gguf": (ValueError, OSError),
         "tokenizer": (ValueError,),
+        "adapter": (ValueError, OSError),
         "compile": (ValueError, OSError),
         "kernel": (TypeError, ValueError, OverflowError, IndexError),
     }
@@ -109,7 +127,7 @@ class _Stage:
         raise Defect(f"stage {self.name}: undocumented {et.__name__}: {ev!r}") from ev
 
 
-RAW_TARGETS = ("image_bytes", "gguf_bytes")
+RAW_TARGETS = ("image_bytes", "gguf_bytes", "adapter_bytes")
 """Targets whose input is the file itself (a coverage-guided engine mutates it directly)."""
 
 
@@ -121,6 +139,8 @@ def make_input(ctx: Context, target: str, random_bytes: bytes) -> bytes:
     draw = Draw(random_bytes)
     if target == "gguf_bytes":
         return mutate_bytes(ctx.gguf_bytes, draw)
+    if target == "adapter_bytes":
+        return mutate_bytes(ctx.adapter_bytes[draw.choice(sorted(ctx.adapter_bytes))], draw)
     return mutate_bytes(ctx.image_bytes[draw.choice(sorted(ctx.image_bytes))], draw)
 
 
@@ -130,6 +150,8 @@ def seed_inputs(ctx: Context, target: str) -> list:
         return [ctx.gguf_bytes]
     if target == "image_bytes":
         return [ctx.image_bytes[p] for p in sorted(ctx.image_bytes)]
+    if target == "adapter_bytes":
+        return [ctx.adapter_bytes[n] for n in sorted(ctx.adapter_bytes)]
     return [bytes(16)]
 
 
@@ -361,6 +383,29 @@ def _run_gguf(ctx: Context, path: str, draw: Draw) -> str:
 
 def gguf_bytes(ctx: Context, draw: Draw, data: bytes) -> str:
     return _run_gguf(ctx, ctx.write("case.gguf", data), draw)
+
+
+# ---------------------------------------------------------------- LoRA adapters
+def adapter_bytes(ctx: Context, draw: Draw, data: bytes) -> str:
+    from hcemu.chip.chip import Chip
+    from hcemu.model.lora import load_lora
+
+    doc = _documented()
+    img = ctx.image()
+    with _Stage("adapter", doc["adapter"]) as st, np.errstate(all="ignore"):  # NaN Q8_0 scales dequantize
+        adapter = load_lora(ctx.write("case.gguf", data), img.spec, scale=draw.choice((1.0, 0.5, -2.0)))
+    if st.outcome:
+        return st.outcome
+    with _Stage("chip", doc["chip"]) as st:
+        chip = Chip(img, kv_capacity_tokens=8)
+        name = chip.load_adapter(adapter, fmt=draw.choice(("int8", "fp16"))).name
+        a = chip.prefill([1, 2, 3], adapter=name).logits
+        b = chip.decode(4, adapter=name).logits
+        if a.shape != (1, img.spec.vocab_size) or b.shape != (1, img.spec.vocab_size):
+            raise Defect(f"logits of shape {a.shape} / {b.shape} for a vocabulary of {img.spec.vocab_size}")
+    if st.outcome:
+        return st.outcome
+    return "accepted" if np.isfinite(a).all() and np.isfinite(b).all() else "accepted:nonfinite-logits"
 
 
 class _Gguf:
@@ -1014,4 +1059,5 @@ def cli(ctx: Context, draw: Draw, data: bytes) -> str:
 
 
 _TARGET_FUNCS = {"image_bytes": image_bytes, "image_struct": image_struct, "gguf_bytes": gguf_bytes,
-                 "gguf_struct": gguf_struct, "kernels": kernels, "cli": cli}
+                 "gguf_struct": gguf_struct, "adapter_bytes": adapter_bytes, "kernels": kernels,
+                 "cli": cli}
