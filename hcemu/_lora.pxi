@@ -62,7 +62,8 @@ def adapter_apply(CimAdapter ad, q, act_scales, x, y, Py_ssize_t col=0):
 
     int8 form: ``q`` int8 (m, k) and ``act_scales`` float32 (m, k // Ga), the ROM product's activations
     (``x`` may be None). fp16 form: ``x`` float32 (m, k) (``q``, ``act_scales`` may be None).
-    ``y``: writeable C-contiguous float32 (m, >= col + n).
+    ``y``: writeable C-contiguous float32 (m, >= col + n), aligned to 4 bytes (misaligned inputs are
+    copied). ``y`` may share memory with the inputs: ``B (A x)`` is complete before ``y`` is written.
     """
     cdef const int8_t[:, ::1] qv
     cdef const float[:, ::1] sv
@@ -75,6 +76,8 @@ def adapter_apply(CimAdapter ad, q, act_scales, x, y, Py_ssize_t col=0):
     cdef Py_ssize_t m = yv.shape[0], ld = yv.shape[1]
     if col < 0 or col + ad.n > ld:
         raise ValueError(f"adapter_apply: columns [{col}, {col + ad.n}) do not fit y with {ld} columns")
+    if m:
+        _aligned("adapter_apply", "y", &yv[0, 0], 4)
     cdef const int8_t *qp = NULL
     cdef const float *sp = NULL
     cdef const float *xp = NULL
@@ -87,6 +90,8 @@ def adapter_apply(CimAdapter ad, q, act_scales, x, y, Py_ssize_t col=0):
         if xv.shape[0] != m or xv.shape[1] != ad.k:
             raise ValueError(f"adapter_apply: x must be {(m, ad.k)}, got {(xv.shape[0], xv.shape[1])}")
         if m:
+            if _misaligned(&xv[0, 0], 4):
+                xv = _np.array(xv)   # an aligned copy: the kernels read through typed pointers
             xp = &xv[0, 0]
     else:
         try:
@@ -101,6 +106,8 @@ def adapter_apply(CimAdapter ad, q, act_scales, x, y, Py_ssize_t col=0):
             raise ValueError(f"adapter_apply: q has {qv.shape[0]} rows, act_scales {sv.shape[0]}, y {m}")
         ag = _act_group(ad.a_cw, m, qv.shape[1], sv.shape[1])
         if m:
+            if _misaligned(&sv[0, 0], 4):
+                sv = _np.array(sv)   # an aligned copy: the kernels read through typed pointers
             qp, sp = &qv[0, 0], &sv[0, 0]
     if m == 0:
         return y

@@ -474,3 +474,60 @@ def test_cli_reports_overflowing_integers_as_errors(ctx, capsys):
     assert main(["run", ctx.seeds["images"]["int8"], "--prompt", "hi", "--threads", "2147483648",
                  "--no-progress"]) == 1
     assert "n_threads must be in 1..256" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- LoRA adapter files and the side-path kernel
+def test_lora_adapter_with_a_huge_array_count_fails_fast(tmp_path):
+    """An adapter GGUF whose metadata array claims 10^12 int32s (found by the adapter_bytes target, there
+    7.9 * 10^18): the gguf reader looped and allocated once per claimed element past the file's end
+    (a hang, then memory exhaustion); load_lora now bounds the counts first (check_gguf)."""
+    import time
+
+    from fuzz.seeds import SEED_SPEC
+    from hcemu.model.lora import LoraError, load_lora
+
+    w = _Writer()
+    w.kv.append(w.s("general.type") + struct.pack("<I", 8) + w.s("adapter"))
+    w.kv.append(w.s("adapter.lora.alpha") + struct.pack("<IIQ", 9, 5, 10**12))
+    after_count = 24 + sum(map(len, w.kv))
+    tail = len(w.bytes()) - after_count
+    p = tmp_path / "huge.gguf"
+    p.write_bytes(w.bytes(b"\0" * (64 + -tail % 4)))   # whole int32s after the count: the reader reads on
+    t0 = time.perf_counter()
+    with pytest.raises(LoraError, match="array elements exceed the metadata limit"):
+        load_lora(p, SEED_SPEC)
+    assert time.perf_counter() - t0 < 5   # bounded work, not a loop over the claimed count
+
+
+def test_adapter_apply_copies_misaligned_inputs_and_refuses_a_misaligned_y():
+    """adapter_apply handed misaligned float32 views to C through typed pointers (undefined behaviour):
+    x and act_scales are copied (same bits), a misaligned y is refused. y may share memory with x."""
+    from hcemu.formats import adapter_weight_format
+    from hcemu.kernels.cim_ref import quantize_activations_ref
+    from hcemu.kernels.lora import CimAdapter, adapter_apply
+    from hcemu.kernels.lora_ref import adapter_apply_ref
+    from hcemu.rom.quantize import quantize_matrix
+
+    rng = np.random.default_rng(3)
+    n = k = 32
+    r, m = 4, 2
+    a32 = (rng.standard_normal((r, k)) / 6).astype(np.float32)
+    b32 = (rng.standard_normal((n, r)) * 0.3).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y0 = rng.standard_normal((m, n)).astype(np.float32)
+    q, s = quantize_activations_ref(x, 32)
+    xm, sm = _misaligned((m, k)), _misaligned((m, 1))
+    xm[...], sm[...] = x, s
+    assert not xm.flags.aligned and not sm.flags.aligned
+    for a, b in ((a32.astype(np.float16), b32.astype(np.float16)),
+                 (quantize_matrix(a32, adapter_weight_format(k)), quantize_matrix(b32, adapter_weight_format(r)))):
+        ad = CimAdapter(a, b)
+        want = adapter_apply_ref(a, b, q, s, x, y0)
+        got = adapter_apply(ad, q, sm, xm, y0.copy())
+        np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+        with pytest.raises(ValueError, match="y is not aligned"):
+            adapter_apply(ad, q, s, x, _misaligned((m, n)))
+        if ad.fmt == "fp16":   # y is x: B (A x) is complete before y is written
+            xy = x.copy()
+            np.testing.assert_array_equal(adapter_apply(ad, None, None, xy, xy).view(np.int32),
+                                          adapter_apply_ref(a, b, None, None, x, x).view(np.int32))

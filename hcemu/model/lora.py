@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hcemu.model.gguf_check import check_gguf
 from hcemu.model.spec import LAYER_MATRICES, ModelSpec
 
 LORA_TYPES = ("F32", "F16", "Q8_0")
@@ -149,6 +150,10 @@ def load_lora(path, spec: ModelSpec, scale: float = 1.0, name: str | None = None
     if not np.isfinite(float(scale)):
         raise LoraError(f"{path}: the adapter scale must be finite, got {scale}")
     size = os.path.getsize(path)
+    try:   # counts, sizes and offsets against the file first: the gguf reader trusts every count
+        check_gguf(path)
+    except ValueError as e:
+        raise LoraError(str(e)) from e
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as e:  # the reader raises many kinds of errors on bad bytes
