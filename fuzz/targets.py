@@ -818,6 +818,51 @@ def _array_like(draw: Draw, a):
     return b
 
 
+def _lora_case(draw: Draw):
+    """CimAdapter (int8 PackedWeights or fp16 arrays, hostile fields) and adapter_apply (drawn q, act_scales,
+    x, y, col; y aliasing an input); an accepted apply must equal lora_ref bit for bit."""
+    from hcemu import _core
+    from hcemu.formats import adapter_weight_format
+    from hcemu.kernels.cim_ref import quantize_activations_ref
+    from hcemu.kernels.lora_ref import adapter_apply_ref
+    from hcemu.rom.quantize import quantize_matrix
+
+    n, k, r = draw.choice((1, 16, 17, 32)), draw.choice((32, 64)), draw.choice((1, 4, 16, 32, 33))
+    rng = np.random.default_rng(draw.int(0, 255))
+    a32 = (rng.standard_normal((r, k)) / np.sqrt(k)).astype(np.float32)
+    b32 = (rng.standard_normal((n, r)) * 0.3).astype(np.float32)
+    if draw.bool():
+        a = _hostile_fields(draw, quantize_matrix(a32, adapter_weight_format(k)))
+        b = _hostile_fields(draw, quantize_matrix(b32, adapter_weight_format(r)))
+    else:
+        a = _array(draw, np.float16 if draw.int(0, 5) else draw.choice(_DTYPES_K), (r, k) if draw.int(0, 5) else _shape(draw, draw.int(0, 3)))
+        b = _array(draw, np.float16 if draw.int(0, 5) else draw.choice(_DTYPES_K), (n, r) if draw.int(0, 5) else _shape(draw, 2))
+    ad = _core.CimAdapter(a, b)
+    if draw.chance(5):
+        return None
+    m = draw.choice((0, 1, 2, 3, 65))
+    x = _array(draw, np.float32 if draw.int(0, 5) else draw.choice(_DTYPES_K), (m, k) if draw.int(0, 5) else _shape(draw, 2),
+               draw.choice(("normal", "hostile")))
+    if ad.fmt == "int8" and x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == k and np.isfinite(x).all():
+        q, sc = quantize_activations_ref(np.ascontiguousarray(x), draw.choice((32, k)))
+        q, sc = _array_like(draw, q), _array_like(draw, sc)
+    else:
+        q = _array(draw, np.int8 if draw.int(0, 5) else draw.choice(_DTYPES_K), _shape(draw, 2))
+        sc = _array(draw, np.float32 if draw.int(0, 5) else draw.choice(_DTYPES_K), _shape(draw, 2))
+    col = _scalar(draw, draw.choice((0, 3)))
+    y = _array(draw, np.float32 if draw.int(0, 5) else draw.choice(_DTYPES_K), (m, n + 7) if draw.int(0, 5) else _shape(draw, 2))
+    y = _alias(draw, y, [x, sc])
+    copies = [None if v is None else np.array(v, copy=True) for v in (q, sc, x, y)]
+    ad_a, ad_b = ad.a, ad.b
+    _core.adapter_apply(ad, q, sc, x, y, col)
+    if ad.fmt == "int8":
+        copies[2] = None
+    else:
+        copies[0] = copies[1] = None
+    want = adapter_apply_ref(ad_a, ad_b, *copies, col)
+    return lambda: np.array_equal(np.asarray(y), want, equal_nan=True)
+
+
 def _attn_case(draw: Draw):
     from hcemu import _core
     from hcemu.events import Events
@@ -940,7 +985,7 @@ def _decoder_case(draw: Draw):
 
 
 def kernels(ctx: Context, draw: Draw, data: bytes) -> str:
-    group = draw.choice(("vector", "cim", "attention", "rom", "decoder", "isa"))
+    group = draw.choice(("vector", "cim", "attention", "rom", "decoder", "isa", "lora"))
     with _Stage("kernel", _documented()["kernel"]) as st:
         if group == "isa":
             from hcemu import _core
@@ -953,7 +998,7 @@ def kernels(ctx: Context, draw: Draw, data: bytes) -> str:
         else:
             with np.errstate(all="ignore"):
                 check = {"vector": _vector_case, "cim": _cim_case, "attention": _attn_case, "rom": _rom_case,
-                         "decoder": _decoder_case}[group](draw)
+                         "decoder": _decoder_case, "lora": _lora_case}[group](draw)
         if check is not None:
             with np.errstate(all="ignore"):
                 if not check():
