@@ -103,6 +103,7 @@ class GGUFSource(ModelSource):
         self._views: dict = {}
         self.spec = self._build_spec()
         self._views = self._map_tensors()
+        self._check_matrix_shapes()
 
     # ---- metadata
     def _read_metadata(self) -> dict:
@@ -379,6 +380,20 @@ class GGUFSource(ModelSource):
         if want is not None and len(shape) == 1 and len(want) == 2 and want[0] == 1:
             shape = want  # a (d,) vector serving as a one-row matrix (the shared expert's gate)
         return shape
+
+    def _check_matrix_shapes(self) -> None:
+        """Every matrix the spec names has the spec's shape in the file (a matrix whose dimensions do not
+        suit a view is left to :meth:`raw`'s error): metadata claiming sizes the tensors do not have
+        (``embedding_length = 2**63``) are an error at open, before a compile sizes anything by them."""
+        for name, _kind, _layer, want in self.spec.matrices():
+            src, expert, r0, r1 = self._views[name]
+            t = self._tensors[src]
+            if len(t.shape) > 3 or (len(t.shape) == 3) != (expert is not None):
+                continue
+            shape = self._shape(name, t, expert, r0, r1)
+            if shape != tuple(want):
+                raise ValueError(f"{self.path}: tensor {name!r} has shape {shape} in the file, the metadata "
+                                 f"give {tuple(want)}")
 
     def _spec_shapes(self) -> dict:
         cache = getattr(self, "_shapes_cache", None)
