@@ -490,8 +490,9 @@ def _mutate_gguf(g: _Gguf, draw: Draw) -> None:
                 g.kv[i] = (key, draw.choice((4, 5, 6, 7, 8, 10, 12, 13, 99)), draw.choice(
                     (draw.interesting_int(), draw.float(), "x", True)))
             elif op == 1 and t == 9:   # a huge claimed count
-                g.kv[i] = (key, 9, (v[0], draw.choice((10**12, 2**32, 2**63, len(v[1]) + 1))))
-            elif op == 2 and t == 9:
+                n_items = v[1] if isinstance(v[1], int) else len(v[1])   # an earlier edit may have claimed one
+                g.kv[i] = (key, 9, (v[0], draw.choice((10**12, 2**32, 2**63, n_items + 1))))
+            elif op == 2 and t == 9 and not isinstance(v[1], int):
                 items = list(v[1])
                 if items:
                     j = draw.int(0, len(items) - 1)
