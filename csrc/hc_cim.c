@@ -806,9 +806,15 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
  * thread's tile range, advance block by block together (more independent work per block and more
  * streams in flight, as tiles_ms_vnni), each with its own accumulator and block order (the results
  * are the per-tile loop's bit for bit); the last (t1 - t0) % BLK_MS tiles one by one. */
+#ifndef BLK_MS
 #define BLK_MS 2
+#endif
+#ifndef PF_BLK
 #define PF_BLK 2048 /* prefetch distance (bytes) in each code stream at M = 1 ... */
+#endif
+#ifndef PF_BLK_META
 #define PF_BLK_META 512 /* ... and in each scale stream */
+#endif
 #define BLK_M1(fn, ...)                                                                                \
     do {                                                                                               \
         const int64_t L_ = (t1 - t0) / BLK_MS;                                                         \
@@ -943,7 +949,8 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                             }
                         }
                     }
-                    const __m256i bx = _mm256_set1_epi32(w->bias * X[j]), xj = _mm256_set1_epi32(X[j]);
+                    const __m256i bx = _mm256_set1_epi32(w->bias * X[j]);
+                    const __m256i xj = _mm256_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]); /* as tiles1_blk_vnni */
                     for (int h = 0; h < 2; h++) {
                         const __m256i D = _mm256_sub_epi32(V ? _mm256_add_epi32(P[h], P2[h]) : P[h], bx);
                         if (fsc) {
@@ -954,7 +961,7 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                                                                                             (const __m128i *)(w->subscales + su + 8 * h))), D)
                                                                    : D);
                             if (offk)
-                                Mi[h] = _mm256_add_epi32(Mi[h], has_mn ? _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                Mi[h] = _mm256_add_epi32(Mi[h], has_mn ? _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
                                                                                                 (const __m128i *)(w->submins + su + 8 * h))), xj)
                                                                        : xj);
                         }
@@ -1216,10 +1223,10 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                         Si = _mm512_add_epi32(Si, has_sc ? _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                                                                                   (const __m128i *)(w->subscales + su))), D)
                                                          : D);
-                        if (offk) {
-                            const __m512i xj = _mm512_set1_epi32(X[j]);
-                            Mi = _mm512_add_epi32(Mi, has_mn ? _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                                                                      (const __m128i *)(w->submins + su))), xj)
+                        if (offk) { /* mn X by vpmaddwd: mn in [0, 255] zero-extended, |X_j| <= 32 * 128 (exact) */
+                            const __m512i xj = _mm512_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]);
+                            Mi = _mm512_add_epi32(Mi, has_mn ? _mm512_madd_epi16(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                                                     (const __m128i *)(w->submins + su))), xj)
                                                              : xj);
                         }
                     }
