@@ -815,6 +815,9 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 #ifndef PF_BLK_META
 #define PF_BLK_META 512 /* ... and in each scale stream */
 #endif
+#ifndef PF_SUPER
+#define PF_SUPER 8 /* ... and super-blocks ahead in each super-block scale stream */
+#endif
 #define BLK_M1(fn, ...)                                                                                \
     do {                                                                                               \
         const int64_t L_ = (t1 - t0) / BLK_MS;                                                         \
@@ -894,6 +897,10 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                 if (sk == 0) d[s][h] = half8_avx2(w->scales + (ts[s] * nsup + sb) * TR + 8 * h);
                 if (offk == 1) o[s][h] = neg_half8_avx2(w->offsets + (ts[s] * nsup + sb) * TR + 8 * h);
             }
+        for (int s = 0; s < S; s++) { /* sparse streams (32 bytes a super-block): the hardware does not follow them */
+            if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+            if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+        }
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
@@ -933,7 +940,10 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                             } else {
                                 const __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 32 * q + 32 * h));
                                 ua = _mm256_and_si256(raw, lo_mask);
-                                ub = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                                if (V && !w->lut) /* as tiles1_blk_vnni: 16 u in place, sum / 16 below */
+                                    ub = _mm256_andnot_si256(lo_mask, raw);
+                                else
+                                    ub = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
                                 if (w->lut) {
                                     ua = _mm256_shuffle_epi8(lut, ua);
                                     ub = _mm256_shuffle_epi8(lut, ub);
@@ -952,7 +962,8 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                     const __m256i bx = _mm256_set1_epi32(w->bias * X[j]);
                     const __m256i xj = _mm256_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]); /* as tiles1_blk_vnni */
                     for (int h = 0; h < 2; h++) {
-                        const __m256i D = _mm256_sub_epi32(V ? _mm256_add_epi32(P[h], P2[h]) : P[h], bx);
+                        const __m256i p2 = V && !i8 && !w->lut ? _mm256_srai_epi32(P2[h], 4) : P2[h];
+                        const __m256i D = _mm256_sub_epi32(V ? _mm256_add_epi32(P[h], p2) : P[h], bx);
                         if (fsc) {
                             const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), ue4m3_avx2(w->scale_bytes + su + 8 * h));
                             tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
@@ -1171,6 +1182,10 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                 o[s] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512(w->offsets + (ts[s] * nsup + sb) * TR)),
                                                             _mm512_set1_epi32((int)0x80000000u)));
         }
+        for (int s = 0; s < S; s++) { /* as in tiles1_blk_avx2 */
+            if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+            if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+        }
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
@@ -1206,15 +1221,17 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                         } else {
                             const __m512i raw = _mm512_loadu_si512(tp + 32 * q);
                             ua = _mm512_and_si512(raw, lo_mask);
-                            ub = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask);
                             if (w->lut) {
                                 ua = _mm512_shuffle_epi8(lut, ua);
-                                ub = _mm512_shuffle_epi8(lut, ub);
+                                ub = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask));
+                            } else { /* the high nibbles in place: 16 u, summed below and divided by 16 (exact) */
+                                ub = _mm512_andnot_si512(lo_mask, raw);
                             }
                         }
                         P = dpbusd_bcast(P, ua, x + 4 * q);
                         P2 = dpbusd_bcast(P2, ub, x + 4 * q + 4);
                     }
+                    if (!i8 && !w->lut) P2 = _mm512_srai_epi32(P2, 4);
                     const __m512i D = _mm512_sub_epi32(_mm512_add_epi32(P, P2), _mm512_set1_epi32(w->bias * X[j]));
                     if (fsc) {
                         const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), ue4m3_512(w->scale_bytes + su));
