@@ -818,6 +818,32 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 #ifndef PF_SUPER
 #define PF_SUPER 8 /* ... and super-blocks ahead in each super-block scale stream */
 #endif
+/* Software prefetch of the one-token bodies' streams: each super-block's fp16 scales and dmin
+ * (sparse: 32 bytes a super-block, which the hardware prefetcher does not follow) PF_SUPER
+ * super-blocks ahead, for tiles ts[0..S-1] ... */
+static inline __attribute__((always_inline)) void blk_prefetch_super(const hc_weights *w, const int64_t *ts, const int S,
+                                                                     int64_t nsup, int64_t sb, const int sk, const int offk) {
+    for (int s = 0; s < S; s++) {
+        if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+        if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+    }
+}
+
+/* ... and block b of tile t: its code lines PF_BLK bytes ahead, its scale bytes, offsets, sub-scales
+ * and sub-mins PF_BLK_META bytes ahead. */
+static inline __attribute__((always_inline)) void blk_prefetch_block(const hc_weights *w, int64_t t, int64_t b, int64_t tb,
+                                                                     const int nsub, const int sk, const int offk,
+                                                                     const int has_sc, const int has_mn) {
+    const int64_t nb = w->n_blocks, u0 = (t * nb * nsub + b * nsub) * TR;
+    const uint8_t *tp = w->codes + (t * nb + b) * tb;
+    for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_BLK + pf), _MM_HINT_T0);
+    if (sk == 1) _mm_prefetch((const char *)(w->scale_bytes + (t * nb + b) * TR + PF_BLK_META), _MM_HINT_T0);
+    if (offk == 2) _mm_prefetch((const char *)(w->offsets + (t * nb + b) * TR + PF_BLK_META / 2), _MM_HINT_T0);
+    if (sk == 2) _mm_prefetch((const char *)(w->scale_bytes + u0 + PF_BLK_META), _MM_HINT_T0);
+    if (has_sc) _mm_prefetch((const char *)(w->subscales + u0 + PF_BLK_META), _MM_HINT_T0);
+    if (has_mn) _mm_prefetch((const char *)(w->submins + u0 + PF_BLK_META), _MM_HINT_T0);
+}
+
 #define BLK_M1(fn, ...)                                                                                \
     do {                                                                                               \
         const int64_t L_ = (t1 - t0) / BLK_MS;                                                         \
@@ -897,10 +923,7 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                 if (sk == 0) d[s][h] = half8_avx2(w->scales + (ts[s] * nsup + sb) * TR + 8 * h);
                 if (offk == 1) o[s][h] = neg_half8_avx2(w->offsets + (ts[s] * nsup + sb) * TR + 8 * h);
             }
-        for (int s = 0; s < S; s++) { /* sparse streams (32 bytes a super-block): the hardware does not follow them */
-            if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-            if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-        }
+        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
@@ -908,23 +931,16 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
             const __m256 av = _mm256_set1_ps(A[b]);
             _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
                 const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
-                for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_BLK + pf), _MM_HINT_T0);
+                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
                 const int64_t u0 = (ts[s] * nsu + b * nsub) * TR; /* this block's first sub-block unit */
                 if (sk == 1) {
-                    const uint8_t *ep = w->scale_bytes + (ts[s] * nb + b) * TR;
-                    _mm_prefetch((const char *)(ep + PF_BLK_META), _MM_HINT_T0);
-                    d[s][0] = e8m0_avx2(ep);
-                    d[s][1] = e8m0_avx2(ep + 8);
+                    d[s][0] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR);
+                    d[s][1] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR + 8);
                 }
                 if (offk == 2) {
-                    const uint16_t *op = w->offsets + (ts[s] * nb + b) * TR;
-                    _mm_prefetch((const char *)(op + PF_BLK_META / 2), _MM_HINT_T0);
-                    o[s][0] = half8_avx2(op);
-                    o[s][1] = half8_avx2(op + 8);
+                    o[s][0] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR);
+                    o[s][1] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR + 8);
                 }
-                if (fsc) _mm_prefetch((const char *)(w->scale_bytes + u0 + PF_BLK_META), _MM_HINT_T0);
-                if (has_sc) _mm_prefetch((const char *)(w->subscales + u0 + PF_BLK_META), _MM_HINT_T0);
-                if (has_mn) _mm_prefetch((const char *)(w->submins + u0 + PF_BLK_META), _MM_HINT_T0);
                 __m256i Si[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, Mi[2] = {Si[0], Si[1]};
                 __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
                 for (int j = 0; j < nsub; j++) {
@@ -1182,10 +1198,7 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                 o[s] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512(w->offsets + (ts[s] * nsup + sb) * TR)),
                                                             _mm512_set1_epi32((int)0x80000000u)));
         }
-        for (int s = 0; s < S; s++) { /* as in tiles1_blk_avx2 */
-            if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-            if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-        }
+        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
@@ -1193,21 +1206,10 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
             const __m512 av = _mm512_set1_ps(A[b]);
             _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
                 const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
-                for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_BLK + pf), _MM_HINT_T0);
+                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
                 const int64_t u0 = (ts[s] * nsu + b * nsub) * TR;
-                if (sk == 1) {
-                    const uint8_t *ep = w->scale_bytes + (ts[s] * nb + b) * TR;
-                    _mm_prefetch((const char *)(ep + PF_BLK_META), _MM_HINT_T0);
-                    d[s] = e8m0_512(ep);
-                }
-                if (offk == 2) {
-                    const uint16_t *op = w->offsets + (ts[s] * nb + b) * TR;
-                    _mm_prefetch((const char *)(op + PF_BLK_META / 2), _MM_HINT_T0);
-                    o[s] = half16_512(op);
-                }
-                if (fsc) _mm_prefetch((const char *)(w->scale_bytes + u0 + PF_BLK_META), _MM_HINT_T0);
-                if (has_sc) _mm_prefetch((const char *)(w->subscales + u0 + PF_BLK_META), _MM_HINT_T0);
-                if (has_mn) _mm_prefetch((const char *)(w->submins + u0 + PF_BLK_META), _MM_HINT_T0);
+                if (sk == 1) d[s] = e8m0_512(w->scale_bytes + (ts[s] * nb + b) * TR);
+                if (offk == 2) o[s] = half16_512(w->offsets + (ts[s] * nb + b) * TR);
                 __m512i Si = _mm512_setzero_si512(), Mi = _mm512_setzero_si512();
                 __m512 tf = _mm512_setzero_ps();
                 for (int j = 0; j < nsub; j++) {
