@@ -29,8 +29,10 @@ import zlib
 
 import numpy as np
 
+from hcemu._validate import from_dict
 from hcemu.events import (FIELDS, attention_counts, embed_counts, head_vector_counts, layer_vector_counts,
                           product_counts)
+from hcemu.formats import WeightFormat
 
 VERSION = 1
 """Version of the C table's layout (bumped with any change to it; the C loader refuses others)."""
@@ -55,19 +57,22 @@ FEATURES = {
 
 def features(spec, plan, die, tensors) -> int:
     """The ``features`` bit mask of an image (:data:`FEATURES`)."""
-    from hcemu.rom.image import _fmt_from_dict
-
     on = {
         "moe": spec.is_moe, "qkv_bias": spec.qkv_bias, "qk_norm": spec.qk_norm != "none",
         "post_norms": spec.post_norms,
         "sliding_window": any(spec.block(i).window or spec.block(i).rope == "local" for i in range(spec.n_layers)),
-        "block_formats": any(_fmt_from_dict(t["fmt"]).block is not None for t in tensors),
+        "block_formats": any(fmt.block is not None for fmt in _formats(tensors)),
         "partial_die": not (die.embedding and die.head and die.n_die_layers == spec.n_layers),
         "rope_neox": spec.rope_style == "neox", "gelu": spec.ffn_act == "gelu", "attn_scale": spec.attn_scale != 0,
         "attn_softcap": spec.attn_softcap != 0, "final_softcap": spec.final_softcap != 0,
         "embed_scale": spec.embed_scale != 1.0,
     }
     return sum(bit for name, bit in FEATURES.items() if on[name])
+
+
+def _formats(tensors) -> list[WeightFormat]:
+    """The WeightFormat of each directory entry (its ``fmt`` object)."""
+    return [from_dict(WeightFormat, t["fmt"], f"{t['name']} fmt") for t in tensors]
 
 
 def _name(s: str) -> bytes:
@@ -84,11 +89,10 @@ def c_table(spec, plan, die, tensors: list, vectors: list) -> bytes:
     """The C table of the image whose directory holds ``spec``, ``plan``, ``die`` and the ``tensors`` and
     ``vectors`` entries (with their sections)."""
     from hcemu.model.ops import rope_frequencies
-    from hcemu.rom.image import _fmt_from_dict
 
     t_index = {t["name"]: i for i, t in enumerate(tensors)}
     v_index = {v["name"]: i for i, v in enumerate(vectors)}
-    fmts = [_fmt_from_dict(t["fmt"]) for t in tensors]
+    fmts = _formats(tensors)
     act = plan.activations
     layers = b""
     event_rows = []
