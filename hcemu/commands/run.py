@@ -22,8 +22,26 @@ def add_generation_args(p) -> None:
                    help="KV-cache format: int8 (one scale per token and KV head) or fp16 (default: the plan's)")
     p.add_argument("--context", type=int, default=None,
                    help="context length for the modeled silicon figures (default: prompt + generated)")
+    add_lora_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_lora_args(p) -> None:
+    from hcemu.formats import ADAPTER_FORMATS
+
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="LoRA adapter GGUF (llama.cpp format) held in the chip's SRAM, with an optional user "
+                        "scale (alpha/rank x SCALE); repeatable: the adapters' updates add up")
+    p.add_argument("--lora-format", choices=ADAPTER_FORMATS, default="int8",
+                   help="how the adapters sit in SRAM: int8 with fp16 block scales (default) or fp16")
+
+
+def lora_specs(args) -> list:
+    """``[(path, scale), ...]`` of the ``--lora`` arguments."""
+    from hcemu.model.lora import parse_lora_arg
+
+    return [parse_lora_arg(a) for a in args.lora]
 
 
 def register(sub) -> None:
@@ -55,8 +73,11 @@ def generate(args, prompt: str) -> dict:
     text_in = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
     ids = tok.encode(text_in)
     chip = Chip(image, n_threads=args.threads, kv_capacity_tokens=args.kv_tokens, kv_format=args.kv)
+    names = []
+    for i, (lpath, scale) in enumerate(lora_specs(args)):
+        names.append(chip.load_adapter(lpath, scale=scale, fmt=args.lora_format, name=f"{i}:{lpath}").name)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
-    gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id})
+    gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id}, adapter=names)
     out_ids = [i for i in gen.ids if i != tok.eos_id]
     events = gen.prefill_events + gen.decode_events
     report = {
@@ -79,12 +100,17 @@ def generate(args, prompt: str) -> dict:
                    "decode": gen.decode_events.to_dict()["total"],
                    "total": events.to_dict()["total"]},
     }
+    report["adapters"] = [{"file": sa.source.path, "scale": sa.source.user_scale, "format": sa.fmt,
+                           "ranks": sorted(sa.source.ranks), "matrices": len(sa.slots), "sram_bytes": sa.nbytes}
+                          for sa in (chip.adapters[n] for n in names)]
+    report["adapter_sram_bytes"] = chip.adapter_sram_bytes
     report["rom_banks"] = int(len(gen.bank_rows))
     report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
     report["rom_bank_rows_read"] = int(gen.bank_rows.sum())
     # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
     report["silicon"] = chip_figures_for_image(chip, len(ids), len(gen.ids), args.context,
-                                               events=(gen.prefill_events, gen.decode_events))
+                                               events=(gen.prefill_events, gen.decode_events),
+                                               adapter_sram_bytes=chip.adapter_sram_bytes)
     report["gpus"] = gpu_figures(image.spec, len(ids), max(len(gen.ids), 2))
     return report
 
@@ -120,6 +146,9 @@ def print_report(rep: dict, out=None) -> None:
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"model {rep['model']}  plan {rep['plan']}  kernels {rep['isa']} x{rep['threads']} thread(s)")
+    for a in rep.get("adapters", ()):
+        p(f"LoRA {a['file']} x{a['scale']:g}: rank {'/'.join(map(str, a['ranks']))} on {a['matrices']} matrices, "
+          f"{a['sram_bytes'] / 2**20:.2f} MiB of SRAM ({a['format']})")
     p(f"prompt: {rep['prompt']!r}  ({rep['prompt_tokens']} tokens{', chat template' if rep['chat_template'] else ''})")
     p("")
     p(rep["text"])
