@@ -80,6 +80,14 @@ def test_c_chip_gemma1_kinds(lib, tmp_path_factory):
     _same_run(lib, path, [1, 2, 3, 4, 5, 6, 7], [9, 11])
 
 
+def test_event_fields_are_pythons(lib):
+    from hcemu.events import FIELDS
+
+    names = [lib.hc_event_field_name(i) for i in range(len(FIELDS) + 1)]
+    assert [n.decode() for n in names[:-1]] == list(FIELDS) and names[-1] is None
+    assert lib.hc_abi_version() == 1
+
+
 def test_c_chip_reset_and_errors(lib, tiny_image):
     c = CChip(lib, tiny_image.path, 16)
     try:
