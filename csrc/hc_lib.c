@@ -192,13 +192,16 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     q += 40;
     img->embed = rd_i32(q), img->output = rd_i32(q + 4), img->output_norm = rd_i32(q + 8);
     I->n_regions = n_regions;
-    I->n_fields = n_fields;
+    I->n_fields = HC_EV_FIELD_COUNT; /* a table with fewer (an older hcemu's) reads 0 for the ones it lacks */
     I->kv_int8 = kv_int8 == 1;
     I->features = features;
     for (int i = 0; i < 8; i++)
         if (dims[i] < 1 || dims[i] > (1 << 30))
             return fail(HC_EFORMAT, "%s: corrupt C table: model dimension %d is %lld", path, i, (long long)dims[i]);
-    if (n_fields != HC_EV_FIELD_COUNT || kv_int8 > 1 || I->n_layers > MAX_COUNT || n_tensors > MAX_COUNT ||
+    if (n_fields > HC_EV_FIELD_COUNT)
+        return fail(HC_ENOTSUPPORTED, "%s: the C table counts %u event fields, this library knows %d: use a newer "
+                    "libhcemu", path, n_fields, HC_EV_FIELD_COUNT);
+    if (n_fields < 1 || kv_int8 > 1 || I->n_layers > MAX_COUNT || n_tensors > MAX_COUNT ||
         n_vectors > MAX_COUNT || (I->head_dim & 1) || I->head_dim > HC_ATTN_MAX_HEAD_DIM ||
         n_regions < I->n_layers + 2)
         return fail(HC_EFORMAT, "%s: corrupt C table: counts out of range", path);
@@ -221,7 +224,7 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     }
     img->layers = malloc((size_t)L * sizeof *img->layers);
     img->freqs = malloc((size_t)half * sizeof(double));
-    img->events = malloc((size_t)(L + 3) * n_fields * sizeof(int64_t));
+    img->events = calloc((size_t)(L + 3) * HC_EV_FIELD_COUNT, sizeof(int64_t));
     img->tensors = calloc(n_tensors ? n_tensors : 1, sizeof(tensor));
     img->vectors = calloc(n_vectors ? n_vectors : 1, sizeof(vector));
     if (!img->layers || !img->freqs || !img->events || !img->tensors || !img->vectors)
@@ -232,7 +235,8 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     for (int64_t i = 0; i < L; i++, p += LAYER_BYTES)
         for (int j = 0; j < 9; j++) img->layers[i][j] = rd_i32(p + 4 * j);
     for (int64_t j = 0; j < half; j++, p += 8) img->freqs[j] = rd_f64(p);
-    for (int64_t j = 0; j < (L + 3) * (int64_t)n_fields; j++, p += 8) img->events[j] = rd_i64(p);
+    for (int64_t r = 0; r < L + 3; r++)
+        for (int64_t f = 0; f < (int64_t)n_fields; f++, p += 8) img->events[r * HC_EV_FIELD_COUNT + f] = rd_i64(p);
     for (int64_t i = 0; i < (int64_t)n_tensors; i++, p += TENSOR_BYTES) {
         int rc = load_tensor(img, p, end, i, path);
         if (rc) return rc;
@@ -518,8 +522,7 @@ static int forward(hc_chip *c, const int32_t *ids, int64_t t, int head) {
         return fail(rc, "layer %lld, %s: status %d (%s)", (long long)trace.failed_layer,
                     hc_decoder_op_name((int)trace.failed_op), rc,
                     rc == HC_ENONFINITE ? "a value overflowed to infinity or NaN" : "kernel error");
-    /* the keys the t queries attend: sum over positions p in [start, start+t) of p + 1 (full causal) */
-    const int64_t keys = (2 * start + t + 1) * t / 2;
+    const int64_t keys = hc_attended_keys(t, start, 0); /* every layer attends every earlier key */
     for (int64_t i = 0; i < L; i++) {
         add_events(c, i, img->events + i * F, t);
         add_events(c, i, img->events + (L + 2) * F, keys);

@@ -32,7 +32,7 @@ from functools import lru_cache
 import numpy as np
 
 from hcemu._validate import from_dict
-from hcemu.events import FIELD_INDEX, product_counts
+from hcemu.events import FIELD_INDEX, FIELDS, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
 from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, packed_arrays, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
@@ -757,7 +757,8 @@ class RomImage:
     def _check_c_table(self, pre: bytes, payload_end: int) -> None:
         """An image with a C table (hcemu/rom/ctable.py): the preamble's record and the directory's entry
         agree, and the table's bytes are those :func:`~hcemu.rom.ctable.c_table` makes of the directory.
-        Images written before the table existed have neither (the C library refuses them)."""
+        Images written before the table existed have neither (the C library refuses them); a table of
+        another version or event-field count (another hcemu's) is left to the C library."""
         entry = self.directory.get("c_table")
         rec = pre[ctable.RECORD_OFFSET:ctable.RECORD_OFFSET + ctable.RECORD.size]
         if entry is None:
@@ -769,15 +770,16 @@ class RomImage:
             raise RomImageError(f"{self.path}: corrupt directory: c_table must be an object of integers "
                                 f"version, offset, nbytes, crc32, got {entry!r}"[:300])
         if entry["version"] != ctable.VERSION:
-            raise RomImageError(f"{self.path}: unsupported C table version {entry['version']} (this hcemu writes "
-                                f"version {ctable.VERSION})")
+            return   # another hcemu's table: the C library it came with reads it; Python does not need it
         off, n = entry["offset"], entry["nbytes"]
-        if off % ALIGN or off < PREAMBLE_BYTES or n < 1 or off + n > payload_end:
+        if off % ALIGN or off < PREAMBLE_BYTES or n < ctable.HEADER.size or off + n > payload_end:
             raise RomImageError(f"{self.path}: corrupt directory: the C table at {off}+{n} is misplaced")
         table = bytes(memoryview(self._mm)[off:off + n])
         if ctable.record(table, off) != rec or zlib.crc32(table) != entry["crc32"]:
             raise RomImageError(f"{self.path}: corrupt C table (its preamble record, CRC-32 or directory entry "
                                 f"disagree)")
+        if ctable.HEADER.unpack_from(table)[3] != len(FIELDS):
+            return   # written by an hcemu that counted other event fields: not this one's to rebuild (C reads it)
         if table != c_table(self.spec, self.plan, self.die, self.directory["tensors"], self.directory["vectors"]):
             raise RomImageError(f"{self.path}: corrupt C table (it does not describe the directory)")
 
