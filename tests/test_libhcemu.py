@@ -26,7 +26,7 @@ from hcemu.rom import ctable
 from hcemu.rom.image import RomImageError
 
 HC_EINVAL, HC_ECAPACITY = -1, -5
-HC_EIO, HC_EFORMAT, HC_EOLDIMAGE, HC_ENOTSUPPORTED = -20, -21, -22, -23
+HC_EIO, HC_EFORMAT, HC_EOLDIMAGE, HC_ENOTSUPPORTED, HC_EBUSY = -20, -21, -22, -23, -24
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "c"
 
 
@@ -107,6 +107,44 @@ def test_c_chip_reset_and_errors(lib, tiny_image):
     with pytest.raises(CError, match="kv_capacity") as e:
         CChip(lib, tiny_image.path, TINY_SPEC.max_context + 1)
     assert e.value.rc == HC_EINVAL
+
+
+def test_concurrent_calls_on_one_chip_are_refused(lib, tiny_image):
+    """Two threads calling one chip: a call entered while the other is inside one returns HC_EBUSY and
+    changes nothing; every other call succeeds (ctypes releases the GIL around each C call)."""
+    import threading
+    import time
+
+    c = CChip(lib, tiny_image.path, TINY_SPEC.max_context)
+    prompt = np.arange(64, dtype=np.int32) % TINY_SPEC.vocab_size
+    seen, bad, stop = [], [], threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            for call in (c.reset, lambda: c.prefill(prompt)):
+                try:
+                    call()
+                except CError as e:   # a reset refused as busy may leave the cache full: HC_ECAPACITY, also clean
+                    if e.rc != HC_ECAPACITY:
+                        (seen if e.rc == HC_EBUSY else bad).append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while not seen and not bad and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    try:
+        assert not bad, bad[:3]
+        assert seen, "no overlapping call was observed"
+        assert "another thread" in str(seen[0])
+        c.reset()
+        assert c.position == 0
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("change, message", [
