@@ -7,9 +7,9 @@
  * embedding lookup and the output head around it: for the same image and tokens its logits are
  * bit-identical to the Python chip's, and its event counts equal the Python chip's.
  *
- * The library reads the image's *C table* (hcemu/rom/ctable.py), which images compiled by hcemu
- * 0.1.0 with the C table (table version HC_CTABLE_VERSION) carry; older images are refused with
- * HC_EOLDIMAGE ("recompile the image").  It runs dense decoders in the integer formats (int8 per
+ * The library reads the image's *C table* (hcemu/rom/ctable.py: fixed little-endian records the
+ * compiler writes beside the JSON directory, version HC_CTABLE_VERSION); images compiled before the
+ * table existed are refused with HC_EOLDIMAGE ("recompile the image").  It runs dense decoders in the integer formats (int8 per
  * block or per channel, int4 symmetric or asymmetric): Llama and its block kinds listed in
  * HC_FEAT_SUPPORTED; anything else (mixture of experts, biases, q/k norms, post-norms, sliding
  * windows, block formats, one die of a multi-chip system) is refused with HC_ENOTSUPPORTED and a
