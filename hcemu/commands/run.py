@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from hcemu.events import MAC_FIELDS
 from hcemu.formats import KV_FORMATS
 
 
@@ -156,7 +157,7 @@ def print_report(rep: dict, out=None) -> None:
     p(f"host (measured): prefill {_rate(rep['host_prefill_tok_s'])} tok/s, decode {_rate(rep['host_decode_tok_s'])} tok/s "
       f"over {rep['generated_tokens']} generated tokens")
     ev = rep["events"]["total"]
-    p(f"events: {ev['macs_w4'] + ev['macs_w8']:,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
+    p(f"events: {sum(ev[f] for f in MAC_FIELDS):,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
       f"{ev['sram_kv_bytes_read'] / 1e6:,.2f} MB KV read, {ev['sram_kv_bytes_written'] / 1e3:,.1f} kB KV written")
     si = rep.get("silicon")
     if si:

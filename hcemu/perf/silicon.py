@@ -40,7 +40,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, Events
+from hcemu.events import FIELD_INDEX, MAC_FIELDS, Events
 from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import (decode_keys, decode_positions, events_from_shapes, kv_bytes_per_token,
                                  pass_coefficients)
@@ -48,6 +48,7 @@ from hcemu.perf.area import adapter_sram_bytes_for, chip_area_breakdown, expert_
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
+_MACS = [FIELD_INDEX[f] for f in MAC_FIELDS]
 
 
 def _col(counts, name):
@@ -61,7 +62,7 @@ def _region_cycles(counts, chip, cim_scale, vec_scale=1.0):
     experts); vec_scale: the vector unit's (the experts' balance ratio, else 1).
     Returns ``(cim, attention, vector, overhead)`` arrays broadcast over the leading axes.
     """
-    mac = (_col(counts, "macs_w4") / chip.cim_macs_per_cycle_w4
+    mac = ((_col(counts, "macs_w4") + _col(counts, "macs_fp4")) / chip.cim_macs_per_cycle_w4
            + _col(counts, "macs_w8") / chip.cim_macs_per_cycle_w8)
     rom = (_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) / chip.rom_read_bits_per_cycle
     adapter = np.maximum(_col(counts, "sram_adapter_bytes_read") / chip.sram_read_bytes_per_cycle,
@@ -86,6 +87,7 @@ def _energy_pj(counts, chip):
     """Dynamic energy (pJ) of the counts ``(..., n_fields)``."""
     e = ((_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) * chip.rom_read_pj_per_bit
          + _col(counts, "macs_w4") * chip.mac_w4_pj + _col(counts, "macs_w8") * chip.mac_w8_pj
+         + _col(counts, "macs_fp4") * chip.mac_fp4_pj
          + (_col(counts, "attn_macs") + _col(counts, "adapter_macs_w8")) * chip.attn_mac_pj
          + 2 * _col(counts, "adapter_macs_f16") * chip.vec_flop_pj
          + (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_adapter_bytes_read")) * chip.sram_read_pj_per_byte
@@ -98,7 +100,7 @@ def _energy_pj(counts, chip):
 
 
 def _layer_macs_per_pass(events: Events) -> float | None:
-    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    macs = events.counts[:, _MACS].sum(axis=1)
     tok = events.counts[:, _I["tokens"]]
     layers = tok[: events.n_layers] > 0
     if not layers.any():
@@ -110,7 +112,7 @@ def _events_head_scale(events: Events, chip) -> float:
     """The head's lane multiplier from counted events (MACs per pass, head over mean layer)."""
     if not chip.head_balanced:
         return 1.0
-    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    macs = events.counts[:, _MACS].sum(axis=1)
     tok = events.counts[:, _I["tokens"]]
     layer_per_pass = _layer_macs_per_pass(events)
     if layer_per_pass is None or tok[events.head] == 0:
@@ -122,7 +124,7 @@ def _events_expert_scale(events: Events) -> float:
     """The experts' lane multiplier from counted events: an expert pass's MACs over a layer pass's
     (:func:`hcemu.perf.area.expert_lane_scale` from shapes)."""
     rows = events.counts[events.n_layers + 2:]
-    macs = rows[:, _I["macs_w4"]] + rows[:, _I["macs_w8"]]
+    macs = rows[:, _MACS].sum(axis=1)
     tok = rows[:, _I["tokens"]]
     layer_per_pass = _layer_macs_per_pass(events)
     if layer_per_pass is None or not (tok > 0).any():
