@@ -42,7 +42,7 @@ const char *hc_event_field_name(int field) {
     static const char *names[HC_EV_FIELD_COUNT] = {
         "tokens", "macs_w8", "macs_w4", "rom_code_bits", "rom_meta_bits", "rom_tiles", "sram_kv_bytes_read",
         "sram_kv_bytes_written", "sram_adapter_bytes_read", "attn_macs", "act_quant_elems", "vec_flops",
-        "vec_transcendentals", "adapter_macs_w8", "adapter_macs_f16"};
+        "vec_transcendentals", "adapter_macs_w8", "adapter_macs_f16", "macs_fp4"};
     return field >= 0 && field < HC_EV_FIELD_COUNT ? names[field] : NULL;
 }
 
