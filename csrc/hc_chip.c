@@ -28,11 +28,17 @@ static double now_s(void) {
 const char *hc_decoder_op_name(int op) {
     static const char *names[HC_DEC_OP_COUNT] = {"rmsnorm", "quantize", "cim_qkv", "rope", "kv_store",
                                                  "attention", "cim_o", "cim_gate_up", "silu_mul",
-                                                 "cim_down", "add"};
+                                                 "cim_down", "add", "adapter"};
     return op >= 0 && op < HC_DEC_OP_COUNT ? names[op] : "?";
 }
 
 /* Copy columns [c0, c0+cols) of y (t, ld) into dst (t, cols). */
+/* The adapter slot of layer i's matrix mat (0..6: q, k, v, o, gate, up, down), or NULL when none. */
+static const hc_adapter_slot *slot_of(const hc_decoder *m, int64_t i, int mat) {
+    const hc_adapter_slot *s = m->adapters ? &m->adapters[i * 7 + mat] : NULL;
+    return s && s->n > 0 ? s : NULL;
+}
+
 static void take_cols(const float *y, int64_t t, int64_t ld, int64_t c0, int64_t cols, float *dst) {
     for (int64_t i = 0; i < t; i++) memcpy(dst + i * cols, y + i * ld + c0, (size_t)cols * sizeof(float));
 }
@@ -84,6 +90,16 @@ int hc_decoder_check(const hc_decoder *m) {
                 return HC_EINVAL;
             if (L->shared_gate && (L->shared_gate->n != 1 || L->shared_gate->k != d)) return HC_EINVAL;
         }
+        if (m->adapters) { /* no adapters on a mixture of experts' FFN (experts or shared expert) */
+            const int64_t n_out[7] = {qd, kvd, kvd, d, f, f, d}, n_in[7] = {d, d, d, qd, d, d, f};
+            for (int mat = 0; mat < 7; mat++) {
+                const hc_adapter_slot *s = &m->adapters[i * 7 + mat];
+                if (s->n < 0 || s->n > HC_ADAPTERS_MAX || (moe && mat >= 4 && s->n)) return HC_EINVAL;
+                for (int j = 0; j < s->n; j++)
+                    if (hc_adapter_check(s->a[j]) || s->a[j]->n != n_out[mat] || s->a[j]->k != n_in[mat])
+                        return HC_EINVAL;
+            }
+        }
         if (m->kv_int8 ? (!L->k_codes || !L->v_codes || !L->k_scales || !L->v_scales) : (!L->k16 || !L->v16))
             return HC_EINVAL;
         if ((!L->bq) != (!L->bk) || (!L->bq) != (!L->bv) || (!L->q_norm) != (!L->k_norm) ||
@@ -116,15 +132,29 @@ int hc_decoder_check(const hc_decoder *m) {
 
 #define STEP(op, call) HC_TIMED(op, call, layer, return rc)
 
+/* The adapter slots of a dense layer's FFN (NULL: none): x is the FFN's float input (m, d); q8, sc
+ * scratch for the down product's quantized input (m, f), (m, f / group). */
+typedef struct {
+    const hc_adapter_slot *gate, *up, *down;
+    const float *x;
+    int8_t *q8;
+    float *sc;
+} hc_ffn_adapters;
+
 /* Gated FFN of m rows of quantized input (q8, sc): o = W_d (act(W_g x) * (W_u x)), width f.
  * Scratch: gu (m, 2f), g (m, f), u (m, f). */
 static int gated_ffn(const hc_decoder *M, const hc_weights *wg, const hc_weights *wu, const hc_weights *wd,
                      const int8_t *q8, const float *sc, int64_t m, int64_t f, int64_t group, float *gu, float *gs,
-                     float *us, float *o, int n_threads, int prof, hc_decoder_trace *trace, int64_t layer) {
+                     float *us, float *o, const hc_ffn_adapters *ad, int n_threads, int prof,
+                     hc_decoder_trace *trace, int64_t layer) {
     float *g = gs, *u = us;
     int rc;
     if (!wu) { /* gate and up stacked in one matrix */
         STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wg, q8, sc, m, M->act_group_d, gu, n_threads));
+        if (ad && ad->gate)
+            STEP(HC_DEC_ADAPTER, hc_adapter_slot_apply(ad->gate, q8, sc, M->act_group_d, ad->x, m, gu, 2 * f));
+        if (ad && ad->up)
+            STEP(HC_DEC_ADAPTER, hc_adapter_slot_apply(ad->up, q8, sc, M->act_group_d, ad->x, m, gu + f, 2 * f));
         if (m == 1) {
             g = gu;
             u = gu + f;
@@ -135,9 +165,17 @@ static int gated_ffn(const hc_decoder *M, const hc_weights *wg, const hc_weights
     } else {
         STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wg, q8, sc, m, M->act_group_d, g, n_threads));
         STEP(HC_DEC_CIM_GATE_UP, hc_cim_matmul(wu, q8, sc, m, M->act_group_d, u, n_threads));
+        if (ad && ad->gate) STEP(HC_DEC_ADAPTER, hc_adapter_slot_apply(ad->gate, q8, sc, M->act_group_d, ad->x, m, g, f));
+        if (ad && ad->up) STEP(HC_DEC_ADAPTER, hc_adapter_slot_apply(ad->up, q8, sc, M->act_group_d, ad->x, m, u, f));
     }
     STEP(HC_DEC_SILU_MUL, M->ffn_gelu ? hc_gelu_mul_f32(g, u, m * f, g) : hc_silu_mul_f32(g, u, m * f, g));
-    STEP(HC_DEC_CIM_DOWN, hc_cim_linear(wd, g, m, group, o, n_threads));
+    if (ad && ad->down) { /* quantize once for the ROM product and the adapters (= hc_cim_linear) */
+        STEP(HC_DEC_QUANTIZE, hc_quantize_act(g, m, f, group, ad->q8, ad->sc));
+        STEP(HC_DEC_CIM_DOWN, hc_cim_matmul(wd, ad->q8, ad->sc, m, group, o, n_threads));
+        STEP(HC_DEC_ADAPTER, hc_adapter_slot_apply(ad->down, ad->q8, ad->sc, group, g, m, o, wd->n));
+    } else {
+        STEP(HC_DEC_CIM_DOWN, hc_cim_linear(wd, g, m, group, o, n_threads));
+    }
     return HC_OK;
 }
 
@@ -180,7 +218,7 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
             memcpy(gsc + a * ng, sc + rows[a] * ng, (size_t)ng * sizeof(float));
         }
         rc = gated_ffn(M, L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], gq8, gsc, n, fe,
-                       M->act_group_fe, gu, gs, us, ye, n_threads, prof, trace, layer);
+                       M->act_group_fe, gu, gs, us, ye, NULL, n_threads, prof, trace, layer);
         if (rc) goto out;
         for (int64_t a = 0; a < n; a++)
             memcpy(ys + (slots[a] * t + rows[a]) * d, ye + a * d, (size_t)d * sizeof(float));
@@ -191,7 +229,7 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
         MSTEP(HC_DEC_ADD, hc_axpy_rows_f32(o, ys + j * t * d, wcol, t, d));
     }
     if (fs) {
-        rc = gated_ffn(M, L->wg, L->wu, L->wd, q8, sc, t, fs, M->act_group_fs, gu, gs, us, so, n_threads, prof,
+        rc = gated_ffn(M, L->wg, L->wu, L->wd, q8, sc, t, fs, M->act_group_fs, gu, gs, us, so, NULL, n_threads, prof,
                        trace, layer);
         if (rc) goto out;
         if (L->shared_gate) {
@@ -220,8 +258,8 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
     const int64_t d = m->d_model, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, f = m->d_ff;
     const int64_t qd = H * hd, kvd = Hkv * hd, widest = d > qd ? (d > f ? d : f) : (qd > f ? qd : f);
     /* scratch (floats): h (t,d), qkv (t,qd+2kvd), q (t,qd), k (t,kvd), v (t,kvd), att (t,qd),
-     * o (t,d), gu (t,2f), g (t,f), u (t,f), act scales (t,d); then int8 codes (t, widest) */
-    const size_t nf = (size_t)t * (size_t)(d + qd + 2 * kvd + qd + 2 * kvd + qd + d + 2 * f + 2 * f + d);
+     * o (t,d), gu (t,2f), g (t,f), u (t,f), act scales (t,widest); then int8 codes (t, widest) */
+    const size_t nf = (size_t)t * (size_t)(d + qd + 2 * kvd + qd + 2 * kvd + qd + d + 2 * f + 2 * f + widest);
     char *buf = malloc(nf * sizeof(float) + (size_t)t * (size_t)widest + 64);
     if (!buf) return HC_ENOMEM;
     float *h = (float *)buf, *qkv = h + t * d, *qs = qkv + t * (qd + 2 * kvd), *ks = qs + t * qd,
@@ -235,11 +273,18 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
         const float *cos_t = (L->rope_cos ? L->rope_cos : m->rope_cos) + start * (hd / 2),
                     *sin_t = (L->rope_sin ? L->rope_sin : m->rope_sin) + start * (hd / 2);
         const hc_attn_opts opts = {m->attn_scale, m->attn_softcap, L->window};
+        const hc_adapter_slot *aq = slot_of(m, i, 0), *ak = slot_of(m, i, 1), *av = slot_of(m, i, 2),
+                              *ao = slot_of(m, i, 3);
+        const hc_ffn_adapters fad = {slot_of(m, i, 4), slot_of(m, i, 5), slot_of(m, i, 6), h, q8, sc};
         /* attention block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->attn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
         if (!L->wk) { /* q, k, v stacked in one matrix */
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wq, q8, sc, t, m->act_group_d, qkv, n_threads));
+            const int64_t ld = qd + 2 * kvd;
+            if (aq) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(aq, q8, sc, m->act_group_d, h, t, qkv, ld));
+            if (ak) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(ak, q8, sc, m->act_group_d, h, t, qkv + qd, ld));
+            if (av) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(av, q8, sc, m->act_group_d, h, t, qkv + qd + kvd, ld));
             if (t == 1) { /* one token: q, k, v are contiguous pieces of the product's row */
                 q = qkv;
                 k = qkv + qd;
@@ -253,6 +298,9 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wq, q8, sc, t, m->act_group_d, q, n_threads));
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wk, q8, sc, t, m->act_group_d, k, n_threads));
             TIMED(HC_DEC_CIM_QKV, hc_cim_matmul(L->wv, q8, sc, t, m->act_group_d, v, n_threads));
+            if (aq) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(aq, q8, sc, m->act_group_d, h, t, q, qd));
+            if (ak) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(ak, q8, sc, m->act_group_d, h, t, k, kvd));
+            if (av) TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(av, q8, sc, m->act_group_d, h, t, v, kvd));
         }
         if (L->bq) {
             TIMED(HC_DEC_ADD, hc_add_rows_f32(q, L->bq, t, qd));
@@ -280,7 +328,13 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
             TIMED(HC_DEC_ATTENTION, hc_attn_f16_opts(q, t, (int)H, (int)Hkv, (int)hd, start, L->k16, L->v16,
                                                      m->kv_capacity, &opts, att));
         }
-        TIMED(HC_DEC_CIM_O, hc_cim_linear(L->wo, att, t, m->act_group_q, o, n_threads));
+        if (ao) { /* quantize once for the ROM product and the adapters (= hc_cim_linear) */
+            TIMED(HC_DEC_QUANTIZE, hc_quantize_act(att, t, qd, m->act_group_q, q8, sc));
+            TIMED(HC_DEC_CIM_O, hc_cim_matmul(L->wo, q8, sc, t, m->act_group_q, o, n_threads));
+            TIMED(HC_DEC_ADAPTER, hc_adapter_slot_apply(ao, q8, sc, m->act_group_q, att, t, o, d));
+        } else {
+            TIMED(HC_DEC_CIM_O, hc_cim_linear(L->wo, att, t, m->act_group_q, o, n_threads));
+        }
         if (L->attn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->attn_post_norm, t, d, m->norm_eps, o));
         TIMED(HC_DEC_ADD, hc_add_f32(x, o, t * d));
         /* feed-forward block */
@@ -288,7 +342,8 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
         rc = m->n_experts ? moe_ffn(m, L, q8, sc, t, o, m->routes + i * m->n_experts_used,
                                     m->n_layers * m->n_experts_used, n_threads, prof, trace, i)
-                          : gated_ffn(m, L->wg, L->wu, L->wd, q8, sc, t, f, m->act_group_f, gu, gs, us, o, n_threads,
+                          : gated_ffn(m, L->wg, L->wu, L->wd, q8, sc, t, f, m->act_group_f, gu, gs, us, o,
+                                      fad.gate || fad.up || fad.down ? &fad : NULL, n_threads,
                                       prof, trace, i);
         if (rc) goto done;
         if (L->ffn_post_norm) TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(o, L->ffn_post_norm, t, d, m->norm_eps, o));

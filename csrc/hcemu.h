@@ -144,6 +144,9 @@ int hc_attn_i8_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int 
 int hc_attn_f16_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                      const uint16_t *k, const uint16_t *v, int64_t capacity, const hc_attn_opts *opts,
                      float *out);
+/* Keys that t queries at positions [start, start+t) attend together: the sum over p of min(p + 1, window)
+ * (window 0: p + 1, every earlier key and its own) — hcemu.events.attended_keys, for the event counts. */
+int64_t hc_attended_keys(int64_t t, int64_t start, int64_t window);
 /* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
  * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);
@@ -257,6 +260,43 @@ hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa);
 /* 1 when built with OpenMP. */
 int hc_openmp(void);
 
+/* ==== LoRA adapters in SRAM (csrc/hc_lora.c) ===================================================
+ * One adapted matrix W (n x k) of rank r: the side path adds B (A x) to the ROM product's output.
+ * Exact rules: docs/numerics.md "LoRA adapters".  int8 (fp16 = 0): A (r x k) and B (n x r) are
+ * int8 matrices in the CIM tile layout (hc_weights, block of 32 inputs where the width allows,
+ * else one scale per row), the adapter scale folded into B's scales; A takes the ROM product's
+ * int8 activations, its output is re-quantized with one scale per token (group r) for B.
+ * fp16 (fp16 = 1): A, B hold fp16 values (given here as the exactly equal float32 numbers, row-major
+ * (r, k) and (n, r)); both products are 16-lane float32 dots (the vector unit's order) of the
+ * float32 activations x.                                                                         */
+#define HC_ADAPTER_BLOCK 32
+/* int8 B of rank r < HC_ADAPTER_BLOCK may be held as one zero-padded block of HC_ADAPTER_BLOCK inputs
+ * (b->k == 32): the same codes and the same one scale per row, through the faster block kernels;
+ * A x is then zero-padded to 32 values before it is quantized (amax and codes unchanged). */
+typedef struct {
+    int64_t n, k, rank;
+    int fp16;
+    const hc_weights *a, *b;  /* int8 form */
+    const float *a32, *b32;   /* fp16 form */
+} hc_adapter;
+
+#define HC_ADAPTERS_MAX 8
+/* The adapters applied to one matrix, in this order (n = 0: none). */
+typedef struct {
+    int n;
+    const hc_adapter *a[HC_ADAPTERS_MAX];
+} hc_adapter_slot;
+
+int hc_adapter_check(const hc_adapter *ad);
+/* y[i*ldy + j] += (B (A x_i))_j for m tokens, j < n.  int8 form: q int8 (m, k) with act_scales
+ * (m, k / act_group), the ROM product's activations (x unused, may be NULL); fp16 form: x float32
+ * (m, k) (q, act_scales unused).  Single-threaded; HC_EINVAL for bad sizes, HC_ENONFINITE when the
+ * intermediate A x is not finite. */
+int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_scales, int64_t act_group,
+                     const float *x, int64_t m, float *y, int64_t ldy);
+/* Every adapter of the slot in order (slot NULL: nothing). */
+int hc_adapter_slot_apply(const hc_adapter_slot *slot, const int8_t *q, const float *act_scales,
+                          int64_t act_group, const float *x, int64_t m, float *y, int64_t ldy);
 /* ==== the benchmarks' bandwidth peer (csrc/hc_bench.c) — not a chip kernel ====================
  * A plain streaming read of nbytes at p (several interleaved streams, software prefetch), split
  * over n_threads as the CIM products split their bytes (at most one thread per
@@ -316,11 +356,15 @@ typedef struct {
     int expert_norm;                               /* renormalize the top-k weights */
     float expert_scale;                            /* routing weights times this */
     int32_t *routes;                               /* out: (t, n_layers, n_experts_used) experts per token */
+    /* LoRA adapters: NULL, or [n_layers * 7] slots in the order q, k, v, o, gate, up, down; each
+     * slot's adapters are added to its matrix's product (docs/chip.md "LoRA adapters") */
+    const hc_adapter_slot *adapters;
 } hc_decoder;
 
 enum {
     HC_DEC_RMSNORM, HC_DEC_QUANTIZE, HC_DEC_CIM_QKV, HC_DEC_ROPE, HC_DEC_KV_STORE, HC_DEC_ATTENTION,
-    HC_DEC_CIM_O, HC_DEC_CIM_GATE_UP, HC_DEC_SILU_MUL, HC_DEC_CIM_DOWN, HC_DEC_ADD, HC_DEC_OP_COUNT
+    HC_DEC_CIM_O, HC_DEC_CIM_GATE_UP, HC_DEC_SILU_MUL, HC_DEC_CIM_DOWN, HC_DEC_ADD, HC_DEC_ADAPTER,
+    HC_DEC_OP_COUNT
 };
 /* Optional per-call record: where a failure happened, and (profile != 0) seconds and calls per op. */
 typedef struct {

@@ -1,10 +1,11 @@
 # The transformer layers as one compiled pass (csrc/hc_chip.c); used by hcemu.chip.Chip.
 from hcemu._hcemu cimport (hc_layer, hc_decoder, hc_decoder_trace, hc_decoder_op_name, hc_decoder_check,
-                           hc_decoder_layers, HC_DEC_OP_COUNT)
+                           hc_decoder_layers, HC_DEC_OP_COUNT, hc_adapter_slot, HC_ADAPTERS_MAX)
 from libc.string cimport memset
 
-if HC_DEC_OP_COUNT != 11:
-    raise ImportError(f"hcemu._core: hcemu.h has {HC_DEC_OP_COUNT} decoder ops, _hcemu.pxd 11")
+if HC_DEC_OP_COUNT != 12 or HC_ADAPTERS_MAX != 8:
+    raise ImportError(f"hcemu._core: hcemu.h has {HC_DEC_OP_COUNT} decoder ops and {HC_ADAPTERS_MAX} adapters per "
+                      f"slot, _hcemu.pxd 12 and 8")
 
 DECODER_OPS = tuple(hc_decoder_op_name(i).decode() for i in range(HC_DEC_OP_COUNT))
 """The operations :class:`Decoder` times when profiling, in their C order."""
@@ -42,6 +43,8 @@ cdef class Decoder:
     """
     cdef hc_decoder d
     cdef hc_layer *layers_
+    cdef hc_adapter_slot *slots_  # [n_layers * 7], or NULL: no adapters
+    cdef list adapter_keep
     cdef hc_decoder_trace trace
     cdef KVStore store
     cdef list keep
@@ -58,11 +61,13 @@ cdef class Decoder:
         self.layers_ = NULL
         self.ptrs_ = NULL
         self.ranges_ = NULL
+        self.slots_ = NULL
 
     def __dealloc__(self):
         free(self.layers_)
         free(self.ptrs_)
         free(self.ranges_)
+        free(self.slots_)
 
     cdef int _keep_ranges(self, KVStore store) except -1:
         """Record the byte ranges of the store, the RoPE tables, the norms, the extras and the weights,
@@ -287,6 +292,52 @@ cdef class Decoder:
     def calls(self):
         """:meth:`forward` calls accumulated while profiling."""
         return self.trace.calls
+
+    def set_adapters(self, slots):
+        """Add LoRA adapters to the layers' products from the next :meth:`forward` on: ``slots`` is
+        None (none) or one sequence per layer of 7 sequences (q, k, v, o, gate, up, down) of
+        :class:`CimAdapter`, applied in that order (at most 8 per matrix). Replaces the previous
+        selection; the ROM matrices are untouched."""
+        if slots is None:
+            self.d.adapters = NULL
+            self.adapter_keep = None
+            return
+        slots = [list(map(list, s)) for s in slots]
+        if len(slots) != self.n_layers or any(len(s) != 7 for s in slots):
+            raise ValueError(f"Decoder.set_adapters: need {self.n_layers} layers of 7 slots")
+        cdef hc_adapter_slot *tab = <hc_adapter_slot *>calloc(self.n_layers * 7, sizeof(hc_adapter_slot))
+        if tab == NULL:
+            raise MemoryError()
+        cdef CimAdapter ca
+        cdef Py_ssize_t i, j, s_
+        cdef const hc_adapter_slot *old = self.d.adapters
+        cdef hc_adapter_slot *old_tab = self.slots_
+        keep = []
+        try:
+            for i in range(self.n_layers):
+                for j in range(7):
+                    items = slots[i][j]
+                    if len(items) > HC_ADAPTERS_MAX:
+                        raise ValueError(f"Decoder.set_adapters: {len(items)} adapters on one matrix "
+                                         f"(layer {i}); at most {HC_ADAPTERS_MAX}")
+                    tab[i * 7 + j].n = len(items)
+                    for s_ in range(len(items)):
+                        if not isinstance(items[s_], CimAdapter):
+                            raise TypeError(f"Decoder.set_adapters: expected CimAdapter, got "
+                                            f"{type(items[s_]).__name__}")
+                        ca = <CimAdapter>items[s_]
+                        tab[i * 7 + j].a[s_] = &ca.ad
+                        keep.append(ca)
+            self.d.adapters = tab
+            if hc_decoder_check(&self.d) != 0:
+                self.d.adapters = old
+                raise ValueError("Decoder.set_adapters: an adapter's shape does not fit its matrix")
+        except BaseException:
+            free(tab)
+            raise
+        self.slots_ = tab
+        free(old_tab)
+        self.adapter_keep = keep
 
     def reset_op_times(self):
         cdef int p = self.trace.profile

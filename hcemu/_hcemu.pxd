@@ -44,6 +44,7 @@ cdef extern from "hcemu.h" nogil:
     int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                     const uint16_t *k, const uint16_t *v, int64_t capacity, float *out)
     int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out)
+    int64_t hc_attended_keys(int64_t t, int64_t start, int64_t window) nogil
     ctypedef struct hc_attn_opts:
         float scale
         float softcap
@@ -87,6 +88,23 @@ cdef extern from "hcemu.h" nogil:
                       int n_threads)
     hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa)
     int hc_openmp()
+# ---- LoRA adapters in SRAM (csrc/hc_lora.c)
+cdef extern from "hcemu.h" nogil:
+    ctypedef struct hc_adapter:
+        int64_t n, k, rank
+        int fp16
+        const hc_weights *a
+        const hc_weights *b
+        const float *a32
+        const float *b32
+    int HC_ADAPTERS_MAX
+    ctypedef struct hc_adapter_slot:
+        int n
+        const hc_adapter *a[8]
+    int hc_adapter_check(const hc_adapter *ad)
+    int hc_adapter_apply(const hc_adapter *ad, const int8_t *q, const float *act_scales, int64_t act_group,
+                         const float *x, int64_t m, float *y, int64_t ldy)
+
 # ---- the benchmarks' bandwidth peer (csrc/hc_bench.c)
 cdef extern from "hcemu.h" nogil:
     uint64_t hc_stream_read(const uint8_t *p, int64_t nbytes, int n_threads)
@@ -141,14 +159,15 @@ cdef extern from "hcemu.h" nogil:
         int expert_norm
         float expert_scale
         int32_t *routes
+        const hc_adapter_slot *adapters
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile
         int64_t failed_layer, failed_op
         double seconds
         int64_t calls
-        double op_seconds[11]
-        int64_t op_calls[11]
+        double op_seconds[12]
+        int64_t op_calls[12]
     const char *hc_decoder_op_name(int op)
     int hc_decoder_check(const hc_decoder *m)
     int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, int n_threads,

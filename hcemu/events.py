@@ -14,24 +14,28 @@ Every counter is an exact integer. Field meanings (all per region, summed over t
 =========================  ======================================================================
 tokens                     token passes through the region (prefill and decode tokens alike)
 macs_w8, macs_w4           compute-in-memory multiply-accumulates with int8 activations, by weight code
-                           width (codes of up to 4 bits on the 4-bit lanes: :func:`mac_field`)
+                           width (integer codes of up to 4 bits on the 4-bit lanes: :func:`mac_field`)
 rom_code_bits              bits of weight codes read from ROM (padding included: the silicon reads it)
 rom_meta_bits              bits of scales and offsets read from ROM (block formats: every level)
 rom_tiles                  ROM tile reads (one tile = 16 rows x tile_k inputs, read once per pass)
 sram_kv_bytes_read         KV-cache bytes streamed from SRAM by attention (values and scales)
 sram_kv_bytes_written      KV-cache bytes appended to SRAM
-sram_adapter_bytes_read    LoRA adapter bytes read from SRAM
+sram_adapter_bytes_read    LoRA adapter bytes read from SRAM (A and B, codes and scales)
 attn_macs                  attention multiply-accumulates (q.k and p.v) in the attention unit
 act_quant_elems            activations quantized to int8 before a CIM product
 vec_flops                  float32 vector-unit operations (norms, RoPE, softmax, SiLU, residual, scaling)
 vec_transcendentals        exp / rsqrt / sin-cos evaluations in the vector unit
+adapter_macs_w8            LoRA side-path multiply-accumulates with int8 A and B (int8 activations)
+adapter_macs_f16           LoRA side-path multiply-accumulates with fp16 A and B (float32 activations)
+macs_fp4                   compute-in-memory multiply-accumulates of FP4 (E2M1) weight codes (MXFP4, NVFP4)
+                           with int8 activations, on the 4-bit lanes, priced apart from integer ones
 =========================  ======================================================================
 """
 from __future__ import annotations
 
 import numpy as np
 
-from hcemu.formats import TILE_ROWS, kv_bytes_per_token_layer
+from hcemu.formats import BLOCK_KINDS, TILE_ROWS, adapter_sram_bytes, kv_bytes_per_token_layer
 from hcemu.layout import layout_shape, tile_bytes
 
 FIELDS = (
@@ -48,8 +52,13 @@ FIELDS = (
     "act_quant_elems",
     "vec_flops",
     "vec_transcendentals",
+    "adapter_macs_w8",
+    "adapter_macs_f16",
+    "macs_fp4",
 )
 FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
+MAC_FIELDS = ("macs_w8", "macs_w4", "macs_fp4")
+"""The compute-in-memory MAC counters (one per weight-code kind; :func:`mac_field` picks one)."""
 
 
 class Events:
@@ -212,8 +221,11 @@ def _zeros() -> np.ndarray:
 
 
 def mac_field(fmt) -> str:
-    """The MAC counter a format's products add to: ``macs_w4`` for codes of up to 4 bits (int4, Q2_K,
-    Q3_K, Q4_K, MXFP4, NVFP4), ``macs_w8`` for wider ones (int8, Q5_*, Q6_K)."""
+    """The MAC counter a format's products add to: ``macs_fp4`` for FP4 (E2M1) codes (MXFP4, NVFP4),
+    ``macs_w4`` for integer codes of up to 4 bits (int4, Q2_K, Q3_K, Q4_K), ``macs_w8`` for wider ones
+    (int8, Q5_*, Q6_K)."""
+    if fmt.kind != "int" and BLOCK_KINDS[fmt.kind].float_codes:
+        return "macs_fp4"
     return "macs_w4" if fmt.code_bits <= 4 else "macs_w8"
 
 
@@ -348,6 +360,18 @@ def attended_keys(positions, window: int = 0) -> int:
         keys = np.minimum(keys, window)
     return int(keys.sum())
 
+
+def adapter_counts(fmt: str, n: int, k: int, rank: int) -> np.ndarray:
+    """One token pass through the LoRA side path of one adapted ``n x k`` matrix of rank ``rank`` held
+    as ``fmt`` (``"int8"`` or ``"fp16"``): A and B streamed from SRAM once
+    (:func:`hcemu.formats.adapter_sram_bytes`), ``rank * (k + n)`` MACs by precision, the intermediate's
+    ``rank`` values quantized for B (int8 only), ``n`` float adds into the product."""
+    c = _zeros()
+    c[FIELD_INDEX["sram_adapter_bytes_read"]] = adapter_sram_bytes(fmt, n, k, rank)
+    c[FIELD_INDEX["adapter_macs_w8" if fmt == "int8" else "adapter_macs_f16"]] = rank * (k + n)
+    c[FIELD_INDEX["act_quant_elems"]] = rank if fmt == "int8" else 0
+    c[FIELD_INDEX["vec_flops"]] = n
+    return c
 
 LINK_FIELDS = ("messages", "bytes")
 """Counters of one chip-to-chip hop: messages sent (one per token pass crossing it) and payload bytes."""

@@ -374,6 +374,42 @@ def get_plan(name: str) -> Plan:
         raise ValueError(f"unknown plan {name!r}; known plans: {', '.join(sorted(PLANS))}") from None
 
 
+# ----------------------------------------------------------------------------------------------
+# LoRA adapters in SRAM (docs/numerics.md "LoRA adapters")
+
+ADAPTER_FORMATS = ("int8", "fp16")
+"""How an adapter's A and B are held in SRAM: ``"int8"`` (default) or ``"fp16"``."""
+
+ADAPTER_BLOCK = 32
+"""Inputs per fp16 scale of an int8 adapter matrix (when the matrix's input width allows it)."""
+
+
+def adapter_weight_format(k: int) -> WeightFormat:
+    """The int8 format of an adapter matrix with ``k`` inputs: int8 per block of 32 inputs when 32
+    divides ``k`` (A over the model's widths; B when the rank is a multiple of 32), else one fp16 scale
+    per row (B of rank 8 or 16: its row of r values is one block)."""
+    return WeightFormat(8, ADAPTER_BLOCK) if k % ADAPTER_BLOCK == 0 else WeightFormat(8, 0)
+
+
+def _check_adapter_format(fmt: str) -> str:
+    if fmt not in ADAPTER_FORMATS:
+        raise ValueError(f"adapter format must be one of {ADAPTER_FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def adapter_matrix_bytes(fmt: str, n: int, k: int) -> int:
+    """SRAM bytes of one ``n x k`` adapter matrix: int8 codes plus fp16 scales
+    (:func:`adapter_weight_format`), or fp16 values."""
+    if _check_adapter_format(fmt) == "fp16":
+        return 2 * n * k
+    wf = adapter_weight_format(k)
+    return wf.code_bytes(n, k) + wf.meta_bytes(n, k)
+
+
+def adapter_sram_bytes(fmt: str, n: int, k: int, rank: int) -> int:
+    """SRAM bytes of one adapted ``n x k`` matrix of rank ``rank``: A (rank x k) and B (n x rank)."""
+    return adapter_matrix_bytes(fmt, rank, k) + adapter_matrix_bytes(fmt, n, rank)
+
 # ---- chip-to-chip links
 @dataclass(frozen=True)
 class LinkFormat:

@@ -36,7 +36,7 @@ def _row(**kw) -> dict:
 def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                  gpus=tuple(GPU_PRESETS), cost="default", host: bool = True, host_layers: int = 1,
                  host_threads: int = 1, gpu_precision="bf16", gpu_kv_precision=None, chips="auto", link=None,
-                 link_format="fp32") -> list[dict]:
+                 link_format="fp32", adapters=(), resident_adapters: int = 1) -> list[dict]:
     """One row per system: the chip (modeled, its technology sized for ``spec`` by
     :func:`hcemu.perf.sizing.size_for_model`), the multi-chip system where the model needs several dies
     (``chips``: ``"auto"`` = the fewest dies within the reference die's ROM, an integer, or None: no
@@ -44,7 +44,10 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
     at ``gpu_precision`` (weights; KV at ``gpu_kv_precision`` when given, see
     :func:`hcemu.perf.deploy.gpu_at_precision`; a GPU without tensor cores for it gets a row that says so;
     tensor-parallel over 2-8 GPUs, the cheapest degree, where one GPU does not hold the model), and the
-    host emulator (measured)."""
+    host emulator (measured).
+
+    adapters: a :class:`~hcemu.perf.analytic.LoraShape` (or several): adds a row for the same chip with
+    ``resident_adapters`` such LoRA adapters in SRAM, every request applying one (SRAM mm2, W, tok/s)."""
     spec = get_preset(spec) if isinstance(spec, str) else spec
     base_chip = chip
     chip = size_for_model(chip, spec, plan)
@@ -64,6 +67,8 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  energy_mj_per_token=si.energy_j_per_token * 1e3 if fits else None,
                  power_w=si.power_w, area_mm2=si.area_mm2,
                  cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)]
+    if adapters:
+        rows.append(_adapter_row(spec, plan, chip, cm, n_prompt, n_generated, si, adapters, resident_adapters))
     if chips is not None and spec.is_moe:
         rows[0]["note"] += "; multi-chip systems of mixture-of-experts models are not modeled yet"
     elif chips is not None:
@@ -101,6 +106,26 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
     if host:
         rows.append(host_row(spec, plan, n_layers_timed=host_layers, n_threads=host_threads))
     return rows
+
+
+def _adapter_row(spec, plan, chip, cm, n_prompt, n_generated, base, adapters, resident) -> dict:
+    """The chip with ``resident`` LoRA adapters of the given shapes in SRAM, each request applying one."""
+    from hcemu.perf.analytic import LoraShape
+
+    shapes = (adapters,) if isinstance(adapters, LoraShape) else tuple(adapters)
+    si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated, adapters=shapes, resident_adapters=resident)
+    fits = si.users > 0
+    desc = " + ".join(f"rank {a.rank} on {len(a.kinds)} matrices ({a.fmt})" for a in shapes)
+    note = (f"{resident} LoRA adapter(s) of {desc} resident: {si.adapter_sram_bytes / 2**20:,.1f} MiB of SRAM "
+            f"(+{si.sram_mm2 - base.sram_mm2:.1f} mm2, SRAM {si.sram_mm2:.1f} mm2 in all); every request applies one, "
+            f"beside the ROM products: {si.per_user_tok_s / base.per_user_tok_s:.3f}x the tok/s per user, "
+            f"{si.power_w - base.power_w:+.1f} W")
+    ccost = cm.chip(chip, si.aggregate_tok_s, si.power_w) if fits else None
+    return _row(system=f"{chip.name} + LoRA", kind="hard-coded chip + SRAM adapters (modeled)",
+                per_user_tok_s=si.per_user_tok_s, aggregate_tok_s=si.aggregate_tok_s, concurrent_users=si.users,
+                latency_ms_per_token=si.latency_s_per_token * 1e3,
+                energy_mj_per_token=si.energy_j_per_token * 1e3 if fits else None, power_w=si.power_w,
+                area_mm2=si.area_mm2, cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)
 
 
 def system_row(spec: ModelSpec, plan, n_prompt: int, n_generated: int, *, chip="hc1", chips="auto", link=None,
@@ -183,7 +208,7 @@ def rows_to_text(rows: list[dict]) -> str:
 
 
 def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int | None = None,
-                           chip="hc1", events=None) -> dict:
+                           chip="hc1", events=None, adapter_sram_bytes: int = 0) -> dict:
     """Modeled figures of ``chip``'s technology, sized for the image's model (:func:`hcemu.perf.sizing.size_for_model`),
     hard-wiring the image's model and plan.
 
@@ -196,15 +221,18 @@ def chip_figures_for_image(image, n_prompt: int, n_generated: int, context: int 
     if context is not None:
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
-        return silicon_figures(image.spec, image.plan, int(context), max(int(context), 2), chip)
+        return silicon_figures(image.spec, image.plan, int(context), max(int(context), 2), chip,
+                               adapter_sram_bytes=adapter_sram_bytes)
     n_prompt, n_generated = max(int(n_prompt), 1), int(n_generated)
     if events is not None and n_generated >= 2 and events[1].counts[0, 0] == n_generated - 1:
-        return silicon_figures(image.spec, image.plan, n_prompt, n_generated, chip, events=events)
-    return silicon_figures(image.spec, image.plan, n_prompt, max(n_generated, 2), chip)
+        return silicon_figures(image.spec, image.plan, n_prompt, n_generated, chip, events=events,
+                               adapter_sram_bytes=adapter_sram_bytes)
+    return silicon_figures(image.spec, image.plan, n_prompt, max(n_generated, 2), chip,
+                           adapter_sram_bytes=adapter_sram_bytes)
 
 
 def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip="hc1", events=None,
-                    sized: bool = True) -> dict:
+                    sized: bool = True, adapter_sram_bytes: int = 0) -> dict:
     """The chip figures ``hcemu run``/``demo`` print. With ``events=(prefill, decode)`` (counted by the
     functional chip) those are priced; otherwise the analytical generator supplies them. Figures that
     do not exist (energy per token when not even one user's KV fits) are ``None``.
@@ -215,8 +243,8 @@ def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip
     if sized:
         chip = size_for_model(chip, spec, plan)
     model = SiliconModel(chip)
-    si = (model.price(spec, plan, n_prompt, n_generated, *events) if events is not None
-          else model.evaluate(spec, plan, n_prompt, n_generated))
+    si = (model.price(spec, plan, n_prompt, n_generated, *events, adapter_sram_bytes=adapter_sram_bytes)
+          if events is not None else model.evaluate(spec, plan, n_prompt, n_generated))
     fits = si.users > 0
     return {"chip": chip.name, "sized_for_model": chip.sized_for_model, "model": spec.name, "plan": plan.name,
             "n_prompt": n_prompt,
@@ -226,4 +254,5 @@ def silicon_figures(spec: ModelSpec, plan, n_prompt: int, n_generated: int, chip
             "aggregate_tok_s": si.aggregate_tok_s, "concurrent_users": si.users,
             "energy_mj_per_token": si.energy_j_per_token * 1e3 if fits else None,
             "dynamic_energy_mj_per_token": si.dynamic_energy_j_per_token * 1e3, "power_w": si.power_w,
-            "area_mm2": si.area_mm2, "transistors": si.transistors}
+            "area_mm2": si.area_mm2, "transistors": si.transistors, "sram_mm2": si.sram_mm2,
+            "adapter_sram_bytes": si.adapter_sram_bytes}

@@ -321,3 +321,31 @@ def test_requantized_gguf_imports_losslessly(tmp_path, ggml_type):
     assert all(t["exact"] and t["method"] == "import" for t in rep.tensors)
     assert type_for("Q4_K", TINY_SPEC.d_model) == "Q5_0" and type_for("Q6_K", 576) == "Q8_0"
     assert type_for("Q3_K", 576) == "Q4_0" and type_for("MXFP4", 576) == "MXFP4"
+
+
+@pytest.mark.parametrize("plan", ["mxfp4", "nvfp4"])
+def test_fp4_macs_are_counted_and_priced_apart_from_integer_ones(plan):
+    """FP4 codes count ``macs_fp4`` (n*k per product), never ``macs_w4``; their energy is
+    ``mac_fp4_pj`` per MAC exactly, their time the 4-bit lanes'; an int4 plan counts none."""
+    from dataclasses import replace
+
+    from hcemu.formats import get_plan
+    from hcemu.model.spec import get_preset
+    from hcemu.perf.analytic import events_from_shapes
+    from hcemu.perf.silicon import SiliconModel
+    from hcemu.perf.specs import get_chip
+
+    spec = get_preset("llama-3.1-8b")
+    ev = events_from_shapes(spec, get_plan(plan), positions=[100])
+    layer = ev.region(0)
+    assert layer["macs_fp4"] == spec.layer_own_params and layer["macs_w4"] == 0
+    assert events_from_shapes(spec, get_plan("int4"), positions=[100]).macs_fp4 == 0
+    chip = get_chip("hc1")
+    base = SiliconModel(chip)
+    dear = SiliconModel(replace(chip, mac_fp4_pj=chip.mac_fp4_pj + 0.1))
+    a, b = base.evaluate(spec, get_plan(plan), 64, 64), dear.evaluate(spec, get_plan(plan), 64, 64)
+    assert b.dynamic_energy_j_per_token > a.dynamic_energy_j_per_token
+    assert b.per_user_tok_s == a.per_user_tok_s   # energy only: same lanes
+    # the energy difference per decode token is 0.1 pJ per FP4 MAC of a token pass
+    fp4_per_pass = sum(ev.region(i)["macs_fp4"] for i in range(spec.n_layers)) + ev.region("head")["macs_fp4"]
+    assert b.dynamic_energy_j_per_token - a.dynamic_energy_j_per_token == pytest.approx(fp4_per_pass * 0.1e-12, rel=1e-6)

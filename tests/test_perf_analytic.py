@@ -21,16 +21,19 @@ def test_one_decode_pass_matches_hand_counts():
              "rom_meta_bits": 72 * 256, "rom_tiles": 72,
              "sram_kv_bytes_read": 4 * 2 * 2 * 18, "sram_kv_bytes_written": 2 * 2 * 18,
              "sram_adapter_bytes_read": 0, "attn_macs": 2 * 4 * 16 * 4, "act_quant_elems": 320,
-             "vec_flops": 512 + 288 + 80 + 512 + 128, "vec_transcendentals": 2 + 16 + 128}
+             "vec_flops": 512 + 288 + 80 + 512 + 128, "vec_transcendentals": 2 + 16 + 128,
+             "adapter_macs_w8": 0, "adapter_macs_f16": 0, "macs_fp4": 0}
     assert ev.region(0) == layer and ev.region(1) == layer
     assert ev.region("head") == {"tokens": 1, "macs_w8": 6144, "macs_w4": 0, "rom_code_bits": 12 * 4096,
                                  "rom_meta_bits": 12 * 256, "rom_tiles": 12, "sram_kv_bytes_read": 0,
                                  "sram_kv_bytes_written": 0, "sram_adapter_bytes_read": 0, "attn_macs": 0,
-                                 "act_quant_elems": 64, "vec_flops": 256, "vec_transcendentals": 1}
+                                 "act_quant_elems": 64, "vec_flops": 256, "vec_transcendentals": 1,
+                                 "adapter_macs_w8": 0, "adapter_macs_f16": 0, "macs_fp4": 0}
     assert ev.region("embed") == {"tokens": 1, "macs_w8": 0, "macs_w4": 0, "rom_code_bits": 512, "rom_meta_bits": 32,
                                   "rom_tiles": 2, "sram_kv_bytes_read": 0, "sram_kv_bytes_written": 0,
                                   "sram_adapter_bytes_read": 0, "attn_macs": 0, "act_quant_elems": 0,
-                                  "vec_flops": 64, "vec_transcendentals": 0}
+                                  "vec_flops": 64, "vec_transcendentals": 0,
+                                  "adapter_macs_w8": 0, "adapter_macs_f16": 0, "macs_fp4": 0}
 
 
 def test_padding_offsets_and_fp16_kv_are_counted():

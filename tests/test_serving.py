@@ -49,6 +49,19 @@ def test_one_request_on_a_gpu_has_the_modeled_latencies(fleet):
     assert lat["tpot_s"][0] == pytest.approx(m.evaluate(LLAMA, p, g).latency_s_per_token, rel=1e-9)
 
 
+def test_one_request_on_a_gpu_prices_a_mixture_of_experts_step_by_the_experts_it_fires():
+    """A prompt's prefill step reads every expert its tokens fire (``weights_s``), not the batch-1 weights."""
+    moe = get_preset("qwen3-30b-a3b")
+    f = parse_fleet("h200:1")
+    p, g = 700, 50
+    lat = latencies(simulate(f, one(p, g), moe))
+    m = GpuModel(gpu_at_precision(f.name, f.precision), get_engine("vllm"))
+    c = m.step_coefficients(moe)
+    assert float(c.weights_s(p)) > 5 * c.mem_s   # 700 tokens fire nearly all 128 experts of a layer
+    assert lat["ttft_s"][0] == pytest.approx(float(m.mixed_step_seconds(moe, 0, 0, p, p * (p + 1) / 2, p)))
+    assert lat["tpot_s"][0] == pytest.approx(m.evaluate(moe, p, g).latency_s_per_token, rel=1e-9)
+
+
 def test_bulk_decode_runs_equal_step_by_step_sums():
     m = GpuModel(gpu_at_precision("h200", "fp8"), "vllm")
     P, G = [100] * 3, [50] * 3

@@ -21,6 +21,7 @@ class DecodeSetup:
     context: int
     rom_bytes_per_step: int
     kernel_share: float | None = None
+    adapter: tuple = ()  # names of the LoRA adapters each step applies
 
 
 def context_tokens(tokenizer, n: int) -> np.ndarray:
@@ -34,9 +35,11 @@ def context_tokens(tokenizer, n: int) -> np.ndarray:
 
 
 def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile: bool = False,
-                 compiled: bool = True) -> DecodeSetup:
+                 compiled: bool = True, lora_rank: int = 0, lora_adapters: int = 1) -> DecodeSetup:
     """A chip holding ``context - 1`` prompt tokens, ready to decode at position ``context - 1``
-    (``compiled=False``: the interpreted layer loop, for comparison)."""
+    (``compiled=False``: the interpreted layer loop, for comparison). ``lora_rank``: make
+    ``lora_adapters`` random int8 LoRA adapters of that rank on all seven matrices of every layer
+    resident (names ``lora0``, ``lora1``, ...), and have every step apply ``lora0``."""
     from hcemu.model.tokenizer import load_tokenizer
     from hcemu.chip.chip import Chip
     from hcemu.rom.image import RomImage
@@ -44,20 +47,63 @@ def decode_setup(image_path: str, context: int = 256, threads: int = 1, profile:
     image = RomImage.load(image_path, verify=False)
     chip = Chip(image, kv_capacity_tokens=context + 8, n_threads=threads, profile=profile, compiled=compiled)
     toks = context_tokens(load_tokenizer(image), context)
-    chip.prefill(toks[:-1])
-    step = chip.decode(int(toks[-1]))
+    names = ()
+    if lora_rank:
+        from hcemu.model.lora import LoraAdapter, LoraPair, lora_scale, random_lora_pairs
+
+        s = lora_scale(2 * lora_rank, lora_rank)
+        for i in range(lora_adapters):
+            pairs = random_lora_pairs(image.spec, lora_rank, seed=i)
+            chip.load_adapter(LoraAdapter(f"lora{i}", 2.0 * lora_rank, 1.0,
+                                          {key: LoraPair(a, b, s) for key, (a, b) in pairs.items()}))
+        names = ("lora0",)
+    chip.prefill(toks[:-1], adapter=names)
+    step = chip.decode(int(toks[-1]), adapter=names)
     chip.kv.truncate(context - 1)
     t = step.events.total()
-    return DecodeSetup(chip, toks, context, (t["rom_code_bits"] + t["rom_meta_bits"]) // 8)
+    return DecodeSetup(chip, toks, context, (t["rom_code_bits"] + t["rom_meta_bits"]) // 8, adapter=names)
 
 
 def decode_runner(setup: DecodeSetup) -> kb.Runner:
-    chip, tok, keep = setup.chip, int(setup.tokens[-1]), setup.context - 1
+    chip, tok, keep, adapter = setup.chip, int(setup.tokens[-1]), setup.context - 1, setup.adapter
 
     def step():
-        chip.decode(tok)
+        chip.decode(tok, adapter=adapter)
         chip.kv.truncate(keep)
     return kb.Runner("hcemu", step, setup.rom_bytes_per_step, 0, 1, "decode step")
+
+
+def adapter_switch_runner(setup: DecodeSetup) -> kb.Runner:
+    """Switching the side paths between two resident adapters (``lora0`` <-> ``lora1``): each call is
+    one real switch (needs ``decode_setup(..., lora_adapters=2)``)."""
+    chip = setup.chip
+    names = sorted(chip.adapters)[:2]
+    if len(names) < 2:
+        raise ValueError("adapter_switch_runner needs two resident adapters (decode_setup(lora_adapters=2))")
+    state = [0]
+
+    def switch():
+        state[0] ^= 1
+        chip.select_adapters(names[state[0]])
+    return kb.Runner("hcemu", switch, 0, 0, 1, "adapter switch")
+
+
+def lora_ratios(model: str = "smollm2", plan: str = "int4", rank: int = 16, context: int = 256,
+                threads: int = 1, rounds: int = 5, min_time_s: float = 0.2) -> dict:
+    """Decode with a rank-``rank`` adapter on all seven matrices against decode without one, and an
+    adapter switch against a decode step, interleaved in one process."""
+    from hcemu.rom.cache import ensure_image
+
+    path = ensure_image(model, plan, progress=False)
+    plain = decode_setup(path, context, threads)
+    lora = decode_setup(path, context, threads, lora_rank=rank, lora_adapters=2)
+    secs = kb.interleaved({"decode": decode_runner(plain), "decode_lora": decode_runner(lora),
+                           "switch": adapter_switch_runner(lora)}, rounds=rounds, min_time_s=min_time_s)
+    return {"model": model, "plan": plan, "rank": rank, "context": context, "threads": threads,
+            "adapter_sram_bytes": lora.chip.adapters["lora0"].nbytes,
+            "decode_tok_s": 1.0 / secs["decode"], "decode_lora_tok_s": 1.0 / secs["decode_lora"],
+            "lora_over_plain_speed": secs["decode"] / secs["decode_lora"],
+            "switch_us": secs["switch"] * 1e6, "switch_over_decode_step": secs["switch"] / secs["decode_lora"]}
 
 
 def reference_decode_runner(source_path: str, tokens: np.ndarray) -> kb.Runner:

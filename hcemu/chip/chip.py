@@ -18,10 +18,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hcemu import _core
+from hcemu.chip.lora import DEFAULT_ADAPTER_SRAM_BYTES, SramAdapter, selection_slots
 from hcemu.events import (Events, LinkEvents, embed_counts, expert_vector_counts, head_vector_counts,
                           layer_vector_counts)
 from hcemu.kernels import cim, vector
 from hcemu.kernels.attention import KVCache, attention
+from hcemu.kernels.lora import adapter_apply
 from hcemu.layout import dequantize_rows, stack_rows
 from hcemu.model.ops import rope_tables
 
@@ -77,6 +79,11 @@ class StepResult:
     events: Events
     bank_rows: np.ndarray
     routes: np.ndarray | None = field(default=None, kw_only=True)
+    adapters: tuple = field(default=(), kw_only=True)  # names of the LoRA adapters the step applied
+
+
+class SramBudgetError(ValueError):
+    """An adapter (or the KV cache) does not fit the chip's SRAM."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ class Chip:
     :meth:`reset` and the stages :meth:`embed`, :meth:`run_layers`, :meth:`head` raise
     :class:`ChipBusyError` while another thread is inside one of them (use one chip per thread; chips
     on one RomImage run in parallel, the kernels release the GIL).
+    sram_bytes: the chip's SRAM, shared by the KV cache (allocated first) and the resident LoRA
+    adapters (default: the KV cache plus ``DEFAULT_ADAPTER_SRAM_BYTES``); see :meth:`load_adapter`.
     profile: time the compiled code
     (``kernel_seconds`` accumulates the time inside compiled calls, two clock reads per call;
     ``layers_call_seconds`` the part of it spent in the compiled layers' calls, their Python wrapper
@@ -156,7 +165,7 @@ class Chip:
 
     def __init__(self, image, *, kv_capacity_tokens: int | None = None, kv_sram_bytes: int | None = None,
                  kv_format: str | None = None, n_threads: int = 1, profile: bool = False,
-                 fuse_products: bool = True, compiled: bool = True):
+                 fuse_products: bool = True, compiled: bool = True, sram_bytes: int | None = None):
         self._busy = threading.RLock()
         self.image = image
         self.spec = spec = image.spec
@@ -182,6 +191,14 @@ class Chip:
         if spec.is_moe and not (die.embedding and die.head):
             raise ValueError(f"{image.path} holds {die.describe()} of a mixture-of-experts model: the dies of a "
                              f"multi-chip system run dense models only")
+        self.sram_bytes = int(self.kv.nbytes + DEFAULT_ADAPTER_SRAM_BYTES if sram_bytes is None else sram_bytes)
+        if self.sram_bytes < self.kv.nbytes:
+            raise SramBudgetError(f"the KV cache ({self.kv.capacity_tokens} tokens, {self.kv.nbytes} bytes) does not fit "
+                                  f"the {self.sram_bytes} bytes of SRAM")
+        self._resident: dict[str, SramAdapter] = {}
+        self._selection: tuple = ()
+        self._sel_slots = None  # per layer of this chip, 7 lists of CimAdapters; None: no adapter
+        self._sel_counts = None  # int64 (this chip's layers, fields): the selection's events per token pass
         self._layers = [self._load_layer(i, fuse_products) for i in die.layers]
         self._out_norm = (np.ascontiguousarray(image.vector("output_norm.weight"), dtype=np.float32)
                           if die.head else None)
@@ -337,6 +354,108 @@ class Chip:
         """Forget the sequence (empty the KV cache)."""
         self.kv.reset()
 
+    # ------------------------------------------------------------------ adapters
+    @property
+    def adapters(self) -> dict:
+        """Resident adapters, ``{name: SramAdapter}`` (a copy)."""
+        return dict(self._resident)
+
+    @property
+    def adapter_sram_bytes(self) -> int:
+        """SRAM bytes held by the resident adapters."""
+        return sum(a.nbytes for a in self._resident.values())
+
+    @property
+    def sram_free_bytes(self) -> int:
+        """SRAM left for more adapters: ``sram_bytes`` less the KV cache and the resident adapters."""
+        return self.sram_bytes - self.kv.nbytes - self.adapter_sram_bytes
+
+    @exclusive
+    def load_adapter(self, adapter, *, name: str | None = None, fmt: str = "int8", scale: float = 1.0) -> SramAdapter:
+        """Make a LoRA adapter resident in SRAM (the ROM image is untouched); returns its SramAdapter.
+
+        adapter: a :class:`hcemu.model.lora.LoraAdapter`, or the path of an adapter GGUF (read with the
+        user ``scale``). fmt: ``"int8"`` (default) or ``"fp16"``. name: the key requests select it by
+        (default the adapter's name). Raises :class:`SramBudgetError` when it does not fit the free
+        SRAM, ValueError for a name already resident, LoraError for an adapter that does not fit the model.
+        """
+        from hcemu.model.lora import LoraAdapter, LoraError, load_lora
+
+        if not isinstance(adapter, LoraAdapter):
+            adapter = load_lora(adapter, self.spec, scale=scale)
+        if self.spec.is_moe and any(kind.startswith("ffn_") for _, kind in adapter.pairs):
+            raise LoraError(f"adapter {adapter.name!r} adapts FFN matrices of a mixture-of-experts model; "
+                            f"adapters apply to its attention matrices only")
+        sa = SramAdapter(adapter, self.spec, fmt, name)
+        if sa.name in self._resident:
+            raise ValueError(f"an adapter named {sa.name!r} is already resident; unload it or pick another name")
+        if sa.nbytes > self.sram_free_bytes:
+            raise SramBudgetError(
+                f"adapter {sa.name!r} needs {sa.nbytes} bytes of SRAM ({fmt}); the chip's {self.sram_bytes} bytes hold "
+                f"the KV cache ({self.kv.nbytes}) and {len(self._resident)} adapter(s) ({self.adapter_sram_bytes}): "
+                f"{self.sram_free_bytes} bytes free")
+        self._resident[sa.name] = sa
+        return sa
+
+    @exclusive
+    def unload_adapter(self, name: str) -> None:
+        """Free a resident adapter's SRAM (KeyError if none has that name)."""
+        if name not in self._resident:
+            raise KeyError(f"no resident adapter named {name!r}; resident: {sorted(self._resident)}")
+        del self._resident[name]
+        if name in self._selection:
+            self.select_adapters(None)
+
+    def _names(self, adapter) -> tuple:
+        """The resident names a request's ``adapter`` argument selects (loading a LoraAdapter not yet resident)."""
+        from hcemu.model.lora import LoraAdapter
+
+        if adapter is None:
+            return ()
+        items = adapter if isinstance(adapter, (list, tuple)) else (adapter,)
+        names = []
+        for a in items:
+            if isinstance(a, str):
+                if a not in self._resident:
+                    raise KeyError(f"no resident adapter named {a!r}; resident: {sorted(self._resident)}")
+                names.append(a)
+            elif isinstance(a, SramAdapter):
+                if self._resident.get(a.name) is not a:
+                    raise ValueError(f"adapter {a.name!r} is not resident on this chip")
+                names.append(a.name)
+            elif isinstance(a, LoraAdapter):
+                hit = [sa.name for sa in self._resident.values() if sa.source is a]
+                names.append(hit[0] if hit else self.load_adapter(a).name)
+            else:
+                raise TypeError(f"adapter must be a name, an SramAdapter or a LoraAdapter, got {type(a).__name__}")
+        return tuple(names)
+
+    @exclusive
+    def select_adapters(self, adapter) -> tuple:
+        """Point the side paths at ``adapter`` (as :meth:`prefill` takes it) and return the selected
+        names. Every step selects its own adapters; this is that switch alone: it repoints 7 slots per
+        layer at resident SRAM adapters (no ROM reload, no copy), and is a no-op when nothing changes."""
+        names = self._names(adapter)
+        self._select(names)
+        return names
+
+    def _select(self, names: tuple) -> None:
+        if names == self._selection:
+            return
+        if not names:
+            self._sel_slots = self._sel_counts = None
+            if self._decoder is not None:
+                self._decoder.set_adapters(None)
+        else:
+            ads = [self._resident[n] for n in names]
+            lo, hi = self._first, self._first + len(self._layers)  # this chip's layers of the model
+            slots = selection_slots(ads, self.spec.n_layers)[lo:hi]
+            if self._decoder is not None:
+                self._decoder.set_adapters(slots)
+            self._sel_slots = slots
+            self._sel_counts = sum(a.layer_counts for a in ads)[lo:hi]
+        self._selection = names
+
     def op_seconds(self) -> dict:
         """With ``profile`` and ``compiled``: ``{op: (seconds, calls)}`` of the kernel calls inside the
         compiled layers, and ``"layers"``: (seconds of the whole compiled calls, steps)."""
@@ -355,14 +474,17 @@ class Chip:
 
     # ------------------------------------------------------------------ execution
     @exclusive
-    def prefill(self, tokens, *, all_logits: bool = False) -> StepResult:
+    def prefill(self, tokens, *, all_logits: bool = False, adapter=None) -> StepResult:
         """Run prompt tokens through the chip in chunks of up to 64, appending their K/V to SRAM.
 
         The output head runs only where logits leave the chip: on the last prompt token, or on every
-        token when ``all_logits`` (evaluation).
+        token when ``all_logits`` (evaluation). adapter: the LoRA adapter(s) this step applies — None
+        (the ROM model alone), a resident adapter's name, an SramAdapter, a LoraAdapter (made resident
+        if it is not), or a sequence of those (their updates add up, in that order).
         """
         self._check_whole()
         tokens = self._check_tokens(tokens)
+        self.select_adapters(adapter)
         ev = Events.for_spec(self.spec)
         outs, routes = [], []
         for c in range(0, len(tokens), MAX_CHUNK):
@@ -374,17 +496,20 @@ class Chip:
                 outs.append(logits)
         logits = np.concatenate(outs)
         return StepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev=ev),
-                          routes=np.concatenate(routes) if routes else None)
+                          routes=np.concatenate(routes) if routes else None, adapters=self._selection)
 
     @exclusive
-    def decode(self, token: int) -> StepResult:
-        """One decode step: the token at the current position; logits of the next."""
+    def decode(self, token: int, *, adapter=None) -> StepResult:
+        """One decode step: the token at the current position; logits of the next (adapter: as
+        :meth:`prefill`)."""
         self._check_whole()
         tokens = self._check_tokens([token])
+        self.select_adapters(adapter)
         ev = Events.for_spec(self.spec)
         routes = []
         logits = self._forward(tokens, ev, slice(None), routes)
-        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev=ev), routes=routes[0] if routes else None)
+        return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev=ev), routes=routes[0] if routes else None,
+                          adapters=self._selection)
 
     def _check_whole(self) -> None:
         if not (self.die.embedding and self.die.head):
@@ -485,6 +610,8 @@ class Chip:
             self.kv.rollback()  # no layer keeps K/V of a pass that did not finish
             raise
         events.counts[first:first + len(self._layers)] += t * self._layer_const
+        if self._sel_counts is not None:
+            events.counts[first:first + len(self._layers)] += t * self._sel_counts
         if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
             E, L = self.spec.n_experts, self.spec.n_layers
             fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(L)])
@@ -522,13 +649,32 @@ class Chip:
         rope, add, attend, kv_append = k_.rope, k_.add, k_.attention, k_.kv_append
         kv, eps, style, first = self.kv, s.norm_eps, s.rope_style, self._first
         qk_rows = (t, t) if s.qk_norm == "full" else (t * H, t * Hkv)
+        sel_ad = self._sel_slots
+        none = [()] * 7
+
+        def side(slot, q8, sc, xin, y, col=0):  # the adapters of one matrix, in order (docs/lora.md)
+            for ca in slot:
+                adapter_apply(ca, q8, sc, xin, y, col)
+
+        def linear_side(xin, group, w, slot, region):  # quantize once for the ROM product and its side path
+            if not slot:
+                return linear(xin, group, w, n_threads=nt, events=ev, region=region)
+            qx, sx = quantize(xin, group)
+            y = matmul(qx, sx, w, n_threads=nt, events=ev, region=region)
+            side(slot, qx, sx, xin, y)
+            return y
+
         for j, L in enumerate(self._layers):
             i = first + j  # the model's layer (event region); j indexes this chip's KV cache
             ex = L.extras
+            aq, ak, av, ao, ag, au, ad = none if sel_ad is None else sel_ad[j]
             h = rmsnorm(x, L.attn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.wqkv is not None:
                 qkv = matmul(q8, sc, L.wqkv, n_threads=nt, events=ev, region=i)
+                side(aq, q8, sc, h, qkv, 0)
+                side(ak, q8, sc, h, qkv, qd)
+                side(av, q8, sc, h, qkv, qd + kvd)
                 q = np.ascontiguousarray(qkv[:, :qd]).reshape(t, H, hd)
                 k = np.ascontiguousarray(qkv[:, qd:qd + kvd]).reshape(t, Hkv, hd)
                 v = np.ascontiguousarray(qkv[:, qd + kvd:]).reshape(t, Hkv, hd)
@@ -536,6 +682,9 @@ class Chip:
                 q = matmul(q8, sc, L.wq, n_threads=nt, events=ev, region=i).reshape(t, H, hd)
                 k = matmul(q8, sc, L.wk, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
                 v = matmul(q8, sc, L.wv, n_threads=nt, events=ev, region=i).reshape(t, Hkv, hd)
+                side(aq, q8, sc, h, q.reshape(t, qd))
+                side(ak, q8, sc, h, k.reshape(t, kvd))
+                side(av, q8, sc, h, v.reshape(t, kvd))
             if "bq" in ex:
                 k_.add_rows(q.reshape(t, qd), ex["bq"])
                 k_.add_rows(k.reshape(t, kvd), ex["bk"])
@@ -550,7 +699,7 @@ class Chip:
             kv_append(j, k, v, events=ev, region=i)
             a = attend(q, kv, j, start, events=ev, region=i, scale=s.attn_scale, softcap=s.attn_softcap,
                        window=L.window)
-            o = linear(a, g_q, L.wo, n_threads=nt, events=ev, region=i)
+            o = linear_side(a, g_q, L.wo, ao, i)
             if "attn_post_norm" in ex:
                 rmsnorm(o, ex["attn_post_norm"], eps, out=o)
             add(x, o)
@@ -559,23 +708,40 @@ class Chip:
             if L.moe is not None:
                 o = self._moe_interpreted(i, L.moe, q8, sc, ev, sel)
             else:
-                o = self._ffn(L.wgate_up, L.wg, L.wu, L.wd, q8, sc, f, g_f, ev, i)
+                o = self._ffn(L.wgate_up, L.wg, L.wu, L.wd, q8, sc, f, g_f, ev, i, (ag, au, ad), h)
             if "ffn_post_norm" in ex:
                 rmsnorm(o, ex["ffn_post_norm"], eps, out=o)
             add(x, o)
 
-    def _ffn(self, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events, region):
-        """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d)."""
+    def _ffn(self, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events, region,
+             adapters=((), (), ()), x=None):
+        """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d);
+        ``adapters``: the LoRA slots of gate, up and down, ``x`` the float input they need (fp16 form)."""
         k_, nt = self._k, self.n_threads
+        ag, au, ad = adapters
         if w_gate_up is not None:
             gu = k_.matmul(q8, sc, w_gate_up, n_threads=nt, events=ev, region=region)
+            for ca in ag:
+                adapter_apply(ca, q8, sc, x, gu, 0)
+            for ca in au:
+                adapter_apply(ca, q8, sc, x, gu, f)
             g = np.ascontiguousarray(gu[:, :f])
             u = np.ascontiguousarray(gu[:, f:])
         else:
             g = k_.matmul(q8, sc, w_gate, n_threads=nt, events=ev, region=region)
             u = k_.matmul(q8, sc, w_up, n_threads=nt, events=ev, region=region)
+            for ca in ag:
+                adapter_apply(ca, q8, sc, x, g, 0)
+            for ca in au:
+                adapter_apply(ca, q8, sc, x, u, 0)
         (k_.gelu_mul if self.spec.ffn_act == "gelu" else k_.silu_mul)(g, u, out=g)
-        return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
+        if not ad:
+            return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
+        qg, sg = k_.quantize(g, group)  # quantized once for the ROM product and its side path
+        y = k_.matmul(qg, sg, w_down, n_threads=nt, events=ev, region=region)
+        for ca in ad:
+            adapter_apply(ca, qg, sg, g, y, 0)
+        return y
 
     def _moe_interpreted(self, i: int, M: _MoE, q8, sc, ev: Events, sel: np.ndarray) -> np.ndarray:
         """Mixture-of-experts FFN of layer i on its quantized input: the router's product, routing
@@ -608,18 +774,26 @@ class Chip:
 
     # ------------------------------------------------------------------ generation
     @exclusive
-    def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
-        """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`."""
+    def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None, adapter=None):
+        """Prefill ``prompt_ids`` then decode up to ``max_new_tokens``; returns a :class:`Generation`.
+
+        adapter: the LoRA adapter(s) of this request (see :meth:`prefill`); switching between requests
+        repoints the side paths at other resident adapters, the ROM is not reloaded."""
         self._check_whole()
-        return run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token)
+        names = self._names(adapter)
+        gen = run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token, adapter=names)
+        gen.adapters, gen.adapter_sram_bytes = names, self.adapter_sram_bytes
+        return gen
 
 
-def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
+def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None,
+                   adapter=None):
     """The generation loop of :meth:`Chip.generate` and :meth:`hcemu.chip.system.System.generate`.
 
     runner: has ``_check_tokens(ids)``, ``capacity_tokens``, ``position``, ``prefill(ids)`` and
     ``decode(id)`` returning results with ``logits``, ``events``, ``bank_rows`` (and, for a system,
-    ``link_events``), and ``spec``.
+    ``link_events``), and ``spec``. adapter: passed to every ``prefill``/``decode`` when not None
+    (a chip's LoRA selection).
     """
     from hcemu.sampling import Sampler
 
@@ -634,7 +808,8 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
             f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed the KV cache: "
             f"{free} token slots fit")
     t0 = time.perf_counter()
-    res = runner.prefill(prompt)
+    step_kw = {} if adapter is None else {"adapter": adapter}
+    res = runner.prefill(prompt, **step_kw)
     t_prefill = time.perf_counter() - t0
     prefill_events, decode_events = res.events, Events.for_spec(runner.spec)
     prefill_links = getattr(res, "link_events", None)
@@ -651,7 +826,7 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
         if tok in stop_ids or len(out) == max_new_tokens:
             break
         t0 = time.perf_counter()
-        step = runner.decode(tok)
+        step = runner.decode(tok, **step_kw)
         t_decode += time.perf_counter() - t0
         decode_events += step.events
         if decode_links is not None:
@@ -682,6 +857,8 @@ class Generation:
     bank_rows: np.ndarray
     prefill_link_events: LinkEvents | None = None   # a System's chip-to-chip traffic (None on one chip)
     decode_link_events: LinkEvents | None = None
+    adapters: tuple = ()            # names of the LoRA adapters the request applied
+    adapter_sram_bytes: int = 0     # SRAM held by all resident adapters during the request
 
     @property
     def host_prefill_tok_s(self) -> float:

@@ -17,6 +17,13 @@ def register(sub) -> None:
     p.add_argument("--plan", default=None,
                    help="quantization plan (default: hc1-int4 where the model's widths allow, else int4)")
     p.add_argument("--cost", default="default", help="cost-assumption preset")
+    p.add_argument("--lora-rank", type=int, default=None,
+                   help="add a row for the chip with LoRA adapters of this rank in SRAM, one applied per request")
+    p.add_argument("--lora-matrices", default="all",
+                   help="matrices the adapters cover: 'all' or a comma list of attn_q,attn_k,attn_v,attn_output,"
+                        "ffn_gate,ffn_up,ffn_down (default all)")
+    p.add_argument("--lora-resident", type=int, default=1, help="adapters resident in SRAM (default 1)")
+    p.add_argument("--lora-format", choices=("int8", "fp16"), default="int8", help="adapters' SRAM format")
     p.add_argument("--gpu-precision", default="bf16",
                    help="GPU weight precision: bf16 (default), fp8 (H100/H200/B200), nvfp4 or fp4 (B200)")
     p.add_argument("--gpu-kv-precision", default=None,
@@ -54,6 +61,14 @@ def run(args) -> int:
         spec = get_preset(args.model)
     plan = default_plan(spec) if args.plan is None else get_plan(args.plan)
     n_gen = args.context if args.generated is None else args.generated
+    adapters = ()
+    if args.lora_rank is not None:
+        from hcemu.model.spec import LAYER_MATRICES
+        from hcemu.perf.analytic import LoraShape
+
+        kinds = LAYER_MATRICES if args.lora_matrices == "all" else tuple(
+            k.strip() for k in args.lora_matrices.split(",") if k.strip())
+        adapters = (LoraShape(args.lora_rank, kinds, args.lora_format),)
     chips = None if args.chips == "none" else args.chips
     if chips not in (None, "auto"):
         try:
@@ -63,7 +78,8 @@ def run(args) -> int:
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
                         host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads,
                         gpu_precision=args.gpu_precision, gpu_kv_precision=args.gpu_kv_precision,
-                        chips=chips, link=args.link, link_format=args.link_format)
+                        chips=chips, link=args.link, link_format=args.link_format,
+                        adapters=adapters, resident_adapters=args.lora_resident)
     if args.json:
         print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},
                          indent=2))

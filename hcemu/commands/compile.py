@@ -33,6 +33,12 @@ def register(sub) -> None:
     p.add_argument("--bank-rows", type=int, default=2048, help="words per ROM bank (power of two)")
     p.add_argument("--word-bits", type=int, default=512, help="bits per ROM word (power of two, 32..2048)")
     p.add_argument("--banks-per-tile", type=int, default=16, help="banks per bank tile (power of two)")
+    p.add_argument("--compensate-rank", type=int, default=0, metavar="R",
+                   help="also write a rank-R LoRA adapter compensating the ROM's quantization error "
+                        "(truncated SVD of W - Q(W)) beside the image, as OUT with the suffix .lora.gguf")
+    p.add_argument("--compensate-weighted", action="store_true",
+                   help="weight the SVD by the input channels' RMS on a calibration text (needs the model's "
+                        "tokenizer; the Python licence text, tokens 2048..2559)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the compile report as JSON")
     p.set_defaults(func=run)
@@ -62,6 +68,34 @@ def open_source(model: str, seed: int = 0):
     raise ValueError(f"unknown model {model!r}: give a .gguf path, 'smollm2' or a preset "
                      f"({', '.join(sorted(MODEL_PRESETS))})")
 
+
+def compensation_path(image_path) -> str:
+    """Where ``--compensate-rank`` writes its adapter: the image path with the suffix ``.lora.gguf``."""
+    root, ext = os.path.splitext(os.fspath(image_path))
+    return (root if ext else os.fspath(image_path)) + ".lora.gguf"
+
+
+def write_compensation(source, image_path, rank: int, weighted: bool = False, progress: bool = False) -> str:
+    """Write the rank-``rank`` compensation adapter of the image at ``image_path`` beside it."""
+    from hcemu.rom.compensate import ErrorFactors, calibration_rms
+    from hcemu.rom.image import RomImage
+
+    if rank < 1:
+        raise ValueError(f"--compensate-rank must be >= 1, got {rank}")
+    image = RomImage.load(image_path, verify=False)
+    rms = None
+    if weighted:
+        from hcemu.model.texts import licence_text
+        from hcemu.model.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(image)
+        if tok is None:
+            raise ValueError("--compensate-weighted needs the model's tokenizer (a GGUF source)")
+        rms = calibration_rms(source, tok.encode(licence_text())[2048:2560])
+    factors = ErrorFactors(source, image, rank, rms, progress=progress)
+    out = compensation_path(image_path)
+    factors.write(out, rank)
+    return out
 
 def _partition(args, spec, plan, geometry):
     """The partition ``--chips`` / ``--layers-per-die`` ask for (None: one whole image)."""
@@ -109,9 +143,16 @@ def run(args) -> int:
         geometry = RomGeometry.for_model(source.spec, plan, args.bank_rows, args.word_bits, args.banks_per_tile)
         partition = _partition(args, source.spec, plan, geometry)
         if partition is not None:
+            if args.compensate_rank:
+                raise ValueError("--compensate-rank writes one adapter beside one image: not with --chips")
             report = compile_system(source, plan, args.out, partition, progress=not args.no_progress)
         else:
             report = compile_model(source, plan, args.out, geometry, progress=not args.no_progress)
+        if args.compensate_rank:
+            lora = write_compensation(source, args.out, args.compensate_rank, args.compensate_weighted,
+                                      progress=not args.no_progress)
+            print(f"wrote {lora}: rank-{args.compensate_rank} compensation of the ROM quantization error",
+                  file=sys.stderr)
     finally:
         source.close()
     if partition is not None:

@@ -20,6 +20,15 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="kernel threads per worker")
     p.add_argument("--kv", choices=KV_FORMATS, default=None,
                    help="KV-cache format of the chip (default: the plan's)")
+    from hcemu.commands.run import add_lora_args
+
+    add_lora_args(p)
+    p.add_argument("--compensate-ranks", default=None, metavar="R,R,...",
+                   help="measure low-rank compensation of the ROM quantization error instead: for each plan and "
+                        "rank (0 = none) the chip with that adapter in SRAM against the float reference")
+    p.add_argument("--compensate-weighted", action="store_true",
+                   help="weight the compensation SVD by input RMS on a calibration text (licence tokens 2048..2559)")
+    p.add_argument("--plot", metavar="FILE.png", default=None, help="with --compensate-ranks: KLD vs SRAM bytes")
     p.add_argument("--system", default=None, metavar="DIR",
                    help="evaluate the multi-chip system compiled into DIR (hcemu compile --chips) instead of "
                         "one chip; its plan is the manifest's (--plan is ignored)")
@@ -35,6 +44,7 @@ def run(args) -> int:
     from hcemu.model.tokenizer import load_tokenizer
     from hcemu.rom.cache import ensure_image
     from hcemu.chip.evaluate import evaluate
+    from hcemu.commands.run import lora_specs
     from hcemu.model import source_path
     from hcemu.model.texts import licence_text
     from hcemu.rom.image import RomImage
@@ -45,6 +55,8 @@ def run(args) -> int:
     else:
         text = licence_text()
     src = source_path(args.model)
+    if args.compensate_ranks is not None:
+        return _compensation(args, text)
     if args.link is not None and args.system is None:
         raise ValueError("--link needs --system DIR")
     rows = []
@@ -74,9 +86,10 @@ def run(args) -> int:
             if args.max_tokens:
                 ids = ids[: args.max_tokens]
             res = evaluate(path, src, ids, ctx=args.ctx, n_threads=args.threads, kv_format=args.kv,
-                           executor=executor, links=link,
+                           executor=executor, links=link, adapters=lora_specs(args), adapter_format=args.lora_format,
                            progress=not args.no_progress and not args.json)
-            row = {"model": args.model, "plan": image.plan.name, "kv": args.kv or image.plan.kv}
+            row = {"model": args.model, "plan": image.plan.name, "kv": args.kv or image.plan.kv,
+                   "lora": list(args.lora)}
             if link is not None:
                 row.update(dies=image.die.n_dies, link=link)
             rows.append({**row, **res})
@@ -90,4 +103,32 @@ def run(args) -> int:
         print("  ".join(f"{c:>13}" for c in cols), file=sys.stdout)
         for r in rows:
             print("  ".join(f"{r[c]:>13.4f}" if isinstance(r[c], float) else f"{r[c]:>13}" for c in cols))
+    return 0
+
+
+def _compensation(args, text) -> int:
+    from hcemu.chip.evaluate import compensation_study
+    from hcemu.model import load_source, source_path
+    from hcemu.model.tokenizer import Tokenizer
+
+    ranks = [int(r) for r in args.compensate_ranks.split(",") if r.strip()]
+    tok = Tokenizer.from_gguf(load_source(source_path(args.model)))
+    ids = tok.encode(text)
+    calib = ids[2048:2560] if args.compensate_weighted else None
+    if args.max_tokens:
+        ids = ids[: args.max_tokens]
+    plans = [p.strip() for p in args.plan.split(",") if p.strip()]
+    rows = compensation_study(args.model, plans, ranks, ids, calibration_tokens=calib, ctx=args.ctx,
+                              n_threads=args.threads, progress=not args.no_progress and not args.json)
+    if args.plot:
+        from hcemu.perf.plots import plot_compensation
+
+        print("wrote " + plot_compensation(rows, args.plot), file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ("plan", "method", "rank", "sram_bytes", "tokens", "ppl_chip", "kld_mean", "kld_p99", "same_top1")
+    print("  ".join(f"{c:>11}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{r[c]:>11.4f}" if isinstance(r[c], float) else f"{r[c]:>11}" for c in cols))
     return 0

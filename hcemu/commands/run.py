@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from hcemu.events import MAC_FIELDS
 from hcemu.formats import KV_FORMATS
 
 
@@ -22,8 +23,26 @@ def add_generation_args(p) -> None:
                    help="KV-cache format: int8 (one scale per token and KV head) or fp16 (default: the plan's)")
     p.add_argument("--context", type=int, default=None,
                    help="context length for the modeled silicon figures (default: prompt + generated)")
+    add_lora_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_lora_args(p) -> None:
+    from hcemu.formats import ADAPTER_FORMATS
+
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="LoRA adapter GGUF (llama.cpp format) held in the chip's SRAM, with an optional user "
+                        "scale (alpha/rank x SCALE); repeatable: the adapters' updates add up")
+    p.add_argument("--lora-format", choices=ADAPTER_FORMATS, default="int8",
+                   help="how the adapters sit in SRAM: int8 with fp16 block scales (default) or fp16")
+
+
+def lora_specs(args) -> list:
+    """``[(path, scale), ...]`` of the ``--lora`` arguments."""
+    from hcemu.model.lora import parse_lora_arg
+
+    return [parse_lora_arg(a) for a in args.lora]
 
 
 def register(sub) -> None:
@@ -55,8 +74,11 @@ def generate(args, prompt: str) -> dict:
     text_in = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
     ids = tok.encode(text_in)
     chip = Chip(image, n_threads=args.threads, kv_capacity_tokens=args.kv_tokens, kv_format=args.kv)
+    names = []
+    for i, (lpath, scale) in enumerate(lora_specs(args)):
+        names.append(chip.load_adapter(lpath, scale=scale, fmt=args.lora_format, name=f"{i}:{lpath}").name)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
-    gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id})
+    gen = chip.generate(ids, args.max_new_tokens, sampler, stop_ids={tok.eos_id}, adapter=names)
     out_ids = [i for i in gen.ids if i != tok.eos_id]
     events = gen.prefill_events + gen.decode_events
     report = {
@@ -70,6 +92,8 @@ def generate(args, prompt: str) -> dict:
         "chat_template": chat,
         "text": tok.decode(out_ids),
         "prompt_tokens": len(ids),
+        "prompt_ids": [int(i) for i in ids],
+        "ids": [int(i) for i in gen.ids],  # generated, the end-of-sequence id included when it came
         "generated_tokens": len(gen.ids),
         "host_prefill_tok_s": _finite(gen.host_prefill_tok_s),
         "host_decode_tok_s": _finite(gen.host_decode_tok_s),  # None: no decode step was timed
@@ -77,12 +101,17 @@ def generate(args, prompt: str) -> dict:
                    "decode": gen.decode_events.to_dict()["total"],
                    "total": events.to_dict()["total"]},
     }
+    report["adapters"] = [{"file": sa.source.path, "scale": sa.source.user_scale, "format": sa.fmt,
+                           "ranks": sorted(sa.source.ranks), "matrices": len(sa.slots), "sram_bytes": sa.nbytes}
+                          for sa in (chip.adapters[n] for n in names)]
+    report["adapter_sram_bytes"] = chip.adapter_sram_bytes
     report["rom_banks"] = int(len(gen.bank_rows))
     report["rom_banks_read"] = int((gen.bank_rows > 0).sum())
     report["rom_bank_rows_read"] = int(gen.bank_rows.sum())
     # modeled silicon (hc1 technology) for this model and plan, pricing the events counted above
     report["silicon"] = chip_figures_for_image(chip, len(ids), len(gen.ids), args.context,
-                                               events=(gen.prefill_events, gen.decode_events))
+                                               events=(gen.prefill_events, gen.decode_events),
+                                               adapter_sram_bytes=chip.adapter_sram_bytes)
     report["gpus"] = gpu_figures(image.spec, len(ids), max(len(gen.ids), 2))
     return report
 
@@ -118,6 +147,9 @@ def print_report(rep: dict, out=None) -> None:
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"model {rep['model']}  plan {rep['plan']}  kernels {rep['isa']} x{rep['threads']} thread(s)")
+    for a in rep.get("adapters", ()):
+        p(f"LoRA {a['file']} x{a['scale']:g}: rank {'/'.join(map(str, a['ranks']))} on {a['matrices']} matrices, "
+          f"{a['sram_bytes'] / 2**20:.2f} MiB of SRAM ({a['format']})")
     p(f"prompt: {rep['prompt']!r}  ({rep['prompt_tokens']} tokens{', chat template' if rep['chat_template'] else ''})")
     p("")
     p(rep["text"])
@@ -125,7 +157,7 @@ def print_report(rep: dict, out=None) -> None:
     p(f"host (measured): prefill {_rate(rep['host_prefill_tok_s'])} tok/s, decode {_rate(rep['host_decode_tok_s'])} tok/s "
       f"over {rep['generated_tokens']} generated tokens")
     ev = rep["events"]["total"]
-    p(f"events: {ev['macs_w4'] + ev['macs_w8']:,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
+    p(f"events: {sum(ev[f] for f in MAC_FIELDS):,} CIM MACs, {ev['rom_code_bits'] / 8e6:,.1f} MB ROM codes read, "
       f"{ev['sram_kv_bytes_read'] / 1e6:,.2f} MB KV read, {ev['sram_kv_bytes_written'] / 1e3:,.1f} kB KV written")
     si = rep.get("silicon")
     if si:

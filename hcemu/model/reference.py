@@ -15,6 +15,9 @@ their probabilities as weights, divided by their sum when ``expert_weights_norm`
 ``expert_weights_scale``; the FFN output is ``w_0 y_0 + w_1 y_1 + ...`` summed in that order, plus the
 shared expert's output (times ``sigmoid(w_s . h)`` with a shared gate).
 
+LoRA adapters (:class:`hcemu.model.lora.LoraAdapter`) run on a side path, as llama.cpp applies them:
+``y = h @ W.T + s * ((h @ A.T) @ B.T)`` per adapter, in float32, in the order given (never merged into W).
+
 State: a float32 KV cache of ``(n_layers, capacity, n_kv_heads, head_dim)`` for K and for V, grown
 as needed. :meth:`prefill` resets it; :meth:`decode` appends one token. After every forward pass
 ``routes`` holds the experts each token was routed to, int64 ``(t, n_layers, n_experts_used)``, and
@@ -43,9 +46,10 @@ class FloatLlama:
 
     All weights are dequantized on construction (float32: 4 bytes per parameter, so 0.55 GB for
     SmolLM2-135M); ``layers`` limits how many transformer blocks run (for quick tests, default all).
+    adapters: LoRA adapters applied on every forward (see :meth:`set_adapters`).
     """
 
-    def __init__(self, source: ModelSource, dtype=np.float32, layers: int | None = None):
+    def __init__(self, source: ModelSource, dtype=np.float32, layers: int | None = None, adapters=()):
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"FloatLlama computes in float32 only, got dtype {np.dtype(dtype)}")
         spec = source.spec
@@ -79,7 +83,56 @@ class FloatLlama:
         self._out_t = np.ascontiguousarray(self.output.T)
         self.routes = None
         self.router_logits = None
+        self.set_adapters(adapters)
         self.reset()
+
+    def set_adapters(self, adapters=()) -> None:
+        """Apply these LoRA adapters (a LoraAdapter or a sequence of them; empty: none) from now on.
+        Each adapted product becomes ``h @ W.T + sum over adapters of s * ((h @ A.T) @ B.T)``."""
+        from hcemu.model.lora import LoraAdapter
+
+        if isinstance(adapters, LoraAdapter):
+            adapters = (adapters,)
+        self.adapters = tuple(adapters)
+        side = {}
+        for ad in self.adapters:
+            if not isinstance(ad, LoraAdapter):
+                raise TypeError(f"adapters must be LoraAdapter objects, got {type(ad).__name__}")
+            for (li, kind), p in ad.pairs.items():
+                if self.spec.is_moe and kind.startswith("ffn_"):
+                    raise ValueError(f"adapter {ad.name!r} adapts {kind} of a mixture-of-experts model; "
+                                     f"adapters apply to its attention matrices only")
+                n, k = self.spec.matrix_shape(kind)
+                if p.a.shape[1] != k or p.b.shape[0] != n:
+                    raise ValueError(f"adapter {ad.name!r} does not fit {self.spec.name}'s {kind} ({n}x{k})")
+                if li < self.n_layers:
+                    side.setdefault((li, kind), []).append(
+                        (np.ascontiguousarray(p.a.T), np.ascontiguousarray(p.b.T), F32(p.scale)))
+        self._side = side
+
+    def input_rms(self, tokens, chunk: int = 256) -> dict:
+        """Root mean square of every layer matrix's input channels over ``tokens`` (run from an empty
+        cache): ``{(layer, kind): float32 (n_in,)}`` — the activation statistics of calibration."""
+        self._sumsq = {}
+        try:
+            self.logits(tokens, chunk)
+            n = len(np.asarray(tokens))
+            return {key: np.sqrt(v / n).astype(F32) for key, v in self._sumsq.items()}
+        finally:
+            self._sumsq = None
+
+    _sumsq = None
+
+    def _mm(self, li: int, kind: str, h: np.ndarray) -> np.ndarray:
+        """``h @ W.T`` of layer ``li``'s matrix plus its adapters' side paths."""
+        if self._sumsq is not None:
+            acc = self._sumsq.get((li, kind))
+            sq = (h.astype(np.float64) ** 2).sum(axis=0)
+            self._sumsq[(li, kind)] = sq if acc is None else acc + sq
+        y = h @ self.layers[li][kind]
+        for at, bt, s in self._side.get((li, kind), ()):
+            y = y + s * ((h @ at) @ bt)
+        return y
 
     # ---- cache
     def reset(self) -> None:
@@ -154,7 +207,7 @@ class FloatLlama:
                 ok = (dist >= 0) & ((dist < blk.window) if blk.window else True)
                 masks[blk.window] = np.where(ok, F32(0), F32(-np.inf))
             h = ops.rmsnorm(x, L["attn_norm"], eps)
-            q, k, v = h @ L["attn_q"], h @ L["attn_k"], h @ L["attn_v"]
+            q, k, v = self._mm(li, "attn_q", h), self._mm(li, "attn_k", h), self._mm(li, "attn_v", h)
             if s.qkv_bias:
                 q, k, v = q + L["attn_q_bias"], k + L["attn_k_bias"], v + L["attn_v_bias"]
             if s.qk_norm == "full":
@@ -178,7 +231,7 @@ class FloatLlama:
             probs = ops.softmax(scores, axis=-1)
             att = probs @ V[:, None]                           # (nkv, g, t, hd)
             att = att.transpose(2, 0, 1, 3).reshape(t, nh * hd)
-            o = att @ L["attn_output"]
+            o = self._mm(li, "attn_output", att)
             if s.post_norms:
                 o = ops.rmsnorm(o, L["attn_post_norm"], eps)
             x = x + o
@@ -188,7 +241,7 @@ class FloatLlama:
                 routes.append(sel)
                 router_logits.append(logits)
             else:
-                ff = self._ffn(h, L["ffn_gate"], L["ffn_up"], L["ffn_down"])
+                ff = self._ffn(h, L["ffn_gate"], L["ffn_up"], L["ffn_down"], li)
             if s.post_norms:
                 ff = ops.rmsnorm(ff, L["ffn_post_norm"], eps)
             x = x + ff
@@ -203,11 +256,13 @@ class FloatLlama:
             logits = ops.softcap(logits, s.final_softcap)
         return logits
 
-    def _ffn(self, h, w_gate, w_up, w_down) -> np.ndarray:
-        """Gated FFN ``act(h W_g) * (h W_u) W_d`` with the spec's activation (SiLU or GELU)."""
-        g = h @ w_gate
-        act = ops.silu(g) if self.spec.ffn_act == "silu" else ops.gelu(g)
-        return (act * (h @ w_up)) @ w_down
+    def _ffn(self, h, w_gate, w_up, w_down, li: int | None = None) -> np.ndarray:
+        """Gated FFN ``act(h W_g) * (h W_u) W_d`` with the spec's activation (SiLU or GELU); ``li``: the
+        dense layer whose products go through :meth:`_mm` (adapters, input statistics), None for experts."""
+        g = h @ w_gate if li is None else self._mm(li, "ffn_gate", h)
+        u = h @ w_up if li is None else self._mm(li, "ffn_up", h)
+        a = (ops.silu(g) if self.spec.ffn_act == "silu" else ops.gelu(g)) * u
+        return a @ w_down if li is None else self._mm(li, "ffn_down", a)
 
     def _moe(self, L, h):
         """Mixture-of-experts FFN of h (t, d): ``(output (t, d), routes (t, k), router logits (t, E))``."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.events import (Events, attended_keys, attention_counts, embed_counts, expert_vector_counts,
-                          head_vector_counts, layer_vector_counts, product_counts)
-from hcemu.formats import Plan, WeightFormat, kv_bytes_per_token_layer
-from hcemu.model.spec import ModelSpec
+from hcemu.events import (Events, adapter_counts, attended_keys, attention_counts, embed_counts,
+                          expert_vector_counts, head_vector_counts, layer_vector_counts, product_counts)
+from hcemu.formats import ADAPTER_FORMATS, Plan, WeightFormat, adapter_sram_bytes, kv_bytes_per_token_layer
+from hcemu.model.spec import LAYER_MATRICES, ModelSpec
 
 
 def kv_bytes_per_key_head(spec: ModelSpec, plan: Plan) -> int:
@@ -42,6 +42,46 @@ def head_format(spec: ModelSpec, plan: Plan) -> WeightFormat:
 
 
 @dataclass(frozen=True)
+class LoraShape:
+    """The shape of a LoRA adapter for analytical counts and sizing: ``rank`` on the matrices ``kinds``
+    of every layer, held in SRAM as ``fmt`` (``"int8"`` or ``"fp16"``)."""
+
+    rank: int
+    kinds: tuple = LAYER_MATRICES
+    fmt: str = "int8"
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank < 1:
+            raise ValueError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+        bad = [k for k in self.kinds if k not in LAYER_MATRICES]
+        if bad or not self.kinds:
+            raise ValueError(f"LoRA matrices must be among {LAYER_MATRICES}, got {self.kinds!r}")
+        if self.fmt not in ADAPTER_FORMATS:
+            raise ValueError(f"adapter format must be one of {ADAPTER_FORMATS}, got {self.fmt!r}")
+
+    def layer_counts(self, spec: ModelSpec) -> np.ndarray:
+        """int64 per-pass counts of one layer's side paths (:func:`hcemu.events.adapter_counts`)."""
+        return sum(adapter_counts(self.fmt, *spec.matrix_shape(kind), self.rank) for kind in self.kinds)
+
+    def sram_bytes(self, spec: ModelSpec) -> int:
+        """SRAM bytes the adapter occupies over all layers."""
+        return spec.n_layers * sum(adapter_sram_bytes(self.fmt, *spec.matrix_shape(k), self.rank)
+                                   for k in self.kinds)
+
+
+def _lora_shapes(adapters) -> tuple:
+    if adapters is None:
+        return ()
+    if isinstance(adapters, LoraShape):
+        return (adapters,)
+    out = tuple(adapters)
+    for a in out:
+        if not isinstance(a, LoraShape):
+            raise TypeError(f"adapters must be LoraShape objects, got {type(a).__name__}")
+    return out
+
+
+@dataclass(frozen=True)
 class PassCoefficients:
     """Per-pass counts as ``const + keys * per_key`` for each region kind; int64 vectors over FIELDS.
 
@@ -59,11 +99,17 @@ class PassCoefficients:
     expert_const: np.ndarray | None = None
 
 
-def pass_coefficients(spec: ModelSpec, plan: Plan) -> PassCoefficients:
+def pass_coefficients(spec: ModelSpec, plan: Plan, adapters=()) -> PassCoefficients:
     """Per-pass counts of each region kind, composed from the counting rules of :mod:`hcemu.events`;
-    each matrix in its plan format (``plan.format_for``, block formats' fallbacks included)."""
+    each matrix in its plan format (``plan.format_for``, block formats' fallbacks included);
+    adapters: :class:`LoraShape` (or a sequence of them) applied on every layer pass."""
     attn_pass, per_key = attention_counts(spec, plan.kv)
     base = layer_vector_counts(spec) + attn_pass
+    for a in _lora_shapes(adapters):
+        if spec.is_moe and any(k.startswith("ffn_") for k in a.kinds):
+            raise ValueError(f"LoRA on {', '.join(a.kinds)}: a mixture-of-experts model's adapters apply to its "
+                             f"attention matrices only")
+        base = base + a.layer_counts(spec)
     rows = {}
     for i in range(spec.n_layers):
         mats = list(spec.layer_matrices(i))
@@ -106,10 +152,12 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
-def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int | None = None) -> Events:
+def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int | None = None,
+                      adapters=()) -> Events:
     """Events of layer passes at the given ``positions`` (each attends ``p + 1`` keys).
 
-    head_passes: how many of them also run the output head (default: all of them).
+    head_passes: how many of them also run the output head (default: all of them). adapters:
+    :class:`LoraShape` (or several) applied on every layer pass.
     """
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     if pos.size and pos.min() < 0:
@@ -118,7 +166,7 @@ def events_for_passes(spec: ModelSpec, plan: Plan, positions, head_passes: int |
     heads = n if head_passes is None else _check_count("head_passes", head_passes)
     if heads > n:
         raise ValueError(f"head_passes {heads} exceeds the number of passes {n}")
-    co = pass_coefficients(spec, plan)
+    co = pass_coefficients(spec, plan, adapters)
     ev = Events.for_spec(spec)
     keys = {w: attended_keys(pos, w) for w in set(co.windows)}
     const = co.layer_const if co.by_layer is None else co.by_layer
@@ -151,25 +199,27 @@ def decode_positions(n_prompt: int, n_generated: int) -> np.ndarray:
 
 
 def events_from_shapes(spec: ModelSpec, plan: Plan, n_prompt: int = 0, n_generated: int = 0, *,
-                       positions=None, all_logits: bool = False) -> Events:
+                       positions=None, all_logits: bool = False, adapters=()) -> Events:
     """Events the functional chip counts for a prompt of ``n_prompt`` tokens and ``n_generated`` tokens out.
 
     With ``positions`` (a sequence of positions), count one decode pass (layers and head) at each
     instead, and ``n_prompt``/``n_generated`` must be 0. ``all_logits`` runs the head on every prompt
-    token (evaluation), as ``Chip.prefill(all_logits=True)``.
+    token (evaluation), as ``Chip.prefill(all_logits=True)``. ``adapters``: :class:`LoraShape` (or
+    several) on every layer pass, as a chip request with such adapters selected counts.
     """
     n_prompt = _check_count("n_prompt", n_prompt)
     n_generated = _check_count("n_generated", n_generated)
     if positions is not None:
         if n_prompt or n_generated:
             raise ValueError("give either positions or n_prompt/n_generated, not both")
-        return events_for_passes(spec, plan, positions)
+        return events_for_passes(spec, plan, positions, adapters=adapters)
     if n_generated and not n_prompt:
         raise ValueError("generating tokens needs a prompt of at least one token (n_prompt >= 1)")
     if n_prompt + n_generated > spec.max_context + 1:
         raise ValueError(f"n_prompt + n_generated = {n_prompt + n_generated} exceeds the model's "
                          f"context of {spec.max_context} tokens")
-    ev = events_for_passes(spec, plan, np.arange(n_prompt), head_passes=n_prompt if all_logits else min(n_prompt, 1))
+    ev = events_for_passes(spec, plan, np.arange(n_prompt), head_passes=n_prompt if all_logits else min(n_prompt, 1),
+                           adapters=adapters)
     if n_generated > 1:
-        ev += events_for_passes(spec, plan, decode_positions(n_prompt, n_generated))
+        ev += events_for_passes(spec, plan, decode_positions(n_prompt, n_generated), adapters=adapters)
     return ev

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hcemu.model.spec import ModelSpec
-from hcemu.perf.analytic import kv_bytes_per_token
+from hcemu.model.spec import LAYER_MATRICES, ModelSpec
+from hcemu.perf.analytic import LoraShape, kv_bytes_per_token
 from hcemu.perf.specs import ChipSpec, get_chip
 from hcemu.rom.image import rom_bits_for_model
 
@@ -108,21 +108,32 @@ def area_breakdown(chip: ChipSpec | str, *, rom_bits: int, sram_bytes: int, n_la
         sram_transistors=sram_bits * chip.sram_transistors_per_bit, logic_transistors=logic_tr)
 
 
+def adapter_sram_bytes_for(spec: ModelSpec, adapters, resident: int = 1) -> int:
+    """SRAM for ``resident`` LoRA adapters of each :class:`~hcemu.perf.analytic.LoraShape` in ``adapters``
+    (a shape or a sequence; each shape's bytes: :meth:`LoraShape.sram_bytes`)."""
+    if isinstance(adapters, LoraShape):
+        adapters = (adapters,)
+    if int(resident) < 0:
+        raise ValueError(f"resident adapters must be >= 0, got {resident}")
+    return int(resident) * sum(a.sram_bytes(spec) for a in (adapters or ()))
+
+
 def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None,
-                        geometry=None) -> AreaBreakdown:
+                        geometry=None, adapter_sram_bytes: int = 0) -> AreaBreakdown:
     """:func:`area_breakdown` of the chip hard-wiring ``model`` in ``plan``, counts from shapes alone.
 
     ROM bits are those of the image :func:`hcemu.rom.compile_model` would write (bank padding of
     ``geometry``, default :meth:`RomGeometry.for_model`; scales; norm vectors): see
-    :func:`hcemu.rom.image.rom_bits_for_model`. SRAM: ``kv_sram_bytes`` (default the chip's).
+    :func:`hcemu.rom.image.rom_bits_for_model`. SRAM: ``kv_sram_bytes`` (default the chip's) plus
+    ``adapter_sram_bytes`` for resident LoRA adapters (:func:`adapter_sram_bytes_for`).
     """
     chip = get_chip(chip)
     sram_bytes = chip.kv_sram_bytes if kv_sram_bytes is None else int(kv_sram_bytes)
-    if sram_bytes < 0:
-        raise ValueError(f"kv_sram_bytes must be >= 0, got {sram_bytes}")
+    if sram_bytes < 0 or adapter_sram_bytes < 0:
+        raise ValueError(f"kv_sram_bytes and adapter_sram_bytes must be >= 0, got {sram_bytes}, {adapter_sram_bytes}")
     rom = rom_bits_for_model(model, plan, geometry)
-    return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes, n_layers=model.n_layers,
-                          head_lane_scale=head_lane_scale(model, plan, chip),
+    return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes + int(adapter_sram_bytes),
+                          n_layers=model.n_layers, head_lane_scale=head_lane_scale(model, plan, chip),
                           expert_lanes=model.n_layers * model.n_experts * expert_lane_scale(model)
                           * chip.expert_lane_share)
 

@@ -59,7 +59,7 @@ class TensorParallelGpuModel(GpuModel):
         if np.any(batch < 1):
             raise ValueError(f"batch must be >= 1, got {batch.min()}")
         c, tp = self.step_coefficients(spec), self.tp
-        mem = c.mem_s / tp + batch * c.mem_s_per_token + batch * keys * c.mem_s_per_kv_key / tp
+        mem = c.weights_s(batch) / tp + batch * c.mem_s_per_token + batch * keys * c.mem_s_per_kv_key / tp
         comp = batch * (c.comp_s_per_token + keys * c.comp_s_per_attn_key) / tp
         return np.maximum(mem, comp) + c.launch_s + self.allreduce_seconds(spec, batch)
 

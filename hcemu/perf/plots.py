@@ -5,6 +5,8 @@ The chip in every plot is ``chip``'s technology sized for the plotted model
 
 * :func:`plot_context` — tokens/s per user vs context length, chip and GPUs;
 * :func:`plot_cost_volume` — chip cost per Mtok vs cards built per model, GPU levels, break-even;
+* :func:`plot_compensation` — KLD against the float reference vs SRAM bytes of a low-rank
+  compensation adapter, per plan (rows of :func:`hcemu.chip.evaluate.compensation_study`);
 * :func:`plot_roofline` — each GPU's roofline with its batch-1 and serving operating points, and the
   chip's (its ROM read bandwidth and CIM peak as the roof);
 * :func:`plot_system_sweep` — a model split over dies: tok/s per user, aggregate and cost per Mtok vs the
@@ -184,6 +186,32 @@ def plot_all(stem, spec: ModelSpec, n_prompt: int, n_generated: int, **kw) -> li
             plot_cost_volume(root + "-cost.png", spec, n_prompt, n_generated, **kw),
             plot_roofline(root + "-roofline.png", spec, n_prompt, n_generated,
                           **{k: v for k, v in kw.items() if k in ("chip", "plan", "gpus")})]
+
+
+def plot_compensation(rows, path) -> str:
+    """KLD (mean, nats) and top-1 agreement vs the compensation adapter's SRAM MiB, one line per
+    (plan, method), ranks labelled; ``rows`` as :func:`hcemu.chip.evaluate.compensation_study` returns."""
+    plt = _pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["plan"], r["method"]), []).append(r)
+    for (plan, method), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["rank"])
+        mib = [r["sram_bytes"] / 2**20 for r in rs]
+        line, = ax.plot(mib, [r["kld_mean"] for r in rs], marker="o", label=f"{plan} ({method})")
+        ax2.plot(mib, [100 * r["same_top1"] for r in rs], marker="o", color=line.get_color())
+        for x, r in zip(mib, rs):
+            ax.annotate(f"r{r['rank']}", (x, r["kld_mean"]), textcoords="offset points", xytext=(3, 4), fontsize=8)
+    ax.set_xlabel("compensation adapter SRAM (MiB)")
+    ax.set_ylabel("mean KLD vs float reference (nats)")
+    ax.set_title("Low-rank compensation of the ROM quantization error")
+    ax.legend(fontsize=8)
+    ax2.set_xlabel("compensation adapter SRAM (MiB)")
+    ax2.set_ylabel("top-1 agreement with float reference (%)")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_economics(path, chip, gpus, econ, demand_tok_s: float) -> str:

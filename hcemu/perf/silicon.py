@@ -4,7 +4,11 @@ Timing (all in cycles of ``clock_ghz``, so doubling the clock halves every time)
 
 * a region's pass time composes its units in dependence order for one token:
   ``cim + attention + vector + overhead`` where
-  ``cim = max(MACs_w4 / lanes_w4 + MACs_w8 / lanes_w8, ROM bits / read width)``,
+  ``cim = max(MACs_w4 / lanes_w4 + MACs_w8 / lanes_w8, ROM bits / read width, adapter)``,
+  ``adapter = max(adapter SRAM bytes / SRAM bandwidth, adapter int8 MACs / attention lanes +
+  2 adapter fp16 MACs / vector lanes)``: the LoRA side path runs *beside* the ROM product, on the
+  SRAM ports and the attention unit's int8 lanes (or the vector unit's float lanes for fp16 adapters),
+  which are idle while the ROM products run;
   ``attention = max(KV SRAM bytes / SRAM bandwidth, attention MACs / attention lanes)`` (the stream
   and the MACs overlap), ``vector = (vec flops + quantized activations) / vector lanes +
   transcendentals / units``, ``overhead = region_overhead_cycles`` per pass;
@@ -36,14 +40,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hcemu.events import FIELD_INDEX, Events
+from hcemu.events import FIELD_INDEX, MAC_FIELDS, Events
 from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import (decode_keys, decode_positions, events_from_shapes, kv_bytes_per_token,
                                  pass_coefficients)
-from hcemu.perf.area import chip_area_breakdown, expert_lane_scale, head_lane_scale
+from hcemu.perf.area import adapter_sram_bytes_for, chip_area_breakdown, expert_lane_scale, head_lane_scale
 from hcemu.perf.specs import CHIP_NON_NUMERIC, CHIP_ZERO_OK, ChipSpec, get_chip
 
 _I = FIELD_INDEX
+_MACS = [FIELD_INDEX[f] for f in MAC_FIELDS]
 
 
 def _col(counts, name):
@@ -57,12 +62,14 @@ def _region_cycles(counts, chip, cim_scale, vec_scale=1.0):
     experts); vec_scale: the vector unit's (the experts' balance ratio, else 1).
     Returns ``(cim, attention, vector, overhead)`` arrays broadcast over the leading axes.
     """
-    mac = (_col(counts, "macs_w4") / chip.cim_macs_per_cycle_w4
+    mac = ((_col(counts, "macs_w4") + _col(counts, "macs_fp4")) / chip.cim_macs_per_cycle_w4
            + _col(counts, "macs_w8") / chip.cim_macs_per_cycle_w8)
     rom = (_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) / chip.rom_read_bits_per_cycle
-    cim = np.maximum(mac, rom) / cim_scale
-    sram = (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_kv_bytes_written")
-            + _col(counts, "sram_adapter_bytes_read")) / chip.sram_read_bytes_per_cycle
+    adapter = np.maximum(_col(counts, "sram_adapter_bytes_read") / chip.sram_read_bytes_per_cycle,
+                         _col(counts, "adapter_macs_w8") / chip.attn_macs_per_cycle
+                         + 2 * _col(counts, "adapter_macs_f16") / chip.vec_flops_per_cycle)
+    cim = np.maximum(np.maximum(mac, rom) / cim_scale, adapter)
+    sram = (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_kv_bytes_written")) / chip.sram_read_bytes_per_cycle
     attn = np.maximum(sram, _col(counts, "attn_macs") / chip.attn_macs_per_cycle)
     vec = ((_col(counts, "vec_flops") + _col(counts, "act_quant_elems")) / chip.vec_flops_per_cycle
            + _col(counts, "vec_transcendentals") / chip.vec_transcendentals_per_cycle) / vec_scale
@@ -80,7 +87,9 @@ def _energy_pj(counts, chip):
     """Dynamic energy (pJ) of the counts ``(..., n_fields)``."""
     e = ((_col(counts, "rom_code_bits") + _col(counts, "rom_meta_bits")) * chip.rom_read_pj_per_bit
          + _col(counts, "macs_w4") * chip.mac_w4_pj + _col(counts, "macs_w8") * chip.mac_w8_pj
-         + _col(counts, "attn_macs") * chip.attn_mac_pj
+         + _col(counts, "macs_fp4") * chip.mac_fp4_pj
+         + (_col(counts, "attn_macs") + _col(counts, "adapter_macs_w8")) * chip.attn_mac_pj
+         + 2 * _col(counts, "adapter_macs_f16") * chip.vec_flop_pj
          + (_col(counts, "sram_kv_bytes_read") + _col(counts, "sram_adapter_bytes_read")) * chip.sram_read_pj_per_byte
          + _col(counts, "sram_kv_bytes_written") * chip.sram_write_pj_per_byte
          + _col(counts, "act_quant_elems") * (chip.act_quant_pj_per_elem
@@ -91,7 +100,7 @@ def _energy_pj(counts, chip):
 
 
 def _layer_macs_per_pass(events: Events) -> float | None:
-    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    macs = events.counts[:, _MACS].sum(axis=1)
     tok = events.counts[:, _I["tokens"]]
     layers = tok[: events.n_layers] > 0
     if not layers.any():
@@ -103,7 +112,7 @@ def _events_head_scale(events: Events, chip) -> float:
     """The head's lane multiplier from counted events (MACs per pass, head over mean layer)."""
     if not chip.head_balanced:
         return 1.0
-    macs = events.counts[:, _I["macs_w4"]] + events.counts[:, _I["macs_w8"]]
+    macs = events.counts[:, _MACS].sum(axis=1)
     tok = events.counts[:, _I["tokens"]]
     layer_per_pass = _layer_macs_per_pass(events)
     if layer_per_pass is None or tok[events.head] == 0:
@@ -115,7 +124,7 @@ def _events_expert_scale(events: Events) -> float:
     """The experts' lane multiplier from counted events: an expert pass's MACs over a layer pass's
     (:func:`hcemu.perf.area.expert_lane_scale` from shapes)."""
     rows = events.counts[events.n_layers + 2:]
-    macs = rows[:, _I["macs_w4"]] + rows[:, _I["macs_w8"]]
+    macs = rows[:, _MACS].sum(axis=1)
     tok = rows[:, _I["tokens"]]
     layer_per_pass = _layer_macs_per_pass(events)
     if layer_per_pass is None or not (tok > 0).any():
@@ -218,6 +227,8 @@ class SiliconResult:
     area_mm2: float
     transistors: float
     latency_breakdown_s: dict
+    sram_mm2: float = 0.0
+    adapter_sram_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -267,18 +278,27 @@ class SiliconModel:
             slowest = max(slowest, float(share.max()))
         return (first + (n_tokens - 1) * slowest) / (self.chip.clock_ghz * 1e9)
 
-    def evaluate(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int) -> SiliconResult:
-        """Decode and prefill figures for a prompt of ``n_prompt`` tokens and ``n_generated`` out."""
+    def evaluate(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int, *, adapters=(),
+                 resident_adapters: int | None = None) -> SiliconResult:
+        """Decode and prefill figures for a prompt of ``n_prompt`` tokens and ``n_generated`` out.
+
+        adapters: :class:`~hcemu.perf.analytic.LoraShape` (or several) applied by the request;
+        resident_adapters: how many adapters of that shape the SRAM holds (default 1), sized into the
+        die's SRAM (:func:`~hcemu.perf.area.adapter_sram_bytes_for`).
+        """
         if n_prompt < 1 or n_generated < 2:
             raise ValueError(f"need n_prompt >= 1 and n_generated >= 2 (at least one decode step), "
                              f"got {n_prompt}, {n_generated}")
-        prefill = events_from_shapes(spec, plan, n_prompt, 0)
-        decode = events_from_shapes(spec, plan, positions=decode_positions(n_prompt, n_generated))
-        return self.price(spec, plan, n_prompt, n_generated, prefill, decode)
+        prefill = events_from_shapes(spec, plan, n_prompt, 0, adapters=adapters)
+        decode = events_from_shapes(spec, plan, positions=decode_positions(n_prompt, n_generated), adapters=adapters)
+        sram = adapter_sram_bytes_for(spec, adapters, 1 if resident_adapters is None else resident_adapters)
+        return self.price(spec, plan, n_prompt, n_generated, prefill, decode, adapter_sram_bytes=sram)
 
     def price(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int, prefill: Events,
-              decode: Events) -> SiliconResult:
-        """Figures from counted events (the functional chip's or the analytical generator's)."""
+              decode: Events, adapter_sram_bytes: int = 0) -> SiliconResult:
+        """Figures from counted events (the functional chip's or the analytical generator's).
+
+        adapter_sram_bytes: SRAM held by resident LoRA adapters, added to the die beside the KV SRAM."""
         chip = self.chip
         hz = chip.clock_ghz * 1e9
         steps = int(decode.counts[0, _I["tokens"]]) if decode.n_layers else 0
@@ -292,7 +312,7 @@ class SiliconModel:
         sv = serving(per_user, slowest, e_dyn, kv_users(spec, plan, chip.kv_sram_bytes, n_prompt + n_generated - 1),
                      pipeline_users(spec), chip)
         users, aggregate, power = int(sv["users"]), float(sv["aggregate_tok_s"]), float(sv["power_w"])
-        area = chip_area_breakdown(chip, spec, plan)
+        area = chip_area_breakdown(chip, spec, plan, adapter_sram_bytes=adapter_sram_bytes)
         comp = {"cim": t.cim_cycles, "attention": t.attention_cycles, "vector": t.vector_cycles,
                 "overhead": t.overhead_cycles}
         return SiliconResult(
@@ -305,7 +325,8 @@ class SiliconModel:
             power_single_user_w=e_dyn * per_user + chip.static_power_w,
             energy_j_per_token=power / aggregate if aggregate else float("inf"),
             area_mm2=area.total_mm2, transistors=area.transistors,
-            latency_breakdown_s={k: float((v * t.latency_weights).sum()) / hz / steps for k, v in comp.items()})
+            latency_breakdown_s={k: float((v * t.latency_weights).sum()) / hz / steps for k, v in comp.items()},
+            sram_mm2=area.sram_mm2, adapter_sram_bytes=int(adapter_sram_bytes))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ class ChipSpec:
     rom_read_pj_per_bit: float
     mac_w4_pj: float
     mac_w8_pj: float
+    mac_fp4_pj: float
     attn_mac_pj: float
     sram_read_pj_per_byte: float
     sram_write_pj_per_byte: float
@@ -154,7 +155,7 @@ class ChipSpec:
 CHIP_NON_NUMERIC = ("name", "process", "sized_for_model", "head_balanced")
 """ChipSpec fields that are not numbers (never swept)."""
 
-CHIP_ZERO_OK = frozenset(("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "attn_mac_pj", "sram_read_pj_per_byte",
+CHIP_ZERO_OK = frozenset(("rom_read_pj_per_bit", "mac_w4_pj", "mac_w8_pj", "mac_fp4_pj", "attn_mac_pj", "sram_read_pj_per_byte",
                           "sram_write_pj_per_byte", "act_quant_pj_per_elem", "vec_flop_pj", "vec_transcendental_pj",
                           "wire_pj_per_bit_mm", "activation_broadcast_mm", "static_power_w", "region_overhead_cycles",
                           "io_area_mm2", "core_overhead_fraction", "card_price_usd", "vec_lane_transistors",
@@ -188,7 +189,7 @@ _register(CHIP_PRESETS, ChipSpec(
     head_balanced=True,
     attn_macs_per_cycle=32_768, sram_read_bytes_per_cycle=8_192, vec_flops_per_cycle=4_096,
     vec_transcendentals_per_cycle=1_024, region_overhead_cycles=64, kv_sram_bytes=288 * 2**20,
-    rom_read_pj_per_bit=0.15, mac_w4_pj=0.20, mac_w8_pj=0.40, attn_mac_pj=0.25,
+    rom_read_pj_per_bit=0.15, mac_w4_pj=0.20, mac_w8_pj=0.40, mac_fp4_pj=0.20, attn_mac_pj=0.25,
     sram_read_pj_per_byte=1.25, sram_write_pj_per_byte=1.5, act_quant_pj_per_elem=1.0, vec_flop_pj=1.0,
     vec_transcendental_pj=4.0, wire_pj_per_bit_mm=0.1, activation_broadcast_mm=5.0, static_power_w=30.0,
     power_limit_w=350.0,
@@ -233,6 +234,12 @@ _register(CHIP_PRESETS, ChipSpec(
         "product and an add alone would be about half of it (0.10 pJ: a 219 W card)")),
     "mac_w8_pj": _assumed("0.40 pJ: two int4 selects and a shift-add, twice mac_w4_pj (no int8 weight in the "
                           "hc1-int4 plan: it moves no calibrated figure)"),
+    "mac_fp4_pj": _assumed("0.20 pJ per FP4 (E2M1) MAC, equal to mac_w4_pj: the lane selects one of the 7 "
+                           "non-zero E2M1 magnitudes x the int8 activation (precomputed once per column, as "
+                           "int4's 15 multiples are; doubled, 1..12, they stay integers within int4's 15x range), "
+                           "applies the sign and adds; the block scales (E8M0 exponent shift, E4M3 multiply) are the epilogue's. "
+                           "A design that multiplies FP4 x FP8 in the lane would set it apart; nothing on "
+                           "HC1-class FP4 lanes is published, and no calibrated figure uses FP4 weights"),
     "attn_mac_pj": _derived("[S] 0.25 pJ: an int8 multiply-add at N6, inside the 8-bit ALU op's 0.20-0.29 pJ "
                             "at 7/6/5 nm (stillwater)"),
     "sram_read_pj_per_byte": _derived("[I] 1.25 pJ/byte: Horowitz 45 nm 32-bit read of 8 KB SRAM, 5 pJ per 4 "

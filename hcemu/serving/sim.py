@@ -207,7 +207,7 @@ class GpuCard:
     def _decode_step(self, j):
         """Seconds of decode-only step ``j`` from now (keys grow by n_d per step)."""
         co, n, k = self.co, self.n_d, self.sum_keys + j * self.n_d
-        return max(co.mem_s + n * co.mem_s_per_token + k * co.mem_s_per_kv_key,
+        return max(float(co.weights_s(n)) + n * co.mem_s_per_token + k * co.mem_s_per_kv_key,
                    n * co.comp_s_per_token + k * co.comp_s_per_attn_key) + co.launch_s
 
     def _bulk_seconds(self, n):
@@ -215,7 +215,7 @@ class GpuCard:
         if n <= 0:
             return 0.0
         co, d, K = self.co, self.n_d, self.sum_keys
-        a1 = co.mem_s + d * co.mem_s_per_token + K * co.mem_s_per_kv_key
+        a1 = float(co.weights_s(d)) + d * co.mem_s_per_token + K * co.mem_s_per_kv_key
         b1 = d * co.mem_s_per_kv_key
         a2 = d * co.comp_s_per_token + K * co.comp_s_per_attn_key
         b2 = d * co.comp_s_per_attn_key
@@ -250,7 +250,7 @@ class GpuCard:
                 chunks.append((entry, c))
             if pt:
                 co, n = self.co, self.n_d + pt
-                tau = max(co.mem_s + n * co.mem_s_per_token + (self.sum_keys + pk) * co.mem_s_per_kv_key,
+                tau = max(float(co.weights_s(n)) + n * co.mem_s_per_token + (self.sum_keys + pk) * co.mem_s_per_kv_key,
                           n * co.comp_s_per_token + (self.sum_keys + pa) * co.comp_s_per_attn_key) + co.launch_s
                 self.seg, self.chunks, self.t_next = "step", chunks, t + tau
                 return
