@@ -69,9 +69,7 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)]
     if adapters:
         rows.append(_adapter_row(spec, plan, chip, cm, n_prompt, n_generated, si, adapters, resident_adapters))
-    if chips is not None and spec.is_moe:
-        rows[0]["note"] += "; multi-chip systems of mixture-of-experts models are not modeled yet"
-    elif chips is not None:
+    if chips is not None:
         row = system_row(spec, plan, n_prompt, n_generated, chip=base_chip, chips=chips, link=link,
                          link_format=link_format, cost=cost)
         if row is not None:

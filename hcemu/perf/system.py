@@ -19,6 +19,13 @@ preset's ``kv_sram_bytes``: an HC1-class die's SRAM). For ``n_dies`` dies and ``
   is the sum; area: each die's :func:`~hcemu.perf.area.area_breakdown` (its ROM bits from its image,
   its KV SRAM, its layer regions, the head lanes on the last die) + one PHY per link end;
 * cost: ``n_dies`` cards, ``n_dies`` mask sets (each die's ROM differs) + one design per model.
+
+A mixture-of-experts model is split the same way, every expert staying with its layer
+(:func:`die_regions`): a die's regions are its layers, their expert regions (priced from the balanced
+expert passes of :func:`hcemu.perf.analytic.events_from_shapes`, or from a functional system's routes),
+the head and the embedding where it holds them; a token's ``k`` experts of a layer run at once, so one
+user waits ``1 / k`` of their cycles (:meth:`hcemu.perf.silicon.SiliconModel.timing`) and the pipeline
+holds :func:`hcemu.perf.silicon.pipeline_users` tokens plus one per hop.
 """
 from __future__ import annotations
 
@@ -30,10 +37,10 @@ from hcemu.events import Events, LinkEvents
 from hcemu.formats import get_link_format, kv_bytes_per_token_layer
 from hcemu.model.spec import ModelSpec, get_preset
 from hcemu.perf.analytic import decode_positions, events_from_shapes
-from hcemu.perf.area import area_breakdown, chip_area_breakdown, head_lane_scale
+from hcemu.perf.area import area_breakdown, chip_area_breakdown, expert_lanes, head_lane_scale
 from hcemu.perf.cost import HOURS_PER_YEAR, CostModel, CostResult
 from hcemu.perf.links import LinkSpec, get_link
-from hcemu.perf.silicon import SiliconModel
+from hcemu.perf.silicon import SiliconModel, pipeline_users
 from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import HC1_PLAN, ChipSpec, get_chip, get_cost
 from hcemu.rom.image import rom_bits_for_model
@@ -62,6 +69,21 @@ def link_events_from_shapes(spec: ModelSpec, n_hops: int, link_format, passes: i
     nbytes = get_link_format(link_format).message_bytes(spec.d_model)
     counts = np.tile(np.array([passes, passes * nbytes], np.int64), (n_hops, 1)).reshape(n_hops, 2)
     return LinkEvents(n_hops, counts)
+
+
+def die_regions(spec: ModelSpec, partition: Partition) -> np.ndarray:
+    """Which event regions (rows of :class:`~hcemu.events.Events` of ``spec``) each die holds: bool
+    (n_dies, n_regions) — its layers, their experts (every expert of a layer stays with the layer), the
+    head on the head die, the embedding on the embedding die."""
+    ev = Events.for_spec(spec)
+    rows = np.zeros((partition.n_dies, ev.counts.shape[0]), bool)
+    for d in partition.dies:
+        rows[d.index, d.first_layer:d.end_layer] = True
+        rows[d.index, ev.head] = d.head
+        rows[d.index, ev.embed] = d.embedding
+        if spec.is_moe and d.n_die_layers:
+            rows[d.index, ev.expert_index(d.first_layer, 0):ev.expert_index(d.end_layer - 1, spec.n_experts - 1) + 1] = True
+    return rows
 
 
 @dataclass(frozen=True)
@@ -158,8 +180,6 @@ class SystemModel:
                  n_generated: int) -> SystemResult:
         """Decode and prefill figures of ``partition`` (a Partition, a die count, or None: the fewest dies
         within the reference die's ROM) for a prompt of ``n_prompt`` tokens and ``n_generated`` out."""
-        if spec.is_moe:
-            raise ValueError(f"{spec.name}: multi-chip systems of mixture-of-experts models are not modeled yet")
         if n_prompt < 1 or n_generated < 2:
             raise ValueError(f"need n_prompt >= 1 and n_generated >= 2 (at least one decode step), "
                              f"got {n_prompt}, {n_generated}")
@@ -187,9 +207,12 @@ class SystemModel:
         n_hops = partition.n_dies - 1
         if decode_links.n_hops != n_hops:
             raise ValueError(f"{decode_links.n_hops} hops of link events for {partition.n_dies} dies")
+        if decode.n_layers != L or decode.n_experts != spec.n_experts:
+            raise ValueError(f"the events are of {decode.n_layers} layers x {decode.n_experts} experts, the model "
+                             f"has {L} x {spec.n_experts}")
         timing = si.timing(decode)
-        region_s = timing.total_cycles / hz / steps               # per token, per region
-        region_pass_s = timing.cycles_per_pass / hz
+        region_s = timing.total_cycles * timing.latency_weights / hz / steps   # one user's wait, per token
+        region_load_s = timing.total_cycles / hz / steps          # each region's busy time per token
         msg_bytes = np.divide(decode_links.counts[:, 1], np.maximum(decode_links.counts[:, 0], 1))
         msgs_per_step = decode_links.counts[:, 0] / steps
         hop_s = np.array([msgs_per_step[h] * self.link.hop_s(msg_bytes[h]) for h in range(n_hops)])
@@ -198,7 +221,7 @@ class SystemModel:
         hops = float(hop_s.sum())
         latency = compute + hops
         per_user = 1.0 / latency
-        slow_region = float(region_pass_s.max())
+        slow_region = float(region_load_s.max())
         slow_hop = float(hop_busy_s.max()) if n_hops else 0.0
         slowest = max(slow_region, slow_hop)
         stage = "link serialization" if slow_hop > slow_region else "a die region"
@@ -208,25 +231,22 @@ class SystemModel:
         whole_tr = chip_area_breakdown(chip, spec, plan).transistors
         link_power_each = self.link.power_w
 
-        rows = np.zeros((partition.n_dies, L + 2), bool)
-        for d in partition.dies:
-            rows[d.index, d.first_layer:d.end_layer] = True
-            rows[d.index, L] = d.head
-            rows[d.index, L + 1] = d.embedding
-        die_dyn = np.array([si.energy_j(Events(L, decode.counts * rows[k][:, None])) / steps
+        rows = die_regions(spec, partition)
+        die_dyn = np.array([si.energy_j(Events(L, decode.counts * rows[k][:, None], spec.n_experts)) / steps
                             for k in range(partition.n_dies)])
         die_area, die_static, die_link_w, die_users = [], [], [], []
         for d in partition.dies:
             ends = (d.index > 0) + (d.index < n_hops)
             ab = area_breakdown(chip, rom_bits=rom_bits_for_model(spec, plan, partition.geometry, d).total,
                                 sram_bytes=self.kv_sram_bytes_per_die, n_layers=d.n_die_layers,
-                                head_lane_scale=hscale if d.head else 0.0)
+                                head_lane_scale=hscale if d.head else 0.0,
+                                expert_lanes=expert_lanes(spec, chip, d.n_die_layers))
             die_area.append((ab, ab.total_mm2 + ends * self.link.phy_area_mm2))
             die_static.append(chip.static_power_w * ab.transistors / whole_tr)
             die_link_w.append(0.5 * ends * link_power_each)
             die_users.append(int(self.kv_sram_bytes_per_die // (d.n_die_layers * kv_layer_token * context)))
         users_kv = min(die_users)
-        stages = L + 2 + n_hops
+        stages = pipeline_users(spec) + n_hops
         static = np.array(die_static) + np.array(die_link_w)
         agg = lambda n: np.minimum(n * per_user, 1.0 / slowest)  # noqa: E731
         n = np.arange(1, stages + 1)
@@ -244,10 +264,10 @@ class SystemModel:
             link_power_w=float(die_link_w[d.index]), power_w=float(die_power[d.index]), area_mm2=float(mm2),
             transistors=float(ab.transistors)) for d, (ab, mm2) in zip(partition.dies, die_area))
         # prefill: the first token's passes and hops, then one slowest stage per further token
-        pre_pass = si.timing(prefill).cycles_per_pass / hz
+        pre_first, pre_slowest = si.prefill_stages(prefill, n_prompt)
         one_msg = self.link_format.message_bytes(spec.d_model)
-        prefill_s = (float(pre_pass.sum()) + n_hops * self.link.hop_s(one_msg)
-                     + (n_prompt - 1) * max(float(pre_pass.max()), self.link.serialization_s(one_msg) if n_hops else 0.0))
+        prefill_s = (pre_first + n_hops * self.link.hop_s(one_msg)
+                     + (n_prompt - 1) * max(pre_slowest, self.link.serialization_s(one_msg) if n_hops else 0.0))
         return SystemResult(
             chip=chip.name, model=spec.name, plan=plan.name, link=self.link.name, link_format=self.link_format.name,
             n_dies=partition.n_dies, layers_per_die=partition.layers_per_die, n_prompt=n_prompt,
