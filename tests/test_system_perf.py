@@ -324,3 +324,62 @@ def test_compare_rows_for_the_100b_class_moe():
     assert system["per_user_tok_s"] > 5 * max(r["per_user_tok_s"] for r in gpus)
     # the 30B mixture-of-experts preset on a chosen number of dies
     assert [r["chips"] for r in compare_rows(Q30, 1024, 1024, host=False, chips=3, gpus=())] == [1, 3]
+
+
+def test_expert_parallel_traffic_follows_the_rule():
+    """Every expert pass whose expert sits on an expert die (block b >= 1 of its layer's experts) costs
+    one dispatch and one combine message of d_model values, on the link from its layer's pipeline die."""
+    from hcemu.events import Events
+    from hcemu.perf.system import expert_blocks, expert_dispatch_passes, expert_link_events
+
+    part = partition_model(Q30, HC1_PLAN, 3)
+    ev = Events.for_spec(Q30)
+    rng = np.random.default_rng(1)
+    fired = rng.integers(0, 5, size=(Q30.n_layers, Q30.n_experts))
+    ev.experts()[:, :, 0] = fired
+    msg = get_link_format("int8").message_bytes(Q30.d_model)
+    for ep in (2, 4, 8):
+        assert list(expert_blocks(Q30, ep)) == [e * ep // Q30.n_experts for e in range(Q30.n_experts)]
+        links = expert_link_events(Q30, part, ev, ep, "int8")
+        assert links.n_hops == 3 * (ep - 1)
+        for d in part.dies:
+            for b in range(1, ep):
+                want = sum(2 * int(fired[i, e]) for i in d.layers for e in range(Q30.n_experts)
+                           if e // (Q30.n_experts // ep) == b)
+                assert links.counts[d.index * (ep - 1) + b - 1].tolist() == [want, want * msg]
+        assert expert_dispatch_passes(Q30, ev, ep).sum() == fired.sum()
+    assert expert_link_events(Q30, part, ev, 1, "int8").n_hops == 0
+    with pytest.raises(ValueError, match="divide evenly"):
+        expert_blocks(Q30, 3)
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        expert_blocks(L70, 2)
+    with pytest.raises(ValueError, match="expert_parallel"):
+        SystemModel(expert_parallel=0)
+
+
+def test_expert_parallel_system():
+    """Expert parallelism over ep dies per pipeline die: the same regions (compute, energy), ep times the
+    dies, the dispatch/combine round trips added to each token's latency."""
+    from hcemu.perf.analytic import balanced_expert_passes
+
+    part = partition_model(Q30, HC1_PLAN, 2)
+    base = SystemModel("hc1", "ucie-2.5d").evaluate(Q30, HC1_PLAN, part, 1024, 1024)
+    sm = SystemModel("hc1", "ucie-2.5d", expert_parallel=4)
+    r = sm.evaluate(Q30, HC1_PLAN, part, 1024, 1024)
+    assert r.n_dies == 8 and r.expert_parallel == 4 and [d.expert_block for d in r.dies] == [0, 0, 1, 2, 3, 1, 2, 3]
+    assert r.compute_s_per_token == pytest.approx(base.compute_s_per_token, rel=1e-12)
+    assert r.dynamic_energy_j_per_token == pytest.approx(base.dynamic_energy_j_per_token, rel=1e-9)
+    assert sum(d.dynamic_energy_j_per_token for d in r.dies) == pytest.approx(r.dynamic_energy_j_per_token)
+    assert sum(d.compute_s_per_token for d in r.dies) == pytest.approx(r.compute_s_per_token)
+    assert sum(d.rom_bits for d in r.dies) == sum(d.rom_bits for d in base.dies)
+    steps, link = 1023, get_link("ucie-2.5d")
+    bal = balanced_expert_passes(Q30, steps)
+    remote = [bal[32 * b:32 * (b + 1)].sum() / steps for b in (1, 2, 3)]    # the same in every layer
+    ser = link.serialization_s(4 * Q30.d_model)
+    assert r.expert_hops_s_per_token == pytest.approx(Q30.n_layers * 2 * (link.latency_ns * 1e-9 + max(remote) * ser))
+    assert r.latency_s_per_token == pytest.approx(r.compute_s_per_token + r.hops_s_per_token + r.expert_hops_s_per_token)
+    assert r.expert_link_bytes_per_token == round(Q30.n_layers * 2 * sum(remote) * 4 * Q30.d_model)
+    assert r.per_user_tok_s < base.per_user_tok_s and r.link_power_w == pytest.approx((1 + 2 * 3) * link.power_w)
+    assert r.area_mm2 == pytest.approx(sum(d.area_mm2 for d in r.dies)) and r.largest_die_mm2 < base.largest_die_mm2
+    assert all(d.kv_sram_bytes == 0 for d in r.dies if d.expert_block)
+    assert sm.cost(r).cents_per_mtok > 0

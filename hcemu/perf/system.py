@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hcemu.events import Events, LinkEvents
+from hcemu.events import FIELD_INDEX, Events, LinkEvents
 from hcemu.formats import get_link_format, kv_bytes_per_token_layer
 from hcemu.model.spec import ModelSpec, get_preset
 from hcemu.perf.analytic import decode_positions, events_from_shapes
@@ -43,7 +43,7 @@ from hcemu.perf.links import LinkSpec, get_link
 from hcemu.perf.silicon import SiliconModel, pipeline_users
 from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import HC1_PLAN, ChipSpec, get_chip, get_cost
-from hcemu.rom.image import rom_bits_for_model
+from hcemu.rom.image import region_rom_bits, rom_bits_for_model
 from hcemu.rom.partition import Partition, partition_model
 
 RETICLE_MM2 = 858.0
@@ -69,6 +69,58 @@ def link_events_from_shapes(spec: ModelSpec, n_hops: int, link_format, passes: i
     nbytes = get_link_format(link_format).message_bytes(spec.d_model)
     counts = np.tile(np.array([passes, passes * nbytes], np.int64), (n_hops, 1)).reshape(n_hops, 2)
     return LinkEvents(n_hops, counts)
+
+
+def expert_blocks(spec: ModelSpec, ep: int) -> np.ndarray:
+    """The die block of each of a layer's experts when expert parallelism spreads them over ``ep`` dies:
+    contiguous blocks of ``n_experts / ep`` (block 0 stays on the layer's pipeline die); int64 (n_experts,)."""
+    if ep == 1:
+        return np.zeros(spec.n_experts, np.int64)
+    if not spec.is_moe or spec.n_experts % ep:
+        raise ValueError(f"{spec.name}: expert parallelism over {ep} dies needs a mixture-of-experts model whose "
+                         f"experts ({spec.n_experts}) divide evenly")
+    return np.arange(spec.n_experts, dtype=np.int64) // (spec.n_experts // ep)
+
+
+def expert_dispatch_passes(spec: ModelSpec, events: Events, ep: int) -> np.ndarray:
+    """Expert passes of ``events`` per layer and expert block (:func:`expert_blocks`): int64 (n_layers, ep)
+    (zeros (n_layers, 1) for a dense model)."""
+    if not spec.is_moe:
+        return np.zeros((spec.n_layers, 1), np.int64)
+    fired = events.experts()[:, :, FIELD_INDEX["tokens"]]
+    out = np.zeros((spec.n_layers, ep), np.int64)
+    for b in range(ep):
+        out[:, b] = fired[:, expert_blocks(spec, ep) == b].sum(axis=1)
+    return out
+
+
+def expert_link_events(spec: ModelSpec, partition: Partition, events: Events, ep: int, link_format) -> LinkEvents:
+    """The dispatch/combine traffic of expert parallelism over ``ep`` dies per layer: link
+    ``k * (ep - 1) + b - 1`` joins pipeline die ``k`` to its expert die ``b`` (1 .. ep - 1); every expert
+    pass of ``events`` whose expert sits in block ``b`` of one of die ``k``'s layers sends one dispatch
+    message (the token's normalized FFN input) to the expert die and one combine message (the expert's
+    output) back, each ``message_bytes(d_model)`` in ``link_format``. No traffic for ``ep`` = 1."""
+    n = partition.n_dies * (ep - 1)
+    if n == 0:
+        return LinkEvents(0)
+    nbytes = get_link_format(link_format).message_bytes(spec.d_model)
+    passes = expert_dispatch_passes(spec, events, ep)
+    counts = np.zeros((n, 2), np.int64)
+    for d in partition.dies:
+        for b in range(1, ep):
+            m = 2 * int(passes[d.first_layer:d.end_layer, b].sum())
+            counts[d.index * (ep - 1) + b - 1] = (m, m * nbytes)
+    return LinkEvents(n, counts)
+
+
+def _round_trips_s(link: LinkSpec, remote: np.ndarray, serialization_s: float) -> float:
+    """Seconds one token waits for expert parallelism: per layer with remote expert passes (``remote``:
+    (n_layers, ep - 1) messages per token to each expert die), a dispatch and a combine, each the link's
+    latency plus the busiest expert die's messages serialized."""
+    if remote.size == 0:
+        return 0.0
+    busiest = remote.max(axis=1)
+    return float((2 * (link.latency_ns * 1e-9 + busiest * serialization_s))[busiest > 0].sum())
 
 
 def die_regions(spec: ModelSpec, partition: Partition) -> np.ndarray:
@@ -105,6 +157,9 @@ class DieFigures:
     power_w: float
     area_mm2: float
     transistors: float
+    expert_block: int = 0
+    """0: a pipeline die (its layers, with expert block 0 of them); b >= 1: an expert die holding block b
+    of the experts of layers ``first_layer .. end_layer - 1`` (expert parallelism)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +196,9 @@ class SystemResult:
     largest_die_mm2: float
     transistors: float
     dies: tuple
+    expert_parallel: int = 1
+    expert_hops_s_per_token: float = 0.0
+    expert_link_bytes_per_token: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,8 +214,11 @@ class SystemModel:
     """
 
     def __init__(self, chip: ChipSpec | str = "hc1", link: LinkSpec | str = DEFAULT_LINK, link_format="fp32",
-                 kv_sram_bytes_per_die: int | None = None, sized: bool = True):
+                 kv_sram_bytes_per_die: int | None = None, sized: bool = True, expert_parallel: int = 1):
         self.base_chip = get_chip(chip)
+        if isinstance(expert_parallel, bool) or not isinstance(expert_parallel, (int, np.integer)) or expert_parallel < 1:
+            raise ValueError(f"expert_parallel must be an integer >= 1, got {expert_parallel!r}")
+        self.expert_parallel = int(expert_parallel)
         self.link = get_link(link)
         self.link_format = get_link_format(link_format)
         if kv_sram_bytes_per_die is not None and int(kv_sram_bytes_per_die) < 0:
@@ -194,22 +255,27 @@ class SystemModel:
     def price(self, spec: ModelSpec, plan, partition: Partition, n_prompt: int, n_generated: int,
               prefill: Events, decode: Events, decode_links: LinkEvents) -> SystemResult:
         """Figures from events (counted by a :class:`hcemu.chip.system.System` or from shapes): the
-        dies' ``prefill``/``decode`` events of the whole model and the decode steps' link events."""
+        dies' ``prefill``/``decode`` events of the whole model and the decode steps' link events. With
+        ``expert_parallel`` > 1 the expert dies and their dispatch/combine traffic (from the events'
+        expert passes, :func:`expert_link_events`) are added."""
         if partition.spec != spec:
             raise ValueError(f"the partition is of {partition.spec.name}, not {spec.name}")
         chip = self.chip_for(spec, plan)
         hz = chip.clock_ghz * 1e9
-        L = spec.n_layers
+        L, E = spec.n_layers, spec.n_experts
         si = SiliconModel(chip)
         steps = int(decode.counts[0, 0])
         if steps < 1:
             raise ValueError("the decode events hold no decode step")
-        n_hops = partition.n_dies - 1
+        n_pipe = partition.n_dies
+        n_hops = n_pipe - 1
         if decode_links.n_hops != n_hops:
             raise ValueError(f"{decode_links.n_hops} hops of link events for {partition.n_dies} dies")
-        if decode.n_layers != L or decode.n_experts != spec.n_experts:
+        if decode.n_layers != L or decode.n_experts != E:
             raise ValueError(f"the events are of {decode.n_layers} layers x {decode.n_experts} experts, the model "
-                             f"has {L} x {spec.n_experts}")
+                             f"has {L} x {E}")
+        ep = self.expert_parallel
+        block = expert_blocks(spec, ep)
         timing = si.timing(decode)
         region_s = timing.total_cycles * timing.latency_weights / hz / steps   # one user's wait, per token
         region_load_s = timing.total_cycles / hz / steps          # each region's busy time per token
@@ -217,12 +283,19 @@ class SystemModel:
         msgs_per_step = decode_links.counts[:, 0] / steps
         hop_s = np.array([msgs_per_step[h] * self.link.hop_s(msg_bytes[h]) for h in range(n_hops)])
         hop_busy_s = np.array([self.link.serialization_s(msg_bytes[h]) for h in range(n_hops)])
+        # expert parallelism: per MoE layer a dispatch and a combine, each waiting for the busiest block's messages
+        one_msg = self.link_format.message_bytes(spec.d_model)
+        ser = self.link.serialization_s(one_msg)
+        ep_links = expert_link_events(spec, partition, decode, ep, self.link_format)
+        remote = expert_dispatch_passes(spec, decode, ep)[:, 1:] / steps          # (L, ep - 1) per token
+        ep_hops = _round_trips_s(self.link, remote, ser)
+        ep_busy = ep_links.counts[:, 0] / 2 / steps * ser                       # per direction, per token
         compute = float(region_s.sum())
         hops = float(hop_s.sum())
-        latency = compute + hops
+        latency = compute + hops + ep_hops
         per_user = 1.0 / latency
         slow_region = float(region_load_s.max())
-        slow_hop = float(hop_busy_s.max()) if n_hops else 0.0
+        slow_hop = max(float(hop_busy_s.max()) if n_hops else 0.0, float(ep_busy.max()) if ep_busy.size else 0.0)
         slowest = max(slow_region, slow_hop)
         stage = "link serialization" if slow_hop > slow_region else "a die region"
         context = n_prompt + n_generated - 1
@@ -231,22 +304,41 @@ class SystemModel:
         whole_tr = chip_area_breakdown(chip, spec, plan).transistors
         link_power_each = self.link.power_w
 
+        # the dies: the pipeline dies (each with expert block 0 of its layers), then each one's expert dies
         rows = die_regions(spec, partition)
-        die_dyn = np.array([si.energy_j(Events(L, decode.counts * rows[k][:, None], spec.n_experts)) / steps
-                            for k in range(partition.n_dies)])
-        die_area, die_static, die_link_w, die_users = [], [], [], []
+        ev = Events.for_spec(spec)
+        expert_rows = np.zeros(rows.shape[1], bool)
+        expert_rows[L + 2:] = True
+        region_block = np.full(rows.shape[1], -1)
+        if E:
+            region_block[L + 2:] = np.tile(block, L)
+        dies = []   # (DieAssignment, expert block, region mask)
         for d in partition.dies:
-            ends = (d.index > 0) + (d.index < n_hops)
-            ab = area_breakdown(chip, rom_bits=rom_bits_for_model(spec, plan, partition.geometry, d).total,
-                                sram_bytes=self.kv_sram_bytes_per_die, n_layers=d.n_die_layers,
-                                head_lane_scale=hscale if d.head else 0.0,
-                                expert_lanes=expert_lanes(spec, chip, d.n_die_layers))
+            dies.append((d, 0, rows[d.index] & ~(expert_rows & (region_block > 0))))
+        for d in partition.dies:
+            for b in range(1, ep):
+                dies.append((d, b, rows[d.index] & expert_rows & (region_block == b)))
+        n_dies = len(dies)
+        die_dyn = np.array([si.energy_j(Events(L, decode.counts * m[:, None], E)) / steps for _, _, m in dies])
+        die_area, die_static, die_link_w, die_users = [], [], [], []
+        die_bits = [region_rom_bits(spec, plan, partition.geometry, d) for d in partition.dies]
+        for k, (d, b, m) in enumerate(dies):
+            bits = die_bits[d.index]
+            if b == 0:
+                ends = (d.index > 0) + (d.index < n_hops) + (ep - 1)
+                ab = area_breakdown(chip, rom_bits=int(bits[m].sum()), sram_bytes=self.kv_sram_bytes_per_die,
+                                    n_layers=d.n_die_layers, head_lane_scale=hscale if d.head else 0.0,
+                                    expert_lanes=expert_lanes(spec, chip, d.n_die_layers) / ep)
+                die_users.append(int(self.kv_sram_bytes_per_die // (d.n_die_layers * kv_layer_token * context)))
+            else:   # an expert die: its block of its pipeline die's experts, no layer region, no KV
+                ends = 1
+                ab = area_breakdown(chip, rom_bits=int(bits[m].sum()), sram_bytes=0, n_layers=0,
+                                    head_lane_scale=0.0, expert_lanes=expert_lanes(spec, chip, d.n_die_layers) / ep)
             die_area.append((ab, ab.total_mm2 + ends * self.link.phy_area_mm2))
             die_static.append(chip.static_power_w * ab.transistors / whole_tr)
             die_link_w.append(0.5 * ends * link_power_each)
-            die_users.append(int(self.kv_sram_bytes_per_die // (d.n_die_layers * kv_layer_token * context)))
         users_kv = min(die_users)
-        stages = pipeline_users(spec) + n_hops
+        stages = pipeline_users(spec) + n_hops + ep_links.n_hops
         static = np.array(die_static) + np.array(die_link_w)
         agg = lambda n: np.minimum(n * per_user, 1.0 / slowest)  # noqa: E731
         n = np.arange(1, stages + 1)
@@ -256,30 +348,35 @@ class SystemModel:
         aggregate = float(agg(users)) if users else 0.0
         die_power = die_dyn * aggregate + static
         power = float(die_power.sum())
-        dies = tuple(DieFigures(
-            index=d.index, first_layer=d.first_layer, end_layer=d.end_layer, embedding=d.embedding, head=d.head,
-            rom_bits=int(ab.rom_bits), kv_sram_bytes=self.kv_sram_bytes_per_die, users_kv_limit=die_users[d.index],
-            compute_s_per_token=float(region_s[rows[d.index]].sum()),
-            dynamic_energy_j_per_token=float(die_dyn[d.index]), static_power_w=float(die_static[d.index]),
-            link_power_w=float(die_link_w[d.index]), power_w=float(die_power[d.index]), area_mm2=float(mm2),
-            transistors=float(ab.transistors)) for d, (ab, mm2) in zip(partition.dies, die_area))
-        # prefill: the first token's passes and hops, then one slowest stage per further token
+        figs = tuple(DieFigures(
+            index=k, first_layer=d.first_layer, end_layer=d.end_layer, embedding=d.embedding and b == 0,
+            head=d.head and b == 0, rom_bits=int(ab.rom_bits), kv_sram_bytes=self.kv_sram_bytes_per_die if b == 0 else 0,
+            users_kv_limit=die_users[d.index] if b == 0 else 0, compute_s_per_token=float(region_s[m].sum()),
+            dynamic_energy_j_per_token=float(die_dyn[k]), static_power_w=float(die_static[k]),
+            link_power_w=float(die_link_w[k]), power_w=float(die_power[k]), area_mm2=float(mm2),
+            transistors=float(ab.transistors), expert_block=b)
+            for k, ((d, b, m), (ab, mm2)) in enumerate(zip(dies, die_area)))
+        # prefill: the first token's passes, hops and round trips, then one slowest stage per further token
         pre_first, pre_slowest = si.prefill_stages(prefill, n_prompt)
-        one_msg = self.link_format.message_bytes(spec.d_model)
-        prefill_s = (pre_first + n_hops * self.link.hop_s(one_msg)
-                     + (n_prompt - 1) * max(pre_slowest, self.link.serialization_s(one_msg) if n_hops else 0.0))
+        pre_remote = expert_dispatch_passes(spec, prefill, ep)[:, 1:] / n_prompt
+        pre_trips = _round_trips_s(self.link, pre_remote, ser)
+        pre_ep_busy = float(max((pre_remote[partition.dies[k].first_layer:partition.dies[k].end_layer].sum(axis=0).max()
+                                 for k in range(n_pipe)), default=0.0)) * ser if ep > 1 else 0.0
+        prefill_s = (pre_first + n_hops * self.link.hop_s(one_msg) + pre_trips
+                     + (n_prompt - 1) * max(pre_slowest, ser if n_hops else 0.0, pre_ep_busy))
         return SystemResult(
             chip=chip.name, model=spec.name, plan=plan.name, link=self.link.name, link_format=self.link_format.name,
-            n_dies=partition.n_dies, layers_per_die=partition.layers_per_die, n_prompt=n_prompt,
+            n_dies=n_dies, layers_per_die=partition.layers_per_die, n_prompt=n_prompt,
             n_generated=n_generated, latency_s_per_token=latency, per_user_tok_s=per_user,
             compute_s_per_token=compute, hops_s_per_token=hops,
             link_bytes_per_token=int(round(decode_links.bytes / steps)), prefill_s=prefill_s,
             slowest_stage_s=slowest, slowest_stage=stage, users_kv_limit=users_kv, users_power_limit=users_power,
             users=users, aggregate_tok_s=aggregate, dynamic_energy_j_per_token=float(die_dyn.sum()),
-            link_power_w=float(n_hops * link_power_each), power_w=power,
+            link_power_w=float((n_hops + ep_links.n_hops) * link_power_each), power_w=power,
             energy_j_per_token=power / aggregate if aggregate else float("inf"),
             area_mm2=float(sum(mm2 for _, mm2 in die_area)), largest_die_mm2=float(max(mm2 for _, mm2 in die_area)),
-            transistors=float(sum(ab.transistors for ab, _ in die_area)), dies=dies)
+            transistors=float(sum(ab.transistors for ab, _ in die_area)), dies=figs, expert_parallel=ep,
+            expert_hops_s_per_token=ep_hops, expert_link_bytes_per_token=int(round(ep_links.bytes / steps)))
 
     def cost(self, result: SystemResult, cost="default", units=None) -> CostResult:
         """Cents per Mtok of the system at its aggregate throughput: ``n_dies`` cards of the chip's
