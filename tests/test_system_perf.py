@@ -383,3 +383,13 @@ def test_expert_parallel_system():
     assert r.area_mm2 == pytest.approx(sum(d.area_mm2 for d in r.dies)) and r.largest_die_mm2 < base.largest_die_mm2
     assert all(d.kv_sram_bytes == 0 for d in r.dies if d.expert_block)
     assert sm.cost(r).cents_per_mtok > 0
+
+
+def test_compare_command_with_expert_parallelism(capsys):
+    assert main(["compare", "--model", "qwen3-30b-a3b", "--no-host", "--json", "--chips", "2",
+                 "--expert-parallel", "4", "--link", "ucie-2.5d"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    system = rows[1]
+    assert system["chips"] == 8 and "over 4 dies (2 pipeline dies)" in system["note"]
+    assert main(["compare", "--model", "llama-3.1-70b", "--no-host", "--expert-parallel", "2"]) == 1
+    assert "mixture-of-experts" in capsys.readouterr().err
