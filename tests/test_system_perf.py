@@ -253,7 +253,17 @@ def test_compare_plot_for_a_multi_die_model(tmp_path, capsys):
     assert not (tmp_path / "c70-cost.png").exists()
 
 
-@pytest.mark.parametrize("n", [2, 5])
+def test_die_region_bits_are_the_die_images():
+    """Each die's region bits (from the whole model's regions) sum to its image's ROM bits, the head
+    die's tied copy of the embedding included."""
+    from hcemu.perf.system import die_region_bits
+
+    for spec, plan, n in ((SMOL, get_plan("int4"), 3), (Q30, HC1_PLAN, 3), (SMOL, get_plan("int4"), 1)):
+        part = partition_model(spec, plan, n)
+        assert die_region_bits(spec, plan, part).sum(axis=1).tolist() == [b.total for b in part.die_rom_bits()]
+
+
+@pytest.mark.parametrize("n", [3])
 def test_moe_pipeline_keeps_every_expert_with_its_layer(n):
     """A mixture-of-experts model split by layers: each die holds its layers' expert regions (and only
     those) and waits for one pass of each layer's experts."""
@@ -264,8 +274,9 @@ def test_moe_pipeline_keeps_every_expert_with_its_layer(n):
     rows = die_regions(Q30, part)
     ev = Events.for_spec(Q30)
     assert rows.shape == (n, ev.counts.shape[0]) and np.all(rows.sum(axis=0) == 1)   # every region on one die
+    names = ev.region_names()
     for d in part.dies:
-        held = {ev.region_names()[i] for i in np.flatnonzero(rows[d.index])}
+        held = {names[i] for i in np.flatnonzero(rows[d.index])}
         want = ({str(i) for i in d.layers} | {f"expert.{i}.{e}" for i in d.layers for e in range(Q30.n_experts)}
                 | ({"head"} if d.head else set()) | ({"embed"} if d.embedding else set()))
         assert held == want

@@ -44,7 +44,7 @@ from hcemu.perf.silicon import SiliconModel, pipeline_users
 from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import HC1_PLAN, ChipSpec, get_chip, get_cost
 from hcemu.rom.image import region_rom_bits, rom_bits_for_model
-from hcemu.rom.partition import Partition, partition_model
+from hcemu.rom.partition import Partition, die_cost_terms, partition_model
 
 RETICLE_MM2 = 858.0
 """Largest die one exposure field prints, 26 x 33 mm [V: the ASML/TSMC scanner field]; a die above it
@@ -121,6 +121,22 @@ def _round_trips_s(link: LinkSpec, remote: np.ndarray, serialization_s: float) -
         return 0.0
     busiest = remote.max(axis=1)
     return float((2 * (link.latency_ns * 1e-9 + busiest * serialization_s))[busiest > 0].sum())
+
+
+def die_region_bits(spec: ModelSpec, plan, partition: Partition) -> np.ndarray:
+    """ROM bits of every region on every die, int64 (n_dies, n_regions) (:func:`region_rom_bits` of each
+    die's image), from the whole model's regions: a die's layer and expert regions are the one-chip
+    image's (the same banks, scales and norms), the embedding's and the head's (with a tied copy on the
+    head die) are :func:`hcemu.rom.partition.die_cost_terms`'."""
+    L = spec.n_layers
+    whole = region_rom_bits(spec, plan, partition.geometry)
+    rows = die_regions(spec, partition)
+    out = np.where(rows, whole[None, :], 0)
+    if partition.n_dies > 1:
+        _layers, emb, head, _total = die_cost_terms(spec, plan, partition.geometry)
+        out[:, L + 1] = np.where(rows[:, L + 1], emb, 0)
+        out[:, L] = np.where(rows[:, L], head, 0)
+    return out
 
 
 def die_regions(spec: ModelSpec, partition: Partition) -> np.ndarray:
@@ -321,7 +337,7 @@ class SystemModel:
         n_dies = len(dies)
         die_dyn = np.array([si.energy_j(Events(L, decode.counts * m[:, None], E)) / steps for _, _, m in dies])
         die_area, die_static, die_link_w, die_users = [], [], [], []
-        die_bits = [region_rom_bits(spec, plan, partition.geometry, d) for d in partition.dies]
+        die_bits = die_region_bits(spec, plan, partition)
         for k, (d, b, m) in enumerate(dies):
             bits = die_bits[d.index]
             if b == 0:
