@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from arch_models import ARCH_SPECS, arch_weights, write_arch_gguf
+
 from hcemu.chip import Chip
 from hcemu.chip.system import System
 from hcemu.events import Events, LinkEvents
@@ -76,7 +76,7 @@ def test_moe_system_is_bit_exact_with_one_chip(moe_model, split, compiled):
 def test_moe_die_counts_its_experts_in_the_model_regions(moe_model):
     """A die whose first layer is not 0 counts its layers' expert passes into the model's expert regions
     of those layers, and nothing into the other dies' regions."""
-    whole, systems = moe_model
+    _whole, systems = moe_model
     images = systems["3"].load_images(verify=False)
     for compiled in (True, False):
         die = Chip(images[1], kv_capacity_tokens=16, compiled=compiled)

@@ -322,7 +322,6 @@ class SystemModel:
 
         # the dies: the pipeline dies (each with expert block 0 of its layers), then each one's expert dies
         rows = die_regions(spec, partition)
-        ev = Events.for_spec(spec)
         expert_rows = np.zeros(rows.shape[1], bool)
         expert_rows[L + 2:] = True
         region_block = np.full(rows.shape[1], -1)
