@@ -81,13 +81,28 @@ def extensions():
     return cythonize(exts, compiler_directives=directives, nthreads=0, quiet=True)
 
 
+LIBRARY = "libhcemu.so"
+"""The C library of the whole chip (csrc/hcemu_chip.h), beside the extension in the package."""
+
+
 class build_ext_per_flags(build_ext):
-    """Object files of each flag set in their own folder (``build/temp.../<hash of the flags>``)."""
+    """Object files of each flag set in their own folder (``build/temp.../<hash of the flags>``); then
+    the C library ``hcemu/libhcemu.so`` linked from the extension's objects of ``csrc/`` (no Python in
+    it: ``hcemu.get_library()``, docs/embedding.md)."""
 
     def finalize_options(self):
         super().finalize_options()
         tag = hashlib.sha256(" ".join(cflags + ldflags).encode()).hexdigest()[:10]
         self.build_temp = os.path.join(self.build_temp, tag)
+
+    def run(self):
+        super().run()
+        objects = self.compiler.object_filenames(CSRC, output_dir=self.build_temp)
+        missing = [o for o in objects if not os.path.exists(o)]
+        if missing:
+            sys.exit(f"libhcemu: the C core's objects {missing} were not built")
+        out = os.path.join(os.path.dirname(self.get_ext_fullpath("hcemu._core")), LIBRARY)
+        self.compiler.link_shared_object(objects, out, extra_postargs=ldflags + ["-lm", "-Wl,-soname," + LIBRARY])
 
 
 class build_py_with_headers(build_py):

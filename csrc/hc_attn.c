@@ -877,6 +877,13 @@ static void prep_f16(const kernels *K, block *B, const uint16_t *k, const uint16
     B->vf = B->vbuf;
 }
 
+int64_t hc_attended_keys(int64_t t, int64_t start, int64_t window) {
+    const int64_t lo = start + 1, hi = start + t;
+    if (window <= 0 || hi <= window) return (lo + hi) * t / 2;
+    if (lo > window) return window * t;
+    return (lo + window) * (window - lo + 1) / 2 + window * (hi - window);
+}
+
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out) {
     if (n < 0 || hd <= 0 || hd > HC_ATTN_MAX_HEAD_DIM || (int)isa < 0 || isa >= HC_ISA_COUNT)
         return HC_EINVAL;

@@ -777,26 +777,83 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 
 /* The format's structure as compile-time constants (loops unroll, U stays in registers, no per-tile
  * branches): one instance per combination the block kinds use, and a generic one for any other. */
+#define BLK_SK(w) (((w)->super_k == 64) | (((w)->super_k == 256) << 1))
 #define BLK_SHAPE(w) (((w)->bits == 8) | ((32 / (w)->sub_k == 2) << 1) | ((w)->scale_kind << 2) | \
-                      ((w)->offset_kind << 4) | (((w)->subscales != NULL) << 6) | (((w)->submins != NULL) << 7))
-#define BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn) ((i8) | (((nsub) == 2) << 1) | ((sk) << 2) | ((offk) << 4) | ((sc) << 6) | ((mn) << 7))
-#define BLK_CASE(fn, i8, nsub, sk, offk, sc, mn) \
-    case BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn): fn(c, t0, t1, m0, mc, i8, nsub, sk, offk, sc, mn); break;
-#define BLK_DISPATCH(fn)                                                                               \
+                      ((w)->offset_kind << 4) | (((w)->subscales != NULL) << 6) | (((w)->submins != NULL) << 7) | \
+                      (BLK_SK(w) << 8))
+#define BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn, bps) ((i8) | (((nsub) == 2) << 1) | ((sk) << 2) | ((offk) << 4) | \
+                                                      ((sc) << 6) | ((mn) << 7) | ((((bps) == 2) | (((bps) == 8) << 1)) << 8))
+#define BLK_CASE(fn, V, i8, nsub, sk, offk, sc, mn, bps)                   \
+    case BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn, bps):                    \
+        fn(c, t0, t1, m0, mc, i8, nsub, sk, offk, sc, mn, bps, V); break;
+#define BLK_DISPATCH(fn, V)                                                                            \
     switch (BLK_SHAPE(c->w)) {                                                                         \
-        BLK_CASE(fn, 0, 2, 0, 1, 1, 1) /* Q2_K */                                                     \
-        BLK_CASE(fn, 0, 2, 0, 0, 1, 0) /* Q3_K */                                                     \
-        BLK_CASE(fn, 0, 1, 0, 1, 1, 1) /* Q4_K */                                                     \
-        BLK_CASE(fn, 1, 1, 0, 1, 1, 1) /* Q5_K */                                                     \
-        BLK_CASE(fn, 1, 2, 0, 0, 1, 0) /* Q6_K */                                                     \
-        BLK_CASE(fn, 1, 1, 0, 0, 0, 0) /* Q5_0 */                                                     \
-        BLK_CASE(fn, 1, 1, 0, 2, 0, 0) /* Q5_1 */                                                     \
-        BLK_CASE(fn, 0, 1, 1, 0, 0, 0) /* MXFP4 */                                                    \
-        BLK_CASE(fn, 0, 2, 2, 0, 0, 0) /* NVFP4 */                                                    \
+        BLK_CASE(fn, V, 0, 2, 0, 1, 1, 1, 8) /* Q2_K */                                               \
+        BLK_CASE(fn, V, 0, 2, 0, 0, 1, 0, 8) /* Q3_K */                                               \
+        BLK_CASE(fn, V, 0, 1, 0, 1, 1, 1, 8) /* Q4_K */                                               \
+        BLK_CASE(fn, V, 1, 1, 0, 1, 1, 1, 8) /* Q5_K */                                               \
+        BLK_CASE(fn, V, 1, 2, 0, 0, 1, 0, 8) /* Q6_K */                                               \
+        BLK_CASE(fn, V, 1, 1, 0, 0, 0, 0, 1) /* Q5_0 */                                               \
+        BLK_CASE(fn, V, 1, 1, 0, 2, 0, 0, 1) /* Q5_1 */                                               \
+        BLK_CASE(fn, V, 0, 1, 1, 0, 0, 0, 1) /* MXFP4 */                                              \
+        BLK_CASE(fn, V, 0, 2, 2, 0, 0, 0, 2) /* NVFP4 */                                              \
     default:                                                                                           \
         fn(c, t0, t1, m0, mc, c->w->bits == 8, 32 / c->w->sub_k, c->w->scale_kind, c->w->offset_kind,  \
-           c->w->subscales != NULL, c->w->submins != NULL);                                            \
+           c->w->subscales != NULL, c->w->submins != NULL, (int)(c->w->super_k / 32), V);              \
     }
+
+/* M = 1 without the dots hook: BLK_MS row tiles, one from each of BLK_MS contiguous runs of the
+ * thread's tile range, advance block by block together (more independent work per block and more
+ * streams in flight, as tiles_ms_vnni), each with its own accumulator and block order (the results
+ * are the per-tile loop's bit for bit); the last (t1 - t0) % BLK_MS tiles one by one. */
+#ifndef BLK_MS
+#define BLK_MS 2
+#endif
+#ifndef PF_BLK
+#define PF_BLK 4096 /* prefetch distance (bytes) in each code stream at M = 1 (measured: 2048 too short cold) ... */
+#endif
+#ifndef PF_BLK_META
+#define PF_BLK_META 1024 /* ... and in each scale stream */
+#endif
+#ifndef PF_SUPER
+#define PF_SUPER 8 /* ... and super-blocks ahead in each super-block scale stream */
+#endif
+/* Software prefetch of the one-token bodies' streams: each super-block's fp16 scales and dmin
+ * (sparse: 32 bytes a super-block, which the hardware prefetcher does not follow) PF_SUPER
+ * super-blocks ahead, for tiles ts[0..S-1] ... */
+static inline __attribute__((always_inline)) void blk_prefetch_super(const hc_weights *w, const int64_t *ts, const int S,
+                                                                     int64_t nsup, int64_t sb, const int sk, const int offk) {
+    for (int s = 0; s < S; s++) {
+        if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+        if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
+    }
+}
+
+/* ... and block b of tile t: its code lines PF_BLK bytes ahead, its scale bytes, offsets, sub-scales
+ * and sub-mins PF_BLK_META bytes ahead. */
+static inline __attribute__((always_inline)) void blk_prefetch_block(const hc_weights *w, int64_t t, int64_t b, int64_t tb,
+                                                                     const int nsub, const int sk, const int offk,
+                                                                     const int has_sc, const int has_mn) {
+    const int64_t nb = w->n_blocks, u0 = (t * nb * nsub + b * nsub) * TR;
+    const uint8_t *tp = w->codes + (t * nb + b) * tb;
+    for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_BLK + pf), _MM_HINT_T0);
+    if (sk == 1) _mm_prefetch((const char *)(w->scale_bytes + (t * nb + b) * TR + PF_BLK_META), _MM_HINT_T0);
+    if (offk == 2) _mm_prefetch((const char *)(w->offsets + (t * nb + b) * TR + PF_BLK_META / 2), _MM_HINT_T0);
+    if (sk == 2) _mm_prefetch((const char *)(w->scale_bytes + u0 + PF_BLK_META), _MM_HINT_T0);
+    if (has_sc) _mm_prefetch((const char *)(w->subscales + u0 + PF_BLK_META), _MM_HINT_T0);
+    if (has_mn) _mm_prefetch((const char *)(w->submins + u0 + PF_BLK_META), _MM_HINT_T0);
+}
+
+#define BLK_M1(fn, ...)                                                                                \
+    do {                                                                                               \
+        const int64_t L_ = (t1 - t0) / BLK_MS;                                                         \
+        for (int64_t j_ = 0; j_ < L_; j_++) {                                                          \
+            int64_t ts_[BLK_MS];                                                                       \
+            for (int s_ = 0; s_ < BLK_MS; s_++) ts_[s_] = t0 + s_ * L_ + j_;                           \
+            fn(c, ts_, BLK_MS, m0, xs, __VA_ARGS__);                                                   \
+        }                                                                                              \
+        for (int64_t t_ = t0 + L_ * BLK_MS; t_ < t1; t_++) fn(c, &t_, 1, m0, xs, __VA_ARGS__);         \
+    } while (0)
 
 /* X_j of every sub-block of tokens m0..m0+mc-1: xs[(i * nb + b) * 2 + j]. */
 static void blk_xsums(const cim_ctx *c, int64_t m0, int64_t mc, int32_t *xs) {
@@ -815,13 +872,157 @@ static void blk_xsums(const cim_ctx *c, int64_t m0, int64_t mc, int32_t *xs) {
         }
 }
 
+
+/* 8 rows' e8m0 scale bytes at p -> float 2^(e - 128) (exact, as e8m0_to_float). */
+static inline AVX2_TARGET __m256 e8m0_avx2(const uint8_t *p) {
+    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+    const __m256i nrm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(nrm, sub, small));
+}
+
+/* 8 rows' ue4m3 scale bytes at p -> float, as ue4m3_to_float: (8 + m) 2^(e - 11), or m 2^-10 when
+ * e = 0; 0x7F -> 0. */
+static inline AVX2_TARGET __m256 ue4m3_avx2(const uint8_t *p) {
+    const __m256i x8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    const __m256i e = _mm256_and_si256(_mm256_srli_epi32(x8, 3), _mm256_set1_epi32(15));
+    const __m256i m = _mm256_and_si256(x8, _mm256_set1_epi32(7));
+    const __m256i ez = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+    const __m256i sig = _mm256_blendv_epi8(_mm256_add_epi32(m, _mm256_set1_epi32(8)), m, ez);
+    const __m256i ex = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127 - 11)), _mm256_set1_epi32(127 - 10), ez);
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sig), _mm256_castsi256_ps(_mm256_slli_epi32(ex, 23)));
+    const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(x8, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
+    return _mm256_andnot_ps(_mm256_castsi256_ps(nan), v);
+}
+
+static inline AVX2_TARGET __m256 neg_half8_avx2(const uint16_t *p) { return _mm256_xor_ps(half8_avx2(p), _mm256_set1_ps(-0.0f)); }
+
+/* One token, S row tiles (ts[0..S-1]) together; the body of tiles_blk_avx2_t for mc = 1 with the
+ * super-block's scales converted once, the code lines read and consumed quad pair by quad pair
+ * (V: vpdpbusd in two chains, else vpmaddubsw pairs as there), every sum and float operation the
+ * same as there. */
+static inline __attribute__((always_inline)) AVX2_TARGET void
+tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, const int32_t *xs, const int i8,
+                const int nsub, const int sk, const int offk, const int has_sc, const int has_mn, const int bps,
+                const int V) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps, nsu = nb * nsub;
+    const int qps = 8 / nsub, fsc = sk == 2;
+    const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
+    const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
+                               : _mm256_setzero_si256();
+    const int8_t *xq = c->q + m0 * c->ldq;
+    const float *A = c->A + m0 * nb;
+    __m256 acc[BLK_MS][2], d[BLK_MS][2], o[BLK_MS][2];
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; s++)
+        for (int h = 0; h < 2; h++) acc[s][h] = d[s][h] = o[s][h] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsup; sb++) {
+        _Pragma("GCC unroll 4") for (int s = 0; s < S; s++)
+            for (int h = 0; h < 2; h++) {
+                if (sk == 0) d[s][h] = half8_avx2(w->scales + (ts[s] * nsup + sb) * TR + 8 * h);
+                if (offk == 1) o[s][h] = neg_half8_avx2(w->offsets + (ts[s] * nsup + sb) * TR + 8 * h);
+            }
+        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
+        for (int bb = 0; bb < bps; bb++) {
+            const int64_t b = sb * bps + bb;
+            const int8_t *x = xq + b * 32;
+            const int32_t *X = xs + b * 2;
+            const __m256 av = _mm256_set1_ps(A[b]);
+            _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+                const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
+                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
+                const int64_t u0 = (ts[s] * nsu + b * nsub) * TR; /* this block's first sub-block unit */
+                if (sk == 1) {
+                    d[s][0] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR);
+                    d[s][1] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR + 8);
+                }
+                if (offk == 2) {
+                    o[s][0] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR);
+                    o[s][1] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR + 8);
+                }
+                __m256i Si[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, Mi[2] = {Si[0], Si[1]};
+                __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = u0 + j * TR;
+                    __m256i P[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, P2[2] = {P[0], P[1]};
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) {
+                        const __m256i xb = bcast4_avx2(x + 4 * q), xc = bcast4_avx2(x + 4 * q + 4);
+                        for (int h = 0; h < 2; h++) {
+                            __m256i ua, ub;
+                            if (i8) {
+                                ua = _mm256_loadu_si256((const __m256i *)(tp + 64 * q + 32 * h));
+                                ub = _mm256_loadu_si256((const __m256i *)(tp + 64 * q + 64 + 32 * h));
+                            } else {
+                                const __m256i raw = _mm256_loadu_si256((const __m256i *)(tp + 32 * q + 32 * h));
+                                ua = _mm256_and_si256(raw, lo_mask);
+                                if (V && !w->lut) /* as tiles1_blk_vnni: 16 u in place, sum / 16 below */
+                                    ub = _mm256_andnot_si256(lo_mask, raw);
+                                else
+                                    ub = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo_mask);
+                                if (w->lut) {
+                                    ua = _mm256_shuffle_epi8(lut, ua);
+                                    ub = _mm256_shuffle_epi8(lut, ub);
+                                }
+                            }
+                            if (V) {
+                                P[h] = dpbusd_vex(P[h], ua, xb);
+                                P2[h] = dpbusd_vex(P2[h], ub, xc);
+                            } else {
+                                P[h] = _mm256_add_epi32(P[h], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(ua, xb),
+                                                                                                  _mm256_maddubs_epi16(ub, xc)),
+                                                                                 ones));
+                            }
+                        }
+                    }
+                    const __m256i bx = _mm256_set1_epi32(w->bias * X[j]);
+                    const __m256i xj = _mm256_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]); /* as tiles1_blk_vnni */
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i p2 = V && !i8 && !w->lut ? _mm256_srai_epi32(P2[h], 4) : P2[h];
+                        const __m256i D = _mm256_sub_epi32(V ? _mm256_add_epi32(P[h], p2) : P[h], bx);
+                        if (fsc) {
+                            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), ue4m3_avx2(w->scale_bytes + su + 8 * h));
+                            tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
+                        } else {
+                            Si[h] = _mm256_add_epi32(Si[h], has_sc ? _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                                                                            (const __m128i *)(w->subscales + su + 8 * h))), D)
+                                                                   : D);
+                            if (offk)
+                                Mi[h] = _mm256_add_epi32(Mi[h], has_mn ? _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                                                                                (const __m128i *)(w->submins + su + 8 * h))), xj)
+                                                                       : xj);
+                        }
+                    }
+                }
+                for (int h = 0; h < 2; h++) {
+                    __m256 v = tf[h];
+                    if (!fsc) {
+                        v = _mm256_mul_ps(_mm256_cvtepi32_ps(Si[h]), d[s][h]);
+                        if (offk) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(Mi[h]), o[s][h]));
+                    }
+                    acc[s][h] = _mm256_add_ps(acc[s][h], _mm256_mul_ps(v, av));
+                }
+            }
+        }
+    }
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+        float out[TR];
+        for (int h = 0; h < 2; h++) {
+            __m256 a = acc[s][h];
+            if (w->tensor_scale != 1.0f) a = _mm256_mul_ps(a, _mm256_set1_ps(w->tensor_scale));
+            _mm256_storeu_ps(out + 8 * h, a);
+        }
+        store_rows(c, ts[s], m0, 1, out);
+    }
+}
+
 #define BLK_XS_STACK 4096
 static inline __attribute__((always_inline)) AVX2_TARGET void
 tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
-                 const int sk, const int offk, const int has_sc, const int has_mn) {
+                 const int sk, const int offk, const int has_sc, const int has_mn, const int bps, const int V) {
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
-    const int bps = w->super_k / 32, qps = 8 / nsub; /* quads per sub-block */
+    const int qps = 8 / nsub; /* quads per sub-block; bps: blocks per super-block */
     const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
     const int fsc = sk == 2;
     const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
@@ -834,6 +1035,11 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
         return;
     }
     blk_xsums(c, m0, mc, xs);
+    if (mc == 1 && !c->dots) {
+        BLK_M1(tiles1_blk_avx2, i8, nsub, sk, offk, has_sc, has_mn, bps, V);
+        if (xs != xs_stack) free(xs);
+        return;
+    }
     float acc[HC_CIM_M_CHUNK * TR];
     for (int64_t t = t0; t < t1; t++) {
         memset(acc, 0, sizeof(float) * TR * mc);
@@ -865,35 +1071,19 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
                 if (sk == 0) {
                     d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales + sup * TR + 8 * h)));
                 } else if (sk == 1) {
-                    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + (t * nb + b) * TR + 8 * h)));
-                    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
-                    const __m256i nrm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
-                    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
-                    d[h] = _mm256_castsi256_ps(_mm256_blendv_epi8(nrm, sub, small));
+                    d[h] = e8m0_avx2(w->scale_bytes + (t * nb + b) * TR + 8 * h);
                 } else {
                     d[h] = _mm256_setzero_ps();
                 }
                 if (offk == 1)
-                    o[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + sup * TR + 8 * h))),
-                                         _mm256_set1_ps(-0.0f));
+                    o[h] = neg_half8_avx2(w->offsets + sup * TR + 8 * h);
                 else if (offk == 2)
                     o[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + (t * nb + b) * TR + 8 * h)));
                 else
                     o[h] = _mm256_setzero_ps();
                 for (int j = 0; j < nsub; j++) {
                     const int64_t su = (t * nsu + b * nsub + j) * TR + 8 * h;
-                    if (fsc) { /* ue4m3: (8 + m) 2^(e - 11), or m 2^-10 when e = 0; 0x7F -> 0 */
-                        const __m256i x8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->scale_bytes + su)));
-                        const __m256i e = _mm256_and_si256(_mm256_srli_epi32(x8, 3), _mm256_set1_epi32(15));
-                        const __m256i m = _mm256_and_si256(x8, _mm256_set1_epi32(7));
-                        const __m256i ez = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
-                        const __m256i sig = _mm256_blendv_epi8(_mm256_add_epi32(m, _mm256_set1_epi32(8)), m, ez);
-                        const __m256i ex = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127 - 11)),
-                                                              _mm256_set1_epi32(127 - 10), ez);
-                        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sig), _mm256_castsi256_ps(_mm256_slli_epi32(ex, 23)));
-                        const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(x8, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
-                        s2[j][h] = _mm256_andnot_ps(_mm256_castsi256_ps(nan), v);
-                    }
+                    if (fsc) s2[j][h] = ue4m3_avx2(w->scale_bytes + su);
                     sc[j][h] = has_sc ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
                                       : _mm256_set1_epi32(1);
                     mn[j][h] = has_mn ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
@@ -954,17 +1144,137 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
 }
 
 static AVX2_TARGET void tiles_blk_avx2(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
-    BLK_DISPATCH(tiles_blk_avx2_t)
+    BLK_DISPATCH(tiles_blk_avx2_t, 0)
+}
+
+/* the AVX-VNNI path: the same body, vpdpbusd (VEX) at M = 1 */
+static AVX2_TARGET void tiles_blk_avxvnni(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
+    BLK_DISPATCH(tiles_blk_avx2_t, 1)
 }
 
 /* AVX-512 VNNI: one 64-byte quad is 16 rows x 4 codes, so one vpdpbusd per quad and token covers
  * the whole tile; scales and the epilogue in one register of 16 rows. */
+static inline VNNI_TARGET __m512 e8m0_512(const uint8_t *p) { /* 16 rows, as e8m0_avx2 */
+    const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    const __mmask16 small = _mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(2));
+    const __m512i nrm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, nrm, sub));
+}
+
+static inline VNNI_TARGET __m512 ue4m3_512(const uint8_t *p) { /* 16 rows, as ue4m3_avx2 */
+    const __m512i x8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    const __m512i e = _mm512_and_si512(_mm512_srli_epi32(x8, 3), _mm512_set1_epi32(15));
+    const __m512i m = _mm512_and_si512(x8, _mm512_set1_epi32(7));
+    const __mmask16 ez = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
+    const __m512i sig = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(m, _mm512_set1_epi32(8)), m);
+    const __m512i ex = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(e, _mm512_set1_epi32(127 - 11)), _mm512_set1_epi32(127 - 10));
+    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sig), _mm512_castsi512_ps(_mm512_slli_epi32(ex, 23)));
+    const __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x8, _mm512_set1_epi32(0x7f)), _mm512_set1_epi32(0x7f));
+    return _mm512_maskz_mov_ps((__mmask16)~nan, v);
+}
+
+static inline VNNI_TARGET __m512 half16_512(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* One token, S row tiles together: tiles_blk_vnni_t's body for mc = 1, as tiles1_blk_avx2 (the
+ * super-block's scales converted once, each 64-byte line unpacked and consumed at once, two
+ * vpdpbusd chains per sub-block); the same sums and float operations in the same order. */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, const int32_t *xs, const int i8,
+                const int nsub, const int sk, const int offk, const int has_sc, const int has_mn, const int bps) {
+    const hc_weights *w = c->w;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps, nsu = nb * nsub;
+    const int qps = 8 / nsub, fsc = sk == 2;
+    const __m512i lo_mask = _mm512_set1_epi8(0x0f);
+    const __m512i lut = w->lut ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w->lut)) : _mm512_setzero_si512();
+    const int8_t *xq = c->q + m0 * c->ldq;
+    const float *A = c->A + m0 * nb;
+    __m512 acc[BLK_MS], d[BLK_MS], o[BLK_MS];
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) acc[s] = d[s] = o[s] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsup; sb++) {
+        _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+            if (sk == 0) d[s] = half16_512(w->scales + (ts[s] * nsup + sb) * TR);
+            if (offk == 1)
+                o[s] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512(w->offsets + (ts[s] * nsup + sb) * TR)),
+                                                            _mm512_set1_epi32((int)0x80000000u)));
+        }
+        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
+        for (int bb = 0; bb < bps; bb++) {
+            const int64_t b = sb * bps + bb;
+            const int8_t *x = xq + b * 32;
+            const int32_t *X = xs + b * 2;
+            const __m512 av = _mm512_set1_ps(A[b]);
+            _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+                const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
+                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
+                const int64_t u0 = (ts[s] * nsu + b * nsub) * TR;
+                if (sk == 1) d[s] = e8m0_512(w->scale_bytes + (ts[s] * nb + b) * TR);
+                if (offk == 2) o[s] = half16_512(w->offsets + (ts[s] * nb + b) * TR);
+                __m512i Si = _mm512_setzero_si512(), Mi = _mm512_setzero_si512();
+                __m512 tf = _mm512_setzero_ps();
+                for (int j = 0; j < nsub; j++) {
+                    const int64_t su = u0 + j * TR;
+                    __m512i P = _mm512_setzero_si512(), P2 = _mm512_setzero_si512(); /* two chains (exact) */
+                    for (int q = j * qps; q < (j + 1) * qps; q += 2) {
+                        __m512i ua, ub;
+                        if (i8) {
+                            ua = _mm512_loadu_si512(tp + 64 * q);
+                            ub = _mm512_loadu_si512(tp + 64 * q + 64);
+                        } else {
+                            const __m512i raw = _mm512_loadu_si512(tp + 32 * q);
+                            ua = _mm512_and_si512(raw, lo_mask);
+                            if (w->lut) {
+                                ua = _mm512_shuffle_epi8(lut, ua);
+                                ub = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo_mask));
+                            } else { /* the high nibbles in place: 16 u, summed below and divided by 16 (exact) */
+                                ub = _mm512_andnot_si512(lo_mask, raw);
+                            }
+                        }
+                        P = dpbusd_bcast(P, ua, x + 4 * q);
+                        P2 = dpbusd_bcast(P2, ub, x + 4 * q + 4);
+                    }
+                    if (!i8 && !w->lut) P2 = _mm512_srai_epi32(P2, 4);
+                    const __m512i D = _mm512_sub_epi32(_mm512_add_epi32(P, P2), _mm512_set1_epi32(w->bias * X[j]));
+                    if (fsc) {
+                        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), ue4m3_512(w->scale_bytes + su));
+                        tf = j ? _mm512_add_ps(tf, v) : v;
+                    } else {
+                        Si = _mm512_add_epi32(Si, has_sc ? _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                                                                  (const __m128i *)(w->subscales + su))), D)
+                                                         : D);
+                        if (offk) { /* mn X by vpmaddwd: mn in [0, 255] zero-extended, |X_j| <= 32 * 128 (exact) */
+                            const __m512i xj = _mm512_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]);
+                            Mi = _mm512_add_epi32(Mi, has_mn ? _mm512_madd_epi16(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                                                     (const __m128i *)(w->submins + su))), xj)
+                                                             : xj);
+                        }
+                    }
+                }
+                __m512 v = tf;
+                if (!fsc) {
+                    v = _mm512_mul_ps(_mm512_cvtepi32_ps(Si), d[s]);
+                    if (offk) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(Mi), o[s]));
+                }
+                acc[s] = _mm512_add_ps(acc[s], _mm512_mul_ps(v, av));
+            }
+        }
+    }
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+        __m512 a = acc[s];
+        if (w->tensor_scale != 1.0f) a = _mm512_mul_ps(a, _mm512_set1_ps(w->tensor_scale));
+        const int64_t rows = w->n - ts[s] * TR;
+        const __mmask16 mask = rows >= TR ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
+        _mm512_mask_storeu_ps(c->y + m0 * w->n + ts[s] * TR, mask, a);
+    }
+}
+
 static inline __attribute__((always_inline)) VNNI_TARGET void
 tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc, const int i8, const int nsub,
-                 const int sk, const int offk, const int has_sc, const int has_mn) {
+                 const int sk, const int offk, const int has_sc, const int has_mn, const int bps, const int V) {
+    (void)V;
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
-    const int bps = w->super_k / 32, qps = 8 / nsub;
+    const int qps = 8 / nsub;
     const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
     const int fsc = sk == 2;
     const __m512i lo_mask = _mm512_set1_epi8(0x0f);
@@ -976,6 +1286,11 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
         return;
     }
     blk_xsums(c, m0, mc, xs);
+    if (mc == 1 && !c->dots) {
+        BLK_M1(tiles1_blk_vnni, i8, nsub, sk, offk, has_sc, has_mn, bps);
+        if (xs != xs_stack) free(xs);
+        return;
+    }
     __m512 acc[HC_CIM_M_CHUNK];
     for (int64_t t = t0; t < t1; t++) {
         for (int64_t i = 0; i < mc; i++) acc[i] = _mm512_setzero_ps();
@@ -1003,11 +1318,7 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
             if (sk == 0) {
                 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + sup * TR)));
             } else if (sk == 1) {
-                const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + (t * nb + b) * TR)));
-                const __mmask16 small = _mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(2));
-                const __m512i nrm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
-                const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
-                d = _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, nrm, sub));
+                d = e8m0_512(w->scale_bytes + (t * nb + b) * TR);
             }
             if (offk == 1)
                 o = _mm512_castsi512_ps(_mm512_xor_si512(
@@ -1017,19 +1328,7 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
                 o = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + (t * nb + b) * TR)));
             for (int j = 0; j < nsub; j++) {
                 const int64_t su = (t * nsu + b * nsub + j) * TR;
-                if (fsc) {
-                    const __m512i x8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->scale_bytes + su)));
-                    const __m512i e = _mm512_and_si512(_mm512_srli_epi32(x8, 3), _mm512_set1_epi32(15));
-                    const __m512i m = _mm512_and_si512(x8, _mm512_set1_epi32(7));
-                    const __mmask16 ez = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
-                    const __m512i sig = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(m, _mm512_set1_epi32(8)), m);
-                    const __m512i ex = _mm512_mask_blend_epi32(ez, _mm512_add_epi32(e, _mm512_set1_epi32(127 - 11)),
-                                                               _mm512_set1_epi32(127 - 10));
-                    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sig), _mm512_castsi512_ps(_mm512_slli_epi32(ex, 23)));
-                    const __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x8, _mm512_set1_epi32(0x7f)),
-                                                                  _mm512_set1_epi32(0x7f));
-                    s2[j] = _mm512_maskz_mov_ps((__mmask16)~nan, v);
-                }
+                if (fsc) s2[j] = ue4m3_512(w->scale_bytes + su);
                 sc[j] = has_sc ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w->subscales + su))) : _mm512_set1_epi32(1);
                 mn[j] = has_mn ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->submins + su))) : _mm512_set1_epi32(1);
             }
@@ -1085,7 +1384,7 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
 
 /* the slot width and sub-blocks per tile as compile-time constants (the quad loops unroll, U stays in registers) */
 static VNNI_TARGET void tiles_blk_vnni(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
-    BLK_DISPATCH(tiles_blk_vnni_t)
+    BLK_DISPATCH(tiles_blk_vnni_t, 0)
 }
 
 #endif /* HC_X86 */
@@ -1200,7 +1499,7 @@ DEFINE_PATH(hc_gemm_i4a_avxvnni, 4, 0, 1, HC_ISA_AVXVNNI, X86_FN(tiles_i4a_avxvn
 DEFINE_PATH(hc_gemm_i4a_avx512vnni, 4, 0, 1, HC_ISA_AVX512VNNI, X86_FN(tiles_i4a_vnni))
 DEFINE_PATH(hc_gemm_blk_serial, 0, 0, 0, HC_ISA_SCALAR, tiles_blk_serial)
 DEFINE_PATH(hc_gemm_blk_avx2, 0, 0, 0, HC_ISA_AVX2, X86_FN(tiles_blk_avx2))
-DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avx2))
+DEFINE_PATH(hc_gemm_blk_avxvnni, 0, 0, 0, HC_ISA_AVXVNNI, X86_FN(tiles_blk_avxvnni))
 DEFINE_PATH(hc_gemm_blk_avx512vnni, 0, 0, 0, HC_ISA_AVX512VNNI, X86_FN(tiles_blk_vnni))
 
 hc_cim_fn hc_cim_kernel(const hc_weights *w, hc_isa isa) {

@@ -144,6 +144,9 @@ int hc_attn_i8_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int 
 int hc_attn_f16_opts(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                      const uint16_t *k, const uint16_t *v, int64_t capacity, const hc_attn_opts *opts,
                      float *out);
+/* Keys that t queries at positions [start, start+t) attend together: the sum over p of min(p + 1, window)
+ * (window 0: p + 1, every earlier key and its own) — hcemu.events.attended_keys, for the event counts. */
+int64_t hc_attended_keys(int64_t t, int64_t start, int64_t window);
 /* Debug/test entry: exact int32 dot products D[j] = sum_d q[d] * k[j, d] for n keys of hd int8
  * values, on the given ISA path (HC_EUNSUPPORTED when this CPU lacks it). */
 int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out);

@@ -31,6 +31,18 @@ setup.py builds it; add ``-fopenmp`` for threads. Never ``-march=native``: paths
 time."""
 
 
+def get_library() -> str:
+    """Path of the C library of the whole chip, ``libhcemu.so`` (header ``hcemu_chip.h`` in
+    :func:`get_include`; docs/embedding.md "The C library"). FileNotFoundError if this install has none
+    (a source tree not built: ``python setup.py build_ext --inplace``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "libhcemu.so")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: hcemu's C library is not built (pip install . or python setup.py "
+                                f"build_ext --inplace builds it)")
+    return path
+
+
 def get_sources() -> list[str]:
     """Paths of the C core's sources (``hc_*.c``), to compile into another program beside
     ``get_include()``'s header with :data:`C_FLAGS`; no Python is needed at run time."""

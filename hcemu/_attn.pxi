@@ -1,6 +1,6 @@
 # SRAM KV cache stores and the streaming attention unit (csrc/hc_attn.c).
 # Rules: docs/numerics.md "KV cache" and "Attention". The Python objects are in hcemu.kernels.attention.
-from hcemu._hcemu cimport (hc_kv_store_i8, hc_kv_store_f16, hc_attn_i8, hc_attn_f16, hc_attn_qk_i8,
+from hcemu._hcemu cimport (hc_kv_store_i8, hc_kv_store_f16, hc_attn_i8, hc_attn_f16, hc_attn_qk_i8, hc_attended_keys,
                            hc_attn_opts, hc_attn_i8_opts, hc_attn_f16_opts, HC_ATTN_BLOCK, HC_ATTN_MAX_HEAD_DIM)
 
 ATTN_BLOCK = HC_ATTN_BLOCK
@@ -94,13 +94,9 @@ cdef inline void _count_kv_write(int64_t *row, Py_ssize_t t, Py_ssize_t bytes_pe
 
 
 cdef inline Py_ssize_t _attended_keys(Py_ssize_t t, Py_ssize_t start, Py_ssize_t window) noexcept nogil:
-    """hcemu.events.attended_keys: the sum over queries at [start, start+t) of min(p + 1, window)."""
-    cdef Py_ssize_t lo = start + 1, hi = start + t
-    if window <= 0 or hi <= window:
-        return (lo + hi) * t // 2
-    if lo > window:
-        return window * t
-    return (lo + window) * (window - lo + 1) // 2 + window * (hi - window)
+    """hcemu.events.attended_keys: the sum over queries at [start, start+t) of min(p + 1, window)
+    (:c:func:`hc_attended_keys`, which the C library's counts use too)."""
+    return hc_attended_keys(t, start, window)
 
 
 cdef inline void _count_attention(int64_t *row, Py_ssize_t t, Py_ssize_t start, Py_ssize_t nh, Py_ssize_t hd,

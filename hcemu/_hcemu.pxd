@@ -44,6 +44,7 @@ cdef extern from "hcemu.h" nogil:
     int hc_attn_f16(const float *q, int64_t t, int n_heads, int n_kv_heads, int hd, int64_t start,
                     const uint16_t *k, const uint16_t *v, int64_t capacity, float *out)
     int hc_attn_qk_i8(hc_isa isa, const int8_t *q, const int8_t *k, int64_t n, int hd, int32_t *out)
+    int64_t hc_attended_keys(int64_t t, int64_t start, int64_t window) nogil
     ctypedef struct hc_attn_opts:
         float scale
         float softcap

@@ -36,7 +36,7 @@ def _row(**kw) -> dict:
 def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip="hc1", plan=HC1_PLAN,
                  gpus=tuple(GPU_PRESETS), cost="default", host: bool = True, host_layers: int = 1,
                  host_threads: int = 1, gpu_precision="bf16", gpu_kv_precision=None, chips="auto", link=None,
-                 link_format="fp32", adapters=(), resident_adapters: int = 1) -> list[dict]:
+                 link_format="fp32", adapters=(), resident_adapters: int = 1, expert_parallel: int = 1) -> list[dict]:
     """One row per system: the chip (modeled, its technology sized for ``spec`` by
     :func:`hcemu.perf.sizing.size_for_model`), the multi-chip system where the model needs several dies
     (``chips``: ``"auto"`` = the fewest dies within the reference die's ROM, an integer, or None: no
@@ -47,7 +47,8 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
     host emulator (measured).
 
     adapters: a :class:`~hcemu.perf.analytic.LoraShape` (or several): adds a row for the same chip with
-    ``resident_adapters`` such LoRA adapters in SRAM, every request applying one (SRAM mm2, W, tok/s)."""
+    ``resident_adapters`` such LoRA adapters in SRAM, every request applying one (SRAM mm2, W, tok/s).
+    expert_parallel: the system row's expert parallelism (:class:`hcemu.perf.system.SystemModel`)."""
     spec = get_preset(spec) if isinstance(spec, str) else spec
     base_chip = chip
     chip = size_for_model(chip, spec, plan)
@@ -69,11 +70,9 @@ def compare_rows(spec: ModelSpec | str, n_prompt: int, n_generated: int, *, chip
                  cost_cents_per_mtok=ccost.cents_per_mtok if fits else None, note=note)]
     if adapters:
         rows.append(_adapter_row(spec, plan, chip, cm, n_prompt, n_generated, si, adapters, resident_adapters))
-    if chips is not None and spec.is_moe:
-        rows[0]["note"] += "; multi-chip systems of mixture-of-experts models are not modeled yet"
-    elif chips is not None:
+    if chips is not None:
         row = system_row(spec, plan, n_prompt, n_generated, chip=base_chip, chips=chips, link=link,
-                         link_format=link_format, cost=cost)
+                         link_format=link_format, cost=cost, expert_parallel=expert_parallel)
         if row is not None:
             rows.append(row)
     for name in gpus:
@@ -129,20 +128,25 @@ def _adapter_row(spec, plan, chip, cm, n_prompt, n_generated, base, adapters, re
 
 
 def system_row(spec: ModelSpec, plan, n_prompt: int, n_generated: int, *, chip="hc1", chips="auto", link=None,
-               link_format="fp32", cost="default") -> dict | None:
-    """The row of the multi-chip system (:class:`hcemu.perf.system.SystemModel`): ``chips`` dies
-    (``"auto"``: the fewest within the reference die's ROM); None when ``"auto"`` finds one die enough."""
-    sm = SystemModel(chip, link or DEFAULT_LINK, link_format)
+               link_format="fp32", cost="default", expert_parallel: int = 1) -> dict | None:
+    """The row of the multi-chip system (:class:`hcemu.perf.system.SystemModel`): ``chips`` pipeline dies
+    (``"auto"``: the fewest within the reference die's ROM), each one's experts over ``expert_parallel``
+    dies; None when ``"auto"`` finds one die enough and there is no expert parallelism."""
+    sm = SystemModel(chip, link or DEFAULT_LINK, link_format, expert_parallel=expert_parallel)
     part = sm.partition(spec, plan, None if chips == "auto" else int(chips))
-    if chips == "auto" and part.n_dies == 1:
+    if chips == "auto" and part.n_dies == 1 and expert_parallel == 1:
         return None
     r = sm.evaluate(spec, plan, part, n_prompt, n_generated)
     fits = r.users > 0
     layers = sorted(set(part.layers_per_die))
     note = (f"plan {plan.name}; {r.n_dies} dies ({layers[0]}-{layers[-1]} layers each, largest "
             f"{r.largest_die_mm2:,.0f} mm2{' > reticle' if r.largest_die_mm2 > RETICLE_MM2 else ''}) over "
-            f"{r.link} links in {r.link_format}: {r.link_bytes_per_token / (r.n_dies - 1) if r.n_dies > 1 else 0:,.0f} "
+            f"{r.link} links in {r.link_format}: {r.link_bytes_per_token / (part.n_dies - 1) if part.n_dies > 1 else 0:,.0f} "
             f"bytes per hop, hops add {r.hops_s_per_token * 1e6:.1f} us/token; ")
+    if r.expert_parallel > 1:
+        note += (f"experts of each pipeline die over {r.expert_parallel} dies ({part.n_dies} pipeline dies): "
+                 f"{r.expert_link_bytes_per_token:,} bytes per token of dispatch and combine, round trips add "
+                 f"{r.expert_hops_s_per_token * 1e6:.1f} us/token; ")
     note += (f"{r.users} users pipelined (KV SRAM of the fullest die holds {r.users_kv_limit}, power "
              f"{r.users_power_limit})" if fits else "one user's KV does not fit a die's SRAM: per-user speed only")
     return _row(system=f"{r.chip} x{r.n_dies}", kind="hard-coded system (modeled)", chips=r.n_dies,

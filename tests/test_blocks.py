@@ -143,7 +143,8 @@ def _packed(ggml_type, n, n_super, seed, extreme=False):
 @pytest.mark.parametrize("ggml_type", TYPES)
 @pytest.mark.parametrize("extreme", [False, True])
 def test_every_isa_path_equals_the_oracle(ggml_type, extreme, restore_isa):
-    pw = _packed(ggml_type, 37, 2 if B.kind_of(ggml_type).super_k == 256 else 3, 11, extreme)
+    # 133 rows: 9 row tiles, the last partial (M = 1 takes them in pairs and the odd one alone)
+    pw = _packed(ggml_type, 133, 2 if B.kind_of(ggml_type).super_k == 256 else 3, 11, extreme)
     k = pw.k
     rng = np.random.default_rng(12)
     for m in (1, 3, 70):
@@ -160,10 +161,12 @@ def test_every_isa_path_equals_the_oracle(ggml_type, extreme, restore_isa):
                 got = cim.cim_matmul(q, s, pw, isa=isa, dots=dots)
                 np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=f"{isa} m={m} ag={ag}")
                 np.testing.assert_array_equal(dots[:, :pw.n], S)
-                if m == 3:
+                if m in (1, 3):  # without the dots hook (M = 1: the multi-tile body), one and two threads
                     hcemu.set_isa(isa)
-                    got2 = cim.cim_matmul(q, s, pw, n_threads=2)
-                    np.testing.assert_array_equal(got2.view(np.uint32), ref.view(np.uint32))
+                    for threads in (1, 2):
+                        got2 = cim.cim_matmul(q, s, pw, n_threads=threads)
+                        np.testing.assert_array_equal(got2.view(np.uint32), ref.view(np.uint32),
+                                                      err_msg=f"{isa} m={m} ag={ag} threads={threads}")
 
 
 @pytest.mark.parametrize("ggml_type", ["Q3_K", "Q5_1", "NVFP4"])

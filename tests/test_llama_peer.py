@@ -26,3 +26,10 @@ def test_chip_matches_llama_cpp_on_the_same_file(smollm2_gguf, tmp_path, ftype):
     print(ftype, res)
     kld_max, top1_min = BOUNDS[ftype]
     assert res["kld_mean"] <= kld_max and res["same_top1"] >= top1_min, res
+
+
+def test_decode_runner_needs_a_context(smollm2_gguf):
+    from hcemu.bench.llama_peer import llama_decode_runner
+
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        llama_decode_runner(smollm2_gguf, [1])

@@ -207,7 +207,7 @@ def test_system_errors_and_rollback(smollm2, monkeypatch):
     # a pass failing on the last die leaves no die holding its K/V, and the system stays usable
     boom = system.dies[2]
 
-    def fail(x, events):
+    def fail(x, events, routes=None):
         raise RuntimeError("die 2 failed")
     monkeypatch.setattr(boom, "run_layers", fail)
     with pytest.raises(RuntimeError, match="die 2 failed"):

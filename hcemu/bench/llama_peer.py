@@ -5,7 +5,8 @@
 loss), runs the chip on the same tokens and reports the chip's next-token distribution against
 llama.cpp's (:func:`hcemu.chip.evaluate.compare_logits`: KLD mean / p99, same top-1);
 :func:`llama_quantize` writes a k-quant GGUF with llama.cpp's own quantizer (``allow_requantize``),
-e.g. Q4_K_M from the SmolLM2 Q4_1 file. All raise ImportError naming the extra when llama-cpp-python
+e.g. Q4_K_M from the SmolLM2 Q4_1 file; :func:`llama_decode_runner` times llama.cpp's decode step at a
+fixed context (the peer of :func:`hcemu.bench.chip.decode_runner` on the same file). All raise ImportError naming the extra when llama-cpp-python
 is not installed.
 """
 from __future__ import annotations
@@ -79,3 +80,65 @@ def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_for
     st = compare_logits(peer[:-1], ours[:-1], ids[1:])
     return {"tokens": int(len(ids) - 1), "kld_mean": float(st.kld.mean()),
             "kld_p99": float(np.percentile(st.kld, 99)), "same_top1": float(st.same_top1.mean())}
+
+
+def llama_decode_runner(gguf_path, tokens, n_threads: int = 1):
+    """llama.cpp decoding one token at a fixed context: ``tokens[:-1]`` are evaluated once, then each call
+    evaluates ``tokens[-1]`` at position ``len(tokens) - 1`` and drops it from the KV cache again (as
+    :func:`hcemu.bench.chip.decode_runner` does on the chip). Returns a :class:`hcemu.bench.kernels.Runner`
+    (peer ``llama.cpp``) that holds the model open."""
+    from hcemu.bench.kernels import Runner
+
+    lc = _llama_cpp()
+    tokens = [int(t) for t in tokens]
+    if len(tokens) < 2:
+        raise ValueError("llama_decode_runner needs at least 2 tokens (a context and the token decoded)")
+    llm = lc.Llama(model_path=os.fspath(gguf_path), n_ctx=len(tokens) + 8, n_batch=max(32, len(tokens)),
+                   n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    llm.eval(tokens[:-1])
+    keep, tok = len(tokens) - 1, tokens[-1]
+
+    def step():
+        llm.n_tokens = keep  # eval() first drops the KV cache from position n_tokens on
+        llm.eval([tok])
+    step.llm = llm  # the model lives as long as the runner
+    return Runner("llama.cpp", step, 0, 0, 1, "llama.cpp decode step")
+
+
+def decode_vs_llama(workdir, ftypes=("Q4_K_M", "Q6_K", "Q3_K_M"), context: int = 256, threads: int = 1,
+                    rounds: int = 5, min_time_s: float = 0.2) -> dict:
+    """Decode speed of the chip against llama.cpp on the same GGUF, interleaved in one process.
+
+    For each llama.cpp file type in ``ftypes`` the SmolLM2 GGUF is re-quantized by llama.cpp
+    (:func:`llama_quantize`) and compiled with plan ``gguf`` (every tensor in its own format), both
+    written to the directory ``workdir`` (files already there are reused: give a fresh directory
+    after changing hcemu). Returns a JSON-ready dict:
+    per file type the chip's and llama.cpp's decode tok/s at ``context`` and their ratio
+    ``chip_over_llama`` (> 1: the chip is faster)."""
+    from hcemu.bench import kernels as kb
+    from hcemu.bench.chip import decode_runner, decode_setup
+    from hcemu.model import source_path
+    from hcemu.model.gguf_source import GGUFSource
+    from hcemu.rom.image import compile_model
+
+    _llama_cpp()
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    src = source_path("smollm2")
+    runners, out = {}, {"model": "smollm2", "context": context, "threads": threads, "files": {}}
+    for ft in ftypes:
+        gguf_path = os.path.join(workdir, f"smollm2-{ft}.gguf")
+        image_path = os.path.join(workdir, f"smollm2-{ft}.hcrom")
+        if not os.path.exists(gguf_path):
+            llama_quantize(src, gguf_path, ft)
+        if not os.path.exists(image_path):
+            with GGUFSource(gguf_path) as s:
+                compile_model(s, "gguf", image_path, progress=False)
+        setup = decode_setup(image_path, context, threads)
+        runners[f"chip_{ft}"] = decode_runner(setup)
+        runners[f"llama_{ft}"] = llama_decode_runner(gguf_path, setup.tokens, threads)
+    secs = kb.interleaved(runners, rounds=rounds, min_time_s=min_time_s)
+    for ft in ftypes:
+        c, ll = secs[f"chip_{ft}"], secs[f"llama_{ft}"]
+        out["files"][ft] = {"chip_tok_s": 1.0 / c, "llama_tok_s": 1.0 / ll, "chip_over_llama": ll / c}
+    return out

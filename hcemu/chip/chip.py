@@ -188,9 +188,6 @@ class Chip:
         self._g_f = act.group_for(spec.d_ff)
         self._g_fe = act.group_for(spec.expert_ff) if spec.is_moe else 0
         self._g_fs = act.group_for(spec.d_ff_shared) if spec.d_ff_shared else 0
-        if spec.is_moe and not (die.embedding and die.head):
-            raise ValueError(f"{image.path} holds {die.describe()} of a mixture-of-experts model: the dies of a "
-                             f"multi-chip system run dense models only")
         self.sram_bytes = int(self.kv.nbytes + DEFAULT_ADAPTER_SRAM_BYTES if sram_bytes is None else sram_bytes)
         if self.sram_bytes < self.kv.nbytes:
             raise SramBudgetError(f"the KV cache ({self.kv.capacity_tokens} tokens, {self.kv.nbytes} bytes) does not fit "
@@ -237,11 +234,11 @@ class Chip:
             self._run_layers = self._timed(self._decoder.forward, layers=True) if profile else self._decoder.forward
         self._layer_bank_rows = self._bank_rows(
             [name for i in die.layers for name, _kind, _shape in spec.layer_matrices(i)])
-        # per expert region: (bank ids, rows) one token pass through that expert reads
+        # per expert region of this chip's layers (j = layer - first): (bank ids, rows) one token pass reads
         self._expert_bank_rows = [
             [tuple(np.concatenate(a) for a in zip(*[image.tensor_banks(name)
                                                   for name, _k, _s in spec.expert_matrices(i, e)]))
-             for e in range(spec.n_experts)] for i in range(spec.n_layers)]
+             for e in range(spec.n_experts)] for i in die.layers]
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"] if die.head else [])
@@ -541,10 +538,11 @@ class Chip:
         passes = len(tokens) if passes is None else passes
         rows = self._layer_bank_rows * passes + self._head_bank_rows * head_passes
         if ev is not None and ev.n_experts:  # every pass routed to an expert reads its matrices' rows
-            fired = ev.experts()[:, :, 0]   # the expert regions' tokens
-            for i, e in zip(*np.nonzero(fired)):
-                ids, per_pass = self._expert_bank_rows[i][e]
-                np.add.at(rows, ids, per_pass * int(fired[i, e]))
+            # the expert regions' tokens of this chip's layers (a system's events hold every die's)
+            fired = ev.experts()[self._first:self._first + len(self._layers), :, 0]
+            for j, e in zip(*np.nonzero(fired)):
+                ids, per_pass = self._expert_bank_rows[j][e]
+                np.add.at(rows, ids, per_pass * int(fired[j, e]))
         if tokens is None:
             return rows
         cache = self._embed_bank_rows
@@ -586,8 +584,9 @@ class Chip:
         at positions ``[position, position + t)``; their K/V are appended but not committed
         (``kv.commit(t)`` after every die of the pass succeeded, ``kv.rollback()`` otherwise). On an
         error the appended K/V are rolled back and the exception propagates. Events go to the
-        layers' own regions of ``events`` (an :class:`Events` of the whole model); a mixture-of-experts
-        model's routes, int32 (t, n_layers, k), are appended to ``routes``."""
+        layers' own regions of ``events`` (an :class:`Events` of the whole model) and their experts'
+        regions; a mixture-of-experts model's routes through this chip's layers, int32 (t, this chip's
+        layers, k), are appended to ``routes`` (the whole model's on a whole chip)."""
         if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2
                 or x.shape[1] != self.spec.d_model or not x.flags.c_contiguous or not x.flags.writeable):
             raise ValueError(f"run_layers: x must be a writeable C-contiguous float32 (t, {self.spec.d_model}) array, "
@@ -596,14 +595,28 @@ class Chip:
         if t > self.kv.capacity_tokens - start:
             raise ValueError(f"{t} tokens do not fit the KV cache: {start} of {self.kv.capacity_tokens} token "
                              f"slots are used")
-        first = self._first
-        sel = np.empty((t, self.spec.n_layers, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
+        first, n, E, L = self._first, len(self._layers), self.spec.n_experts, self.spec.n_layers
+        end = first + n
+        sel = np.empty((t, L, self.spec.n_experts_used), np.int32) if self.spec.is_moe else None
         try:
             if self._decoder is not None:
-                # the compiled pass counts into rows 0.. of what it is given: hand it the rows from this die's first layer
-                self._run_layers(x, start, self.n_threads, events if first == 0 else _EventRows(events.counts[first:]))
+                # the compiled pass counts layer j of this chip into row j of what it is given, and its
+                # experts after its own n + 2 rows: a die of a mixture-of-experts model counts into events of
+                # its own layout, moved into the model's regions below; a dense die gets the rows from its
+                # first layer on
+                target = events
+                if sel is not None and n != L:
+                    target = Events(n, n_experts=E)
+                elif first:
+                    target = _EventRows(events.counts[first:])
+                self._run_layers(x, start, self.n_threads, target)
                 if sel is not None:
-                    sel[:] = self._decoder.last_routes
+                    sel[:, first:end] = self._decoder.last_routes
+                if target is not events and sel is not None:
+                    events.counts[first:end] += target.counts[:n]
+                    if n:
+                        events.counts[events.expert_index(first, 0):events.expert_index(end - 1, E - 1) + 1] += \
+                            target.counts[n + 2:]
             else:
                 self._layers_interpreted(x, start, events, sel)
         except BaseException:
@@ -612,12 +625,12 @@ class Chip:
         events.counts[first:first + len(self._layers)] += t * self._layer_const
         if self._sel_counts is not None:
             events.counts[first:first + len(self._layers)] += t * self._sel_counts
-        if sel is not None:  # the fired experts' own vector work (docs/events.md), in their regions
-            E, L = self.spec.n_experts, self.spec.n_layers
-            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(L)])
-            events.counts[L + 2:] += fired.reshape(-1, 1) * self._expert_const
-            if routes is not None:
-                routes.append(sel)
+        if sel is not None and n:  # the fired experts' own vector work (docs/events.md), in their regions
+            fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(first, end)])
+            events.counts[events.expert_index(first, 0):events.expert_index(end - 1, E - 1) + 1] += \
+                fired.reshape(-1, 1) * self._expert_const
+        if sel is not None and routes is not None:
+            routes.append(np.ascontiguousarray(sel[:, first:end]))
 
     @exclusive
     def head(self, x: np.ndarray, events: Events) -> np.ndarray:

@@ -110,38 +110,43 @@ class System:
     def prefill(self, tokens, *, all_logits: bool = False) -> SystemStepResult:
         """Prompt tokens through every die in chunks of up to 64 (as :meth:`Chip.prefill`)."""
         tokens = self._check_tokens(tokens)
-        ev, links = Events(self.spec.n_layers), LinkEvents(self.n_dies - 1)
-        outs = []
+        ev, links = Events.for_spec(self.spec), LinkEvents(self.n_dies - 1)
+        outs, routes = [], []
         for c in range(0, len(tokens), MAX_CHUNK):
             chunk = tokens[c:c + MAX_CHUNK]
             last_chunk = c + MAX_CHUNK >= len(tokens)
             head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
-            logits = self._forward(chunk, ev, links, head_rows)
+            logits = self._forward(chunk, ev, links, head_rows, routes)
             if logits is not None:
                 outs.append(logits)
         logits = np.concatenate(outs)
-        return SystemStepResult(logits, ev, self._step_bank_rows(tokens, len(logits)), links)
+        return SystemStepResult(logits, ev, self._step_bank_rows(tokens, len(logits), ev), link_events=links,
+                                routes=np.concatenate(routes) if routes else None)
 
     @exclusive
     def decode(self, token: int) -> SystemStepResult:
         """One decode step through every die: the token at the current position; logits of the next."""
         tokens = self._check_tokens([token])
-        ev, links = Events(self.spec.n_layers), LinkEvents(self.n_dies - 1)
-        logits = self._forward(tokens, ev, links, slice(None))
-        return SystemStepResult(logits, ev, self._step_bank_rows(tokens, 1), links)
+        ev, links = Events.for_spec(self.spec), LinkEvents(self.n_dies - 1)
+        routes = []
+        logits = self._forward(tokens, ev, links, slice(None), routes)
+        return SystemStepResult(logits, ev, self._step_bank_rows(tokens, 1, ev), link_events=links,
+                                routes=routes[0] if routes else None)
 
     @exclusive
     def generate(self, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None):
         """As :meth:`Chip.generate`; the :class:`~hcemu.chip.chip.Generation` also carries the link events."""
         return run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token)
 
-    def _forward(self, tokens: np.ndarray, ev: Events, links: LinkEvents, head_rows: slice):
+    def _forward(self, tokens: np.ndarray, ev: Events, links: LinkEvents, head_rows: slice, routes: list):
+        """One pass of ``tokens`` through every die; a mixture-of-experts model appends the pass's routes,
+        int32 (t, n_layers, k) gathered from the dies in layer order, to ``routes``."""
         t = len(tokens)
         x = self.dies[0].embed(tokens, ev)
-        ran = []
+        ran, pass_routes = [], []
         try:
             for k, die in enumerate(self.dies):
-                die.run_layers(x, ev)       # rolls its own K/V back if it fails
+                die.run_layers(x, ev, pass_routes)   # rolls its own K/V back if it fails
                 ran.append(die)
                 if k < len(self.links):
                     x = link_decode(link_encode(x, self.links[k]))
@@ -152,14 +157,16 @@ class System:
             raise
         for die in self.dies:
             die.kv.commit(t)
+        if pass_routes:
+            routes.append(np.concatenate(pass_routes, axis=1))
         x = x[head_rows]
         if not len(x):
             return None
         return self.dies[-1].head(x, ev)
 
-    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int) -> np.ndarray:
+    def _step_bank_rows(self, tokens: np.ndarray, head_passes: int, ev: Events) -> np.ndarray:
         parts = [d._step_bank_rows(tokens if d.die.embedding else None, head_passes if d.die.head else 0,
-                                   len(tokens)) for d in self.dies]
+                                   len(tokens), ev) for d in self.dies]
         return np.concatenate(parts)
 
     def __repr__(self) -> str:

@@ -33,6 +33,9 @@ def register(sub) -> None:
                         "die's ROM; no row when one die is enough) or 'none'")
     p.add_argument("--link", default=None, help="link between dies (hcemu.perf.links presets; default pcie5-x16)")
     p.add_argument("--link-format", default="fp32", help="activations on the links: fp32, bf16 or int8")
+    p.add_argument("--expert-parallel", type=int, default=1, metavar="EP",
+                   help="mixture of experts: spread each pipeline die's experts over EP dies (analytical; "
+                        "docs/system.md, default 1: every expert with its layer)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the rows as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the rows as CSV")
@@ -78,7 +81,7 @@ def run(args) -> int:
     rows = compare_rows(spec, args.context, n_gen, chip=args.chip, plan=plan, cost=args.cost,
                         host=not args.no_host, host_layers=args.host_layers, host_threads=args.threads,
                         gpu_precision=args.gpu_precision, gpu_kv_precision=args.gpu_kv_precision,
-                        chips=chips, link=args.link, link_format=args.link_format,
+                        chips=chips, link=args.link, link_format=args.link_format, expert_parallel=args.expert_parallel,
                         adapters=adapters, resident_adapters=args.lora_resident)
     if args.json:
         print(json.dumps({"model": spec.name, "n_prompt": args.context, "n_generated": n_gen, "rows": rows},

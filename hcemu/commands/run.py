@@ -92,6 +92,8 @@ def generate(args, prompt: str) -> dict:
         "chat_template": chat,
         "text": tok.decode(out_ids),
         "prompt_tokens": len(ids),
+        "prompt_ids": [int(i) for i in ids],
+        "ids": [int(i) for i in gen.ids],  # generated, the end-of-sequence id included when it came
         "generated_tokens": len(gen.ids),
         "host_prefill_tok_s": _finite(gen.host_prefill_tok_s),
         "host_decode_tok_s": _finite(gen.host_decode_tok_s),  # None: no decode step was timed

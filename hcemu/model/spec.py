@@ -365,6 +365,15 @@ _preset(ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 6144, 151936, 1000000.0
                   "Qwen/Qwen3-30B-A3B config.json (hidden 2048, 48 layers, 32/4 heads of 128, 128 experts of "
                   "768, 8 per token, norm_topk_prob)", arch="qwen3moe", rope_style="neox", qk_norm="head",
                   n_experts=128, n_experts_used=8, d_ff_expert=768, expert_weights_norm=True))
+_preset(ModelSpec("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 12288, 151936, 1000000.0, None, 1e-6, False, 40960,
+                  "Qwen/Qwen3-235B-A22B config.json, as restated by the Qwen3-235B-A22B model card (94 layers, "
+                  "64/4 heads, 128 experts, 8 per token), Ascend MindSpeed-RL configs/model/qwen3_235b_a22b.yaml "
+                  "(num_layers 94, hidden 4096, ffn 12288, moe_ffn 1536, 64 heads, 4 query groups, kv_channels "
+                  "128, vocab 151936, rotary_base 1e6, max_position 40960, eps 1e-6, untied, qk_layernorm, "
+                  "norm_topk_prob) and MaxText configs/models/qwen3-235b-a22b.yml (emb 4096, mlp 1536, 64/4 "
+                  "heads, 94 layers): the 100B-class mixture-of-experts preset", arch="qwen3moe",
+                  rope_style="neox", qk_norm="head", n_experts=128, n_experts_used=8, d_ff_expert=1536,
+                  expert_weights_norm=True))
 
 
 def get_preset(name: str) -> ModelSpec:

@@ -32,6 +32,14 @@ def expert_lane_scale(spec: ModelSpec) -> float:
     return spec.expert_params / spec.layer_own_params if spec.is_moe else 0.0
 
 
+def expert_lanes(spec: ModelSpec, chip, n_layers: int | None = None) -> float:
+    """All expert regions' lanes of ``n_layers`` mixture-of-experts layers (default all of ``spec``'s) in
+    units of a layer region's: ``n_layers * n_experts *`` :func:`expert_lane_scale` ``*
+    chip.expert_lane_share`` (the ``expert_lanes`` of :func:`area_breakdown`); 0 for a dense model."""
+    n = spec.n_layers if n_layers is None else int(n_layers)
+    return n * spec.n_experts * expert_lane_scale(spec) * chip.expert_lane_share
+
+
 @dataclass(frozen=True)
 class AreaBreakdown:
     """Die area (mm2) and transistor count of a hard-coded chip, by block (see :func:`area_breakdown`).
@@ -134,8 +142,7 @@ def chip_area_breakdown(chip: ChipSpec | str, model: ModelSpec, plan, kv_sram_by
     rom = rom_bits_for_model(model, plan, geometry)
     return area_breakdown(chip, rom_bits=rom.total, sram_bytes=sram_bytes + int(adapter_sram_bytes),
                           n_layers=model.n_layers, head_lane_scale=head_lane_scale(model, plan, chip),
-                          expert_lanes=model.n_layers * model.n_experts * expert_lane_scale(model)
-                          * chip.expert_lane_share)
+                          expert_lanes=expert_lanes(model, chip))
 
 
 def chip_area_mm2(spec: ChipSpec | str, model: ModelSpec, plan, kv_sram_bytes: int | None = None) -> float:
@@ -213,8 +220,7 @@ def floorplan(image, chip="hc1", kv_tokens: int | None = None, adapter_sram_byte
     spec = image.spec
     area = area_breakdown(chip, rom_bits=rom.total, sram_bytes=kv + int(adapter_sram_bytes),
                           n_layers=spec.n_layers, head_lane_scale=head_lane_scale(spec, image.plan, chip),
-                          expert_lanes=spec.n_layers * spec.n_experts * expert_lane_scale(spec)
-                          * chip.expert_lane_share)
+                          expert_lanes=expert_lanes(spec, chip))
     return Floorplan(chip.name, rom, None if kv_tokens is None else int(kv_tokens), kv, int(adapter_sram_bytes), area,
                      region_summary(image.address_map))
 

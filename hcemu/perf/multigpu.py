@@ -40,8 +40,9 @@ class TensorParallelGpuModel(GpuModel):
         self.interconnect = get_tp(interconnect or GPU_TP_PRESET.get(base, "nvlink4-tp"))
 
     def weight_bytes(self, spec: ModelSpec) -> float:
-        """Weight bytes one GPU reads per decode step (its 1 / tp share)."""
-        return GpuWork.of(spec, self.gpu).weight_bytes / self.tp
+        """Weight bytes one GPU holds (its 1 / tp share of :attr:`GpuWork.resident_bytes`: every expert of a
+        mixture-of-experts model, as :meth:`GpuModel.weight_bytes`)."""
+        return GpuWork.of(spec, self.gpu).resident_bytes / self.tp
 
     def allreduce_seconds(self, spec: ModelSpec, batch) -> np.ndarray:
         """Seconds of one step's all-reduces for ``batch`` users (0 at tp = 1)."""
@@ -66,7 +67,7 @@ class TensorParallelGpuModel(GpuModel):
     def max_batch(self, spec: ModelSpec, context: int) -> int:
         """Users whose KV share at ``context`` tokens fits beside the weight share in each GPU."""
         g, w = self.gpu, GpuWork.of(spec, self.gpu)
-        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.weight_bytes / self.tp
+        free = g.memory_gb * 1e9 * g.usable_memory_fraction - w.resident_bytes / self.tp
         if free <= 0:
             return 0
         return int(min(g.max_batch, free // (context * w.kv_bytes_per_key / self.tp)))

@@ -21,7 +21,7 @@ import numpy as np
 from hcemu._io import atomic_write
 from hcemu.model.spec import ModelSpec
 from hcemu.perf.analytic import decode_positions, events_from_shapes
-from hcemu.perf.area import expert_lane_scale, head_lane_scale
+from hcemu.perf.area import expert_lanes, head_lane_scale
 from hcemu.perf.cost import CostModel
 from hcemu.perf.gpu import GpuModel, GpuWork
 from hcemu.perf.silicon import SiliconModel, decode_sweep
@@ -119,8 +119,7 @@ def plot_roofline(path, spec: ModelSpec, n_prompt: int, n_generated: int, *, chi
     chip = size_for_model(chip, spec, plan)
     si = SiliconModel(chip).evaluate(spec, plan, n_prompt, n_generated)
     hz = chip.clock_ghz * 1e9
-    regions = (spec.n_layers + head_lane_scale(spec, plan, chip)
-               + spec.n_layers * spec.n_experts * expert_lane_scale(spec) * chip.expert_lane_share)
+    regions = spec.n_layers + head_lane_scale(spec, plan, chip) + expert_lanes(spec, chip)
     peak = 2 * chip.cim_macs_per_cycle_w4 * regions * hz
     bw = chip.rom_read_bits_per_cycle / 8 * regions * hz
     line, = ax.plot(ai, np.minimum(peak, ai * bw), "-", lw=2, label=f"{chip.name} roof (ROM read, CIM)")

@@ -264,19 +264,32 @@ class SiliconModel:
         """Dynamic energy (J) of each region's events, float64 (n_layers + 2,) in Events' region order."""
         return _energy_pj(events.counts, self.chip) * 1e-12
 
+    def prefill_stages(self, events: Events, n_tokens: int, regions=None) -> tuple[float, float]:
+        """Prefill of ``n_tokens`` (>= 1) through the regions: ``(first, slowest)`` in seconds, the first
+        token's latency through them and the slowest region's time per token of the prompt (an expert
+        region's: its load per prompt token). regions: a bool mask over the event rows to count (a die's
+        regions; default all)."""
+        t = self.timing(events)
+        per_pass = t.cycles_per_pass
+        mask = np.ones(per_pass.shape[0], bool) if regions is None else np.asarray(regions, bool)
+        dense = np.zeros_like(mask)
+        dense[: events.n_layers + 2] = True
+        first = float(per_pass[dense & mask].sum())
+        slowest = float(per_pass[dense & mask].max(initial=0.0))
+        if events.n_experts:  # an expert region's load per token of the prompt
+            e = ~dense & mask
+            share = t.total_cycles[e] / n_tokens
+            first += float((share * t.latency_weights[e]).sum())
+            slowest = max(slowest, float(share.max(initial=0.0)))
+        hz = self.chip.clock_ghz * 1e9
+        return first / hz, slowest / hz
+
     def prefill_seconds(self, events: Events, n_tokens: int) -> float:
         """Prefill of ``n_tokens`` pipelined through the regions: first token's latency + (t-1) slowest passes."""
         if n_tokens <= 0:
             return 0.0
-        t = self.timing(events)
-        per_pass = t.cycles_per_pass
-        dense = slice(0, events.n_layers + 2)
-        first, slowest = float(per_pass[dense].sum()), float(per_pass[dense].max())
-        if events.n_experts:  # an expert region's load per token of the prompt
-            share = t.total_cycles[events.n_layers + 2:] / n_tokens
-            first += float((share * t.latency_weights[events.n_layers + 2:]).sum())
-            slowest = max(slowest, float(share.max()))
-        return (first + (n_tokens - 1) * slowest) / (self.chip.clock_ghz * 1e9)
+        first, slowest = self.prefill_stages(events, n_tokens)
+        return first + (n_tokens - 1) * slowest
 
     def evaluate(self, spec: ModelSpec, plan, n_prompt: int, n_generated: int, *, adapters=(),
                  resident_adapters: int | None = None) -> SiliconResult:

@@ -12,6 +12,7 @@ import json
 import os
 
 from hcemu import __version__
+from hcemu.rom.ctable import VERSION as CTABLE_VERSION
 from hcemu.formats import get_plan
 from hcemu.model import load_source, source_path
 from hcemu.model.fetch import cache_dir
@@ -24,7 +25,7 @@ def is_image(model: str) -> bool:
 
 def _cache_key(model: str, plan: str, seed: int) -> str:
     path = source_path(model)
-    ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__}
+    ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__, "c_table": CTABLE_VERSION}
     if os.path.exists(path):
         st = os.stat(path)
         ident.update(path=os.path.abspath(path), size=st.st_size, mtime=int(st.st_mtime))

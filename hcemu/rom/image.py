@@ -25,18 +25,21 @@ import os
 import struct
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from hcemu._validate import from_dict
-from hcemu.events import FIELD_INDEX, product_counts
+from hcemu.events import FIELD_INDEX, FIELDS, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
 from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, packed_arrays, tile_bytes
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
 from hcemu.model.spec import EXPERT_MATRICES, MAX_MATRICES, ModelSpec
+from hcemu.rom import ctable
 from hcemu.rom.address import AddressMap
+from hcemu.rom.ctable import c_table
 from hcemu.rom.die import DieAssignment
 from hcemu.rom.geometry import RomGeometry
 from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0_offset_fits, quantize_codes,
@@ -475,6 +478,9 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                     raise ValueError(f"{name}: holds NaN or infinity")
                 vectors_dir.append({"name": name, "layer": layer, "n": length, "source_type": raw.ggml_type,
                                     "sections": {"values": section([v], np.float32, (length,))}})
+            # the C table (hcemu/rom/ctable.py): a function of the directory's entries, written as its own section
+            table = c_table(spec, plan, die, tensors_dir, vectors_dir)
+            table_offset = section([np.frombuffer(table, np.uint8)], np.uint8, (len(table),))["offset"]
             tot = totals.to_dict()
             tot["exact_tensors"] = exact_tensors
             tot["tensors"] = len(tensors_dir)
@@ -486,6 +492,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
                 "aliases": {"output.weight": "token_embd.weight"} if spec.tied_embeddings and die.head else {},
                 "totals": tot, "notes": notes, "compile_seconds": time.perf_counter() - t0,
             }
+            directory["c_table"] = ctable.directory_entry(table, table_offset)
             if not whole:
                 directory["die"] = die.to_dict()
             blob = json.dumps(directory, allow_nan=False).encode("utf-8")
@@ -496,7 +503,7 @@ def compile_model(source, plan: Plan | str, out_path, geometry: RomGeometry | No
             head = _PRE.pack(MAGIC, VERSION, PREAMBLE_BYTES, dir_offset, len(blob), file_bytes,
                              hashlib.sha256(blob).digest())
             f.seek(0)
-            f.write(head + hashlib.sha256(head).digest())
+            f.write(head + hashlib.sha256(head).digest() + ctable.record(table, table_offset))
     finally:
         if bar is not None:
             bar.close()
@@ -738,9 +745,43 @@ class RomImage:
             mm.close()
             raise
         img.directory_sha256 = dir_sha.hex()
-        if verify:
-            img.verify()
+        try:
+            if verify:
+                img.verify()
+            img._check_c_table(pre, dir_off)
+        except BaseException:
+            img.close()
+            raise
         return img
+
+    def _check_c_table(self, pre: bytes, payload_end: int) -> None:
+        """An image with a C table (hcemu/rom/ctable.py): the preamble's record and the directory's entry
+        agree, and the table's bytes are those :func:`~hcemu.rom.ctable.c_table` makes of the directory.
+        Images written before the table existed have neither (the C library refuses them); a table of
+        another version or event-field count (another hcemu's) is left to the C library."""
+        entry = self.directory.get("c_table")
+        rec = pre[ctable.RECORD_OFFSET:ctable.RECORD_OFFSET + ctable.RECORD.size]
+        if entry is None:
+            if rec.strip(b"\0"):
+                raise RomImageError(f"{self.path}: corrupt preamble (a C table record, but no c_table in the directory)")
+            return
+        if not isinstance(entry, dict) or sorted(entry) != ["crc32", "nbytes", "offset", "version"] or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in entry.values()):
+            raise RomImageError(f"{self.path}: corrupt directory: c_table must be an object of integers "
+                                f"version, offset, nbytes, crc32, got {entry!r}"[:300])
+        if entry["version"] != ctable.VERSION:
+            return   # another hcemu's table: the C library it came with reads it; Python does not need it
+        off, n = entry["offset"], entry["nbytes"]
+        if off % ALIGN or off < PREAMBLE_BYTES or n < ctable.HEADER.size or off + n > payload_end:
+            raise RomImageError(f"{self.path}: corrupt directory: the C table at {off}+{n} is misplaced")
+        table = bytes(memoryview(self._mm)[off:off + n])
+        if ctable.record(table, off) != rec or zlib.crc32(table) != entry["crc32"]:
+            raise RomImageError(f"{self.path}: corrupt C table (its preamble record, CRC-32 or directory entry "
+                                f"disagree)")
+        if ctable.HEADER.unpack_from(table)[3] != len(FIELDS):
+            return   # written by an hcemu that counted other event fields: not this one's to rebuild (C reads it)
+        if table != c_table(self.spec, self.plan, self.die, self.directory["tensors"], self.directory["vectors"]):
+            raise RomImageError(f"{self.path}: corrupt C table (it does not describe the directory)")
 
     def _sections(self):
         for t in self.directory["tensors"] + self.directory["vectors"]:

@@ -9,9 +9,9 @@ most even one (least sum of squared die bits). ROM bits and not modeled time, be
 region of a die has its own lanes and is its own pipeline stage: moving a layer between dies changes
 no stage's time, only which die's area it takes (``docs/system.md``).
 
-A mixture-of-experts layer is split with its experts (they count in its ROM): there is no expert
-parallelism (experts of one layer on several dies), and the functional chip and the system pricing run
-mixture-of-experts models on whole chips only (``docs/system.md``).
+A mixture-of-experts layer goes to a die with all its experts (they count in its ROM; the functional
+system and the system pricing run such pipelines): the partitioner places no expert parallelism
+(experts of one layer on several dies; ``docs/system.md``).
 """
 from __future__ import annotations
 
