@@ -484,10 +484,7 @@ class Chip:
         self.select_adapters(adapter)
         ev = Events.for_spec(self.spec)
         outs, routes = [], []
-        for c in range(0, len(tokens), MAX_CHUNK):
-            chunk = tokens[c:c + MAX_CHUNK]
-            last_chunk = c + MAX_CHUNK >= len(tokens)
-            head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
+        for chunk, head_rows in prefill_chunks(tokens, all_logits):
             logits = self._forward(chunk, ev, head_rows, routes)
             if logits is not None:
                 outs.append(logits)
@@ -797,6 +794,15 @@ class Chip:
         gen = run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token, adapter=names)
         gen.adapters, gen.adapter_sram_bytes = names, self.adapter_sram_bytes
         return gen
+
+
+def prefill_chunks(tokens: np.ndarray, all_logits: bool):
+    """The passes of a prefill (:meth:`Chip.prefill`, :meth:`hcemu.chip.system.System.prefill`):
+    ``(chunk, head_rows)`` for chunks of up to :data:`MAX_CHUNK` tokens; the head runs on every row
+    with ``all_logits``, else only on the last token of the last chunk."""
+    for c in range(0, len(tokens), MAX_CHUNK):
+        last = c + MAX_CHUNK >= len(tokens)
+        yield tokens[c:c + MAX_CHUNK], slice(None) if all_logits else (slice(-1, None) if last else slice(0, 0))
 
 
 def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_ids=(), on_token=None,

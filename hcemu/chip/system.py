@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hcemu.chip.chip import MAX_CHUNK, Chip, StepResult, exclusive, run_generation
+from hcemu.chip.chip import Chip, StepResult, exclusive, prefill_chunks, run_generation
 from hcemu.chip.links import decode as link_decode
 from hcemu.chip.links import encode as link_encode
 from hcemu.events import Events, LinkEvents
@@ -112,10 +112,7 @@ class System:
         tokens = self._check_tokens(tokens)
         ev, links = Events.for_spec(self.spec), LinkEvents(self.n_dies - 1)
         outs, routes = [], []
-        for c in range(0, len(tokens), MAX_CHUNK):
-            chunk = tokens[c:c + MAX_CHUNK]
-            last_chunk = c + MAX_CHUNK >= len(tokens)
-            head_rows = slice(None) if all_logits else (slice(-1, None) if last_chunk else slice(0, 0))
+        for chunk, head_rows in prefill_chunks(tokens, all_logits):
             logits = self._forward(chunk, ev, links, head_rows, routes)
             if logits is not None:
                 outs.append(logits)
