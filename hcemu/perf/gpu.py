@@ -64,6 +64,9 @@ class GpuWork:
         return self.weight_bytes + (self.n_experts - self.n_experts_used) * self.expert_bytes
 
 
+_SCALARS = (int, float, np.integer, np.floating)
+
+
 @dataclass(frozen=True)
 class StepCoefficients:
     """Seconds per unit of one step's roofline terms (see :meth:`GpuModel.step_coefficients`)."""
@@ -82,9 +85,9 @@ class StepCoefficients:
         """Seconds to read the weights a step of ``tokens`` tokens needs: ``mem_s`` (its layers' own
         matrices and ``k`` experts each) plus the further experts the tokens fire under balanced routing,
         ``E (1 - (1 - k/E)^tokens) - k`` per layer (0 for a dense model)."""
+        if not self.n_experts:  # a plain float for one step: the serving simulator calls this per step
+            return self.mem_s if isinstance(tokens, _SCALARS) else np.full(np.shape(tokens), self.mem_s)
         tokens = np.asarray(tokens, dtype=np.float64)
-        if not self.n_experts:
-            return self.mem_s + 0.0 * tokens
         fired = self.n_experts * (1.0 - (1.0 - self.n_experts_used / self.n_experts) ** np.maximum(tokens, 1.0))
         return self.mem_s + (fired - self.n_experts_used) * self.expert_mem_s
 
