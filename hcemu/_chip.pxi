@@ -70,10 +70,11 @@ cdef class Decoder:
         free(self.slots_)
 
     cdef int _keep_ranges(self, KVStore store) except -1:
-        """Record the byte ranges of the store, the RoPE tables, the norms, the extras and the weights,
-        so that forward() can refuse an x that overlaps any of them."""
+        """Record the byte ranges of the store, the RoPE tables, the norms, the extras, the weights and
+        the selected adapters' SRAM arrays, so that forward() can refuse an x that overlaps any of them."""
         cdef int j
         cdef CimWeights cw
+        cdef CimAdapter ca
         spans = []
         for j in range(store.n_arrays):
             spans.append((<size_t>store.ptr_[j], store.nbytes_[j]))
@@ -82,10 +83,18 @@ cdef class Decoder:
                 spans.append((<size_t>cnp.PyArray_DATA(<cnp.ndarray>arr), arr.nbytes))
         weights = [cw_ for layer in self.products for cw_ in layer]
         weights += [cw_ for layer in self.expert_products for mats in layer for cw_ in mats]
+        for ca in (self.adapter_keep or ()):
+            if ca.ad.fp16:
+                for arr in (ca.a32, ca.b32):
+                    spans.append((<size_t>cnp.PyArray_DATA(<cnp.ndarray>arr), arr.nbytes))
+            else:
+                weights += [ca.a_cw, ca.b_cw]
         for cw in weights:
             for j in range(cw.n_arrays):
                 spans.append((<size_t>cw.ptr_[j], cw.nbytes_[j]))
         free(self.ranges_)
+        self.ranges_ = NULL
+        self.n_ranges = 0
         self.ranges_ = <size_t *>calloc(2 * len(spans) + 1, sizeof(size_t))
         if self.ranges_ == NULL:
             raise MemoryError()
@@ -301,6 +310,7 @@ cdef class Decoder:
         if slots is None:
             self.d.adapters = NULL
             self.adapter_keep = None
+            self._keep_ranges(self.store)
             return
         slots = [list(map(list, s)) for s in slots]
         if len(slots) != self.n_layers or any(len(s) != 7 for s in slots):
@@ -338,6 +348,7 @@ cdef class Decoder:
         self.slots_ = tab
         free(old_tab)
         self.adapter_keep = keep
+        self._keep_ranges(self.store)
 
     def reset_op_times(self):
         cdef int p = self.trace.profile
@@ -369,7 +380,7 @@ cdef class Decoder:
         cdef size_t lo = <size_t>xp, hi = lo + <size_t>(t * self.d.d_model * 4)
         for i in range(self.n_ranges):
             if lo < self.ranges_[2 * i + 1] and self.ranges_[2 * i] < hi:
-                raise ValueError("Decoder.forward: x overlaps the KV cache, a RoPE table, a norm or a weight "
+                raise ValueError("Decoder.forward: x overlaps the KV cache, a RoPE table, a norm, a weight or an adapter "
                                  "array in memory; pass a separate array")
         cdef int rc
         routes = None

@@ -535,3 +535,24 @@ def test_adapter_apply_copies_misaligned_inputs_and_refuses_a_misaligned_y():
             xy = x.copy()
             np.testing.assert_array_equal(adapter_apply(ad, None, None, xy, xy).view(np.int32),
                                           adapter_apply_ref(a, b, None, None, x, x).view(np.int32))
+
+
+def test_decoder_x_cannot_overlap_a_selected_adapter():
+    """Adapters are selected after the Decoder is built; their SRAM arrays join the ranges x may not
+    overlap, and leave them when the selection is cleared."""
+    from fuzz.targets import tiny_decoder_parts
+    from hcemu.formats import WeightFormat
+    from hcemu.kernels.lora import CimAdapter
+    from hcemu.layout import pack
+
+    kv, layer, cos, sin, sizes = tiny_decoder_parts()
+    dec = _core.Decoder(kv._store, [layer], cos=cos, sin=sin, **sizes)
+    rng = np.random.default_rng(1)
+    a, b = (pack(rng.integers(-100, 100, (32, 32)), np.full((32, 1), 0.01, np.float16), WeightFormat(8, 32))
+            for _ in range(2))
+    dec.set_adapters([[[CimAdapter(a, b)], [], [], [], [], [], []]])
+    x = a.codes.reshape(-1).view(np.float32).reshape(-1, 32)[:2]   # the adapter's own ROM codes
+    with pytest.raises(ValueError, match="x overlaps the KV cache.*adapter"):
+        dec.forward(x, 0)
+    dec.set_adapters(None)
+    dec.forward(x, 0)   # no adapter selected: the array is only an input now
