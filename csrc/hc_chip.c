@@ -49,6 +49,11 @@ static int ffn_fits(const hc_weights *wg, const hc_weights *wu, const hc_weights
     return wu ? (wg->n == f && wu->n == f && wg->k == d && wu->k == d) : (wg->n == 2 * f && wg->k == d);
 }
 
+static int ffn_groups_ok(const hc_weights *wg, const hc_weights *wu, const hc_weights *wd, int64_t ga_in,
+                         int64_t ga_down) {
+    return hc_cim_group_ok(wg, ga_in) && (!wu || hc_cim_group_ok(wu, ga_in)) && hc_cim_group_ok(wd, ga_down);
+}
+
 int hc_decoder_check(const hc_decoder *m) {
     if (!m || !m->layers || !m->rope_cos || !m->rope_sin) return HC_EINVAL;
     if (m->n_layers < 1 || m->d_model < 1 || m->n_heads < 1 || m->n_kv_heads < 1 || m->head_dim < 2 ||
@@ -76,19 +81,31 @@ int hc_decoder_check(const hc_decoder *m) {
                          L->wk->k != d || L->wv->k != d))
             return HC_EINVAL;
         if (L->wo->n != d || L->wo->k != qd) return HC_EINVAL;
+        /* every product's activation group fits its weights' tiles (as the CIM entry points require) */
+        if (!hc_cim_group_ok(L->wq, m->act_group_d) || (L->wk && !hc_cim_group_ok(L->wk, m->act_group_d)) ||
+            (L->wv && !hc_cim_group_ok(L->wv, m->act_group_d)) || !hc_cim_group_ok(L->wo, m->act_group_q))
+            return HC_EINVAL;
         if (!moe) {
-            if (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, f)) return HC_EINVAL;
+            if (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, f) || !ffn_groups_ok(L->wg, L->wu, L->wd,
+                                                                                          m->act_group_d, m->act_group_f))
+                return HC_EINVAL;
         } else {
             if (!L->router || L->router->n != m->n_experts || L->router->k != d || !L->exp_gate || !L->exp_down)
                 return HC_EINVAL;
+            if (!hc_cim_group_ok(L->router, m->act_group_d)) return HC_EINVAL;
             for (int64_t e = 0; e < m->n_experts; e++)
                 if (!L->exp_gate[e] || !L->exp_down[e] ||
-                    !ffn_fits(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], d, m->d_ff_expert))
+                    !ffn_fits(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], d, m->d_ff_expert) ||
+                    !ffn_groups_ok(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], m->act_group_d,
+                                   m->act_group_fe))
                     return HC_EINVAL;
-            if (m->d_ff_shared ? (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, m->d_ff_shared))
+            if (m->d_ff_shared ? (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, m->d_ff_shared) ||
+                                  !ffn_groups_ok(L->wg, L->wu, L->wd, m->act_group_d, m->act_group_fs))
                                : (L->wg || L->wu || L->wd || L->shared_gate))
                 return HC_EINVAL;
-            if (L->shared_gate && (L->shared_gate->n != 1 || L->shared_gate->k != d)) return HC_EINVAL;
+            if (L->shared_gate && (L->shared_gate->n != 1 || L->shared_gate->k != d ||
+                                   !hc_cim_group_ok(L->shared_gate, m->act_group_d)))
+                return HC_EINVAL;
         }
         if (m->adapters) { /* no adapters on a mixture of experts' FFN (experts or shared expert) */
             const int64_t n_out[7] = {qd, kvd, kvd, d, f, f, d}, n_in[7] = {d, d, d, qd, d, d, f};

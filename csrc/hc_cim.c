@@ -1390,6 +1390,10 @@ static VNNI_TARGET void tiles_blk_vnni(const cim_ctx *c, int64_t t0, int64_t t1,
 #endif /* HC_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
+int hc_cim_group_ok(const hc_weights *w, int64_t act_group) {
+    return act_group >= 1 && w->k % act_group == 0 && (act_group == w->k || act_group % tile_k_of(w) == 0);
+}
+
 static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m, int64_t act_group,
                    float *y, int32_t *dots, int n_threads, int bits, int per_channel, int asym, hc_isa isa,
                    tiles_fn fn) {
@@ -1401,7 +1405,7 @@ static int cim_run(const hc_weights *w, const int8_t *q, const float *act_scales
         return HC_EINVAL; /* bits == 0: the block-format path */
     if (m < 1 || !q || !act_scales || !y || n_threads < 1 || n_threads > HC_MAX_THREADS) return HC_EINVAL;
     const int64_t k = w->k, tk = tile_k_of(w), nb = w->n_blocks, kp = nb * tk, nt = w->n_row_tiles;
-    if (act_group < 1 || k % act_group || (act_group != k && act_group % tk)) return HC_EINVAL;
+    if (!hc_cim_group_ok(w, act_group)) return HC_EINVAL;
     const int64_t n_ag = k / act_group;
 
     size_t side = (size_t)m * nb;

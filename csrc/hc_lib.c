@@ -13,6 +13,7 @@
 #include "hcemu_chip.h"
 
 #include <errno.h>
+#include <float.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -132,10 +133,17 @@ static int in_payload(uint64_t off, uint64_t n, uint64_t end) {
     return off >= PREAMBLE_BYTES && off % PREAMBLE_BYTES == 0 && off <= end && n <= end - off;
 }
 
+/* A record's name, NUL-terminated, printable ASCII kept and every other byte made '?': names are only
+ * shown in messages, and a corrupt table must not put raw bytes (invalid UTF-8, control codes) there. */
+static void read_name(char *dst, const uint8_t *src) {
+    int i = 0;
+    for (; i < NAME_BYTES - 1 && src[i]; i++) dst[i] = (src[i] >= 0x20 && src[i] < 0x7f) ? (char)src[i] : '?';
+    memset(dst + i, 0, NAME_BYTES - i);
+}
+
 static int load_tensor(hc_image *img, const uint8_t *r, uint64_t end, int64_t i, const char *path) {
     tensor *T = &img->tensors[i];
-    memcpy(T->name, r, NAME_BYTES);
-    T->name[NAME_BYTES - 1] = 0;
+    read_name(T->name, r);
     r += NAME_BYTES;
     const uint32_t bits = rd_u32(r), group = rd_u32(r + 4), asym = rd_u32(r + 8), block = rd_u32(r + 12);
     const int64_t n = rd_i64(r + 16), k = rd_i64(r + 24);
@@ -173,6 +181,9 @@ static int load_tensor(hc_image *img, const uint8_t *r, uint64_t end, int64_t i,
     return HC_OK;
 }
 
+/* 0 (the feature is off) or a positive normal float32 value. */
+static int off_or_normal(double v) { return v == 0.0 || (v >= FLT_MIN && v < 3.4e38); }
+
 static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_t end, const char *path) {
     if (nbytes < HEADER_BYTES || memcmp(t, "HCCTAB\0\0", 8) || rd_u32(t + 8) != HC_CTABLE_VERSION ||
         rd_u32(t + 12) != HEADER_BYTES)
@@ -203,7 +214,7 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
                     "libhcemu", path, n_fields, HC_EV_FIELD_COUNT);
     if (n_fields < 1 || kv_int8 > 1 || I->n_layers > MAX_COUNT || n_tensors > MAX_COUNT ||
         n_vectors > MAX_COUNT || (I->head_dim & 1) || I->head_dim > HC_ATTN_MAX_HEAD_DIM ||
-        n_regions < I->n_layers + 2)
+        n_regions < I->n_layers + 2 || n_regions > MAX_COUNT)
         return fail(HC_EFORMAT, "%s: corrupt C table: counts out of range", path);
     const int64_t L = I->n_layers, half = I->head_dim / 2;
     const uint64_t want = HEADER_BYTES + (uint64_t)L * LAYER_BYTES + (uint64_t)half * 8 +
@@ -234,7 +245,11 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     const uint8_t *p = t + HEADER_BYTES;
     for (int64_t i = 0; i < L; i++, p += LAYER_BYTES)
         for (int j = 0; j < 9; j++) img->layers[i][j] = rd_i32(p + 4 * j);
-    for (int64_t j = 0; j < half; j++, p += 8) img->freqs[j] = rd_f64(p);
+    for (int64_t j = 0; j < half; j++, p += 8) {
+        img->freqs[j] = rd_f64(p);
+        if (!(img->freqs[j] >= 0.0 && img->freqs[j] <= 1e30))
+            return fail(HC_EFORMAT, "%s: corrupt C table: RoPE frequency %lld is %g", path, (long long)j, img->freqs[j]);
+    }
     for (int64_t r = 0; r < L + 3; r++)
         for (int64_t f = 0; f < (int64_t)n_fields; f++, p += 8) img->events[r * HC_EV_FIELD_COUNT + f] = rd_i64(p);
     for (int64_t i = 0; i < (int64_t)n_tensors; i++, p += TENSOR_BYTES) {
@@ -243,8 +258,7 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     }
     for (int64_t i = 0; i < (int64_t)n_vectors; i++, p += VECTOR_BYTES) {
         vector *V = &img->vectors[i];
-        memcpy(V->name, p, NAME_BYTES);
-        V->name[NAME_BYTES - 1] = 0;
+        read_name(V->name, p);
         const int64_t n = rd_i64(p + 64);
         const uint64_t off = rd_u64(p + 72), nb = rd_u64(p + 80);
         if (n < 1 || n > (1 << 30) || nb != (uint64_t)n * 4 || !in_payload(off, nb, end))
@@ -267,14 +281,14 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     const hc_weights *e = &img->tensors[img->embed].w, *o = &img->tensors[img->output].w;
     if (e->n != I->vocab_size || e->k != I->d_model || o->n != I->vocab_size || o->k != I->d_model)
         return fail(HC_EFORMAT, "%s: corrupt C table: embedding or output shape", path);
-    if (img->act_group_d < 1 || I->d_model % img->act_group_d)
+    if (img->act_group_d < 1 || I->d_model % img->act_group_d || !hc_cim_group_ok(o, img->act_group_d))
         return fail(HC_EFORMAT, "%s: corrupt C table: activation group %lld of d_model %lld", path,
                     (long long)img->act_group_d, (long long)I->d_model);
 #undef VEC_OK
 #undef MAT_OK
-    if (!(img->norm_eps > 0 && img->norm_eps <= 1e30) || !(img->attn_scale >= 0 && img->attn_scale < 3.4e38) ||
-        !(img->attn_softcap >= 0 && img->attn_softcap < 3.4e38) || !(img->final_softcap >= 0 && img->final_softcap < 3.4e38) ||
-        !(fabs(img->embed_scale) < 3.4e38))
+    /* the kernels take these as float32: each must stay a normal float (or 0 where 0 means "none") */
+    if (!(img->norm_eps >= FLT_MIN && img->norm_eps <= 1e30) || !off_or_normal(img->attn_scale) ||
+        !off_or_normal(img->attn_softcap) || !off_or_normal(img->final_softcap) || !(fabs(img->embed_scale) < 3.4e38))
         return fail(HC_EFORMAT, "%s: corrupt C table: a norm epsilon, scale or soft-cap is out of range", path);
     return HC_OK;
 }

@@ -211,6 +211,11 @@ typedef struct {
 /* HC_OK when the descriptor is self-consistent (format, sizes, pointers); HC_EINVAL otherwise. */
 int hc_weights_check(const hc_weights *w);
 
+/* 1 when activations quantized in groups of `act_group` inputs can feed w's products (act_group divides
+ * w->k and is either the whole row or a multiple of w's 32/64/128-input tile), else 0. The CIM entry
+ * points refuse other groups with HC_EINVAL; hc_decoder_check applies the same rule to every product. */
+int hc_cim_group_ok(const hc_weights *w, int64_t act_group);
+
 /* Quantize activations x float32 [m][k] to q int8 [m][k] and scales float32 [m][k/group], one
  * scale per group of `group` inputs (group divides k), by the rule of docs/numerics.md.
  * HC_ENONFINITE (outputs unspecified) if x holds NaN or infinity. */

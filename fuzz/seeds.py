@@ -21,7 +21,8 @@ SEED_ADAPTERS = (("F32", 2, None), ("F16", 4, ("attn_q", "attn_v")), ("Q8_0", 32
 """LoRA adapter GGUFs for :data:`SEED_SPEC`: (tensor type, rank, matrices or None for all seven)."""
 
 
-def _tests_module(name: str):
+def tests_module(name: str):
+    """A helper module of ``tests/`` (the seeds reuse the test suite's model writers)."""
     tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
@@ -42,7 +43,7 @@ def make_seeds(folder: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     gguf_path = os.path.join(folder, "seed.gguf")
     if not os.path.exists(gguf_path):
-        _tests_module("model_helpers").write_tiny_gguf(gguf_path + ".part", SEED_SPEC, tokenizer=True)
+        tests_module("model_helpers").write_tiny_gguf(gguf_path + ".part", SEED_SPEC, tokenizer=True)
         os.replace(gguf_path + ".part", gguf_path)
     images = {}
     for plan in SEED_PLANS:
@@ -54,7 +55,7 @@ def make_seeds(folder: str) -> dict:
     for arch, plan in SEED_ARCHS:
         path = os.path.join(folder, f"seed-{arch}-{plan}.hcrom")
         if not os.path.exists(path):
-            spec = replace(_tests_module("arch_models").ARCH_SPECS[arch], vocab_size=40, max_context=32)
+            spec = replace(tests_module("arch_models").ARCH_SPECS[arch], vocab_size=40, max_context=32)
             compile_model(SyntheticSource(spec, 1), plan, path, progress=False)
         images[f"{arch}-{plan}"] = path
     adapters = {}

@@ -22,6 +22,12 @@ kernels       every Cython wrapper of hcemu._core with drawn dtypes, shapes, str
               of outputs and inputs, negative and huge sizes; accepted results of the vector unit and the
               CIM products are compared with the numpy oracle (silently wrong numbers are defects)
 cli           ``hcemu`` argument vectors drawn from each command's options, with hostile values and paths
+c_table       the C library's loader (libhcemu, csrc/hc_lib.c): the C table of a seed image (int4, int8)
+              with 1..6 hostile fields (an int32, int64 or float64 at an aligned offset: header counts,
+              layer indices, RoPE frequencies, event rows, section offsets and sizes) or byte flips, its
+              CRC-32 re-signed (in 7 cases of 8) so the checks behind the CRC are reached; through
+              ctypes: open, create a chip, one prefill and one decode. Outcome: accepted, or a libhcemu
+              status with a non-empty message (``c:<status>``)
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ import numpy as np
 
 from fuzz.draw import Draw, mutate_bytes
 
-TARGETS = ("image_bytes", "image_struct", "gguf_bytes", "gguf_struct", "adapter_bytes", "kernels", "cli")
+TARGETS = ("image_bytes", "image_struct", "gguf_bytes", "gguf_struct", "adapter_bytes", "kernels", "cli", "c_table")
 
 
 class Defect(Exception):
@@ -65,6 +71,7 @@ class Context:
             with open(path, "rb") as f:
                 self.adapter_bytes[name] = f.read()
         self._image = None
+        self.clib = None   # libhcemu through ctypes, loaded by the first c_table case
         self.cache = os.path.join(self.scratch, "cache")  # the CLI's image cache while a case runs
 
     def image(self):
@@ -1104,6 +1111,66 @@ def cli(ctx: Context, draw: Draw, data: bytes) -> str:
     return f"exit:{rc}"
 
 
+# ---------------------------------------------------------------- the C library's image loader
+C_TABLE_SEEDS = ("int4", "int8")
+"""Seed images the C library runs (it refuses block formats, mixtures of experts and Gemma 2's kinds)."""
+_HOSTILE_INT = (0, 1, -1, 2, 3, 7, 31, 32, 33, 64, 255, 256, 4096, 65535, 2**31 - 1, -2**31, 2**32 - 1, 2**40,
+                2**62, 2**63 - 1, -2**63)
+_HOSTILE_F64 = (0.0, -0.0, 1.0, -1.0, 1e-300, 1e300, 5e-324, float("inf"), float("-inf"), float("nan"), 3.0e38)
+
+
+def _mutate_table(table: bytearray, draw: Draw) -> None:
+    """1..6 hostile fields or byte flips in place (``table`` keeps its length)."""
+    for _ in range(draw.int(1, 6)):
+        kind = draw.int(0, 3)
+        if kind == 3:   # a flipped byte anywhere
+            table[draw.int(0, len(table) - 1)] ^= 1 << draw.int(0, 7)
+            continue
+        width = 4 if kind == 0 else 8
+        off = draw.int(0, len(table) // width - 1) * width
+        if kind == 2:
+            table[off:off + 8] = struct.pack("<d", draw.choice(_HOSTILE_F64) if draw.bool() else draw.float())
+        else:
+            v = draw.choice(_HOSTILE_INT) if draw.bool() else draw.interesting_int()
+            table[off:off + width] = (v & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+
+
+def c_table(ctx: Context, draw: Draw, data: bytes) -> str:
+    from hcemu.rom import ctable
+    from fuzz.seeds import tests_module
+
+    clib = tests_module("libhcemu_ctypes")
+    if ctx.clib is None:
+        ctx.clib = clib.load()
+    image = bytearray(ctx.image_bytes[draw.choice(C_TABLE_SEEDS)])
+    rec = ctable.RECORD_OFFSET
+    magic, version, crc, off, n = ctable.RECORD.unpack_from(image, rec)
+    table = bytearray(image[off:off + n])
+    _mutate_table(table, draw)
+    image[off:off + n] = table
+    if not draw.chance(8):
+        image[rec:rec + ctable.RECORD.size] = ctable.record(bytes(table), off)
+    path = ctx.write("case.hcrom", bytes(image))
+    try:
+        chip = clib.CChip(ctx.clib, path, 8)
+    except clib.CError as e:
+        if not str(e).split(":", 1)[1].strip():
+            raise Defect(f"libhcemu status {e.rc} without a message") from e
+        return f"c:open:{e.rc}"
+    try:
+        vocab = chip.info.vocab_size
+        if vocab < 1 or vocab > 1 << 20:
+            raise Defect(f"libhcemu accepted a vocabulary of {vocab}")
+        a, b = chip.prefill([1, 2, 3]), chip.decode(4)
+    except clib.CError as e:
+        if not str(e).split(":", 1)[1].strip():
+            raise Defect(f"libhcemu status {e.rc} without a message") from e
+        return f"c:run:{e.rc}"
+    finally:
+        chip.close()
+    return "accepted" if np.isfinite(a).all() and np.isfinite(b).all() else "accepted:nonfinite-logits"
+
+
 _TARGET_FUNCS = {"image_bytes": image_bytes, "image_struct": image_struct, "gguf_bytes": gguf_bytes,
                  "gguf_struct": gguf_struct, "adapter_bytes": adapter_bytes, "kernels": kernels,
-                 "cli": cli}
+                 "cli": cli, "c_table": c_table}

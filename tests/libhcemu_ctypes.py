@@ -47,8 +47,12 @@ class CChip:
         self.img, self.chip = ctypes.c_void_p(), ctypes.c_void_p()
         self._ok(lib.hc_image_open(str(path).encode(), ctypes.byref(self.img)))
         self.info = ImageInfo()
-        self._ok(lib.hc_image_get_info(self.img, ctypes.byref(self.info)))
-        self._ok(lib.hc_chip_create(self.img, kv_capacity, n_threads, ctypes.byref(self.chip)))
+        try:
+            self._ok(lib.hc_image_get_info(self.img, ctypes.byref(self.info)))
+            self._ok(lib.hc_chip_create(self.img, kv_capacity, n_threads, ctypes.byref(self.chip)))
+        except CError:
+            lib.hc_image_close(self.img)
+            raise
 
     def _ok(self, rc):
         if rc:

@@ -290,3 +290,50 @@ def test_example_greedy_smollm2(greedy, smollm2_int4):
     ids, totals = _run_example(greedy, smollm2_int4, prompt, 8)
     want_ids, want_totals = _python_greedy(smollm2_int4, prompt, 8, len(prompt) + 8)
     assert ids == want_ids and totals == want_totals
+
+
+def _edit_table(path, dst, edit):
+    """A copy of image ``path`` with its C table edited by ``edit(table: bytearray)`` and re-signed (CRC-32),
+    as the ``c_table`` fuzz target does: the checks behind the CRC are what is tested."""
+    off, n = _table_span(path)
+
+    def apply(d):
+        table = bytearray(d[off:off + n])
+        edit(table)
+        d[off:off + n] = table
+        d[ctable.RECORD_OFFSET:ctable.RECORD_OFFSET + ctable.RECORD.size] = ctable.record(bytes(table), off)
+    return _copy(path, dst, apply)
+
+
+_HEAD = {"n_regions": 20, "act_group_d": 40 + 8 * 8, "final_softcap": 40 + 88 + 32}   # byte offsets in HEADER
+
+
+@pytest.mark.parametrize("what, edit, message", [
+    ("regions", lambda t: struct.pack_into("<I", t, _HEAD["n_regions"], 2**31), "counts out of range"),
+    ("group", lambda t: struct.pack_into("<q", t, _HEAD["act_group_d"], 16), "activation group 16"),
+    ("softcap", lambda t: struct.pack_into("<d", t, _HEAD["final_softcap"], 5e-324), "soft-cap is out of range"),
+    ("rope", lambda t: struct.pack_into("<d", t, ctable.HEADER.size + TINY_SPEC.n_layers * ctable.LAYER.size,
+                                        float("nan")), "RoPE frequency 0 is nan"),
+])
+def test_c_table_fields_the_kernels_would_refuse_are_refused_at_open(lib, tiny_image, tmp_path, what, edit, message):
+    """The c_table fuzz target found tables that opened and then failed inside a kernel with a bare
+    status (a subnormal soft-cap is 0 as float32, an activation group that splits the head's tiles, a
+    NaN RoPE frequency) or made a 288-byte allocation fail (an absurd region count): now each is a
+    corrupt table at open, named."""
+    bad = _edit_table(tiny_image.path, tmp_path / f"{what}.hcrom", edit)
+    with pytest.raises(CError, match=message) as e:
+        CChip(lib, bad, 8)
+    assert e.value.rc == HC_EFORMAT
+
+
+def test_c_messages_show_corrupt_names_as_printable_ascii(lib, tiny_image, tmp_path):
+    """A tensor name of raw bytes (invalid UTF-8, control codes) reaches the message as '?'s."""
+    def edit(t):
+        at = len(t) - len(tiny_image.directory["vectors"]) * ctable.VECTOR.size \
+            - len(tiny_image.directory["tensors"]) * ctable.TENSOR.size
+        t[at:at + 3] = b"\xff\x07\xc3"
+        struct.pack_into("<I", t, at + 64 + 12, 1)   # the block-format flag: refused with the name
+    bad = _edit_table(tiny_image.path, tmp_path / "name.hcrom", edit)
+    with pytest.raises(CError, match=r"matrix \?\?\?") as e:   # hc_last_error decodes as UTF-8
+        CChip(lib, bad, 8)
+    assert e.value.rc == HC_ENOTSUPPORTED
