@@ -85,10 +85,11 @@ class StepCoefficients:
         """Seconds to read the weights a step of ``tokens`` tokens needs: ``mem_s`` (its layers' own
         matrices and ``k`` experts each) plus the further experts the tokens fire under balanced routing,
         ``E (1 - (1 - k/E)^tokens) - k`` per layer (0 for a dense model)."""
-        if not self.n_experts:  # a plain float for one step: the serving simulator calls this per step
-            return self.mem_s if isinstance(tokens, _SCALARS) else np.full(np.shape(tokens), self.mem_s)
-        tokens = np.asarray(tokens, dtype=np.float64)
-        fired = self.n_experts * (1.0 - (1.0 - self.n_experts_used / self.n_experts) ** np.maximum(tokens, 1.0))
+        scalar = isinstance(tokens, _SCALARS)   # a plain float for one step: the serving simulator calls this per step
+        if not self.n_experts:
+            return self.mem_s if scalar else np.full(np.shape(tokens), self.mem_s)
+        t = max(float(tokens), 1.0) if scalar else np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+        fired = self.n_experts * (1.0 - (1.0 - self.n_experts_used / self.n_experts) ** t)
         return self.mem_s + (fired - self.n_experts_used) * self.expert_mem_s
 
 
