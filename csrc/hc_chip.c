@@ -93,12 +93,15 @@ int hc_decoder_check(const hc_decoder *m) {
             if (!L->router || L->router->n != m->n_experts || L->router->k != d || !L->exp_gate || !L->exp_down)
                 return HC_EINVAL;
             if (!hc_cim_group_ok(L->router, m->act_group_d)) return HC_EINVAL;
-            for (int64_t e = 0; e < m->n_experts; e++)
+            for (int64_t e = 0; e < m->n_experts; e++) {
+                if (!L->exp_gate[e] && !L->exp_down[e] && (!L->exp_up || !L->exp_up[e]) && m->remote_expert)
+                    continue; /* held by another die */
                 if (!L->exp_gate[e] || !L->exp_down[e] ||
                     !ffn_fits(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], d, m->d_ff_expert) ||
                     !ffn_groups_ok(L->exp_gate[e], L->exp_up ? L->exp_up[e] : NULL, L->exp_down[e], m->act_group_d,
                                    m->act_group_fe))
                     return HC_EINVAL;
+            }
             if (m->d_ff_shared ? (!L->wg || !L->wd || !ffn_fits(L->wg, L->wu, L->wd, d, m->d_ff_shared) ||
                                   !ffn_groups_ok(L->wg, L->wu, L->wd, m->act_group_d, m->act_group_fs))
                                : (L->wg || L->wu || L->wd || L->shared_gate))
@@ -199,14 +202,14 @@ static int gated_ffn(const hc_decoder *M, const hc_weights *wg, const hc_weights
 /* Mixture-of-experts FFN of t rows of quantized input (q8 (t, d), sc (t, d / act_group_d)) into
  * o (t, d); token r's experts go to routes[r * stride .. + k].  Same steps and order as
  * Chip._moe_interpreted. */
-static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, const float *sc, int64_t t,
-                   float *o, int32_t *routes_out, int64_t stride, int n_threads, int prof, hc_decoder_trace *trace,
+static int moe_ffn(const hc_decoder *M, const hc_layer *L, const float *h, const int8_t *q8, const float *sc,
+                   int64_t t, float *o, int32_t *routes_out, int64_t stride, int n_threads, int prof, hc_decoder_trace *trace,
                    int64_t layer) {
     const int64_t d = M->d_model, E = M->n_experts, k = M->n_experts_used, fe = M->d_ff_expert,
                   fs = M->d_ff_shared, ng = d / M->act_group_d, fw = fe > fs ? fe : fs;
     /* scratch (floats): logits (t,E), w (t,k), wcol (t), gsc (t,ng), gu (t,2fw), g (t,fw), u (t,fw),
-     * ye (t,d), ys (k,t,d), shared out (t,d); ints: rows, slots (t); bytes: gq8 (t,d) */
-    const size_t nf = (size_t)t * (size_t)(E + k + 1 + ng + 4 * fw + d + k * d + d);
+     * ye (t,d), ys (k,t,d), shared out (t,d), gh (t,d); ints: rows, slots (t); bytes: gq8 (t,d) */
+    const size_t nf = (size_t)t * (size_t)(E + k + 1 + ng + 4 * fw + d + k * d + d + d);
     char *buf = malloc(nf * sizeof(float) + 2 * (size_t)t * sizeof(int64_t) + (size_t)(t * k) * sizeof(int32_t) +
                        (size_t)t * (size_t)d + 64);
     if (!buf) return HC_ENOMEM;
@@ -214,7 +217,8 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
     int64_t *rows = (int64_t *)buf, *slots = rows + t;
     float *logits = (float *)(slots + t), *w = logits + t * E, *wcol = w + t * k, *gsc = wcol + t, *gu = gsc + t * ng,
           *gs = gu + t * 2 * fw, *us = gs + t * fw, *ye = us + t * fw, *ys = ye + t * d, *so = ys + k * t * d;
-    int32_t *routes = (int32_t *)(so + t * d);
+    float *gh = so + t * d;
+    int32_t *routes = (int32_t *)(gh + t * d);
     int8_t *gq8 = (int8_t *)(routes + t * k);
     int rc = HC_OK;
 #define MSTEP(op, call) HC_TIMED(op, call, layer, goto out)
@@ -230,6 +234,16 @@ static int moe_ffn(const hc_decoder *M, const hc_layer *L, const int8_t *q8, con
                     slots[n++] = j;
                 }
         if (!n) continue;
+        if (!L->exp_gate[e]) { /* held by another die: its rows of h go there, its output comes back */
+            for (int64_t a = 0; a < n; a++) memcpy(gh + a * d, h + rows[a] * d, (size_t)d * sizeof(float));
+            if (M->remote_expert(M->remote_ctx, layer, e, gh, n, ye)) {
+                rc = HC_EREMOTE;
+                goto out;
+            }
+            for (int64_t a = 0; a < n; a++)
+                memcpy(ys + (slots[a] * t + rows[a]) * d, ye + a * d, (size_t)d * sizeof(float));
+            continue;
+        }
         for (int64_t a = 0; a < n; a++) {
             memcpy(gq8 + a * d, q8 + rows[a] * d, (size_t)d);
             memcpy(gsc + a * ng, sc + rows[a] * ng, (size_t)ng * sizeof(float));
@@ -357,7 +371,7 @@ int hc_decoder_layers(const hc_decoder *m, float *x, int64_t t, int64_t start, i
         /* feed-forward block */
         TIMED(HC_DEC_RMSNORM, hc_rmsnorm_f32(x, L->ffn_norm, t, d, m->norm_eps, h));
         TIMED(HC_DEC_QUANTIZE, hc_quantize_act(h, t, d, m->act_group_d, q8, sc));
-        rc = m->n_experts ? moe_ffn(m, L, q8, sc, t, o, m->routes + i * m->n_experts_used,
+        rc = m->n_experts ? moe_ffn(m, L, h, q8, sc, t, o, m->routes + i * m->n_experts_used,
                                     m->n_layers * m->n_experts_used, n_threads, prof, trace, i)
                           : gated_ffn(m, L->wg, L->wu, L->wd, q8, sc, t, f, m->act_group_f, gu, gs, us, o,
                                       fad.gate || fad.up || fad.down ? &fad : NULL, n_threads,

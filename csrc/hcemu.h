@@ -25,6 +25,7 @@ extern "C" {
 #define HC_EUNSUPPORTED -3 /* the requested ISA path is not supported by this CPU */
 #define HC_ENONFINITE -4   /* a float input held NaN or infinity */
 #define HC_ECAPACITY -5    /* a fixed-capacity buffer (KV cache) is full */
+#define HC_EREMOTE -6      /* a remote expert (expert parallelism) failed */
 
 /* ---- run-time ISA selection ------------------------------------------------------------------ */
 typedef enum {
@@ -364,6 +365,12 @@ typedef struct {
     /* LoRA adapters: NULL, or [n_layers * 7] slots in the order q, k, v, o, gate, up, down; each
      * slot's adapters are added to its matrix's product (docs/chip.md "LoRA adapters") */
     const hc_adapter_slot *adapters;
+    /* expert parallelism: an expert whose exp_gate and exp_down are NULL is held by another die;
+     * remote_expert(remote_ctx, layer, e, h, n, out) receives the n rows of the layer's normalized FFN
+     * input routed to it (h (n, d_model) float32, the layer's own index) and writes the expert's output
+     * into out (n, d_model); nonzero fails the pass with that status.  NULL: every expert is held here. */
+    int (*remote_expert)(void *ctx, int64_t layer, int64_t expert, const float *h, int64_t n, float *out);
+    void *remote_ctx;
 } hc_decoder;
 
 enum {

@@ -1,7 +1,7 @@
 # The transformer layers as one compiled pass (csrc/hc_chip.c); used by hcemu.chip.Chip.
 from hcemu._hcemu cimport (hc_layer, hc_decoder, hc_decoder_trace, hc_decoder_op_name, hc_decoder_check,
                            hc_decoder_layers, HC_DEC_OP_COUNT, hc_adapter_slot, HC_ADAPTERS_MAX)
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 if HC_DEC_OP_COUNT != 12 or HC_ADAPTERS_MAX != 8:
     raise ImportError(f"hcemu._core: hcemu.h has {HC_DEC_OP_COUNT} decoder ops and {HC_ADAPTERS_MAX} adapters per "
@@ -16,6 +16,12 @@ cdef const float *_f32_ptr(a, Py_ssize_t n, str what) except NULL:
         raise ValueError(f"Decoder: {what} must be a C-contiguous float32 array of shape ({n},), got "
                          f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
     return <const float *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int _remote_expert_cb(void *ctx, int64_t layer, int64_t expert, const float *h, int64_t n,
+                           float *out) noexcept nogil:
+    with gil:
+        return (<Decoder>ctx)._remote(layer, expert, h, n, out)
 
 
 cdef class Decoder:
@@ -53,6 +59,8 @@ cdef class Decoder:
     cdef const hc_weights **ptrs_  # the layers' expert pointer arrays (gate, up, down per layer)
     cdef readonly int64_t n_layers, n_heads, head_dim, n_experts
     cdef public object last_routes
+    cdef public object remote  # remote(layer, expert, h (n, d_model) float32) -> (n, d_model) float32
+    cdef object _remote_exc
     cdef object _routes_buf
     cdef size_t *ranges_     # [lo, hi) byte ranges of everything forward() reads besides x, in pairs
     cdef Py_ssize_t n_ranges
@@ -223,9 +231,16 @@ cdef class Decoder:
         cw = prepared(router)
         L.router = &cw.w
         self.products[i].append(cw)
-        stacked = experts[0][1] is None
+        held = [x for x in experts if x is not None]
+        stacked = not held or held[0][1] is None
         per_expert = []
-        for e, (gate, up, down) in enumerate(experts):
+        for e, x in enumerate(experts):
+            if x is None:   # held by another die (expert parallelism): forward() calls self.remote for it
+                per_expert.append([])
+                self.d.remote_expert = _remote_expert_cb
+                self.d.remote_ctx = <void *>self
+                continue
+            gate, up, down = x
             if (up is None) != stacked:
                 raise ValueError(f"Decoder: layer {i} experts mix stacked and separate gate/up")
             mats = [prepared(w) for w in (gate, up, down) if w is not None]
@@ -241,6 +256,26 @@ cdef class Decoder:
             self.products[i].append(cw)
         self.expert_products.append(per_expert)
         return 0
+
+    cdef int _remote(self, int64_t layer, int64_t expert, const float *h, int64_t n, float *out):
+        """Run expert ``expert`` of layer ``layer`` (this decoder's index) held by another die through
+        ``self.remote``; its exception is kept for :meth:`forward` to raise."""
+        cdef Py_ssize_t d = self.d.d_model
+        try:
+            if self.remote is None:
+                raise RuntimeError(f"Decoder: expert {expert} of layer {layer} is held by another die and no "
+                                   f"remote runs it")
+            rows = _np.empty((n, d), _np.float32)
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>rows), h, <size_t>(n * d) * sizeof(float))
+            y = self.remote(int(layer), int(expert), rows)
+            if not _plain_f32(y, 2, False) or y.shape != (n, d):
+                raise ValueError(f"Decoder: the remote expert returned {getattr(y, 'dtype', type(y))} "
+                                 f"{getattr(y, 'shape', '')}, not C-contiguous float32 {(n, d)}")
+            memcpy(out, cnp.PyArray_DATA(<cnp.ndarray>y), <size_t>(n * d) * sizeof(float))
+            return 0
+        except BaseException as exc:
+            self._remote_exc = exc
+            return 1
 
     cdef int _set_extras(self, Py_ssize_t i, hc_layer *L, dict ex, Py_ssize_t d, Py_ssize_t nh, Py_ssize_t hd,
                          KVStore store, bint qk_full) except -1:
@@ -389,6 +424,9 @@ cdef class Decoder:
             self.d.routes = <int32_t *>cnp.PyArray_DATA(<cnp.ndarray>routes)
         with nogil:
             rc = hc_decoder_layers(&self.d, xp, t, start, n_threads, &self.trace)
+        if self._remote_exc is not None:
+            exc, self._remote_exc = self._remote_exc, None
+            raise exc
         if rc != 0:
             where = (f"layer {self.trace.failed_layer} {DECODER_OPS[self.trace.failed_op]}"
                      if self.trace.failed_op >= 0 else "setup")

@@ -160,6 +160,9 @@ cdef extern from "hcemu.h" nogil:
         float expert_scale
         int32_t *routes
         const hc_adapter_slot *adapters
+        int (*remote_expert)(void *ctx, int64_t layer, int64_t expert, const float *h, int64_t n,
+                             float *out) noexcept nogil
+        void *remote_ctx
     int HC_DEC_OP_COUNT
     ctypedef struct hc_decoder_trace:
         int profile

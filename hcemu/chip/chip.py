@@ -238,7 +238,14 @@ class Chip:
         self._expert_bank_rows = [
             [tuple(np.concatenate(a) for a in zip(*[image.tensor_banks(name)
                                                   for name, _k, _s in spec.expert_matrices(i, e)]))
+             if die.holds_expert(i, e, spec.n_experts) else None
              for e in range(spec.n_experts)] for i in die.layers]
+        # experts of this chip's layers it holds, bool (its layers, n_experts); the others run on expert dies
+        self._held_experts = np.array([[die.holds_expert(i, e, spec.n_experts) for e in range(spec.n_experts)]
+                                       for i in die.layers], bool).reshape(len(self._layers), spec.n_experts)
+        self.remote_expert = None
+        if self._decoder is not None and not self._held_experts.all():
+            self._decoder.remote = lambda j, e, h: self._run_remote(self._first + j, e, h)
         self._embed_bank_rows = {}  # token id -> (bank ids, rows) of its embedding row, filled on use
         self._head_bank_rows = self._bank_rows(
             ["token_embd.weight" if spec.tied_embeddings else "output.weight"] if die.head else [])
@@ -259,8 +266,11 @@ class Chip:
         if blk.moe:
             def ffn(gate, up, down):
                 return (stack_rows([gate, up]) if fuse else None, gate, up, down)
-            experts = []
+            experts = []   # None: an expert another die holds (expert parallelism)
             for e in range(spec.n_experts):
+                if not self.die.holds_expert(i, e, spec.n_experts):
+                    experts.append(None)
+                    continue
                 x = {kind: img.matrix(name) for name, kind, _shape in spec.expert_matrices(i, e)}
                 experts.append(ffn(x["ffn_gate_exps"], x["ffn_up_exps"], x["ffn_down_exps"]))
             shared = (ffn(m["ffn_gate_shexp"], m["ffn_up_shexp"], m["ffn_down_shexp"]) if spec.d_ff_shared
@@ -287,7 +297,7 @@ class Chip:
         return self._gate_up_down(L.moe.shared) if L.moe.shared is not None else (None, None, None)
 
     def _compiled_moe(self, M: _MoE) -> dict:
-        return {"router": M.router, "experts": [self._gate_up_down(e) for e in M.experts],
+        return {"router": M.router, "experts": [None if e is None else self._gate_up_down(e) for e in M.experts],
                 "shared_gate": M.shared_gate}
 
     def _kernels(self, profile: bool) -> _Kernels:
@@ -505,8 +515,17 @@ class Chip:
         return StepResult(logits, ev, self._step_bank_rows(tokens, 1, ev=ev), routes=routes[0] if routes else None,
                           adapters=self._selection)
 
+    def _run_remote(self, layer: int, expert: int, h: np.ndarray) -> np.ndarray:
+        """Expert ``expert`` of ``layer`` held by another die, on ``h`` float32 (n, d_model), the rows of the
+        layer's normalized FFN input routed to it: :attr:`remote_expert` (set by the system) runs it;
+        returns its output float32 (n, d_model)."""
+        if self.remote_expert is None:
+            raise ValueError(f"{self.die.describe()}: expert {expert} of layer {layer} is held by an expert die; "
+                             f"run this die in a hcemu.chip.system.System")
+        return self.remote_expert(layer, expert, h)
+
     def _check_whole(self) -> None:
-        if not (self.die.embedding and self.die.head):
+        if not (self.die.embedding and self.die.head) or self.die.expert_parallel > 1:
             raise ValueError(f"{self.image.path} holds {self.die.describe()}: run it with the other dies in a "
                              f"hcemu.chip.system.System")
 
@@ -536,7 +555,7 @@ class Chip:
         rows = self._layer_bank_rows * passes + self._head_bank_rows * head_passes
         if ev is not None and ev.n_experts:  # every pass routed to an expert reads its matrices' rows
             # the expert regions' tokens of this chip's layers (a system's events hold every die's)
-            fired = ev.experts()[self._first:self._first + len(self._layers), :, 0]
+            fired = ev.experts()[self._first:self._first + len(self._layers), :, 0] * self._held_experts
             for j, e in zip(*np.nonzero(fired)):
                 ids, per_pass = self._expert_bank_rows[j][e]
                 np.add.at(rows, ids, per_pass * int(fired[j, e]))
@@ -624,6 +643,7 @@ class Chip:
             events.counts[first:first + len(self._layers)] += t * self._sel_counts
         if sel is not None and n:  # the fired experts' own vector work (docs/events.md), in their regions
             fired = np.stack([np.bincount(sel[:, i].ravel(), minlength=E) for i in range(first, end)])
+            fired *= self._held_experts   # an expert die counts its own passes
             events.counts[events.expert_index(first, 0):events.expert_index(end - 1, E - 1) + 1] += \
                 fired.reshape(-1, 1) * self._expert_const
         if sel is not None and routes is not None:
@@ -716,7 +736,7 @@ class Chip:
             h = rmsnorm(x, L.ffn_norm, eps)
             q8, sc = quantize(h, g_d)
             if L.moe is not None:
-                o = self._moe_interpreted(i, L.moe, q8, sc, ev, sel)
+                o = self._moe_interpreted(i, L.moe, h, q8, sc, ev, sel)
             else:
                 o = self._ffn(L.wgate_up, L.wg, L.wu, L.wd, q8, sc, f, g_f, ev, i, (ag, au, ad), h)
             if "ffn_post_norm" in ex:
@@ -725,38 +745,15 @@ class Chip:
 
     def _ffn(self, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events, region,
              adapters=((), (), ()), x=None):
-        """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d);
-        ``adapters``: the LoRA slots of gate, up and down, ``x`` the float input they need (fp16 form)."""
-        k_, nt = self._k, self.n_threads
-        ag, au, ad = adapters
-        if w_gate_up is not None:
-            gu = k_.matmul(q8, sc, w_gate_up, n_threads=nt, events=ev, region=region)
-            for ca in ag:
-                adapter_apply(ca, q8, sc, x, gu, 0)
-            for ca in au:
-                adapter_apply(ca, q8, sc, x, gu, f)
-            g = np.ascontiguousarray(gu[:, :f])
-            u = np.ascontiguousarray(gu[:, f:])
-        else:
-            g = k_.matmul(q8, sc, w_gate, n_threads=nt, events=ev, region=region)
-            u = k_.matmul(q8, sc, w_up, n_threads=nt, events=ev, region=region)
-            for ca in ag:
-                adapter_apply(ca, q8, sc, x, g, 0)
-            for ca in au:
-                adapter_apply(ca, q8, sc, x, u, 0)
-        (k_.gelu_mul if self.spec.ffn_act == "gelu" else k_.silu_mul)(g, u, out=g)
-        if not ad:
-            return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
-        qg, sg = k_.quantize(g, group)  # quantized once for the ROM product and its side path
-        y = k_.matmul(qg, sg, w_down, n_threads=nt, events=ev, region=region)
-        for ca in ad:
-            adapter_apply(ca, qg, sg, g, y, 0)
-        return y
+        """Gated FFN of the quantized input (q8, sc): :func:`gated_ffn` with this chip's kernels."""
+        return gated_ffn(self._k, self.n_threads, self.spec.ffn_act, w_gate_up, w_gate, w_up, w_down, q8, sc, f,
+                         group, ev, region, adapters, x)
 
-    def _moe_interpreted(self, i: int, M: _MoE, q8, sc, ev: Events, sel: np.ndarray) -> np.ndarray:
-        """Mixture-of-experts FFN of layer i on its quantized input: the router's product, routing
-        (``moe_route``), each fired expert on the rows routed to it (in its own region, experts in
-        ascending order), their outputs weighted and summed in routing order, the shared expert added
+    def _moe_interpreted(self, i: int, M: _MoE, h, q8, sc, ev: Events, sel: np.ndarray) -> np.ndarray:
+        """Mixture-of-experts FFN of layer i on its input ``h`` float32 (t, d) quantized as (q8, sc): the
+        router's product, routing (``moe_route``), each fired expert on the rows routed to it (in its own
+        region, experts in ascending order; an expert another die holds gets its rows of ``h`` through
+        :meth:`_run_remote`), their outputs weighted and summed in routing order, the shared expert added
         (gated); float32 (t, d). Routes go to ``sel[:, i]``."""
         s, k_, nt = self.spec, self._k, self.n_threads
         t, k, d = len(q8), s.n_experts_used, s.d_model
@@ -766,6 +763,9 @@ class Chip:
         ys = np.empty((k, t, d), np.float32)
         for e in np.unique(experts):
             rows, slot = np.nonzero(experts == e)
+            if M.experts[e] is None:
+                ys[slot, rows] = self._run_remote(i, int(e), np.ascontiguousarray(h[rows]))
+                continue
             gate_up, gate, up, down = M.experts[e]
             ys[slot, rows] = self._ffn(gate_up, gate, up, down, np.ascontiguousarray(q8[rows]),
                                        np.ascontiguousarray(sc[rows]), s.expert_ff, self._g_fe, ev,
@@ -794,6 +794,38 @@ class Chip:
         gen = run_generation(self, prompt_ids, max_new_tokens, sampler, stop_ids, on_token, adapter=names)
         gen.adapters, gen.adapter_sram_bytes = names, self.adapter_sram_bytes
         return gen
+
+
+def gated_ffn(k_, nt: int, act: str, w_gate_up, w_gate, w_up, w_down, q8, sc, f: int, group: int, ev: Events,
+              region, adapters=((), (), ()), x=None):
+    """Gated FFN of the quantized input (q8, sc): ``W_d (act(W_g x) * (W_u x))``, float32 (t, d), with the
+    kernels ``k_`` (``matmul``, ``linear``, ``quantize``, ``silu_mul``, ``gelu_mul``) on ``nt`` threads;
+    ``act``: ``"silu"`` or ``"gelu"``; ``adapters``: the LoRA slots of gate, up and down, ``x`` the float
+    input they need (fp16 form). The one sequence of kernels a chip and an expert die run."""
+    ag, au, ad = adapters
+    if w_gate_up is not None:
+        gu = k_.matmul(q8, sc, w_gate_up, n_threads=nt, events=ev, region=region)
+        for ca in ag:
+            adapter_apply(ca, q8, sc, x, gu, 0)
+        for ca in au:
+            adapter_apply(ca, q8, sc, x, gu, f)
+        g = np.ascontiguousarray(gu[:, :f])
+        u = np.ascontiguousarray(gu[:, f:])
+    else:
+        g = k_.matmul(q8, sc, w_gate, n_threads=nt, events=ev, region=region)
+        u = k_.matmul(q8, sc, w_up, n_threads=nt, events=ev, region=region)
+        for ca in ag:
+            adapter_apply(ca, q8, sc, x, g, 0)
+        for ca in au:
+            adapter_apply(ca, q8, sc, x, u, 0)
+    (k_.gelu_mul if act == "gelu" else k_.silu_mul)(g, u, out=g)
+    if not ad:
+        return k_.linear(g, group, w_down, n_threads=nt, events=ev, region=region)
+    qg, sg = k_.quantize(g, group)  # quantized once for the ROM product and its side path
+    y = k_.matmul(qg, sg, w_down, n_threads=nt, events=ev, region=region)
+    for ca in ad:
+        adapter_apply(ca, qg, sg, g, y, 0)
+    return y
 
 
 def prefill_chunks(tokens: np.ndarray, all_logits: bool):
@@ -833,6 +865,8 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
     prefill_events, decode_events = res.events, Events.for_spec(runner.spec)
     prefill_links = getattr(res, "link_events", None)
     decode_links = None if prefill_links is None else LinkEvents(prefill_links.n_hops)
+    prefill_elinks = getattr(res, "expert_link_events", None)
+    decode_elinks = None if prefill_elinks is None else LinkEvents(prefill_elinks.n_hops)
     bank_rows = res.bank_rows
     out: list[int] = []
     t_decode = 0.0
@@ -850,6 +884,8 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
         decode_events += step.events
         if decode_links is not None:
             decode_links += step.link_events
+        if decode_elinks is not None:
+            decode_elinks += step.expert_link_events
         bank_rows = bank_rows + step.bank_rows
         logits = step.logits[-1]
     n_decode_steps = max(len(out) - 1, 0)
@@ -857,7 +893,8 @@ def run_generation(runner, prompt_ids, max_new_tokens: int, sampler=None, stop_i
         prompt_ids=[int(i) for i in prompt], ids=out,
         prefill_seconds=t_prefill, decode_seconds=t_decode, decode_steps=n_decode_steps,
         prefill_events=prefill_events, decode_events=decode_events, bank_rows=bank_rows,
-        prefill_link_events=prefill_links, decode_link_events=decode_links)
+        prefill_link_events=prefill_links, decode_link_events=decode_links,
+        prefill_expert_link_events=prefill_elinks, decode_expert_link_events=decode_elinks)
 
 
 @dataclass
@@ -876,6 +913,8 @@ class Generation:
     bank_rows: np.ndarray
     prefill_link_events: LinkEvents | None = None   # a System's chip-to-chip traffic (None on one chip)
     decode_link_events: LinkEvents | None = None
+    prefill_expert_link_events: LinkEvents | None = None   # a System's dispatch/combine traffic (expert dies)
+    decode_expert_link_events: LinkEvents | None = None
     adapters: tuple = ()            # names of the LoRA adapters the request applied
     adapter_sram_bytes: int = 0     # SRAM held by all resident adapters during the request
 

@@ -44,7 +44,7 @@ from hcemu.perf.silicon import SiliconModel, pipeline_users
 from hcemu.perf.sizing import size_for_model
 from hcemu.perf.specs import HC1_PLAN, ChipSpec, get_chip, get_cost
 from hcemu.rom.image import region_rom_bits, rom_bits_for_model
-from hcemu.rom.partition import Partition, die_cost_terms, partition_model
+from hcemu.rom.partition import Partition, die_cost_terms, expert_blocks, expert_link_index, partition_model
 
 RETICLE_MM2 = 858.0
 """Largest die one exposure field prints, 26 x 33 mm [V: the ASML/TSMC scanner field]; a die above it
@@ -69,17 +69,6 @@ def link_events_from_shapes(spec: ModelSpec, n_hops: int, link_format, passes: i
     nbytes = get_link_format(link_format).message_bytes(spec.d_model)
     counts = np.tile(np.array([passes, passes * nbytes], np.int64), (n_hops, 1)).reshape(n_hops, 2)
     return LinkEvents(n_hops, counts)
-
-
-def expert_blocks(spec: ModelSpec, ep: int) -> np.ndarray:
-    """The die block of each of a layer's experts when expert parallelism spreads them over ``ep`` dies:
-    contiguous blocks of ``n_experts / ep`` (block 0 stays on the layer's pipeline die); int64 (n_experts,)."""
-    if ep == 1:
-        return np.zeros(spec.n_experts, np.int64)
-    if not spec.is_moe or spec.n_experts % ep:
-        raise ValueError(f"{spec.name}: expert parallelism over {ep} dies needs a mixture-of-experts model whose "
-                         f"experts ({spec.n_experts}) divide evenly")
-    return np.arange(spec.n_experts, dtype=np.int64) // (spec.n_experts // ep)
 
 
 def expert_dispatch_passes(spec: ModelSpec, events: Events, ep: int) -> np.ndarray:
@@ -109,7 +98,7 @@ def expert_link_events(spec: ModelSpec, partition: Partition, events: Events, ep
     for d in partition.dies:
         for b in range(1, ep):
             m = 2 * int(passes[d.first_layer:d.end_layer, b].sum())
-            counts[d.index * (ep - 1) + b - 1] = (m, m * nbytes)
+            counts[expert_link_index(d.index, b, ep)] = (m, m * nbytes)
     return LinkEvents(n, counts)
 
 
@@ -247,11 +236,22 @@ class SystemModel:
         return size_for_model(self.base_chip, spec, plan) if self.sized else self.base_chip
 
     def partition(self, spec: ModelSpec, plan, n_dies=None, max_rom_bits=None) -> Partition:
-        """``n_dies`` dies balanced by ROM bits, or the fewest within ``max_rom_bits`` per die (default:
-        :func:`reference_die_rom_bits` of the chip)."""
+        """``n_dies`` pipeline dies balanced by ROM bits, or the fewest within ``max_rom_bits`` per die
+        (default: :func:`reference_die_rom_bits` of the chip), each with the model's expert parallelism
+        (the balance and the budget count the home dies: their layers with expert block 0)."""
+        ep = self.expert_parallel
         if n_dies is not None:
-            return partition_model(spec, plan, int(n_dies))
-        return partition_model(spec, plan, max_rom_bits=max_rom_bits or reference_die_rom_bits(self.base_chip))
+            return partition_model(spec, plan, int(n_dies), expert_parallel=ep)
+        return partition_model(spec, plan, max_rom_bits=max_rom_bits or reference_die_rom_bits(self.base_chip),
+                               expert_parallel=ep)
+
+    def expert_parallel_of(self, partition: Partition) -> int:
+        """The expert parallelism priced for ``partition``: its own (a partition compiled with expert dies)
+        or this model's; ValueError when both are above 1 and differ."""
+        a, b = partition.expert_parallel, self.expert_parallel
+        if a > 1 and b > 1 and a != b:
+            raise ValueError(f"the partition spreads experts over {a} dies, the system model over {b}")
+        return max(a, b)
 
     def evaluate(self, spec: ModelSpec, plan, partition: Partition | int | None, n_prompt: int,
                  n_generated: int) -> SystemResult:
@@ -290,7 +290,7 @@ class SystemModel:
         if decode.n_layers != L or decode.n_experts != E:
             raise ValueError(f"the events are of {decode.n_layers} layers x {decode.n_experts} experts, the model "
                              f"has {L} x {E}")
-        ep = self.expert_parallel
+        ep = self.expert_parallel_of(partition)
         block = expert_blocks(spec, ep)
         timing = si.timing(decode)
         region_s = timing.total_cycles * timing.latency_weights / hz / steps   # one user's wait, per token

@@ -173,7 +173,8 @@ def _check_die(spec: ModelSpec, die: DieAssignment | None) -> DieAssignment:
 def _image_matrices(spec: ModelSpec, plan: Plan, die: DieAssignment | None = None):
     """``(name, kind, layer, region, fmt, (n, k))`` of every matrix the image stores, and notes.
 
-    die: only the matrices of that die (its layers; the embedding and the head where it holds them).
+    die: only the matrices of that die (its layers with the experts it holds; the embedding and the
+    head where it holds them).
     With tied embeddings a die holding the head but not the embedding stores its own copy of
     ``token_embd.weight`` (embedding format) in the head region.
     """
@@ -182,6 +183,11 @@ def _image_matrices(spec: ModelSpec, plan: Plan, die: DieAssignment | None = Non
     out = []
     for name, kind, layer, shape in spec.matrices():
         if layer is not None and not die.holds_layer(layer):
+            continue
+        if kind in EXPERT_MATRICES:   # expert parallelism: only the die's block of the layer's experts
+            if not die.holds_expert(layer, int(name.split(".")[3]), spec.n_experts):
+                continue
+        elif layer is not None and not die.holds_layer_own(layer):
             continue
         region = _region_of(spec, name, kind, layer)
         if kind == "embedding" and not die.embedding:
@@ -204,7 +210,7 @@ def _image_norms(spec: ModelSpec, die: DieAssignment | None = None):
     """``(name, layer, length)`` of the norm vectors a die stores (its layers'; ``output_norm`` with the head)."""
     die = _check_die(spec, die)
     return [(name, layer, n) for name, layer, n in spec.norms()
-            if (die.holds_layer(layer) if layer is not None else die.head)]
+            if (die.holds_layer_own(layer) if layer is not None else die.head)]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ then ``out_dir/system.json``::
      "hops": [{"from": 0, "to": 1, "after_layer": 14}, ...],
      "sha256": hex SHA-256 of this object without the "sha256" key (sorted keys, compact separators)}
 
+With expert parallelism over ``ep`` dies per stage the manifest adds ``"expert_parallel": ep`` and
+``"expert_links": [{"link", "from", "block"}, ...]`` (link ``k (ep - 1) + b - 1`` joins pipeline die
+``k`` to its expert die of block ``b``); ``dies`` lists the pipeline dies, then the expert dies
+(``die-KK-eB.hcrom``, each ``die`` entry with ``expert_parallel`` and ``expert_block``).
+
 The manifest names each image by the SHA-256 of its directory, which holds the SHA-256 of every
 section, so one check per die ties the manifest to every byte of the images. Every file is written
 atomically (:func:`hcemu._io.atomic_write`); an older manifest in ``out_dir`` is removed before the
@@ -37,15 +42,16 @@ from hcemu.rom.partition import Partition, check_dies
 MANIFEST_NAME = "system.json"
 MANIFEST_FORMAT = "hcsys"
 MANIFEST_VERSION = 1
-_DIE_FILE = re.compile(r"^die-\d{2,}\.hcrom$")
+_DIE_FILE = re.compile(r"^die-\d{2,}(-e\d+)?\.hcrom$")
 
 
 class SystemManifestError(ValueError):
     """A system manifest is missing, corrupt, of another version, or disagrees with its images."""
 
 
-def die_file_name(index: int) -> str:
-    return f"die-{index:02d}.hcrom"
+def die_file_name(index: int, expert_block: int = 0) -> str:
+    """``die-KK.hcrom`` for pipeline die ``KK``, ``die-KK-eB.hcrom`` for its expert die of block ``B``."""
+    return f"die-{index:02d}.hcrom" if not expert_block else f"die-{index:02d}-e{expert_block}.hcrom"
 
 
 def _digest(body: dict) -> str:
@@ -67,7 +73,8 @@ class DieEntry:
 
 @dataclass(frozen=True)
 class SystemManifest:
-    """A loaded ``system.json``: the model, plan, geometry and the dies in pipeline order."""
+    """A loaded ``system.json``: the model, plan, geometry and the dies in pipeline order (then the expert
+    dies, with ``expert_parallel`` > 1)."""
 
     folder: str
     spec: ModelSpec
@@ -77,9 +84,11 @@ class SystemManifest:
     dies: tuple
     hops: tuple
     source: str = ""
+    expert_parallel: int = 1
 
     @property
     def n_dies(self) -> int:
+        """Every die: the pipeline dies and the expert dies."""
         return len(self.dies)
 
     @property
@@ -89,7 +98,8 @@ class SystemManifest:
     @property
     def partition(self) -> Partition:
         """The :class:`~hcemu.rom.partition.Partition` the manifest describes."""
-        return Partition(self.spec, self.plan, self.geometry, tuple(e.die for e in self.dies), self.balance)
+        return Partition(self.spec, self.plan, self.geometry, tuple(e.die for e in self.dies if not e.die.is_expert_die),
+                         self.balance, self.expert_parallel)
 
     def image_paths(self) -> list[str]:
         return [os.path.join(self.folder, d.image) for d in self.dies]
@@ -118,6 +128,7 @@ class SystemManifest:
 
     def to_dict(self) -> dict:
         return {"folder": self.folder, "model": self.spec.name, "plan": self.plan.name, "balance": self.balance,
+                "expert_parallel": self.expert_parallel,
                 "dies": [{"die": e.die.to_dict(), "image": e.image, "file_bytes": e.file_bytes,
                           "rom_bits": e.rom_bits} for e in self.dies],
                 "hops": [{"from": a, "to": b, "after_layer": layer} for a, b, layer in self.hops]}
@@ -139,11 +150,12 @@ class SystemCompileReport:
         return sum(r.file_bytes for r in self.reports)
 
     def table(self) -> str:
-        lines = [f"{'die':>4s}  {'layers':>9s}  {'embedding':>9s}  {'head':>4s}  {'ROM Gbit':>9s}  {'banks':>7s}  "
+        lines = [f"{'die':>6s}  {'layers':>9s}  {'embedding':>9s}  {'head':>4s}  {'ROM Gbit':>9s}  {'banks':>7s}  "
                  f"{'MiB':>8s}  image"]
         for e in self.manifest.dies:
             d = e.die
-            lines.append(f"{d.index:4d}  {f'{d.first_layer}..{d.end_layer - 1}':>9s}  {'yes' if d.embedding else '':>9s}  "
+            name = f"{d.index}" + (f"e{d.expert_block}" if d.is_expert_die else "")
+            lines.append(f"{name:>6s}  {f'{d.first_layer}..{d.end_layer - 1}':>9s}  {'yes' if d.embedding else '':>9s}  "
                          f"{'yes' if d.head else '':>4s}  {e.rom_bits['total'] / 1e9:9.3f}  {e.rom_bits['banks']:7d}  "
                          f"{e.file_bytes / 2**20:8.1f}  {e.image}")
         return "\n".join(lines)
@@ -175,8 +187,8 @@ def compile_system(source, plan: Plan, out_dir, partition: Partition, progress: 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(manifest_path)   # no manifest may name images this compile is about to replace
     reports, entries = [], []
-    for die in partition.dies:
-        name = die_file_name(die.index)
+    for die in partition.all_dies:
+        name = die_file_name(die.index, die.expert_block)
         path = os.path.join(out_dir, name)
         rep = compile_model(source, plan, path, partition.geometry, progress=progress, die=die)
         with RomImage.load(path, verify=False) as img:
@@ -188,6 +200,8 @@ def compile_system(source, plan: Plan, out_dir, partition: Partition, progress: 
             "source": getattr(source, "description", spec.name), "spec": spec.to_dict(), "plan": plan_to_dict(plan),
             "geometry": partition.geometry.to_dict(), "balance": partition.balance, "dies": entries,
             "hops": partition.to_dict()["hops"]}
+    if partition.expert_parallel > 1:
+        body.update(expert_parallel=partition.expert_parallel, expert_links=partition.to_dict()["expert_links"])
     body["sha256"] = _digest(body)
     with atomic_write(manifest_path, "w") as f:
         json.dump(body, f, indent=1, allow_nan=False)
@@ -238,18 +252,27 @@ def load_manifest(path) -> SystemManifest:
         geometry = RomGeometry.from_dict(body["geometry"])
         dies = tuple(DieEntry(DieAssignment.from_dict(e["die"]), str(e["image"]), int(e["file_bytes"]),
                               str(e["directory_sha256"]), dict(e["rom_bits"])) for e in body["dies"])
-        check_dies(spec.n_layers, [e.die for e in dies])
+        ep = int(body.get("expert_parallel", 1))
+        pipeline = tuple(e.die for e in dies if not e.die.is_expert_die)
+        part = Partition(spec, plan, geometry, pipeline, str(body.get("balance", "")), ep)
+        if tuple(e.die for e in dies) != part.all_dies:
+            raise ValueError(f"the dies are not the pipeline's dies then their expert dies ({len(part.all_dies)} "
+                             f"with expert parallelism {ep})")
         hops = tuple((int(h["from"]), int(h["to"]), int(h["after_layer"])) for h in body["hops"])
+        elinks = [{"link": int(x["link"]), "from": int(x["from"]), "block": int(x["block"])}
+                  for x in body.get("expert_links", [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise SystemManifestError(f"{file}: inconsistent manifest: {exc}") from None
-    want = tuple((d.die.index, d.die.index + 1, d.die.end_layer - 1) for d in dies[:-1])
+    want = tuple((d.index, d.index + 1, d.end_layer - 1) for d in pipeline[:-1])
+    if elinks != (part.to_dict().get("expert_links") or []):
+        raise SystemManifestError(f"{file}: expert links {elinks} do not join each pipeline die to its expert dies")
     if hops != want:
         raise SystemManifestError(f"{file}: hops {hops} do not link the dies in order ({want})")
     for e in dies:
         if os.path.basename(e.image) != e.image:
             raise SystemManifestError(f"{file}: image name {e.image!r} must be a file in the manifest's folder")
     return SystemManifest(folder, spec, plan, geometry, str(body.get("balance", "")), dies, hops,
-                          str(body.get("source", "")))
+                          str(body.get("source", "")), ep)
 
 
 __all__ = ["compile_system", "load_manifest", "is_system", "SystemManifest", "SystemManifestError",
