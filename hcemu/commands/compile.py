@@ -5,7 +5,9 @@ name (``llama-3.1-8b``, ...: synthetic weights seeded by ``--seed``).
 
 ``--chips N|auto --out DIR`` splits the model over N dies (``auto``: the fewest whose largest image
 holds at most ``--die-rom-gbit`` of ROM) and writes one image per die plus ``DIR/system.json``
-(``docs/system.md``).
+(``docs/system.md``). ``--expert-parallel EP`` (mixture-of-experts models) also spreads each pipeline
+die's experts over EP dies: the pipeline die keeps expert block 0, ``EP - 1`` expert dies hold the
+other blocks (``die-KK-eB.hcrom``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ def register(sub) -> None:
                         "die, Llama 3.1 8B in plan hc1-int4)")
     p.add_argument("--layers-per-die", default=None, metavar="A,B,...",
                    help="explicit layers per die in pipeline order (instead of a balanced split)")
+    p.add_argument("--expert-parallel", type=int, default=1, metavar="EP",
+                   help="mixture-of-experts models: spread each pipeline die's experts over EP dies (its own "
+                        "block 0 and EP - 1 expert dies; EP must divide the experts; default 1). Needs --chips "
+                        "(or --layers-per-die); --chips 1 --expert-parallel EP keeps every layer on one die")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights for preset models")
     p.add_argument("--bank-rows", type=int, default=2048, help="words per ROM bank (power of two)")
     p.add_argument("--word-bits", type=int, default=512, help="bits per ROM word (power of two, 32..2048)")
@@ -101,6 +107,7 @@ def _partition(args, spec, plan, geometry):
     """The partition ``--chips`` / ``--layers-per-die`` ask for (None: one whole image)."""
     from hcemu.rom.partition import partition_model
 
+    ep = args.expert_parallel
     if args.layers_per_die is not None:
         try:
             counts = [int(c) for c in args.layers_per_die.split(",")]
@@ -108,10 +115,12 @@ def _partition(args, spec, plan, geometry):
             raise ValueError(f"--layers-per-die must be integers separated by commas, got {args.layers_per_die!r}") from None
         if args.chips not in (None, "auto") and int(args.chips) != len(counts):
             raise ValueError(f"--chips {args.chips} disagrees with {len(counts)} entries of --layers-per-die")
-        return partition_model(spec, plan, layers_per_die=counts, geometry=geometry)
+        return partition_model(spec, plan, layers_per_die=counts, geometry=geometry, expert_parallel=ep)
     if args.chips is None:
         if args.die_rom_gbit is not None:
             raise ValueError("--die-rom-gbit needs --chips auto")
+        if ep != 1:
+            raise ValueError("--expert-parallel needs --chips (use --chips 1 to keep every layer on one die)")
         return None
     if args.chips == "auto":
         if args.die_rom_gbit is None:
@@ -122,12 +131,12 @@ def _partition(args, spec, plan, geometry):
             if not args.die_rom_gbit > 0:
                 raise ValueError(f"--die-rom-gbit must be > 0, got {args.die_rom_gbit}")
             budget = int(args.die_rom_gbit * 1e9)
-        return partition_model(spec, plan, max_rom_bits=budget, geometry=geometry)
+        return partition_model(spec, plan, max_rom_bits=budget, geometry=geometry, expert_parallel=ep)
     try:
         n = int(args.chips)
     except ValueError:
         raise ValueError(f"--chips must be a positive integer or 'auto', got {args.chips!r}") from None
-    return partition_model(spec, plan, n, geometry=geometry)
+    return partition_model(spec, plan, n, geometry=geometry, expert_parallel=ep)
 
 
 def run(args) -> int:
@@ -159,10 +168,12 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
         else:
+            ep = partition.expert_parallel
             print(f"{source.spec.name} in plan {plan.name} over {partition.n_dies} dies "
-                  f"(balance: {partition.balance})")
+                  f"(balance: {partition.balance})"
+                  + (f", each one's experts over {ep} dies ({len(partition.expert_dies)} expert dies)" if ep > 1 else ""))
             print(report.table())
-            print(f"wrote {report.manifest.path} and {partition.n_dies} images: "
+            print(f"wrote {report.manifest.path} and {len(partition.all_dies)} images: "
                   f"{report.file_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s", file=sys.stderr)
         return 0
     if args.json:
