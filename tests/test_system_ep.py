@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from arch_models import ARCH_SPECS, arch_weights, write_arch_gguf
+from test_system_moe import PROMPT, _run, check_every_isa_path   # a prompt of two prefill chunks, 3 decode steps
 
 from hcemu.chip import Chip
 from hcemu.chip.system import System
@@ -42,16 +43,6 @@ def ep_model(request, tmp_path_factory):
                                         progress=False).manifest
                    for name, (n, ep) in SPLITS.items()}
     return RomImage.load(root / "whole.hcrom"), systems, root
-
-
-PROMPT = (np.arange(70) * 37 + 11) % 512   # two prefill chunks (64 + 6)
-
-
-def _run(runner):
-    steps = [runner.prefill(PROMPT, all_logits=True)]
-    for tok in (5, 300, 42):
-        steps.append(runner.decode(tok))
-    return steps
 
 
 def test_expert_parallel_partition_and_manifest(ep_model):
@@ -158,15 +149,8 @@ def test_expert_parallel_lossy_links_and_pricing(ep_model):
 
 
 def test_expert_parallel_on_every_isa_path(ep_model, restore_isa):
-    import hcemu
-
     whole, systems, _root = ep_model
-    images = systems["ep-all"].load_images(verify=False)
-    for isa in hcemu.capabilities()["supported"]:
-        hcemu.set_isa(isa)
-        a = Chip(whole, kv_capacity_tokens=48).prefill(PROMPT[:40], all_logits=True)
-        b = System(images, "fp32", kv_capacity_tokens=48).prefill(PROMPT[:40], all_logits=True)
-        assert np.array_equal(a.logits, b.logits) and a.events == b.events, isa
+    check_every_isa_path(whole, systems["ep-all"].load_images(verify=False))
 
 
 def test_expert_parallel_bad_input(ep_model):

@@ -116,10 +116,14 @@ def test_moe_generate_and_counted_pricing(moe_model):
 
 
 def test_moe_system_on_every_isa_path(moe_model, restore_isa):
+    whole, systems = moe_model
+    check_every_isa_path(whole, systems["3"].load_images(verify=False))
+
+
+def check_every_isa_path(whole, images):
+    """On every ISA path the machine has: the system of ``images`` prefills as the one chip of ``whole``."""
     import hcemu
 
-    whole, systems = moe_model
-    images = systems["3"].load_images(verify=False)
     for isa in hcemu.capabilities()["supported"]:
         hcemu.set_isa(isa)
         a = Chip(whole, kv_capacity_tokens=48).prefill(PROMPT[:40], all_logits=True)
