@@ -215,7 +215,10 @@ class SystemModel:
     chip: technology preset (sized for the model when ``sized``, as ``hcemu compare`` does for one
     chip); link: :class:`~hcemu.perf.links.LinkSpec` or preset name; link_format: what crosses each
     hop (:data:`hcemu.formats.LINK_FORMATS`); kv_sram_bytes_per_die: KV SRAM of every die (default:
-    the preset's ``kv_sram_bytes``).
+    the preset's ``kv_sram_bytes``). expert_parallel: spread each pipeline die's experts over that many
+    dies (its own block 0 and expert dies: :func:`hcemu.rom.partition.expert_blocks`, the assignment
+    the compiler writes and :class:`hcemu.chip.system.System` runs); a partition compiled with expert
+    parallelism brings its own (:meth:`expert_parallel_of`).
     """
 
     def __init__(self, chip: ChipSpec | str = "hc1", link: LinkSpec | str = DEFAULT_LINK, link_format="fp32",
