@@ -5,14 +5,25 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-# Bounds with margin over what was measured (docs/formats.md: fp16 KV, 255 positions): Q6_K 0.0088 / 95.3%,
-# Q4_K_M 0.0088 / 92.2%, Q3_K_M 0.0096 / 94.9%. The targets KLD <= 0.01 and top-1 >= 95% are reported
-# there, not asserted (Q4_K_M misses the top-1 one).
-BOUNDS = {"Q6_K": (0.015, 0.92), "Q4_K_M": (0.015, 0.90), "Q3_K_M": (0.02, 0.90)}
+# Measured (docs/formats.md, "Against llama.cpp on the same file": fp16 KV, 255 positions of the licence
+# text, llama-cpp-python 0.3.36 on an AVX-512 host). These are validations, not pins: nothing in the chip
+# is tuned to llama.cpp.
+#  * The chip's own error against the float reference of the file is below llama.cpp's (measured
+#    0.0035-0.0047 against 0.0070-0.0089 KLD): llama.cpp rounds k-quant products' inputs per 256.
+#  * The chip disagrees with llama.cpp about as much as llama.cpp's two attention kernels (flash
+#    attention on / off, same file) disagree with each other: KLD ratio measured 0.96-1.26, top-1
+#    within -2.7 / +2.8 points of llama.cpp's self-agreement.
+#  * Absolute: KLD mean <= 0.01 holds for Q6_K, Q4_K_M, Q3_K_M (0.0088, 0.0088, 0.0096) and is missed by
+#    Q5_K_M (0.0110) and Q2_K (0.0100); asserted with room for another host's llama.cpp kernels, whose
+#    float arithmetic moves llama.cpp by as much as its own attention kernels do (0.007-0.0095).
+KLD_MAX = {"Q6_K": 0.0125, "Q5_K_M": 0.014, "Q4_K_M": 0.0125, "Q3_K_M": 0.0125, "Q2_K": 0.0125}
+KLD_OVER_SELF_MAX = 1.5
+TOP1_BELOW_SELF_MAX = 0.04
+TOP1_MIN = 0.90
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ftype", sorted(BOUNDS))
+@pytest.mark.parametrize("ftype", sorted(KLD_MAX))
 def test_chip_matches_llama_cpp_on_the_same_file(smollm2_gguf, tmp_path, ftype):
     from hcemu.bench.llama_peer import compare_with_llama, llama_quantize
     from hcemu.model.texts import licence_text
@@ -22,10 +33,13 @@ def test_chip_matches_llama_cpp_on_the_same_file(smollm2_gguf, tmp_path, ftype):
     path = tmp_path / f"smollm2-{ftype}.gguf"
     llama_quantize(smollm2_gguf, path, ftype)
     ids = tokenizer.encode(licence_text())[:256]
-    res = compare_with_llama(path, ids, tmp_path / "m.hcrom")
+    res = compare_with_llama(path, ids, tmp_path / "m.hcrom", split=True)
     print(ftype, res)
-    kld_max, top1_min = BOUNDS[ftype]
-    assert res["kld_mean"] <= kld_max and res["same_top1"] >= top1_min, res
+    assert res["chip_vs_reference"]["kld_mean"] < res["llama_vs_reference"]["kld_mean"], res
+    assert res["kld_mean"] <= KLD_MAX[ftype], res
+    assert res["kld_mean"] <= KLD_OVER_SELF_MAX * res["llama_vs_itself"]["kld_mean"], res
+    assert res["same_top1"] >= TOP1_MIN, res
+    assert res["same_top1"] >= res["llama_vs_itself"]["same_top1"] - TOP1_BELOW_SELF_MAX, res
 
 
 def test_decode_runner_needs_a_context(smollm2_gguf):

@@ -46,12 +46,14 @@ def llama_quantize(src, dst, ftype: str) -> None:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, {ftype}) failed with status {rc}")
 
 
-def llama_logits(gguf_path, tokens, n_threads: int = 1) -> np.ndarray:
-    """float32 logits (len(tokens), vocab) of llama.cpp at every position of ``tokens`` (one sequence)."""
+def llama_logits(gguf_path, tokens, n_threads: int = 1, flash_attn: bool = False) -> np.ndarray:
+    """float32 logits (len(tokens), vocab) of llama.cpp at every position of ``tokens`` (one sequence).
+    ``flash_attn``: llama.cpp's fused attention kernel instead of its default (separate KQ, softmax and
+    KQV products); both read the same fp16 KV cache."""
     lc = _llama_cpp()
     tokens = [int(t) for t in tokens]
     llm = lc.Llama(model_path=os.fspath(gguf_path), n_ctx=max(32, len(tokens)), n_batch=max(32, len(tokens)),
-                   logits_all=True, n_threads=n_threads, verbose=False)
+                   logits_all=True, n_threads=n_threads, flash_attn=bool(flash_attn), verbose=False)
     try:
         llm.reset()
         llm.eval(tokens)
@@ -60,12 +62,27 @@ def llama_logits(gguf_path, tokens, n_threads: int = 1) -> np.ndarray:
         llm.close()
 
 
-def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_format: str | None = "fp16") -> dict:
+def _stats(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> dict:
+    """Next-token statistics of logits ``b`` against ``a`` (both (t, vocab) at the positions of ``ids``)."""
+    from hcemu.chip.evaluate import compare_logits
+
+    st = compare_logits(a[:-1], b[:-1], ids[1:])
+    return {"kld_mean": float(st.kld.mean()), "kld_p99": float(np.percentile(st.kld, 99)),
+            "same_top1": float(st.same_top1.mean())}
+
+
+def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_format: str | None = "fp16",
+                       split: bool = False) -> dict:
     """Chip (image compiled from ``gguf_path`` with plan gguf, at ``image_path``) against llama.cpp on
     the same ``tokens``: ``kld_mean``, ``kld_p99``, ``same_top1``, ``tokens`` (positions scored).
-    ``kv_format``: the chip's KV cache (default fp16, as llama.cpp's; None: the plan's int8)."""
+    ``kv_format``: the chip's KV cache (default fp16, as llama.cpp's; None: the plan's int8).
+
+    ``split``: also where the disagreement comes from, each entry a dict of the same three statistics:
+    ``llama_vs_reference`` and ``chip_vs_reference`` (llama.cpp and the chip against the float32
+    reference of the same file, :class:`hcemu.model.reference.FloatLlama`), and ``llama_vs_itself``
+    (llama.cpp with its flash-attention kernel against its default attention: how far llama.cpp moves
+    under a change of float arithmetic alone)."""
     from hcemu.chip import Chip
-    from hcemu.chip.evaluate import compare_logits
     from hcemu.model.gguf_source import GGUFSource
     from hcemu.rom.image import RomImage, compile_model
 
@@ -77,9 +94,16 @@ def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_for
     with RomImage.load(image_path, verify=False) as img:
         chip = Chip(img, kv_capacity_tokens=len(ids), n_threads=n_threads, kv_format=kv_format)
         ours = chip.prefill(ids, all_logits=True).logits
-    st = compare_logits(peer[:-1], ours[:-1], ids[1:])
-    return {"tokens": int(len(ids) - 1), "kld_mean": float(st.kld.mean()),
-            "kld_p99": float(np.percentile(st.kld, 99)), "same_top1": float(st.same_top1.mean())}
+    out = {"tokens": int(len(ids) - 1), **_stats(peer, ours, ids)}
+    if split:
+        from hcemu.model.reference import FloatLlama
+
+        with GGUFSource(gguf_path) as src:
+            ref = FloatLlama(src).logits(ids)
+        out["llama_vs_reference"] = _stats(ref, peer, ids)
+        out["chip_vs_reference"] = _stats(ref, ours, ids)
+        out["llama_vs_itself"] = _stats(peer, llama_logits(gguf_path, ids, n_threads, flash_attn=True), ids)
+    return out
 
 
 def llama_decode_runner(gguf_path, tokens, n_threads: int = 1):
