@@ -14,9 +14,10 @@ llama_cpp = pytest.importorskip("llama_cpp")
 #    attention on / off, same file) disagree with each other: KLD ratio measured 0.96-1.26, top-1
 #    within -2.7 / +2.8 points of llama.cpp's self-agreement.
 #  * Absolute: KLD mean <= 0.01 holds for Q6_K, Q4_K_M, Q3_K_M (0.0088, 0.0088, 0.0096) and is missed by
-#    Q5_K_M (0.0110) and Q2_K (0.0100); asserted with room for another host's llama.cpp kernels, whose
-#    float arithmetic moves llama.cpp by as much as its own attention kernels do (0.007-0.0095).
-KLD_MAX = {"Q6_K": 0.0125, "Q5_K_M": 0.014, "Q4_K_M": 0.0125, "Q3_K_M": 0.0125, "Q2_K": 0.0125}
+#    Q5_K_M (0.0110); asserted with room for another host's llama.cpp kernels, whose float arithmetic
+#    moves llama.cpp by as much as its own attention kernels do (0.007-0.0095). Q2_K is reported in the
+#    docs, not run here (each case takes ~25 s of the default suite).
+KLD_MAX = {"Q6_K": 0.0125, "Q5_K_M": 0.014, "Q4_K_M": 0.0125, "Q3_K_M": 0.0125}
 KLD_OVER_SELF_MAX = 1.5
 TOP1_BELOW_SELF_MAX = 0.04
 TOP1_MIN = 0.90
