@@ -1,9 +1,8 @@
 """The chip against llama.cpp on the same k-quant / MXFP4 GGUF (needs the optional 'peer' extra)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
-
-llama_cpp = pytest.importorskip("llama_cpp")
 
 # Measured (docs/formats.md, "Against llama.cpp on the same file": fp16 KV, 255 positions of the licence
 # text, llama-cpp-python 0.3.36 on an AVX-512 host). These are validations, not pins: nothing in the chip
@@ -26,6 +25,7 @@ TOP1_MIN = 0.90
 @pytest.mark.slow
 @pytest.mark.parametrize("ftype", sorted(KLD_MAX))
 def test_chip_matches_llama_cpp_on_the_same_file(smollm2_gguf, tmp_path, ftype):
+    pytest.importorskip("llama_cpp")
     from hcemu.bench.llama_peer import compare_with_llama, llama_quantize
     from hcemu.model.texts import licence_text
     from hcemu.model.tokenizer import Tokenizer
@@ -44,7 +44,51 @@ def test_chip_matches_llama_cpp_on_the_same_file(smollm2_gguf, tmp_path, ftype):
 
 
 def test_decode_runner_needs_a_context(smollm2_gguf):
+    pytest.importorskip("llama_cpp")
     from hcemu.bench.llama_peer import llama_decode_runner
 
     with pytest.raises(ValueError, match="at least 2 tokens"):
         llama_decode_runner(smollm2_gguf, [1])
+
+
+def test_ggml_rounding_q8_0_is_the_chip_code_times_an_fp16_scale():
+    from hcemu.bench.llama_peer import ggml_rounded_input
+    from hcemu.kernels.cim import quantize_activations
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 96)) * np.array([1e-3, 1.0, 300.0])[:, None]).astype(np.float32)
+    x[0, :32] = 0.0                                              # an all-zero block stays zero
+    q, sc = quantize_activations(x, 32)
+    want = q.astype(np.float32).reshape(3, 3, 32) * sc.astype(np.float16).astype(np.float32)[..., None]
+    got = ggml_rounded_input(x, "Q5_0")
+    np.testing.assert_array_equal(got, want.reshape(3, 96))
+    assert not got[0, :32].any()
+    # without the fp16 scale: exactly the chip's rounding
+    chip = (q.astype(np.float32).reshape(3, 3, 32) * sc[..., None]).reshape(3, 96)
+    np.testing.assert_array_equal(ggml_rounded_input(x, "Q8_0", scale_fp16=False), chip)
+
+
+def test_ggml_rounding_q8_k_is_one_signed_scale_per_256():
+    from hcemu.bench.llama_peer import ggml_rounded_input
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    x[0, 7] = 9.0                       # positive extreme: iscale < 0, the extreme maps to code -127
+    x[1, 300] = -9.0                    # negative extreme in the second super-block of row 1
+    x[1, 0:256] *= 1e-2
+    x[1, 5] = 0.04                      # a block with a small positive extreme
+    got = ggml_rounded_input(x, "Q6_K")
+    for r, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        blk = x[r, 256 * b: 256 * (b + 1)]
+        mx = blk[np.abs(blk).argmax()]
+        iscale = np.float32(-127) / mx
+        d = np.float32(1) / iscale
+        codes = np.minimum(np.rint(blk * iscale), 127)
+        np.testing.assert_array_equal(got[r, 256 * b: 256 * (b + 1)], (codes * d).astype(np.float32))
+        assert np.abs(codes).max() == 127
+        assert np.abs(got[r, 256 * b: 256 * (b + 1)] - blk).max() <= abs(d) * 0.5 * (1 + 1e-5)
+    # one scale for 256 inputs: a large value in the super-block coarsens the small ones, unlike Q8_0 per 32
+    assert np.abs(got[0, 32:64] - x[0, 32:64]).max() > np.abs(ggml_rounded_input(x, "Q8_0")[0, 32:64] - x[0, 32:64]).max()
+    assert not ggml_rounded_input(np.zeros((1, 256), np.float32), "Q4_K").any()
+    with pytest.raises(ValueError, match="multiple of 256"):
+        ggml_rounded_input(x[:, :288], "Q4_K")

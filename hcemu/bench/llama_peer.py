@@ -8,12 +8,18 @@ llama.cpp's (:func:`hcemu.chip.evaluate.compare_logits`: KLD mean / p99, same to
 e.g. Q4_K_M from the SmolLM2 Q4_1 file; :func:`llama_decode_runner` times llama.cpp's decode step at a
 fixed context (the peer of :func:`hcemu.bench.chip.decode_runner` on the same file). All raise ImportError naming the extra when llama-cpp-python
 is not installed.
+
+:func:`ggml_rounded_input` and :class:`GgmlRoundedLlama` replay llama.cpp's rounding of the products'
+inputs on the float reference (an experiment on where the chip/llama.cpp disagreement comes from, not
+a chip numerics); :func:`ggml_rounding_split` measures it against llama.cpp and the float reference.
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+from hcemu.model.reference import FloatLlama
 
 FTYPES = {"Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
           "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -96,14 +102,72 @@ def compare_with_llama(gguf_path, tokens, image_path, n_threads: int = 1, kv_for
         ours = chip.prefill(ids, all_logits=True).logits
     out = {"tokens": int(len(ids) - 1), **_stats(peer, ours, ids)}
     if split:
-        from hcemu.model.reference import FloatLlama
-
         with GGUFSource(gguf_path) as src:
             ref = FloatLlama(src).logits(ids)
         out["llama_vs_reference"] = _stats(ref, peer, ids)
         out["chip_vs_reference"] = _stats(ref, ours, ids)
         out["llama_vs_itself"] = _stats(peer, llama_logits(gguf_path, ids, n_threads, flash_attn=True), ids)
     return out
+
+
+K_QUANT_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+"""Weight types whose products llama.cpp feeds Q8_K activations (one scale per 256 inputs)."""
+
+
+def ggml_rounded_input(x: np.ndarray, ggml_type: str, scale_fp16: bool = True) -> np.ndarray:
+    """float32 (m, k): the input ``x`` float32 (m, k) of a product with a ``ggml_type`` weight, rounded as
+    llama.cpp's x86 CPU backend rounds it (docs/numerics.md "Activations").
+
+    k-quant weights (:data:`K_QUANT_TYPES`): Q8_K per 256 inputs, ``iscale = -127/max`` of the signed
+    largest-magnitude value, codes ``min(127, rne(x * iscale))``, value ``code * (1/iscale)``. Any other
+    weight: Q8_0 per 32, the chip's codes (:func:`hcemu.kernels.cim.quantize_activations`) times the
+    scale ``amax/127`` rounded to fp16 (``scale_fp16=False``: kept float32, i.e. the chip's rounding).
+    The fp16 code sum of Q8_1 (Q4_1/Q5_1 weights' offset term) is not replayed."""
+    from hcemu.kernels.cim import quantize_activations
+
+    m, k = x.shape
+    if ggml_type in K_QUANT_TYPES:
+        if k % 256:
+            raise ValueError(f"a {ggml_type} product needs a multiple of 256 inputs, got {k}")
+        b = x.reshape(m, k // 256, 256)
+        mx = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)
+        with np.errstate(divide="ignore"):
+            iscale = np.where(mx != 0, np.float32(-127) / mx, np.float32(0)).astype(np.float32)
+            d = np.where(iscale != 0, np.float32(1) / iscale, np.float32(0)).astype(np.float32)
+        return (np.minimum(np.rint(b * iscale), 127) * d).reshape(m, k).astype(np.float32)
+    q, sc = quantize_activations(np.ascontiguousarray(x, np.float32), 32)
+    if scale_fp16:
+        sc = sc.astype(np.float16).astype(np.float32)
+    return (q.reshape(m, k // 32, 32) * sc[..., None]).reshape(m, k).astype(np.float32)
+
+
+class GgmlRoundedLlama(FloatLlama):
+    """The float reference with every layer product's input rounded by :func:`ggml_rounded_input` for
+    its weight's type (``types``: tensor name -> ggml type, every ``blk.*`` matrix); attention, norms
+    and the output head stay float32."""
+
+    def __init__(self, source, types: dict, scale_fp16: bool = True):
+        super().__init__(source)
+        self.types, self.scale_fp16 = dict(types), bool(scale_fp16)
+
+    def _mm(self, li, kind, h):
+        ty = self.types[f"blk.{li}.{kind}.weight"]
+        return super()._mm(li, kind, ggml_rounded_input(h, ty, self.scale_fp16))
+
+
+def ggml_rounding_split(gguf_path, tokens, n_threads: int = 1, scale_fp16: bool = True) -> dict:
+    """The float reference with llama.cpp's input rounding (:func:`ggml_rounded_input`) on the GGUF at
+    ``gguf_path``, against llama.cpp (``vs_llama``) and against the plain float reference
+    (``vs_reference``) on ``tokens``: each a dict of ``kld_mean``, ``kld_p99``, ``same_top1``."""
+    from hcemu.model.gguf_source import GGUFSource
+
+    ids = np.asarray(tokens, np.int64)
+    peer = llama_logits(gguf_path, ids, n_threads)
+    with GGUFSource(gguf_path) as src:
+        types = {name: src.raw(name).ggml_type for name in src.tensor_names() if name.startswith("blk.")}
+        ref = FloatLlama(src).logits(ids)
+        rounded = GgmlRoundedLlama(src, types, scale_fp16).logits(ids)
+    return {"vs_llama": _stats(peer, rounded, ids), "vs_reference": _stats(ref, rounded, ids)}
 
 
 def llama_decode_runner(gguf_path, tokens, n_threads: int = 1):
