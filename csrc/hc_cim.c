@@ -55,11 +55,11 @@ static int block_check(const hc_weights *w) {
     if ((w->sub_k != 16 && w->sub_k != 32) || w->super_k % w->sub_k || w->k % w->super_k) return HC_EINVAL;
     if (w->bias < 0 || w->bias > 63) return HC_EINVAL;
     if (w->n_row_tiles != (w->n + TR - 1) / TR || w->n_blocks != w->k / 32) return HC_EINVAL;
-    if (w->scale_kind == 0 ? !w->scales : (w->scale_kind == 1 || w->scale_kind == 2) ? !w->scale_bytes : 1)
+    if (w->scale_kind < 0 || w->scale_kind > 2 || w->offset_kind < 0 || w->offset_kind > 2) return HC_EINVAL;
+    if ((w->offset_kind == 1) != (w->has_submins != 0) || (w->has_subscales != 0 && w->has_subscales != 1))
         return HC_EINVAL;
-    if (w->offset_kind == 1 ? (!w->offsets || !w->submins) : w->offset_kind == 2 ? !w->offsets : w->offset_kind != 0)
-        return HC_EINVAL;
-    if (w->scale_kind == 2 && w->subscales) return HC_EINVAL; /* float sub-scales only */
+    if (w->scale_kind == 2 && w->has_subscales) return HC_EINVAL; /* float sub-scales only */
+    if (w->scales || w->offsets) return HC_EINVAL;                 /* everything is in the records */
     if (w->lut && w->bits != 4) return HC_EINVAL;
     if (!(w->tensor_scale == w->tensor_scale) || w->tensor_scale <= 0.0f) return HC_EINVAL;
     return HC_OK;
@@ -251,12 +251,32 @@ static inline float ue4m3_to_float(uint8_t x) {
     return (float)(8 + m) * o.f;
 }
 
+/* The byte offsets inside one record (one row tile x one super-block; hcemu.layout.block_record):
+ * scales at 0, then offsets (off), sub-scales (sc), sub-mins (mn), the code tiles (codes), and the
+ * record's size (rb).  Every part is [units][16 rows]. */
+typedef struct {
+    int64_t off, sc, mn, codes, rb;
+} blk_rec;
+
+static inline __attribute__((always_inline)) blk_rec blk_rec_of(const int i8, const int nsub, const int sk, const int offk,
+                                                                const int has_sc, const int has_mn, const int bps) {
+    const int64_t units = (int64_t)bps * nsub; /* sub-blocks per super-block */
+    blk_rec r;
+    r.off = TR * (sk == 0 ? 2 : sk == 1 ? bps : units);
+    r.sc = r.off + (offk == 1 ? 2 * TR : offk == 2 ? 2 * TR * bps : 0);
+    r.mn = r.sc + (has_sc ? TR * units : 0);
+    r.codes = r.mn + (has_mn ? TR * units : 0);
+    r.rb = r.codes + bps * (TR * 32 * (i8 ? 8 : 4) / 8);
+    return r;
+}
+
 static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t mc) {
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tb = TR * 32 * w->bits / 8;
     const int nsub = 32 / w->sub_k, sw = w->sub_k, bps = w->super_k / 32;
-    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int64_t nsup = w->k / w->super_k;
     const int fsc = w->scale_kind == 2, bias = w->bias;
+    const blk_rec L = blk_rec_of(w->bits == 8, nsub, w->scale_kind, w->offset_kind, w->has_subscales, w->has_submins, bps);
     float acc[HC_CIM_M_CHUNK * TR];
     uint8_t U[TR * 32];
     float d[TR], o[TR], s2[2][TR];
@@ -264,7 +284,9 @@ static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m
     for (int64_t t = t0; t < t1; t++) {
         memset(acc, 0, sizeof(float) * TR * mc);
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;
+            const int bb = (int)(b % bps);
+            const uint8_t *R = w->codes + (t * nsup + b / bps) * L.rb; /* this super-block's record */
+            const uint8_t *tp = R + L.codes + bb * tb;
             if (w->bits == 8) {
                 for (int kq = 0; kq < 8; kq++)
                     for (int r = 0; r < TR; r++)
@@ -280,17 +302,23 @@ static void tiles_blk_serial(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m
                 if (w->lut)
                     for (int i = 0; i < TR * 32; i++) U[i] = w->lut[U[i]];
             }
-            const int64_t sup = t * nsup + b / bps;
             for (int r = 0; r < TR; r++) {
-                if (w->scale_kind == 0) d[r] = hc__f16_to_f32(w->scales[sup * TR + r]);
-                else if (w->scale_kind == 1) d[r] = e8m0_to_float(w->scale_bytes[(t * nb + b) * TR + r]);
-                if (w->offset_kind == 1) o[r] = -hc__f16_to_f32(w->offsets[sup * TR + r]);
-                else if (w->offset_kind == 2) o[r] = hc__f16_to_f32(w->offsets[(t * nb + b) * TR + r]);
+                uint16_t h;
+                if (w->scale_kind == 0) {
+                    memcpy(&h, R + 2 * r, 2);
+                    d[r] = hc__f16_to_f32(h);
+                } else if (w->scale_kind == 1) {
+                    d[r] = e8m0_to_float(R[bb * TR + r]);
+                }
+                if (w->offset_kind) {
+                    memcpy(&h, R + L.off + 2 * ((w->offset_kind == 2 ? bb * TR : 0) + r), 2);
+                    o[r] = w->offset_kind == 1 ? -hc__f16_to_f32(h) : hc__f16_to_f32(h);
+                }
                 for (int j = 0; j < nsub; j++) {
-                    const int64_t su = (t * nsu + b * nsub + j) * TR + r;
-                    if (fsc) s2[j][r] = ue4m3_to_float(w->scale_bytes[su]);
-                    sc[j][r] = w->subscales ? w->subscales[su] : 1;
-                    mn[j][r] = w->submins ? w->submins[su] : 1;
+                    const int64_t su = (bb * nsub + j) * TR + r; /* the sub-block's unit in the record */
+                    if (fsc) s2[j][r] = ue4m3_to_float(R[su]);
+                    sc[j][r] = w->has_subscales ? (int8_t)R[L.sc + su] : 1;
+                    mn[j][r] = w->has_submins ? R[L.mn + su] : 1;
                 }
             }
             for (int64_t i = 0; i < mc; i++) {
@@ -779,7 +807,7 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
  * branches): one instance per combination the block kinds use, and a generic one for any other. */
 #define BLK_SK(w) (((w)->super_k == 64) | (((w)->super_k == 256) << 1))
 #define BLK_SHAPE(w) (((w)->bits == 8) | ((32 / (w)->sub_k == 2) << 1) | ((w)->scale_kind << 2) | \
-                      ((w)->offset_kind << 4) | (((w)->subscales != NULL) << 6) | (((w)->submins != NULL) << 7) | \
+                      ((w)->offset_kind << 4) | (((w)->has_subscales != 0) << 6) | (((w)->has_submins != 0) << 7) | \
                       (BLK_SK(w) << 8))
 #define BLK_SHAPE_OF(i8, nsub, sk, offk, sc, mn, bps) ((i8) | (((nsub) == 2) << 1) | ((sk) << 2) | ((offk) << 4) | \
                                                       ((sc) << 6) | ((mn) << 7) | ((((bps) == 2) | (((bps) == 8) << 1)) << 8))
@@ -799,7 +827,7 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
         BLK_CASE(fn, V, 0, 2, 2, 0, 0, 0, 2) /* NVFP4 */                                              \
     default:                                                                                           \
         fn(c, t0, t1, m0, mc, c->w->bits == 8, 32 / c->w->sub_k, c->w->scale_kind, c->w->offset_kind,  \
-           c->w->subscales != NULL, c->w->submins != NULL, (int)(c->w->super_k / 32), V);              \
+           c->w->has_subscales != 0, c->w->has_submins != 0, (int)(c->w->super_k / 32), V);              \
     }
 
 /* M = 1 without the dots hook: BLK_MS row tiles, one from each of BLK_MS contiguous runs of the
@@ -809,39 +837,13 @@ VNNI_DRIVER(tiles_i4a_vnni, F_I4A)
 #ifndef BLK_MS
 #define BLK_MS 2
 #endif
-#ifndef PF_BLK
-#define PF_BLK 4096 /* prefetch distance (bytes) in each code stream at M = 1 (measured: 2048 too short cold) ... */
+#ifndef PF_REC
+#define PF_REC 4096 /* prefetch distance (bytes) in each row tile's record stream at M = 1 */
 #endif
-#ifndef PF_BLK_META
-#define PF_BLK_META 1024 /* ... and in each scale stream */
-#endif
-#ifndef PF_SUPER
-#define PF_SUPER 8 /* ... and super-blocks ahead in each super-block scale stream */
-#endif
-/* Software prefetch of the one-token bodies' streams: each super-block's fp16 scales and dmin
- * (sparse: 32 bytes a super-block, which the hardware prefetcher does not follow) PF_SUPER
- * super-blocks ahead, for tiles ts[0..S-1] ... */
-static inline __attribute__((always_inline)) void blk_prefetch_super(const hc_weights *w, const int64_t *ts, const int S,
-                                                                     int64_t nsup, int64_t sb, const int sk, const int offk) {
-    for (int s = 0; s < S; s++) {
-        if (sk == 0) _mm_prefetch((const char *)(w->scales + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-        if (offk == 1) _mm_prefetch((const char *)(w->offsets + (ts[s] * nsup + sb + PF_SUPER) * TR), _MM_HINT_T0);
-    }
-}
-
-/* ... and block b of tile t: its code lines PF_BLK bytes ahead, its scale bytes, offsets, sub-scales
- * and sub-mins PF_BLK_META bytes ahead. */
-static inline __attribute__((always_inline)) void blk_prefetch_block(const hc_weights *w, int64_t t, int64_t b, int64_t tb,
-                                                                     const int nsub, const int sk, const int offk,
-                                                                     const int has_sc, const int has_mn) {
-    const int64_t nb = w->n_blocks, u0 = (t * nb * nsub + b * nsub) * TR;
-    const uint8_t *tp = w->codes + (t * nb + b) * tb;
-    for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_BLK + pf), _MM_HINT_T0);
-    if (sk == 1) _mm_prefetch((const char *)(w->scale_bytes + (t * nb + b) * TR + PF_BLK_META), _MM_HINT_T0);
-    if (offk == 2) _mm_prefetch((const char *)(w->offsets + (t * nb + b) * TR + PF_BLK_META / 2), _MM_HINT_T0);
-    if (sk == 2) _mm_prefetch((const char *)(w->scale_bytes + u0 + PF_BLK_META), _MM_HINT_T0);
-    if (has_sc) _mm_prefetch((const char *)(w->subscales + u0 + PF_BLK_META), _MM_HINT_T0);
-    if (has_mn) _mm_prefetch((const char *)(w->submins + u0 + PF_BLK_META), _MM_HINT_T0);
+/* Software prefetch of the one-token bodies' streams: the record at R (rb bytes), PF_REC bytes ahead
+ * (one stream per row tile: codes and every level of scales). */
+static inline __attribute__((always_inline)) void blk_prefetch_rec(const uint8_t *R, const int64_t rb) {
+    for (int64_t pf = 0; pf < rb; pf += 64) _mm_prefetch((const char *)(R + PF_REC + pf), _MM_HINT_T0);
 }
 
 #define BLK_M1(fn, ...)                                                                                \
@@ -907,7 +909,8 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                 const int nsub, const int sk, const int offk, const int has_sc, const int has_mn, const int bps,
                 const int V) {
     const hc_weights *w = c->w;
-    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps, nsu = nb * nsub;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps;
+    const blk_rec L = blk_rec_of(i8, nsub, sk, offk, has_sc, has_mn, bps);
     const int qps = 8 / nsub, fsc = sk == 2;
     const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
     const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
@@ -918,28 +921,30 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
     _Pragma("GCC unroll 4") for (int s = 0; s < S; s++)
         for (int h = 0; h < 2; h++) acc[s][h] = d[s][h] = o[s][h] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsup; sb++) {
-        _Pragma("GCC unroll 4") for (int s = 0; s < S; s++)
+        const uint8_t *R[BLK_MS]; /* each tile's record of this super-block */
+        _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+            R[s] = w->codes + (ts[s] * nsup + sb) * L.rb;
+            blk_prefetch_rec(R[s], L.rb);
             for (int h = 0; h < 2; h++) {
-                if (sk == 0) d[s][h] = half8_avx2(w->scales + (ts[s] * nsup + sb) * TR + 8 * h);
-                if (offk == 1) o[s][h] = neg_half8_avx2(w->offsets + (ts[s] * nsup + sb) * TR + 8 * h);
+                if (sk == 0) d[s][h] = half8_avx2((const uint16_t *)R[s] + 8 * h);
+                if (offk == 1) o[s][h] = neg_half8_avx2((const uint16_t *)(R[s] + L.off) + 8 * h);
             }
-        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
+        }
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
             const int32_t *X = xs + b * 2;
             const __m256 av = _mm256_set1_ps(A[b]);
             _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
-                const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
-                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
-                const int64_t u0 = (ts[s] * nsu + b * nsub) * TR; /* this block's first sub-block unit */
+                const uint8_t *tp = R[s] + L.codes + bb * tb;
+                const int64_t u0 = bb * nsub * TR; /* this block's first sub-block unit in the record */
                 if (sk == 1) {
-                    d[s][0] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR);
-                    d[s][1] = e8m0_avx2(w->scale_bytes + (ts[s] * nb + b) * TR + 8);
+                    d[s][0] = e8m0_avx2(R[s] + bb * TR);
+                    d[s][1] = e8m0_avx2(R[s] + bb * TR + 8);
                 }
                 if (offk == 2) {
-                    o[s][0] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR);
-                    o[s][1] = half8_avx2(w->offsets + (ts[s] * nb + b) * TR + 8);
+                    o[s][0] = half8_avx2((const uint16_t *)(R[s] + L.off) + bb * TR);
+                    o[s][1] = half8_avx2((const uint16_t *)(R[s] + L.off) + bb * TR + 8);
                 }
                 __m256i Si[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, Mi[2] = {Si[0], Si[1]};
                 __m256 tf[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -981,15 +986,15 @@ tiles1_blk_avx2(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                         const __m256i p2 = V && !i8 && !w->lut ? _mm256_srai_epi32(P2[h], 4) : P2[h];
                         const __m256i D = _mm256_sub_epi32(V ? _mm256_add_epi32(P[h], p2) : P[h], bx);
                         if (fsc) {
-                            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), ue4m3_avx2(w->scale_bytes + su + 8 * h));
+                            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(D), ue4m3_avx2(R[s] + su + 8 * h));
                             tf[h] = j ? _mm256_add_ps(tf[h], v) : v;
                         } else {
                             Si[h] = _mm256_add_epi32(Si[h], has_sc ? _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                                                                            (const __m128i *)(w->subscales + su + 8 * h))), D)
+                                                                                            (const __m128i *)(R[s] + L.sc + su + 8 * h))), D)
                                                                    : D);
                             if (offk)
                                 Mi[h] = _mm256_add_epi32(Mi[h], has_mn ? _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                                                                                (const __m128i *)(w->submins + su + 8 * h))), xj)
+                                                                                                (const __m128i *)(R[s] + L.mn + su + 8 * h))), xj)
                                                                        : xj);
                         }
                     }
@@ -1023,8 +1028,9 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
     const int qps = 8 / nsub; /* quads per sub-block; bps: blocks per super-block */
-    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int64_t nsup = w->k / w->super_k;
     const int fsc = sk == 2;
+    const blk_rec L = blk_rec_of(i8, nsub, sk, offk, has_sc, has_mn, bps);
     const __m256i ones = _mm256_set1_epi16(1), lo_mask = _mm256_set1_epi8(0x0f);
     const __m256i lut = w->lut ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->lut))
                                : _mm256_setzero_si256();
@@ -1044,8 +1050,11 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
     for (int64_t t = t0; t < t1; t++) {
         memset(acc, 0, sizeof(float) * TR * mc);
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;
-            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            const int bb = (int)(b % bps);
+            const uint8_t *R = w->codes + (t * nsup + b / bps) * L.rb; /* this super-block's record */
+            const uint8_t *tp = R + L.codes + bb * tb;
+            if (bb == 0)
+                for (int64_t pf = 0; pf < L.rb; pf += 64) _mm_prefetch((const char *)(R + PF_CODES + pf), _MM_HINT_T0);
             __m256i U[8][2];
             if (i8) {
                 for (int q = 0; q < 8; q++)
@@ -1064,29 +1073,28 @@ tiles_blk_avx2_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
                     }
             }
             /* per-row scales of this tile (exact conversions, as the scalar path's) */
-            const int64_t sup = t * nsup + b / bps;
             __m256 d[2], o[2], s2[2][2];
             __m256i sc[2][2], mn[2][2];
             for (int h = 0; h < 2; h++) {
                 if (sk == 0) {
-                    d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales + sup * TR + 8 * h)));
+                    d[h] = half8_avx2((const uint16_t *)R + 8 * h);
                 } else if (sk == 1) {
-                    d[h] = e8m0_avx2(w->scale_bytes + (t * nb + b) * TR + 8 * h);
+                    d[h] = e8m0_avx2(R + bb * TR + 8 * h);
                 } else {
                     d[h] = _mm256_setzero_ps();
                 }
                 if (offk == 1)
-                    o[h] = neg_half8_avx2(w->offsets + sup * TR + 8 * h);
+                    o[h] = neg_half8_avx2((const uint16_t *)(R + L.off) + 8 * h);
                 else if (offk == 2)
-                    o[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->offsets + (t * nb + b) * TR + 8 * h)));
+                    o[h] = half8_avx2((const uint16_t *)(R + L.off) + bb * TR + 8 * h);
                 else
                     o[h] = _mm256_setzero_ps();
                 for (int j = 0; j < nsub; j++) {
-                    const int64_t su = (t * nsu + b * nsub + j) * TR + 8 * h;
-                    if (fsc) s2[j][h] = ue4m3_avx2(w->scale_bytes + su);
-                    sc[j][h] = has_sc ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w->subscales + su)))
+                    const int64_t su = (bb * nsub + j) * TR + 8 * h; /* the unit in the record */
+                    if (fsc) s2[j][h] = ue4m3_avx2(R + su);
+                    sc[j][h] = has_sc ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(R + L.sc + su)))
                                       : _mm256_set1_epi32(1);
-                    mn[j][h] = has_mn ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->submins + su)))
+                    mn[j][h] = has_mn ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(R + L.mn + su)))
                                       : _mm256_set1_epi32(1);
                 }
             }
@@ -1183,7 +1191,8 @@ static inline __attribute__((always_inline)) VNNI_TARGET void
 tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, const int32_t *xs, const int i8,
                 const int nsub, const int sk, const int offk, const int has_sc, const int has_mn, const int bps) {
     const hc_weights *w = c->w;
-    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps, nsu = nb * nsub;
+    const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8, nsup = nb / bps;
+    const blk_rec L = blk_rec_of(i8, nsub, sk, offk, has_sc, has_mn, bps);
     const int qps = 8 / nsub, fsc = sk == 2;
     const __m512i lo_mask = _mm512_set1_epi8(0x0f);
     const __m512i lut = w->lut ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w->lut)) : _mm512_setzero_si512();
@@ -1192,24 +1201,25 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
     __m512 acc[BLK_MS], d[BLK_MS], o[BLK_MS];
     _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) acc[s] = d[s] = o[s] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsup; sb++) {
+        const uint8_t *R[BLK_MS]; /* each tile's record of this super-block */
         _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
-            if (sk == 0) d[s] = half16_512(w->scales + (ts[s] * nsup + sb) * TR);
+            R[s] = w->codes + (ts[s] * nsup + sb) * L.rb;
+            blk_prefetch_rec(R[s], L.rb);
+            if (sk == 0) d[s] = half16_512((const uint16_t *)R[s]);
             if (offk == 1)
-                o[s] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512(w->offsets + (ts[s] * nsup + sb) * TR)),
+                o[s] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512((const uint16_t *)(R[s] + L.off))),
                                                             _mm512_set1_epi32((int)0x80000000u)));
         }
-        blk_prefetch_super(w, ts, S, nsup, sb, sk, offk);
         for (int bb = 0; bb < bps; bb++) {
             const int64_t b = sb * bps + bb;
             const int8_t *x = xq + b * 32;
             const int32_t *X = xs + b * 2;
             const __m512 av = _mm512_set1_ps(A[b]);
             _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
-                const uint8_t *tp = w->codes + (ts[s] * nb + b) * tb;
-                blk_prefetch_block(w, ts[s], b, tb, nsub, sk, offk, has_sc, has_mn);
-                const int64_t u0 = (ts[s] * nsu + b * nsub) * TR;
-                if (sk == 1) d[s] = e8m0_512(w->scale_bytes + (ts[s] * nb + b) * TR);
-                if (offk == 2) o[s] = half16_512(w->offsets + (ts[s] * nb + b) * TR);
+                const uint8_t *tp = R[s] + L.codes + bb * tb;
+                const int64_t u0 = bb * nsub * TR; /* this block's first sub-block unit in the record */
+                if (sk == 1) d[s] = e8m0_512(R[s] + bb * TR);
+                if (offk == 2) o[s] = half16_512((const uint16_t *)(R[s] + L.off) + bb * TR);
                 __m512i Si = _mm512_setzero_si512(), Mi = _mm512_setzero_si512();
                 __m512 tf = _mm512_setzero_ps();
                 for (int j = 0; j < nsub; j++) {
@@ -1236,16 +1246,16 @@ tiles1_blk_vnni(const cim_ctx *c, const int64_t *ts, const int S, int64_t m0, co
                     if (!i8 && !w->lut) P2 = _mm512_srai_epi32(P2, 4);
                     const __m512i D = _mm512_sub_epi32(_mm512_add_epi32(P, P2), _mm512_set1_epi32(w->bias * X[j]));
                     if (fsc) {
-                        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), ue4m3_512(w->scale_bytes + su));
+                        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(D), ue4m3_512(R[s] + su));
                         tf = j ? _mm512_add_ps(tf, v) : v;
                     } else {
                         Si = _mm512_add_epi32(Si, has_sc ? _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                                                  (const __m128i *)(w->subscales + su))), D)
+                                                                                  (const __m128i *)(R[s] + L.sc + su))), D)
                                                          : D);
                         if (offk) { /* mn X by vpmaddwd: mn in [0, 255] zero-extended, |X_j| <= 32 * 128 (exact) */
                             const __m512i xj = _mm512_set1_epi32(has_mn ? (X[j] & 0xffff) : X[j]);
                             Mi = _mm512_add_epi32(Mi, has_mn ? _mm512_madd_epi16(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                                                                     (const __m128i *)(w->submins + su))), xj)
+                                                                                     (const __m128i *)(R[s] + L.mn + su))), xj)
                                                              : xj);
                         }
                     }
@@ -1275,8 +1285,9 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
     const hc_weights *w = c->w;
     const int64_t nb = w->n_blocks, tb = TR * 32 * (i8 ? 8 : 4) / 8;
     const int qps = 8 / nsub;
-    const int64_t nsup = w->k / w->super_k, nsu = w->k / w->sub_k;
+    const int64_t nsup = w->k / w->super_k;
     const int fsc = sk == 2;
+    const blk_rec L = blk_rec_of(i8, nsub, sk, offk, has_sc, has_mn, bps);
     const __m512i lo_mask = _mm512_set1_epi8(0x0f);
     const __m512i lut = w->lut ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)w->lut)) : _mm512_setzero_si512();
     int32_t xs_stack[BLK_XS_STACK];
@@ -1295,8 +1306,11 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
     for (int64_t t = t0; t < t1; t++) {
         for (int64_t i = 0; i < mc; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *tp = w->codes + (t * nb + b) * tb;
-            for (int64_t pf = 0; pf < tb; pf += 64) _mm_prefetch((const char *)(tp + PF_CODES + pf), _MM_HINT_T0);
+            const int bb = (int)(b % bps);
+            const uint8_t *R = w->codes + (t * nsup + b / bps) * L.rb; /* this super-block's record */
+            const uint8_t *tp = R + L.codes + bb * tb;
+            if (bb == 0)
+                for (int64_t pf = 0; pf < L.rb; pf += 64) _mm_prefetch((const char *)(R + PF_CODES + pf), _MM_HINT_T0);
             __m512i U[8];
             if (i8) {
                 for (int q = 0; q < 8; q++) U[q] = _mm512_loadu_si512(tp + 64 * q);
@@ -1312,25 +1326,23 @@ tiles_blk_vnni_t(const cim_ctx *c, int64_t t0, int64_t t1, int64_t m0, int64_t m
                     U[2 * l + 1] = hi;
                 }
             }
-            const int64_t sup = t * nsup + b / bps;
             __m512 d = _mm512_setzero_ps(), o = _mm512_setzero_ps(), s2[2];
             __m512i sc[2], mn[2];
             if (sk == 0) {
-                d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales + sup * TR)));
+                d = half16_512((const uint16_t *)R);
             } else if (sk == 1) {
-                d = e8m0_512(w->scale_bytes + (t * nb + b) * TR);
+                d = e8m0_512(R + bb * TR);
             }
             if (offk == 1)
-                o = _mm512_castsi512_ps(_mm512_xor_si512(
-                    _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + sup * TR)))),
-                    _mm512_set1_epi32((int)0x80000000u)));
+                o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(half16_512((const uint16_t *)(R + L.off))),
+                                                         _mm512_set1_epi32((int)0x80000000u)));
             else if (offk == 2)
-                o = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->offsets + (t * nb + b) * TR)));
+                o = half16_512((const uint16_t *)(R + L.off) + bb * TR);
             for (int j = 0; j < nsub; j++) {
-                const int64_t su = (t * nsu + b * nsub + j) * TR;
-                if (fsc) s2[j] = ue4m3_512(w->scale_bytes + su);
-                sc[j] = has_sc ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w->subscales + su))) : _mm512_set1_epi32(1);
-                mn[j] = has_mn ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w->submins + su))) : _mm512_set1_epi32(1);
+                const int64_t su = (bb * nsub + j) * TR; /* the unit in the record */
+                if (fsc) s2[j] = ue4m3_512(R + su);
+                sc[j] = has_sc ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(R + L.sc + su))) : _mm512_set1_epi32(1);
+                mn[j] = has_mn ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(R + L.mn + su))) : _mm512_set1_epi32(1);
             }
             for (int64_t i = 0; i < mc; i++) {
                 const int64_t mi = m0 + i;

@@ -76,7 +76,7 @@ static uint32_t crc32_of(const uint8_t *p, size_t n) {
 
 /* ---- the image --------------------------------------------------------------------------------- */
 #define PREAMBLE_BYTES 4096
-#define ROM_VERSION 1
+#define ROM_VERSION 2 /* hcemu.rom.image.VERSION */
 #define RECORD_OFFSET 104 /* hcemu.rom.ctable.RECORD_OFFSET */
 #define RECORD_BYTES 32   /* "<8sIIQQ" */
 #define HEADER_BYTES 184  /* hcemu.rom.ctable.HEADER.size */
@@ -330,8 +330,9 @@ int hc_image_open(const char *path, hc_image **out) {
     if (memcmp(pre, "HCROM\0\x1a\n", 8)) {
         rc = fail(HC_EFORMAT, "%s: not an hcemu ROM image (magic)", path);
     } else if (rd_u32(pre + 8) != ROM_VERSION) {
-        rc = fail(HC_EFORMAT, "%s: unsupported ROM image version %u (this library reads version %d)", path,
-                  rd_u32(pre + 8), ROM_VERSION);
+        rc = fail(rd_u32(pre + 8) < ROM_VERSION ? HC_EOLDIMAGE : HC_EFORMAT,
+                  "%s: unsupported ROM image version %u (this library reads version %d)%s", path, rd_u32(pre + 8),
+                  ROM_VERSION, rd_u32(pre + 8) < ROM_VERSION ? ": recompile it with this hcemu (hcemu compile)" : "");
     } else if (file_bytes != img->size) {
         rc = fail(HC_EFORMAT, "%s: %llu bytes, the preamble says %llu", path, (unsigned long long)img->size,
                   (unsigned long long)file_bytes);

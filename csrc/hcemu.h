@@ -194,18 +194,20 @@ typedef struct {
     /* ---- block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4; docs/numerics.md "Block formats").
      * block = 1: bits is the code slot (4: nibbles as int4, 8: bytes as int8), group = 32 (tile_k),
      * asymmetric = 0; the stored codes are unsigned and the kernels multiply u = code (or lut[code])
-     * by the activations, then subtract bias * X.  Every per-row array is laid [n_row_tiles][units][16]. */
+     * by the activations, then subtract bias * X.  codes points to the records
+     * [n_row_tiles][k / super_k][record bytes] (hcemu.layout): per row tile and super-block its
+     * scales, offsets, sub-scales, sub-mins (each [units per super-block][16]) and the super-block's
+     * super_k / 32 code tiles, in that order; scales and offsets are NULL. */
     int block;                  /* 0: the integer formats above */
     int super_k, sub_k;         /* super-block (32, 64, 256) and sub-block (16, 32) widths */
     int bias;                   /* v = u - bias; u in [0, 63] */
-    int scale_kind;             /* 0: fp16 d per super-block in scales; 1: e8m0 byte per block of 32,
-                                   2: ue4m3 byte per sub-block, both in scale_bytes (scales NULL) */
-    int offset_kind;            /* 0: none; 1: fp16 dmin per super-block in offsets (w -= dmin * mn);
-                                   2: fp16 m per block of 32 in offsets (w += m) */
+    int scale_kind;             /* 0: fp16 d per super-block; 1: e8m0 byte per block of 32;
+                                   2: ue4m3 byte per sub-block */
+    int offset_kind;            /* 0: none; 1: fp16 dmin per super-block (w -= dmin * mn);
+                                   2: fp16 m per block of 32 (w += m) */
     const uint8_t *lut;         /* 16 entries, nibble -> u (FP4 kinds), or NULL: u = the stored code */
-    const int8_t *subscales;    /* integer sub-scales per sub-block, or NULL (sc = 1) */
-    const uint8_t *submins;     /* integer sub-mins per sub-block (offset_kind 1), else NULL */
-    const uint8_t *scale_bytes; /* scale_kind 1, 2 */
+    int has_subscales;          /* int8 sub-scales per sub-block in the records (else sc = 1) */
+    int has_submins;            /* uint8 sub-mins per sub-block (offset_kind 1) */
     float tensor_scale;         /* y = acc * tensor_scale when != 1 (NVFP4) */
 } hc_weights;
 

@@ -51,9 +51,6 @@ cdef class CimWeights:
     cdef const uint8_t[:, :, ::1] _codes
     cdef const uint16_t[::1] _scales
     cdef const uint16_t[::1] _offsets
-    cdef const int8_t[::1] _subscales
-    cdef const uint8_t[::1] _submins
-    cdef const uint8_t[::1] _scale_bytes
     cdef const uint8_t[::1] _lut
     cdef readonly object fmt
     cdef readonly int64_t n, k, tile_k, n_row_tiles, n_blocks
@@ -124,9 +121,8 @@ cdef class CimWeights:
         from hcemu.formats import FP4_VALUES
         fmt, bk = pw.fmt, pw.fmt.block
         n, k = pw.n, pw.k
-        flat = lambda a: None if a is None else a.reshape(-1)  # noqa: E731
-        sc, of, ss, sm = flat(pw.scales), flat(pw.offsets), flat(pw.subscales), flat(pw.submins)
-        self._codes = pw.codes
+        nb = k // 32
+        self._codes = pw.codes  # the records (hcemu.layout.block_record)
         self.w.codes = &self._codes[0, 0, 0]
         self.w.bits = fmt.bits
         self.w.group = 32
@@ -137,25 +133,9 @@ cdef class CimWeights:
         self.w.scale_kind = {"f16": 0, "e8m0": 1, "ue4m3": 2}[bk.scale]
         self.w.offset_kind = {"none": 0, "dmin": 1, "min": 2}[bk.offset]
         self.w.scales = NULL
-        self.w.scale_bytes = NULL
-        if bk.scale == "f16":
-            self._scales = sc.view(_np.uint16)
-            self.w.scales = &self._scales[0]
-        else:
-            self._scale_bytes = sc
-            self.w.scale_bytes = &self._scale_bytes[0]
         self.w.offsets = NULL
-        if of is not None:
-            self._offsets = of.view(_np.uint16)
-            self.w.offsets = &self._offsets[0]
-        self.w.subscales = NULL
-        if ss is not None:
-            self._subscales = ss
-            self.w.subscales = &self._subscales[0]
-        self.w.submins = NULL
-        if sm is not None:
-            self._submins = sm
-            self.w.submins = &self._submins[0]
+        self.w.has_subscales = 1 if bk.has_subscales else 0
+        self.w.has_submins = 1 if bk.has_submins else 0
         self.w.lut = NULL
         if bk.float_codes:
             self._lut = _np.asarray([v + bk.bias for v in FP4_VALUES], _np.uint8)

@@ -74,9 +74,7 @@ cdef extern from "hcemu.h" nogil:
         int scale_kind
         int offset_kind
         const uint8_t *lut
-        const int8_t *subscales
-        const uint8_t *submins
-        const uint8_t *scale_bytes
+        int has_subscales, has_submins
         float tensor_scale
     ctypedef int (*hc_cim_fn)(const hc_weights *w, const int8_t *q, const float *act_scales, int64_t m,
                               int64_t act_group, float *y, int32_t *dots, int n_threads)

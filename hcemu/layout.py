@@ -19,14 +19,22 @@ and ``(n_row_tiles, 16)`` for per-channel int8, so one tile's 16 scales are cont
 
 Block formats (k-quants, Q5_0/Q5_1, MXFP4, NVFP4: :data:`hcemu.formats.BLOCK_KINDS`) use tiles of 16
 rows x 32 inputs; their codes (the GGUF codes, unsigned) sit in 4-bit (nibble) or 8-bit (byte) slots
-as above. Their scales, every array laid ``(n_row_tiles, units, 16)`` (one tile row's 16 values
-contiguous), units counted along the inputs:
+as above. A block-format matrix is one stream of *records*, ``codes`` uint8 ``(n_row_tiles,
+k // super_k, record_bytes)``: record ``(t, s)`` holds everything the kernels read for row tile ``t``
+and super-block ``s``, in the order they read it (:func:`block_record`): its levels of scales, each
+as ``(units per super-block, 16)`` values of its dtype (one tile row's 16 values contiguous, units
+counted along the inputs), then the codes of the super-block's ``super_k // 32`` tiles of 16 x 32
+(``tile_bytes`` each, the tile byte order above). The levels, in record order:
 
-* ``scales``: fp16 ``d`` per super-block (``k // super_k`` units); MXFP4: e8m0 bytes per block of 32;
-  NVFP4: ue4m3 bytes per sub-block of 16.
+* ``scales``: fp16 ``d`` per super-block (1 unit); MXFP4: e8m0 bytes per block of 32; NVFP4: ue4m3
+  bytes per sub-block of 16.
 * ``offsets``: fp16 ``dmin`` per super-block (Q2_K, Q4_K, Q5_K) or fp16 ``m`` per block (Q5_1).
 * ``subscales``: int8 integer sub-scales per sub-block (k-quants); ``submins``: uint8 sub-mins.
-* ``tensor_scale``: one float32 per matrix (NVFP4's tensor scale; 1.0 for every other format).
+
+Records follow each other with no padding (a row tile's records are one contiguous run, so a one-token
+product reads one stream per row tile rather than one per array). :func:`block_arrays` gives the levels
+back as separate ``(n_row_tiles, units, 16)`` arrays. ``tensor_scale``: one float32 per matrix (NVFP4's
+tensor scale; 1.0 for every other format).
 """
 from __future__ import annotations
 
@@ -44,11 +52,11 @@ class PackedWeights:
     fmt: WeightFormat
     n: int
     k: int
-    codes: np.ndarray              # uint8 (n_row_tiles, n_blocks, tile_bytes)
-    scales: np.ndarray             # float16 (n_row_tiles, n_blocks, 16) or (n_row_tiles, 16); block kinds: above
+    codes: np.ndarray              # uint8 (n_row_tiles, n_blocks, tile_bytes); block kinds: the records
+    scales: np.ndarray | None = None   # float16 (n_row_tiles, n_blocks, 16) or (n_row_tiles, 16); None for block kinds
     offsets: np.ndarray | None = None  # float16, like scales; asymmetric int4 only
-    subscales: np.ndarray | None = None  # int8 (n_row_tiles, k // sub_k, 16): block kinds with sub-scales
-    submins: np.ndarray | None = None    # uint8 like subscales: block kinds with sub-mins
+    subscales: np.ndarray | None = None  # not used: block kinds hold their sub-scales in the records
+    submins: np.ndarray | None = None    # not used: ... and their sub-mins
     tensor_scale: float = 1.0            # NVFP4 only
 
     @property
@@ -57,7 +65,8 @@ class PackedWeights:
 
     @property
     def n_blocks(self) -> int:
-        return self.codes.shape[1]
+        """Tiles along the inputs (block kinds: blocks of 32, ``k // 32``)."""
+        return self.k // 32 if self.fmt.block is not None else self.codes.shape[1]
 
     @property
     def k_padded(self) -> int:
@@ -87,17 +96,40 @@ def layout_shape(fmt: WeightFormat, n: int, k: int) -> tuple[int, int]:
     return -(-n // TILE_ROWS), n_blocks
 
 
+def block_record(fmt: WeightFormat) -> list[tuple[str, np.dtype, int]]:
+    """The parts of one record of a block format (module docstring), in record order:
+    ``(name, dtype, count)``: the scale levels with ``count`` units of 16 values per super-block,
+    then ``("codes", uint8, bytes)`` (the super-block's ``super_k // 32`` tiles)."""
+    bk = fmt.block
+    nsub = bk.super_k // bk.sub_k
+    bps = bk.blocks_per_super
+    out = [("scales", np.dtype(np.float16 if bk.scale == "f16" else np.uint8),
+            {"f16": 1, "e8m0": bps, "ue4m3": nsub}[bk.scale])]
+    if bk.offset != "none":
+        out.append(("offsets", np.dtype(np.float16), 1 if bk.offset == "dmin" else bps))
+    if bk.has_subscales:
+        out.append(("subscales", np.dtype(np.int8), nsub))
+    if bk.has_submins:
+        out.append(("submins", np.dtype(np.uint8), nsub))
+    out.append(("codes", np.dtype(np.uint8), bps * tile_bytes(fmt)))
+    return out
+
+
+def record_bytes(fmt: WeightFormat) -> int:
+    """Bytes of one record (one row tile x one super-block) of a block format."""
+    return sum(cnt if name == "codes" else cnt * TILE_ROWS * dt.itemsize for name, dt, cnt in block_record(fmt))
+
+
 def packed_arrays(fmt: WeightFormat, n: int, k: int) -> dict:
     """``{name: (dtype, shape)}`` of the arrays of an ``n x k`` matrix in ``fmt``'s ROM layout (the
     module docstring): ``codes`` uint8 (n_row_tiles, n_blocks, tile_bytes); integer formats: ``scales``
     float16 (n_row_tiles, n_blocks, 16), or (n_row_tiles, 16) per channel, ``offsets`` like scales when
-    asymmetric; block kinds: ``scales`` (n_row_tiles, units, 16) fp16 (uint8 for e8m0/ue4m3 bytes),
-    ``offsets`` fp16 where the kind has them, ``subscales`` int8 / ``submins`` uint8 per sub-block.
-    ValueError for a ``k`` the format cannot hold."""
+    asymmetric; block kinds: ``codes`` only, the records uint8 (n_row_tiles, k // super_k,
+    :func:`record_bytes`). ValueError for a ``k`` the format cannot hold."""
     nt, nb = layout_shape(fmt, n, k)
-    out = {"codes": (np.dtype(np.uint8), (nt, nb, tile_bytes(fmt)))}
     bk = fmt.block
     if bk is None:
+        out = {"codes": (np.dtype(np.uint8), (nt, nb, tile_bytes(fmt)))}
         meta = (nt, TILE_ROWS) if fmt.per_channel else (nt, nb, TILE_ROWS)
         out["scales"] = (np.dtype(np.float16), meta)
         if fmt.asymmetric:
@@ -105,15 +137,44 @@ def packed_arrays(fmt: WeightFormat, n: int, k: int) -> dict:
         return out
     if k % bk.super_k:
         raise ValueError(f"{fmt.name}: K={k} is not a multiple of its {bk.super_k}-weight super-block")
-    units = {"f16": k // bk.super_k, "e8m0": k // 32, "ue4m3": k // bk.sub_k}[bk.scale]
-    out["scales"] = (np.dtype(np.float16 if bk.scale == "f16" else np.uint8), (nt, units, TILE_ROWS))
-    if bk.offset != "none":
-        out["offsets"] = (np.dtype(np.float16), (nt, k // bk.super_k if bk.offset == "dmin" else k // 32, TILE_ROWS))
-    if bk.has_subscales:
-        out["subscales"] = (np.dtype(np.int8), (nt, k // bk.sub_k, TILE_ROWS))
-    if bk.has_submins:
-        out["submins"] = (np.dtype(np.uint8), (nt, k // bk.sub_k, TILE_ROWS))
+    return {"codes": (np.dtype(np.uint8), (nt, k // bk.super_k, record_bytes(fmt)))}
+
+
+def block_arrays(pw: PackedWeights) -> dict:
+    """The parts of a block-format matrix's records as separate arrays (copies): ``codes`` uint8
+    (n_row_tiles, k // 32, tile_bytes) and each scale level ``(n_row_tiles, units, 16)`` of its dtype
+    (:func:`block_record`); levels the kind lacks are absent."""
+    nt, nsup = pw.codes.shape[:2]
+    out, pos = {}, 0
+    for name, dt, cnt in block_record(pw.fmt):
+        nbytes = cnt if name == "codes" else cnt * TILE_ROWS * dt.itemsize
+        part = np.ascontiguousarray(pw.codes[:, :, pos:pos + nbytes])
+        pos += nbytes
+        if name == "codes":
+            out[name] = part.reshape(nt, nsup * pw.fmt.block.blocks_per_super, tile_bytes(pw.fmt))
+        else:
+            out[name] = part.view(dt).reshape(nt, nsup * cnt, TILE_ROWS)
     return out
+
+
+def lay_records(fmt: WeightFormat, parts: dict) -> np.ndarray:
+    """The records (n_row_tiles, n_super, record_bytes) of a block format from its parts in the shapes
+    :func:`block_arrays` returns (``codes`` (n_row_tiles, k // 32, tile_bytes), each level
+    (n_row_tiles, units, 16) of its dtype); the inverse of :func:`block_arrays`."""
+    codes = parts["codes"]
+    nt, nsup = codes.shape[0], codes.shape[1] // fmt.block.blocks_per_super
+    out = []
+    for name, dt, _cnt in block_record(fmt):
+        a = np.ascontiguousarray(parts[name])
+        if a.dtype != dt:
+            raise TypeError(f"{fmt.name}: {name} must be {dt.name}, got {a.dtype}")
+        out.append(a.view(np.uint8).reshape(nt, nsup, -1))
+    return np.ascontiguousarray(np.concatenate(out, axis=2))
+
+
+def code_tiles(pw: PackedWeights) -> np.ndarray:
+    """The codes of any format as uint8 (n_row_tiles, n_blocks, tile_bytes) (block kinds: out of the records)."""
+    return block_arrays(pw)["codes"] if pw.fmt.block is not None else pw.codes
 
 
 def _check_codes(q: np.ndarray, fmt: WeightFormat) -> np.ndarray:
@@ -231,7 +292,7 @@ def block_values(raw: np.ndarray, fmt: WeightFormat) -> np.ndarray:
 
 def block_scale_f32(pw_or_scales, fmt: WeightFormat) -> np.ndarray:
     """The float32 values of a block format's ``scales`` units (fp16, e8m0 or ue4m3), exact."""
-    a = pw_or_scales.scales if isinstance(pw_or_scales, PackedWeights) else pw_or_scales
+    a = block_arrays(pw_or_scales)["scales"] if isinstance(pw_or_scales, PackedWeights) else pw_or_scales
     sk = fmt.block.scale
     if sk == "f16":
         return np.asarray(a).astype(np.float32)
@@ -271,31 +332,31 @@ def pack_block(codes: np.ndarray, fmt: WeightFormat, d: np.ndarray, sc=None, mn=
     full = np.zeros((nt * TILE_ROWS, nb * 32), np.int16)
     full[:n, :k] = q
     codes_l = _lay_codes(full.reshape(nt, TILE_ROWS, nb, 32).transpose(0, 2, 1, 3), fmt, nt, nb)
-    scales = want(d, (n, units), "scales", sdt)
-    subscales = want(sc, (n, nsub), "sub-scales", np.int8) if bk.has_subscales else None
-    submins = want(mn, (n, nsub), "sub-mins", np.uint8) if bk.has_submins else None
-    offsets = None
+    parts = {"scales": want(d, (n, units), "scales", sdt),
+             "subscales": want(sc, (n, nsub), "sub-scales", np.int8) if bk.has_subscales else None,
+             "submins": want(mn, (n, nsub), "sub-mins", np.uint8) if bk.has_submins else None,
+             "offsets": None}
     if bk.offset != "none":
-        offsets = want(o, (n, k // (bk.super_k if bk.offset == "dmin" else 32)), "offsets", np.float16)
-    for what, a in (("sub-scales", sc), ("sub-mins", mn), ("offsets", o)):
-        if a is not None and {"sub-scales": subscales, "sub-mins": submins, "offsets": offsets}[what] is None:
+        parts["offsets"] = want(o, (n, k // (bk.super_k if bk.offset == "dmin" else 32)), "offsets", np.float16)
+    for what, a, part in (("sub-scales", sc, "subscales"), ("sub-mins", mn, "submins"), ("offsets", o, "offsets")):
+        if a is not None and parts[part] is None:
             raise ValueError(f"{fmt.name} has no {what}")
     ts = float(np.float32(tensor_scale))
     if ts != 1.0 and bk.name != "nvfp4":
         raise ValueError(f"{fmt.name}: only NVFP4 has a tensor scale")
     if not np.isfinite(ts) or ts <= 0:
         raise ValueError(f"{fmt.name}: tensor scale must be finite and positive, got {tensor_scale}")
-    return PackedWeights(fmt, n, k, codes_l, scales, offsets, subscales, submins, ts)
+    parts["codes"] = codes_l
+    return PackedWeights(fmt, n, k, lay_records(fmt, parts), tensor_scale=ts)
 
 
 def block_fields(pw: PackedWeights) -> dict:
     """The matrix-order fields of a block-format matrix: ``codes`` (n, k) raw, ``d`` (scales units),
     ``sc``, ``mn``, ``o`` (None where the kind has none) and ``tensor_scale``."""
-    return {"codes": unpack_codes(pw), "d": unlay_units(pw.scales, pw.n),
-            "sc": None if pw.subscales is None else unlay_units(pw.subscales, pw.n),
-            "mn": None if pw.submins is None else unlay_units(pw.submins, pw.n),
-            "o": None if pw.offsets is None else unlay_units(pw.offsets, pw.n),
-            "tensor_scale": pw.tensor_scale}
+    a = block_arrays(pw)
+    un = lambda name: unlay_units(a[name], pw.n) if name in a else None  # noqa: E731
+    return {"codes": unpack_codes(pw), "d": un("scales"), "sc": un("subscales"), "mn": un("submins"),
+            "o": un("offsets"), "tensor_scale": pw.tensor_scale}
 
 
 def dequantize_block_fields(f: dict, fmt: WeightFormat) -> np.ndarray:
@@ -326,11 +387,12 @@ def unpack_codes(pw: PackedWeights) -> np.ndarray:
     """Integer codes (n, k) as int16: signed values for symmetric formats, [0, 15] for asymmetric,
     the stored (unsigned) codes for block formats."""
     fmt, nt, nb, tk = pw.fmt, pw.n_row_tiles, pw.n_blocks, pw.fmt.tile_k
+    codes = code_tiles(pw)
     if fmt.bits == 8:
-        lay = pw.codes.view(np.uint8 if fmt.block is not None else np.int8).reshape(nt, nb, tk // 4, TILE_ROWS, 4).astype(np.int16)
+        lay = codes.view(np.uint8 if fmt.block is not None else np.int8).reshape(nt, nb, tk // 4, TILE_ROWS, 4).astype(np.int16)
         tiles = lay.transpose(0, 1, 3, 2, 4).reshape(nt, nb, TILE_ROWS, tk)
     else:
-        b = pw.codes.reshape(nt, nb, tk // 8, TILE_ROWS, 4).astype(np.int16)
+        b = codes.reshape(nt, nb, tk // 8, TILE_ROWS, 4).astype(np.int16)
         u = np.stack([b & 0xF, b >> 4], axis=3)          # (t, b, kq, half, r, j)
         u = u.transpose(0, 1, 4, 2, 3, 5).reshape(nt, nb, TILE_ROWS, tk)
         tiles = u if (fmt.asymmetric or fmt.block is not None) else ((u ^ 8) - 8)
@@ -400,10 +462,8 @@ def _block_rows(pw: PackedWeights, rows: np.ndarray) -> np.ndarray:
     for i, row in enumerate(rows):
         t, r = divmod(int(row), TILE_ROWS)
         sl = slice(t, t + 1)
-        one = PackedWeights(pw.fmt, min(TILE_ROWS, pw.n - t * TILE_ROWS), pw.k, pw.codes[sl], pw.scales[sl],
-                            None if pw.offsets is None else pw.offsets[sl],
-                            None if pw.subscales is None else pw.subscales[sl],
-                            None if pw.submins is None else pw.submins[sl], pw.tensor_scale)
+        one = PackedWeights(pw.fmt, min(TILE_ROWS, pw.n - t * TILE_ROWS), pw.k, pw.codes[sl],
+                            tensor_scale=pw.tensor_scale)
         out[i] = dequantize(one)[r]
     return out
 

@@ -9,7 +9,8 @@ import hcemu
 from hcemu.formats import BLOCK_KINDS, WeightFormat, fallback_format, get_plan
 from hcemu.kernels import cim
 from hcemu.kernels.cim_ref import block_parts_ref, cim_matmul_ref, quantize_activations_ref
-from hcemu.layout import dequantize, dequantize_rows, stack_rows
+from hcemu.layout import (block_arrays, block_fields, block_record, dequantize, dequantize_rows, pack_block,
+                          record_bytes, stack_rows)
 from hcemu.model.spec import ModelSpec
 from hcemu.rom import blocks as B
 
@@ -197,12 +198,36 @@ def test_product_is_close_to_the_float_product():
 
 def test_bad_block_weights_are_refused():
     pw = _packed("Q4_K", 16, 1, 0)
-    bad = type(pw)(pw.fmt, pw.n, pw.k, pw.codes, pw.scales, pw.offsets, pw.subscales, None)
-    with pytest.raises(ValueError, match="submins of a 16x256 q4_k matrix"):
+    assert pw.codes.shape == (1, 1, 2368)   # one record: d, dmin, 8 x 16 sub-scales and sub-mins, 8 tiles of codes
+    bad = type(pw)(pw.fmt, pw.n, pw.k, np.ascontiguousarray(pw.codes[:, :, :-1]))
+    with pytest.raises(ValueError, match=r"codes of a 16x256 q4_k matrix must be C-contiguous uint8 \(1, 1, 2368\)"):
         cim.prepare(bad)
-    bad = type(pw)(pw.fmt, pw.n, pw.k, pw.codes, pw.scales.astype(np.float32), pw.offsets, pw.subscales, pw.submins)
-    with pytest.raises(ValueError, match="scales of a 16x256 q4_k matrix must be C-contiguous float16"):
+    sep = block_arrays(pw)   # the levels as separate arrays are not a layout the kernels read
+    bad = type(pw)(pw.fmt, pw.n, pw.k, pw.codes, sep["scales"])
+    with pytest.raises(ValueError, match="scales are not allowed for q4_k"):
         cim.prepare(bad)
+
+
+def test_record_layout_round_trip():
+    """The records hold every level in block_record's order; block_arrays takes them apart again."""
+    for ggml_type in TYPES:
+        pw = _packed(ggml_type, 40, 2, 5)
+        fmt, bk = pw.fmt, pw.fmt.block
+        parts = block_record(fmt)
+        assert [p[0] for p in parts][-1] == "codes" and pw.codes.shape[2] == record_bytes(fmt)
+        a = block_arrays(pw)
+        nt = pw.n_row_tiles
+        assert a["codes"].shape == (nt, pw.k // 32, 16 * 32 * fmt.bits // 8)
+        for name, dt, cnt in parts[:-1]:
+            assert a[name].dtype == dt and a[name].shape == (nt, pw.k // bk.super_k * cnt, 16)
+        f = block_fields(pw)
+        again = pack_block(f["codes"], fmt, f["d"], f["sc"], f["mn"], f["o"], pw.tensor_scale)
+        np.testing.assert_array_equal(again.codes, pw.codes)
+        # the first record starts with tile 0's scales for rows 0..15, its codes end it
+        np.testing.assert_array_equal(pw.codes[0, 0, :16 * parts[0][1].itemsize].view(parts[0][1]),
+                                      a["scales"][0, 0])
+        np.testing.assert_array_equal(pw.codes[0, 0, -parts[-1][2]:].reshape(bk.blocks_per_super, -1),
+                                      a["codes"][0, :bk.blocks_per_super])
 
 
 # ---- a model in k-quants: compile --plan gguf, exact import, run on the chip

@@ -340,6 +340,9 @@ def test_wrong_magic_and_version(images, tmp_path):
     _patch(path, len(MAGIC), struct.pack("<I", 99))
     with pytest.raises(RomImageError, match="unsupported ROM image version 99"):
         RomImage.load(path)
+    _patch(path, len(MAGIC), struct.pack("<I", 1))   # before block formats were one stream of records
+    with pytest.raises(RomImageError, match="version 1 .*recompile it with this hcemu"):
+        RomImage.load(path)
     assert PREAMBLE_BYTES == 4096
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hcemu.formats import WeightFormat
-from hcemu.layout import PackedWeights, layout_shape, tile_bytes
+from hcemu.layout import PackedWeights, lay_records, layout_shape, tile_bytes
 
 COLD_FACTOR = 4
 MAX_COPIES = 4096
@@ -101,9 +101,10 @@ def _synthetic_block(fmt: WeightFormat, n: int, k: int, seed: int) -> PackedWeig
     if bk.offset != "none":
         offsets = (rng.random((nt, k // (bk.super_k if bk.offset == "dmin" else 32), 16), dtype=np.float32)
                    * 0.01).astype(np.float16)
-    sub = units(nsub, np.int8, -32, 32) if bk.has_subscales else None
-    mins = units(nsub, np.uint8, 0, 16) if bk.has_submins else None
-    return PackedWeights(fmt, n, k, codes, scales, offsets, sub, mins)
+    parts = {"codes": codes, "scales": scales, "offsets": offsets,
+             "subscales": units(nsub, np.int8, -32, 32) if bk.has_subscales else None,
+             "submins": units(nsub, np.uint8, 0, 16) if bk.has_submins else None}
+    return PackedWeights(fmt, n, k, lay_records(fmt, parts))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ import numpy as np
 from hcemu._validate import from_dict
 from hcemu.events import FIELD_INDEX, FIELDS, product_counts
 from hcemu.formats import ActFormat, Plan, WeightFormat
-from hcemu.layout import PackedWeights, dequantize, layout_shape, pack, packed_arrays, tile_bytes
+from hcemu.layout import (PackedWeights, block_arrays, code_tiles, dequantize, layout_shape, pack, packed_arrays,
+                          tile_bytes)
 from hcemu.model.source import BLOCK_TYPES, FLOAT_TYPES
 from hcemu.model.spec import EXPERT_MATRICES, MAX_MATRICES, ModelSpec
 from hcemu.rom import ctable
@@ -46,7 +47,7 @@ from hcemu.rom.quantize import (ErrorStats, import_blocks, lossless_import, q4_0
                                 quantize_matrix, represented)
 
 MAGIC = b"HCROM\x00\x1a\n"
-VERSION = 1
+VERSION = 2  # 2: block formats as one stream of records per row tile (hcemu.layout.block_record)
 PREAMBLE_BYTES = 4096
 ALIGN = 4096
 _PRE = struct.Struct("<8sIIQQQ32s")
@@ -727,7 +728,8 @@ class RomImage:
             if magic != MAGIC:
                 raise RomImageError(f"{path}: not an hcemu ROM image (magic {magic!r}, expected {MAGIC!r})")
             if version != VERSION:
-                raise RomImageError(f"{path}: unsupported ROM image version {version} (this hcemu reads version {VERSION})")
+                raise RomImageError(f"{path}: unsupported ROM image version {version} (this hcemu reads version {VERSION})"
+                                    + (": recompile it with this hcemu (hcemu compile)" if version < VERSION else ""))
             if hashlib.sha256(pre[:_PRE.size]).digest() != pre[_PRE.size:_PRE.size + 32]:
                 raise RomImageError(f"{path}: corrupt preamble (SHA-256 mismatch)")
             if size < file_bytes:
@@ -804,16 +806,23 @@ class RomImage:
             h = hashlib.sha256(memoryview(self._mm)[sec["offset"]: sec["offset"] + sec["nbytes"]]).hexdigest()
             if h != sec["sha256"]:
                 raise RomImageError(f"{self.path}: corrupt section {what} (SHA-256 mismatch)")
-            a = self._array(sec) if kind != "codes" else None
-            if a is None:
+            if kind != "codes":
+                levels = {kind: self._array(sec)}
+            elif "fmt" in t and _fmt_from_dict(t["fmt"]).block is not None:   # the levels inside the records
+                fmt = _fmt_from_dict(t["fmt"])
+                levels = block_arrays(PackedWeights(fmt, t["n"], t["k"], self._array(sec)))
+                del levels["codes"]
+            else:
                 continue
-            if a.dtype.kind == "f":
-                if not np.isfinite(a).all():
-                    raise RomImageError(f"{self.path}: section {what} holds NaN or infinity")
-            elif kind == "scales":
-                block = _fmt_from_dict(t["fmt"]).block
-                if block is not None and undefined_scale_bytes(a, block.scale).any():
-                    raise RomImageError(f"{self.path}: section {what} holds undefined {block.scale} scale bytes")
+            for level, a in levels.items():
+                where = what if kind != "codes" else f"{what} ({level})"
+                if a.dtype.kind == "f":
+                    if not np.isfinite(a).all():
+                        raise RomImageError(f"{self.path}: section {where} holds NaN or infinity")
+                elif level == "scales":
+                    block = _fmt_from_dict(t["fmt"]).block
+                    if block is not None and undefined_scale_bytes(a, block.scale).any():
+                        raise RomImageError(f"{self.path}: section {where} holds undefined {block.scale} scale bytes")
 
     def _array(self, sec: dict) -> np.ndarray:
         # dtype, shape and bounds were checked against the format and the file by check_directory
@@ -872,7 +881,7 @@ class RomImage:
 
     def bank_image(self, region: int) -> np.ndarray:
         """The mask data of ``region``'s banks: uint8 (banks, bank_rows, word_bits // 8)."""
-        return self.address_map.bank_image(region, lambda nm: self.matrix(nm).codes)
+        return self.address_map.bank_image(region, lambda nm: code_tiles(self.matrix(nm)))
 
     @property
     def meta_bits(self) -> int:
@@ -890,7 +899,8 @@ class RomImage:
         """What this image's ROM holds, read from its directory and address map (see :class:`RomBits`)."""
         used = sum(int(product_counts(_fmt_from_dict(t["fmt"]), t["n"], t["k"])[FIELD_INDEX["rom_code_bits"]])
                    for t in self.directory["tensors"])
-        slots = sum(t["sections"]["codes"]["nbytes"] * 8 for t in self.directory["tensors"])
+        slots = sum(8 * tile_bytes(f) * math.prod(layout_shape(f, t["n"], t["k"]))   # the codes' host slots
+                    for t in self.directory["tensors"] for f in (_fmt_from_dict(t["fmt"]),))
         return RomBits(used, dense_physical_bits(self.address_map.physical_bits, used, slots), self.meta_bits,
                        self.vector_bits, self.address_map.n_banks)
 
