@@ -374,3 +374,18 @@ def test_fp4_macs_are_counted_and_priced_apart_from_integer_ones(plan):
     # the energy difference per decode token is 0.1 pJ per FP4 MAC of a token pass
     fp4_per_pass = sum(ev.region(i)["macs_fp4"] for i in range(spec.n_layers)) + ev.region("head")["macs_fp4"]
     assert b.dynamic_energy_j_per_token - a.dynamic_energy_j_per_token == pytest.approx(fp4_per_pass * 0.1e-12, rel=1e-6)
+
+
+def test_every_ue4m3_scale_byte_on_every_isa(restore_isa):
+    """Each of the 128 NVFP4 scale bytes (subnormal e = 0, 0x7F = 0 included) decodes exactly on every path."""
+    fmt = WeightFormat.of_kind("nvfp4")
+    rng = np.random.default_rng(11)
+    n, k = 32, 16 * 128
+    d = ((np.arange(k // 16)[None, :] + 7 * np.arange(n)[:, None]) % 128).astype(np.uint8)
+    pw = pack_block(rng.integers(0, 16, (n, k)), fmt, d)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    q, s = quantize_activations_ref(x, 32)
+    ref = cim_matmul_ref(q, s, pw)
+    for isa in hcemu.capabilities()["supported"]:
+        hcemu.set_isa(isa)
+        np.testing.assert_array_equal(cim.cim_matmul(q, s, pw).view(np.uint32), ref.view(np.uint32), err_msg=isa)
