@@ -6,7 +6,8 @@ Layout (all integers little-endian; ``docs/rom.md`` has the full description)::
            u64 directory offset, u64 directory bytes, u64 file bytes, directory SHA-256,
            then SHA-256 of the preceding 72 bytes; zero padding
     4096   sections, each aligned to 4096 bytes: per matrix its codes (uint8, ROM tile layout),
-           fp16 scales and (asymmetric) fp16 offsets; per norm vector its float32 values
+           fp16 scales and (asymmetric) fp16 offsets (block formats: the records alone, codes and
+           every level of scales, :func:`hcemu.layout.block_record`); per norm vector its float32 values
     end    the directory: UTF-8 JSON with the ModelSpec, the plan, the geometry, the address map, and
            per tensor its format, shape, source type, quantization error and sections
            (offset, bytes, dtype, shape, SHA-256)
