@@ -740,7 +740,7 @@ def _hostile_fields(draw: Draw, pw):
     from hcemu.formats import WeightFormat
 
     if draw.chance(6):
-        field = draw.choice(("codes", "scales", "offsets", "subscales", "submins", "n", "k", "fmt", "tensor_scale"))
+        field = draw.choice(("codes", "scales", "offsets", "n", "k", "fmt", "tensor_scale"))
         if field == "tensor_scale":
             pw = dataclasses.replace(pw, tensor_scale=draw.choice((float("nan"), float("inf"), -1.0, 0.0, "x", 2.0)))
         elif field in ("n", "k"):

@@ -57,8 +57,8 @@ cdef class CimWeights:
     cdef readonly int64_t macs, code_bits, meta_bits, tiles
     cdef int64_t _nbytes
     cdef int mac_field
-    cdef const void *ptr_[5]       # the arrays' first bytes and sizes (outputs must not overlap them)
-    cdef Py_ssize_t nbytes_[5]
+    cdef const void *ptr_[3]       # the arrays' first bytes and sizes (outputs must not overlap them)
+    cdef Py_ssize_t nbytes_[3]
     cdef int n_arrays
 
     def __init__(self, pw):
@@ -70,8 +70,7 @@ cdef class CimWeights:
         want = packed_arrays(fmt, pw.n, pw.k)   # the one rule for the arrays of each format
         self.n_arrays = 0
         nt, nb = want["codes"][1][:2]
-        arrays = {"codes": pw.codes, "scales": pw.scales, "offsets": pw.offsets, "subscales": pw.subscales,
-                  "submins": pw.submins}
+        arrays = {"codes": pw.codes, "scales": pw.scales, "offsets": pw.offsets}
         for what, a in arrays.items():
             if what not in want:
                 if a is not None:

@@ -55,8 +55,6 @@ class PackedWeights:
     codes: np.ndarray              # uint8 (n_row_tiles, n_blocks, tile_bytes); block kinds: the records
     scales: np.ndarray | None = None   # float16 (n_row_tiles, n_blocks, 16) or (n_row_tiles, 16); None for block kinds
     offsets: np.ndarray | None = None  # float16, like scales; asymmetric int4 only
-    subscales: np.ndarray | None = None  # not used: block kinds hold their sub-scales in the records
-    submins: np.ndarray | None = None    # not used: ... and their sub-mins
     tensor_scale: float = 1.0            # NVFP4 only
 
     @property
@@ -75,7 +73,7 @@ class PackedWeights:
     @property
     def nbytes(self) -> int:
         """Bytes the kernels stream per pass: codes, scales and offsets (padding included)."""
-        return sum(a.nbytes for a in (self.codes, self.scales, self.offsets, self.subscales, self.submins)
+        return sum(a.nbytes for a in (self.codes, self.scales, self.offsets)
                    if a is not None)
 
 
@@ -483,4 +481,4 @@ def stack_rows(parts: list[PackedWeights]) -> PackedWeights | None:
         return None if getattr(first, attr) is None else np.concatenate([getattr(p, attr) for p in parts])
 
     return PackedWeights(first.fmt, sum(p.n for p in parts), first.k, cat("codes"), cat("scales"), cat("offsets"),
-                         cat("subscales"), cat("submins"), first.tensor_scale)
+                         first.tensor_scale)

@@ -173,7 +173,7 @@ def test_every_isa_path_equals_the_oracle(ggml_type, extreme, restore_isa):
 @pytest.mark.parametrize("ggml_type", ["Q3_K", "Q5_1", "NVFP4"])
 def test_fused_linear_and_stacked_rows(ggml_type):
     a, b = _packed(ggml_type, 32, 2, 1), _packed(ggml_type, 16, 2, 2)
-    b = type(b)(b.fmt, b.n, b.k, b.codes, b.scales, b.offsets, b.subscales, b.submins, a.tensor_scale)
+    b = type(b)(b.fmt, b.n, b.k, b.codes, tensor_scale=a.tensor_scale)
     x = np.random.default_rng(3).standard_normal((5, a.k)).astype(np.float32)
     ya = cim.cim_linear(x, 32, a)
     np.testing.assert_array_equal(ya, cim_matmul_ref(*quantize_activations_ref(x, 32), a))

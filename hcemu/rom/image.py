@@ -53,7 +53,7 @@ PREAMBLE_BYTES = 4096
 ALIGN = 4096
 _PRE = struct.Struct("<8sIIQQQ32s")
 CHUNK_ELEMS = 1 << 22   # weights quantized per chunk (bounds the compiler's working memory)
-META_ARRAYS = ("scales", "offsets", "subscales", "submins")  # PackedWeights arrays beside the codes
+META_ARRAYS = ("scales", "offsets")  # PackedWeights arrays beside the codes (integer formats)
 
 
 class RomImageError(ValueError):
