@@ -286,12 +286,48 @@ def resign(image: bytes, directory, payload: bytearray | None = None, dir_offset
                         if (isinstance(off, int) and isinstance(nb, int) and not isinstance(off, bool)
                                 and 0 <= off <= off + nb <= len(body)):
                             sec["sha256"] = hashlib.sha256(body[off:off + nb]).hexdigest()
+    _rewrite_c_table(body, directory)
     blob = json.dumps(directory).encode("utf-8")
     off = len(body) if dir_offset is None else dir_offset
     body = body[:off].ljust(off, b"\0")
     head = _PRE.pack(MAGIC, VERSION, PREAMBLE_BYTES, off, len(blob), off + len(blob), hashlib.sha256(blob).digest())
     body[:len(head) + 32] = head + hashlib.sha256(head).digest()
     return bytes(body) + blob
+
+
+def _rewrite_c_table(body: bytearray, directory) -> None:
+    """Where the edited directory still parses and its C table keeps its size, write the table the
+    compiler would write for it (``c_table`` of the directory: section, record and directory entry),
+    so that an edit of a spec or plan value reaches the loader's later checks and the chip instead of
+    stopping at "corrupt C table". Anything else is left as it is (the loader refuses it)."""
+    from hcemu.events import FIELDS
+    from hcemu.model.spec import ModelSpec
+    from hcemu.rom import ctable
+    from hcemu.rom.die import DieAssignment
+    from hcemu.rom.image import plan_from_dict
+
+    try:
+        entry = directory["c_table"]
+        off, nbytes = entry["offset"], entry["nbytes"]
+        spec = ModelSpec.from_dict(directory["spec"])
+        # the size the table would have, from its counts, before building it (a spec edited to 7e9
+        # layers or a huge head_dim must not make the harness build a table of that size)
+        size = (ctable.HEADER.size + spec.n_layers * ctable.LAYER.size + spec.head_dim // 2 * 8
+                + (spec.n_layers + 3) * len(FIELDS) * 8 + len(directory["tensors"]) * ctable.TENSOR.size
+                + len(directory["vectors"]) * ctable.VECTOR.size)
+        if size != nbytes:
+            return
+        die = DieAssignment.from_dict(directory["die"]) if "die" in directory else DieAssignment.whole(spec.n_layers)
+        table = ctable.c_table(spec, plan_from_dict(directory["plan"]), die, directory["tensors"],
+                               directory["vectors"])
+    except Exception:   # a directory the compiler could not have written: the loader says why
+        return
+    if not (isinstance(off, int) and isinstance(nbytes, int) and len(table) == nbytes
+            and 0 <= off <= off + nbytes <= len(body)):
+        return
+    body[off:off + nbytes] = table
+    body[ctable.RECORD_OFFSET:ctable.RECORD_OFFSET + ctable.RECORD.size] = ctable.record(table, off)
+    entry.update(ctable.directory_entry(table, off))
 
 
 def _directory(image: bytes):
