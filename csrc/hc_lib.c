@@ -281,7 +281,7 @@ static int parse_table(hc_image *img, const uint8_t *t, uint64_t nbytes, uint64_
     const hc_weights *e = &img->tensors[img->embed].w, *o = &img->tensors[img->output].w;
     if (e->n != I->vocab_size || e->k != I->d_model || o->n != I->vocab_size || o->k != I->d_model)
         return fail(HC_EFORMAT, "%s: corrupt C table: embedding or output shape", path);
-    if (img->act_group_d < 1 || I->d_model % img->act_group_d || !hc_cim_group_ok(o, img->act_group_d))
+    if (!hc_cim_group_ok(o, img->act_group_d)) /* o->k == d_model: the group divides d_model and fits o's tiles */
         return fail(HC_EFORMAT, "%s: corrupt C table: activation group %lld of d_model %lld", path,
                     (long long)img->act_group_d, (long long)I->d_model);
 #undef VEC_OK

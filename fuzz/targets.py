@@ -300,7 +300,6 @@ def _rewrite_c_table(body: bytearray, directory) -> None:
     compiler would write for it (``c_table`` of the directory: section, record and directory entry),
     so that an edit of a spec or plan value reaches the loader's later checks and the chip instead of
     stopping at "corrupt C table". Anything else is left as it is (the loader refuses it)."""
-    from hcemu.events import FIELDS
     from hcemu.model.spec import ModelSpec
     from hcemu.rom import ctable
     from hcemu.rom.die import DieAssignment
@@ -310,12 +309,9 @@ def _rewrite_c_table(body: bytearray, directory) -> None:
         entry = directory["c_table"]
         off, nbytes = entry["offset"], entry["nbytes"]
         spec = ModelSpec.from_dict(directory["spec"])
-        # the size the table would have, from its counts, before building it (a spec edited to 7e9
-        # layers or a huge head_dim must not make the harness build a table of that size)
-        size = (ctable.HEADER.size + spec.n_layers * ctable.LAYER.size + spec.head_dim // 2 * 8
-                + (spec.n_layers + 3) * len(FIELDS) * 8 + len(directory["tensors"]) * ctable.TENSOR.size
-                + len(directory["vectors"]) * ctable.VECTOR.size)
-        if size != nbytes:
+        # the table's size from its counts before it is built (a spec edited to 7e9 layers or a huge
+        # head_dim must not make the harness build a table of that size)
+        if ctable.table_nbytes(spec, len(directory["tensors"]), len(directory["vectors"])) != nbytes:
             return
         die = DieAssignment.from_dict(directory["die"]) if "die" in directory else DieAssignment.whole(spec.n_layers)
         table = ctable.c_table(spec, plan_from_dict(directory["plan"]), die, directory["tensors"],

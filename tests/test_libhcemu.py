@@ -229,6 +229,7 @@ def test_c_table_is_the_directorys(tiny_image):
     off, n = d["c_table"]["offset"], d["c_table"]["nbytes"]
     table = bytes(memoryview(tiny_image._mm)[off:off + n])
     assert table == ctable.c_table(tiny_image.spec, tiny_image.plan, tiny_image.die, d["tensors"], d["vectors"])
+    assert n == ctable.table_nbytes(tiny_image.spec, len(d["tensors"]), len(d["vectors"]))
     head = ctable.HEADER.unpack_from(table)
     assert head[0] == ctable.MAGIC and head[1] == ctable.VERSION and head[2] == ctable.HEADER.size
     assert head[9:12] == (TINY_SPEC.n_layers, TINY_SPEC.d_model, TINY_SPEC.n_heads)

@@ -49,12 +49,14 @@ def _system(folder, links="fp32", **kw):
 PROMPT = (np.arange(90) * 37 + 11) % 49152   # two prefill chunks (64 + 26)
 
 
+def run_steps(runner, prompt, tokens):
+    """All-position prefill logits of ``prompt``, then one decode step per token of ``tokens``: the step
+    results (logits, events, bank rows per step)."""
+    return [runner.prefill(prompt, all_logits=True)] + [runner.decode(tok) for tok in tokens]
+
+
 def _run(runner):
-    """All-position prefill logits, then 3 decode steps: logits, events, bank rows per step."""
-    steps = [runner.prefill(PROMPT, all_logits=True)]
-    for tok in (5, 1000, 42):
-        steps.append(runner.decode(tok))
-    return steps
+    return run_steps(runner, PROMPT, (5, 1000, 42))
 
 
 @pytest.mark.parametrize("split", list(SPLITS))

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from arch_models import ARCH_SPECS, arch_weights, write_arch_gguf
+from test_system import run_steps
 
 from hcemu.chip import Chip
 from hcemu.chip.system import System
@@ -42,10 +43,7 @@ PROMPT = (np.arange(70) * 37 + 11) % 512   # two prefill chunks (64 + 6)
 
 
 def _run(runner):
-    steps = [runner.prefill(PROMPT, all_logits=True)]
-    for tok in (5, 300, 42):
-        steps.append(runner.decode(tok))
-    return steps
+    return run_steps(runner, PROMPT, (5, 300, 42))
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "interpreted"])

@@ -85,6 +85,13 @@ def _sec(t: dict, kind: str) -> tuple[int, int]:
     return (0, 0) if s is None else (int(s["offset"]), int(s["nbytes"]))
 
 
+def table_nbytes(spec, n_tensors: int, n_vectors: int) -> int:
+    """Bytes of the C table of a model of ``spec`` with ``n_tensors`` and ``n_vectors`` records (the
+    layout above; what :func:`c_table` writes and csrc/hc_lib.c requires)."""
+    return (HEADER.size + spec.n_layers * LAYER.size + spec.head_dim // 2 * 8
+            + (spec.n_layers + 3) * len(FIELDS) * 8 + n_tensors * TENSOR.size + n_vectors * VECTOR.size)
+
+
 def c_table(spec, plan, die, tensors: list, vectors: list) -> bytes:
     """The C table of the image whose directory holds ``spec``, ``plan``, ``die`` and the ``tensors`` and
     ``vectors`` entries (with their sections)."""
